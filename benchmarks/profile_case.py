@@ -1,0 +1,42 @@
+"""Run one suite case once after a warm-up, for a profiler to capture (ncu -k regex:...).
+
+    ncu --clock-control none -k regex:conv_ --launch-skip 2 --launch-count 1 \
+        python3 benchmarks/profile_case.py seed_3x7 float16 [forward|backward]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import cupy  # noqa: E402
+
+import cupy_dwconv  # noqa: E402
+from cupy_dwconv import bench  # noqa: E402
+
+
+def main(argv):
+    name, dtype = argv[0], argv[1]
+    which = argv[2] if len(argv) > 2 else "forward"
+    cases, _ = bench.load_suite(bench.default_suite_path())
+    case = next(c for c in cases if c.name == name)
+    p = case.params()
+    rs = cupy.random.RandomState(0)
+    x = bench._random_gpu(cupy, rs, p.x_shape, dtype)
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    b = bench._random_gpu(cupy, rs, (p.CM,), dtype)
+    kw = dict(stride=(p.SH, p.SW), padding=p.padding, dilation=(p.DH, p.DW))
+    for _ in range(3):  # launches 0-1 warm up (compile, caches), launch 2 is the profiled one
+        if which == "forward":
+            cupy_dwconv.depthwise_conv2d(x, w, b, **kw)
+        else:
+            go = bench._random_gpu(cupy, rs, p.out_shape, dtype)
+            cupy_dwconv.depthwise_conv2d_backward(go, x, w, **kw)
+    cupy.cuda.get_current_stream().synchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

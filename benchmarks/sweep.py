@@ -1,0 +1,199 @@
+"""Tuning sweep: time kernel variants per benchmark case on the GPU.
+
+For every suite case and dtype, runs the listed conv_tile / conv_smem variants (forced
+through the same planning code as the library), checks each result against the
+default-plan output (itself checked against the reference by the test suite and the
+benchmark), and times it with the benchmark's method (CUDA events, median, inputs
+rotated past L2). Prints registers and local-memory bytes per thread of each compiled
+variant, so spilling ones are visible. Output feeds benchmarks/NOTES.md and the
+heuristic table in cupy_dwconv/_kernels.py.
+
+    python benchmarks/sweep.py [--cases NAME ...] [--dtypes float32 ...] [--pass forward|grad_input]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from cupy_dwconv import _kernels, bench  # noqa: E402
+
+# (TH, TW, MINB, NT); NT None = the host's strip-length rule.
+TILE_VARIANTS = {
+    "float32": [(4, 4, 3, None), (4, 4, 3, 1), (4, 4, 2, None), (4, 8, 2, None), (8, 4, 2, None), (2, 4, 3, None)],
+    "float16": [(2, 8, 3, None), (2, 8, 2, None), (4, 8, 2, None), (1, 8, 3, None)],
+}
+TILE_VARIANTS["bfloat16"] = TILE_VARIANTS["float16"]
+SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8), (1, 4)]
+
+
+def _small_width_variants(p, dtype):
+    # Narrow planes: a tile as wide as the plane, several heights.
+    if p.OW > 16:
+        return []
+    out = []
+    for tw in sorted({p.OW, min(p.OW, 8), 4}):
+        for th in sorted({1, 2, 4, min(p.OH, 7)}):
+            out.append((th, tw, 2, None))
+    return out
+
+
+def _compile_one(item):
+    src, expr = item
+    import cupy
+
+    try:
+        cupy.RawModule(code=_kernels.source(src), options=_kernels.NVRTC_OPTIONS, name_expressions=(expr,)).get_function(expr)
+        return None
+    except Exception as e:  # reported again, with context, when the variant runs
+        return f"{expr}: {e}"[:300]
+
+
+def prewarm(items, workers):
+    """Compile specializations in parallel processes: fills CuPy's disk cache so the
+    timed process only loads binaries."""
+    import multiprocessing
+
+    items = sorted(set(items))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        errors = [e for e in pool.map(_compile_one, items, chunksize=1) if e]
+    return len(items), errors
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", default=None)
+    ap.add_argument("--cases", nargs="*", default=None)
+    ap.add_argument("--dtypes", nargs="*", default=None)
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input"])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import time
+
+    import cupy
+
+    cases, half = bench.load_suite(args.suite or bench.default_suite_path())
+    jobs = []
+    for case in cases:
+        if args.cases and case.name not in args.cases:
+            continue
+        for dtype in bench.suite_dtypes(case, half):
+            if not args.dtypes or dtype in args.dtypes:
+                jobs.append((case.name, case.params(), dtype))
+    t0 = time.perf_counter()
+    items = [(l.src, l.expr) for _, p, dtype in jobs for _, l in variant_launches(p, dtype, args.which)]
+    n, errors = prewarm(items, args.workers)
+    print(f"compiled {n} specializations in {time.perf_counter() - t0:.1f} s with {args.workers} processes", flush=True)
+    for e in errors:
+        print("compile error:", e, flush=True)
+
+    ceilings = bench.measure_ceilings()
+    print("ceilings", bench.ceilings_line(ceilings), flush=True)
+    dev = cupy.cuda.Device().id
+    l2 = cupy.cuda.runtime.getDeviceProperties(dev)["l2CacheSize"]
+    rows = []
+    for name, p, dtype in jobs:
+        rows += sweep_case(name, p, dtype, dev, args, ceilings, l2)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def variant_launches(p, dtype, which):
+    """[(label, Launch)] for the default plan and every variant that plans."""
+    pr = _kernels.forward_problem(p) if which == "forward" else _kernels.grad_input_problem(p)
+    default = _kernels.plan_forward(p, dtype, True) if which == "forward" else _kernels.plan_grad_input(p, dtype, True)
+    out = [(("default", None), default)]
+    if pr.KH * pr.KW <= _kernels.TILE_MAX_TAPS:
+        for th, tw, mb, nt in TILE_VARIANTS[dtype] + _small_width_variants(p, dtype):
+            if which == "grad_input" and (th % p.SH or tw % p.SW):
+                continue
+            out.append((("tile", dict(th=th, tw=tw, minb=mb, nt=nt)), None))
+    if pr.KH * pr.KW >= 7 or p.OH * p.OW <= 400:
+        for th, tw in SMEM_VARIANTS:
+            out.append((("smem", dict(th=th, tw=tw)), None))
+    res, seen = [], set()
+    for (kind, kw), launch in out:
+        if launch is None:
+            launch = _kernels.plan_conv(pr, dtype, 0, force=(kind, kw))
+        if launch is None:
+            continue
+        key = (launch.expr, launch.grid, launch.block, launch.shared_mem)
+        if key in seen:
+            continue
+        seen.add(key)
+        res.append(((kind, kw), launch))
+    return res
+
+
+def sweep_case(name, p, dtype, dev, args, ceilings, l2):
+    import cupy
+
+    import cupy_dwconv
+
+    npdt = bench._np_dtype(dtype)
+    if args.which == "forward":
+        in_shape, out_shape = p.x_shape, p.out_shape
+    else:
+        in_shape, out_shape = p.out_shape, p.x_shape
+    itemsize = numpy.dtype(npdt).itemsize
+    set_bytes = (numpy.prod(in_shape) + numpy.prod(out_shape)) * itemsize
+    n_sets = bench.rotation_sets(set_bytes, l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, in_shape, dtype) for _ in range(n_sets)]
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    b = bench._random_gpu(cupy, rs, (p.CM,), dtype) if args.which == "forward" else None
+    outs = [cupy.empty(out_shape, dtype=npdt) for _ in range(n_sets)]
+    null = numpy.uint64(0)
+
+    # Default plan's output is the comparison point for every variant.
+    if args.which == "forward":
+        ref = cupy_dwconv.depthwise_conv2d(xs[0], w, b, stride=(p.SH, p.SW), padding=p.padding,
+                                           dilation=(p.DH, p.DW)).astype(cupy.float32)
+    else:
+        ref = cupy_dwconv.depthwise_conv2d_backward(xs[0], cupy.zeros(p.x_shape, npdt), w, stride=(p.SH, p.SW), padding=p.padding, dilation=(p.DH, p.DW), needs=(True, False, False))[0].astype(cupy.float32)
+    ref_norm = float(cupy.linalg.norm(ref))
+
+    rows = []
+    for (kind, kw), launch in variant_launches(p, dtype, args.which):
+        try:
+            kern = launch.kernel(dev)
+        except Exception as e:  # a variant the compiler rejects is reported, not fatal
+            rows.append(dict(case=name, dtype=dtype, variant=f"{kind} {kw}", error=str(e)[:200]))
+            print(f"{name:16s} {dtype:9s} {kind} {kw}: compile error {str(e)[:120]}", flush=True)
+            continue
+
+        def run(i, launch=launch):
+            launch(dev, (xs[i], w, null if b is None else b, outs[i]))
+
+        outs[0].fill(numpy.nan)
+        run(0)
+        err = float(cupy.linalg.norm(outs[0].astype(cupy.float32) - ref)) / max(ref_norm, 1e-30)
+        ok = bool(cupy.isfinite(outs[0]).all()) and err < 1e-2
+        ms = bench.time_events(run, n_sets, args.repeats, 5)
+        floor = bench.floor_ms(*bench.pass_cost(p, dtype, args.which), ceilings, dtype)
+        row = dict(case=name, dtype=dtype, kind=kind, variant=launch.expr, params=kw, grid=launch.grid, block=launch.block,
+                   smem=launch.shared_mem, regs=kern.num_regs, local=kern.local_size_bytes, ms=ms,
+                   eff=floor / ms, ok=ok, err=err)
+        rows.append(row)
+        print(f"{name:16s} {dtype:9s} {kind:7s} {str(kw):40s} regs {kern.num_regs:3d} local {kern.local_size_bytes:4d} "
+              f"{ms:8.4f} ms eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % err}", flush=True)
+    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
+    if best:
+        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Public GPU functions: validate -> plan -> launch.
+
+CuPy is imported on first call, so that `import cupy_dwconv` (and the NumPy reference)
+works on machines without it.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from . import _kernels, _params
+
+_NULL = numpy.uint64(0)  # a null `const T*` kernel argument (pointers are 8 bytes)
+_DLPACK_GPU_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "cupy_dwconv needs CuPy for its GPU functions: pip install 'cupy_dwconv[cuda13]' "
+            "(or [cuda12]); the NumPy reference cupy_dwconv.reference works without it"
+        ) from e
+    return cupy
+
+
+def _as_cupy(value, name):
+    """A cupy.ndarray for `value`: CuPy arrays as they are, GPU DLPack tensors zero-copy."""
+    if isinstance(value, numpy.ndarray):  # checked before importing CuPy: works without it
+        raise TypeError(
+            f"{name}: expected a CuPy array or a GPU tensor with __dlpack__, got a numpy.ndarray (CPU memory); "
+            f"use cupy_dwconv.reference for NumPy arrays, or move it to the GPU with cupy.asarray({name})"
+        )
+    cupy = _cupy()
+    if isinstance(value, cupy.ndarray):
+        return value
+    if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+        dev_type, _ = value.__dlpack_device__()
+        if int(dev_type) not in _DLPACK_GPU_DEVICES:
+            raise TypeError(
+                f"{name}: expected a CuPy array or a GPU tensor with __dlpack__, got a "
+                f"{type(value).__module__}.{type(value).__name__} in CPU memory (DLPack device type {int(dev_type)}); "
+                f"use cupy_dwconv.reference for CPU arrays, or move it to the GPU first"
+            )
+        # Zero-copy; CuPy passes its current stream so the producer orders its work first.
+        return cupy.from_dlpack(value)
+    raise TypeError(
+        f"{name}: expected a CuPy array or a GPU tensor with __dlpack__, got {type(value).__module__}.{type(value).__name__}"
+    )
+
+
+def _same_device(device_id, **arrays):
+    for name, a in arrays.items():
+        if a is not None and a.device.id != device_id:
+            raise ValueError(f"{name}: expected an array on GPU {device_id} (the device of x), got one on GPU {a.device.id}")
+
+
+def _new_output(cupy, shape, dtype):
+    """Every buffer a kernel writes is allocated here (the tests swap in a NaN-filling
+    allocator to prove that every element gets written)."""
+    return cupy.empty(shape, dtype=dtype)
+
+
+def _contiguous(cupy, a):
+    return a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
+
+
+def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Depthwise 2-D convolution on the GPU.
+
+    x: (N, C, H, W); weight: (C*M, 1, KH, KW); bias: (C*M,) or None
+    -> (N, C*M, OH, OW), a new C-contiguous CuPy array of x's dtype on x's device.
+
+    Output channel o reads input channel o // M (M >= 1 is the channel multiplier): the
+    same function as ``torch.nn.functional.conv2d(x, weight, bias, stride, padding,
+    dilation, groups=C)``.
+
+    Args:
+        x, weight, bias: CuPy arrays, or GPU tensors that speak DLPack (PyTorch, JAX),
+            taken zero-copy. float16, bfloat16, float32 or float64, all the same dtype;
+            16-bit types accumulate in float32. Non-contiguous arrays are accepted and
+            copied to a contiguous buffer first (one extra pass over them).
+        stride, dilation: int or (h, w), each >= 1.
+        padding: int, (ph, pw), ((top, bottom), (left, right)), 'valid', or 'same'
+            (stride 1 only; an even effective kernel puts the extra row/column at the
+            bottom/right, as PyTorch).
+
+    Runs on CuPy's current stream. Empty batches or channel counts return empty results
+    without a launch.
+    """
+    x = _as_cupy(x, "x")
+    weight = _as_cupy(weight, "weight")
+    if bias is not None:
+        bias = _as_cupy(bias, "bias")
+    dtype = _params.check_dtypes(x=x.dtype, weight=weight.dtype, bias=None if bias is None else bias.dtype)
+    p = _params.conv_params(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation)
+    cupy = _cupy()
+    dev = x.device.id
+    _same_device(dev, weight=weight, bias=bias)
+    with x.device:
+        out = _new_output(cupy, p.out_shape, x.dtype)
+        if out.size == 0:
+            return out
+        x = _contiguous(cupy, x)
+        weight = _contiguous(cupy, weight)
+        if bias is not None:
+            bias = _contiguous(cupy, bias)
+        launch = _kernels.plan_forward(p, dtype, x.data.ptr % 16 == 0)
+        launch(dev, (x, weight, _NULL if bias is None else bias, out))
+    return out
+
+
+def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, needs=(True, True, True)):
+    """Gradients of depthwise_conv2d with respect to x, weight and bias.
+
+    grad_output: (N, C*M, OH, OW); x: (N, C, H, W); weight: (C*M, 1, KH, KW)
+    -> (grad_x (N, C, H, W), grad_weight (C*M, 1, KH, KW), grad_bias (C*M,)): new
+    C-contiguous CuPy arrays of x's dtype, or None where ``needs`` (three bools) is False.
+
+    Same argument rules as depthwise_conv2d; equal to PyTorch autograd of
+    ``F.conv2d(..., groups=C)``. grad_weight and grad_bias accumulate in float32
+    (float64 for float64) through a fixed-order two-stage reduction, so they are
+    deterministic: the same inputs give bitwise-identical results.
+    """
+    needs = _params.check_needs(needs)
+    grad_output = _as_cupy(grad_output, "grad_output")
+    x = _as_cupy(x, "x")
+    weight = _as_cupy(weight, "weight")
+    dtype = _params.check_dtypes(x=x.dtype, weight=weight.dtype, grad_output=grad_output.dtype)
+    p = _params.backward_params(grad_output.shape, x.shape, weight.shape, stride, padding, dilation)
+    cupy = _cupy()
+    dev = x.device.id
+    _same_device(dev, weight=weight, grad_output=grad_output)
+    gx = gw = gb = None
+    with x.device:
+        go = _contiguous(cupy, grad_output)
+        if needs[0]:
+            gx = _new_output(cupy, p.x_shape, x.dtype)
+            if gx.size:
+                w = _contiguous(cupy, weight)
+                launch = _kernels.plan_grad_input(p, dtype, go.data.ptr % 16 == 0)
+                launch(dev, (go, w, _NULL, gx))
+        if needs[1] or needs[2]:
+            if needs[1]:
+                gw = _new_output(cupy, p.weight_shape, x.dtype)
+            if needs[2]:
+                gb = _new_output(cupy, (p.CM,), x.dtype)
+            if p.CM and p.N == 0:
+                # Sums over an empty batch.
+                for a in (gw, gb):
+                    if a is not None:
+                        a.fill(0)
+            elif p.CM:
+                xc = _contiguous(cupy, x)
+                stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr % 16 == 0, go.data.ptr % 16 == 0)
+                partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
+                stage1(dev, (xc, go, partial))
+                stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))
+    return gx, gw, gb

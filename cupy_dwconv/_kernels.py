@@ -1,0 +1,513 @@
+"""Kernel specializations: C++ names, NVRTC options, grid and block math.
+
+This is the only module that knows the CUDA side. A *plan* is chosen per problem
+(ConvParams, dtype, pass, alignment): which kernel template, its compile-time arguments,
+the launch geometry and the scalar arguments with their exact C types. Plans are
+memoized, so a repeated call costs a dictionary lookup plus the launch.
+
+Kernel choice is a heuristic table (see `_tile_shape`, `_smem_plan`) rather than
+autotuning: it is deterministic (the weight gradient's reduction order, and therefore
+its bits, must not depend on timing noise), costs nothing on first use, and was set from
+measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
+try other variants through the same code path.
+
+Specializations are compiled on first use by cupy.RawModule (NVRTC) and cached by CuPy
+per device in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import re
+
+import numpy
+
+
+# ---------------------------------------------------------------------------------------
+# Sources and compilation
+
+NVRTC_OPTIONS = ("-std=c++17",)
+
+# C++ storage type per dtype name, accumulation type, bytes per element.
+CXX_TYPE = {"float16": "dw::half_t", "bfloat16": "dw::bf16_t", "float32": "float", "float64": "double"}
+ACC_DTYPE = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+INT32_MAX = 2**31 - 1
+
+
+@functools.lru_cache(maxsize=None)
+def source(name):
+    """Text of cuda/<name> with its local includes inlined (each header once).
+
+    Inlining keeps the whole program in the string CuPy hashes for its disk cache, so
+    editing a header can never reuse a stale binary.
+    """
+    seen = set()
+
+    def expand(fname):
+        if fname in seen:
+            return ""
+        seen.add(fname)
+        text = importlib.resources.files(__package__).joinpath("cuda", fname).read_text()
+        text = text.replace("#pragma once\n", "")
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device_id, src_name, expr):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(code=source(src_name), options=NVRTC_OPTIONS, name_expressions=(expr,))
+
+
+@functools.lru_cache(maxsize=None)
+def get_kernel(device_id, src_name, expr, shared_mem):
+    """The compiled kernel for one specialization on one device (compiles on first use)."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        kern = _module(device_id, src_name, expr).get_function(expr)
+        if shared_mem > 48 * 1024:
+            # Above 48 KB a kernel must opt in to its dynamic shared memory.
+            kern.max_dynamic_shared_size_bytes = shared_mem
+    return kern
+
+
+def _targs(*values):
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            out.append("true" if v else "false")
+        elif isinstance(v, str):
+            out.append(v)
+        else:
+            out.append(str(int(v)))
+    return ", ".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Plans
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch: which specialization, its geometry and its scalar arguments.
+
+    `scalars` hold numpy scalars of the exact C parameter types; the array arguments are
+    supplied at launch time in the kernel's order.
+    """
+
+    src: str
+    expr: str
+    grid: tuple
+    block: tuple
+    shared_mem: int
+    scalars: tuple
+
+    def kernel(self, device_id):
+        return get_kernel(device_id, self.src, self.expr, self.shared_mem)
+
+    def __call__(self, device_id, arrays):
+        self.kernel(device_id)(self.grid, self.block, tuple(arrays) + self.scalars, shared_mem=self.shared_mem)
+
+
+def _i32(v, what):
+    if not -(2**31) <= v <= INT32_MAX:
+        raise ValueError(f"{what}: expected a value that fits a 32-bit int, got {v}")
+    return numpy.int32(v)
+
+
+def _i64(v):
+    return numpy.int64(v)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _grid1d(total, block):
+    return (max(1, min(_cdiv(total, block), INT32_MAX)), 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One plane-to-plane problem solved by the conv kernels (forward or grad input).
+
+    IH x IW input planes -> OH x OW output planes, `planes` of them; channel map
+    (QC, IC, DIV, R) as documented in common.cuh. MODE 0 is a correlation with the given
+    padding; MODE 1 the grad-input gather for stride/padding of the forward.
+    """
+
+    mode: int
+    IH: int
+    IW: int
+    OH: int
+    OW: int
+    KH: int
+    KW: int
+    SH: int
+    SW: int
+    DH: int
+    DW: int
+    PT: int
+    PL: int
+    planes: int
+    QC: int
+    IC: int
+    DIV: int
+    R: int
+    flip: bool = False  # read the kernel rotated by 180 degrees (conv_smem only)
+
+
+def forward_problem(p):
+    return Problem(0, p.H, p.W, p.OH, p.OW, p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, p.PT, p.PL,
+                   p.N * p.CM, p.CM, p.C, p.M, 1)
+
+
+def grad_input_problem(p):
+    return Problem(1, p.OH, p.OW, p.H, p.W, p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, p.PT, p.PL,
+                   p.N * p.C, p.C, p.CM, 1, p.M)
+
+
+def _flipped_problem(pr):
+    """Grad input at stride 1 as a forward correlation with the rotated kernel and
+    padding D*(K-1) - pad (negative padding crops)."""
+    return dataclasses.replace(
+        pr, mode=0, flip=True, PT=pr.DH * (pr.KH - 1) - pr.PT, PL=pr.DW * (pr.KW - 1) - pr.PL
+    )
+
+
+def _channel_scalars(pr):
+    return (_i32(pr.QC, "channels"), _i64(pr.IC), _i32(pr.DIV, "channel multiplier"), _i32(pr.R, "channel multiplier"))
+
+
+# ---- conv_tile ------------------------------------------------------------------------
+
+TILE_MAX_TAPS = 64  # conv_tile keeps every weight in registers
+
+
+def _axis_lo(mode, k, s, d, pad_rem):
+    if mode == 0:
+        return 0
+    return (pad_rem - (k - 1) * d) // s  # floor division, as floor_div in common.cuh
+
+
+def _axis_span(mode, k, s, d, t, pad_rem):
+    if mode == 0:
+        return (t - 1) * s + (k - 1) * d + 1
+    return (t - 1 + pad_rem) // s - _axis_lo(mode, k, s, d, pad_rem) + 1
+
+
+def _tile_shape(pr, dtype):
+    """(TH, TW, MINB) for conv_tile: the heuristic table (benchmarks/NOTES.md).
+
+    Measured (session 1, seed_3x7): fp32 best with a 4x4 tile at 3 blocks/SM (80 regs);
+    wider tiles spill or lose occupancy. 16-bit: one 16-byte vector (8 elements) wide.
+    """
+    if pr.mode == 1:
+        # Tiles start on a stride phase: multiples of the stride.
+        th = pr.SH * max(1, 4 // pr.SH)
+        tw = pr.SW * max(1, (4 if dtype in ("float32", "float64") else 8) // pr.SW)
+        return th, tw, 2
+    if dtype == "float64":
+        return min(2, pr.OH), min(4, pr.OW), 2
+    if dtype == "float32":
+        tw = pr.OW if pr.OW < 4 else 4
+        th = 4
+    else:
+        tw = pr.OW if pr.OW < 8 else 8
+        th = 2
+    if pr.OW < 16 and pr.OW % tw:
+        tw = min(pr.OW, 8)
+    return min(th, pr.OH), tw, (3 if pr.KH * pr.KW <= 25 else 2)
+
+
+def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 * 2048 * 2):
+    """Micro-tiles per thread along H: as many as possible (amortizes per-thread setup)
+    while the grid keeps about `target_threads` threads."""
+    nt = max(1, min(tiles_per_thread_max, n_rt, (n_rt * other_units) // target_threads))
+    return nt
+
+
+def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
+    """conv_tile plan for small kernels; None when the shape does not fit its limits."""
+    if pr.KH * pr.KW > TILE_MAX_TAPS:
+        return None
+    if th is None:
+        th, tw, minb_default = _tile_shape(pr, dtype)
+        minb = minb_default if minb is None else minb
+    if minb is None:
+        minb = 2
+    v = 16 // ITEMSIZE[dtype]
+    mode = pr.mode
+    ptr = pr.PT % pr.SH if mode == 1 else 0
+    plr = pr.PL % pr.SW if mode == 1 else 0
+    if mode == 1 and (th % pr.SH or tw % pr.SW):
+        return None
+    span_w = _axis_span(mode, pr.KW, pr.SW, pr.DW, tw, plr)
+    step_w = tw * pr.SW if mode == 0 else tw // pr.SW
+    if mode == 0:
+        off_h, off_w = -pr.PT, -pr.PL
+    else:
+        off_h, off_w = pr.PT // pr.SH, pr.PL // pr.SW
+    lo_w = _axis_lo(mode, pr.KW, pr.SW, pr.DW, plr)
+    vin = pr.IW % v == 0 and x_ptr % 16 == 0 and step_w % v == 0
+    shift = (off_w + lo_w) % v if vin else 0
+    nb = _cdiv(shift + span_w, v) * v if vin else span_w
+    vout = pr.OW % v == 0 and tw % v == 0
+    if nb > 96 or th * tw > 64:
+        return None
+    n_cg = _cdiv(pr.OW, tw)
+    n_rt = _cdiv(pr.OH, th)
+    if nt is None:
+        nt = _strip_length(n_rt, pr.planes * n_cg)
+    n_rs = _cdiv(n_rt, nt)
+    units = pr.planes * n_rs * n_cg
+    if n_cg * n_rt > INT32_MAX:
+        return None
+    expr = "dw::conv_tile<" + _targs(
+        CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb
+    ) + ">"
+    block = 256
+    scalars = (
+        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
+        _i32(pr.OW, "output width"), _i32(off_h, "padding"), _i32(off_w, "padding"),
+        _i32(n_cg, "tiles"), _i32(n_rs, "tiles"), _i32(n_rt, "tiles"), _i32(nt, "tiles"), _i64(units),
+    ) + _channel_scalars(pr)
+    return Launch("conv.cu", expr, _grid1d(units, block), (block, 1, 1), 0, scalars)
+
+
+# ---- conv_smem ------------------------------------------------------------------------
+
+SMEM_MAX_KW = 64
+SMEM_MAX_THREADS = 512  # conv_smem is compiled with __launch_bounds__(512)
+
+
+def _smem_geometry(pr, dtype, th, tw, bh, bw):
+    acc_size = ITEMSIZE[ACC_DTYPE[dtype]]
+    lv = 16 // acc_size
+    rw = (tw - 1) * pr.SW + (pr.KW - 1) * pr.DW + 1
+    rwv = _cdiv(rw, lv) * lv
+    kwp = _cdiv(pr.KW, lv) * lv
+    tih = (bh - 1) * pr.SH + (pr.KH - 1) * pr.DH + 1
+    tiw = (bw - 1) * pr.SW + (pr.KW - 1) * pr.DW + 1
+    pitch = max(tiw, (bw // tw - 1) * tw * pr.SW + rwv)
+    pitch = _cdiv(pitch, lv) * lv
+    if pitch % 32 == 0:
+        pitch += lv  # rows one bank group apart
+    per_tile = (tih * pitch + pr.KH * kwp) * acc_size
+    return pitch, per_tile, rwv, kwp
+
+
+SMEM_SHAPES = ((7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (2, 4), (1, 8), (1, 4))
+SM_SMEM = 227 * 1024
+SM_THREADS = 2048
+
+
+def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
+    """(score, config) of one conv_smem configuration, or None if it does not fit.
+
+    Score = useful lanes (threads rounded up to warps) x useful outputs (tiles rounded up
+    to micro-tiles) x latency cover (resident warps per SM, saturating at 16)."""
+    lv = 16 // ITEMSIZE[ACC_DTYPE[dtype]]
+    if (tw * pr.SW) % lv:
+        return None
+    if bh is None:
+        # Whole planes when they are small, else 32 x 64 output tiles.
+        bh = min(_cdiv(pr.OH, th) * th, max(th, (32 // th) * th))
+        bw = min(_cdiv(pr.OW, tw) * tw, max(tw, (64 // tw) * tw))
+    pitch, per_tile, rwv, kwp = _smem_geometry(pr, dtype, th, tw, bh, bw)
+    # Two input rows in flight, a weight row and the accumulators must fit 128 registers
+    # (ptxas report: 31-wide kernels spill with TW = 8, fit with TW = 4).
+    if th * tw + 2 * rwv + kwp > 132 or th * tw > 64:
+        return None
+    units_per_tile = (bh // th) * (bw // tw)
+    n_tx, n_ty = _cdiv(pr.OW, bw), _cdiv(pr.OH, bh)
+    n_tiles = pr.planes * n_tx * n_ty
+    useful_outputs = pr.OH * pr.OW / (n_ty * bh * n_tx * bw)
+    best = None
+    choices = [tiles_per_block] if tiles_per_block else range(1, 65)
+    for tp in choices:
+        threads = tp * units_per_tile
+        if threads > SMEM_MAX_THREADS or tp * per_tile > SM_SMEM or tp > max(1, n_tiles):
+            break
+        block = _cdiv(threads, 32) * 32
+        blocks_per_sm = min(SM_SMEM // (tp * per_tile), SM_THREADS // block, 32)
+        warps = blocks_per_sm * block // 32
+        score = (threads / block) * useful_outputs * min(1.0, warps / 16) * (1.0 if th * tw >= 16 else 0.85)
+        if best is None or score > best[0] + 1e-9:
+            best = (score, dict(th=th, tw=tw, bh=bh, bw=bw, tiles_per_block=tp, pitch=pitch, per_tile=per_tile,
+                                n_tx=n_tx, n_ty=n_ty, n_tiles=n_tiles, block=block))
+    return best
+
+
+def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None):
+    """conv_smem plan (MODE 0 correlations, optionally with the flipped kernel); None if
+    the shape does not fit."""
+    if pr.mode != 0 or pr.KW > SMEM_MAX_KW or (pr.flip and (pr.SH, pr.SW) != (1, 1)):
+        return None
+    shapes = [(th, tw)] if th is not None else SMEM_SHAPES
+    found = [c for c in (_smem_candidate(pr, dtype, a, b, bh, bw, tiles_per_block) for a, b in shapes) if c]
+    if not found:
+        return None
+    cfg = max(found, key=lambda c: c[0])[1]
+    smem = cfg["tiles_per_block"] * cfg["per_tile"]
+    expr = "dw::conv_smem<" + _targs(
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip
+    ) + ">"
+    scalars = (
+        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
+        _i32(pr.OW, "output width"), _i32(pr.PT, "padding"), _i32(pr.PL, "padding"),
+        _i32(cfg["bh"], "tile"), _i32(cfg["bw"], "tile"), _i32(cfg["n_tx"], "tiles"), _i32(cfg["n_ty"], "tiles"),
+        _i32(cfg["tiles_per_block"], "tiles"), _i64(cfg["n_tiles"]), _i32(cfg["pitch"], "pitch"),
+    ) + _channel_scalars(pr)
+    grid = (max(1, min(_cdiv(cfg["n_tiles"], cfg["tiles_per_block"]), INT32_MAX)), 1, 1)
+    return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, scalars)
+
+
+# ---- conv_generic -----------------------------------------------------------------------
+
+def generic_launch(pr, dtype):
+    total = pr.planes * pr.OH * pr.OW
+    expr = f"dw::conv_generic<{CXX_TYPE[dtype]}, {pr.mode}>"
+    scalars = (
+        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
+        _i32(pr.OW, "output width"), _i32(pr.KH, "kernel height"), _i32(pr.KW, "kernel width"),
+        _i32(pr.SH, "stride"), _i32(pr.SW, "stride"), _i32(pr.DH, "dilation"), _i32(pr.DW, "dilation"),
+        _i32(pr.PT, "padding"), _i32(pr.PL, "padding"), _i64(total),
+    ) + _channel_scalars(pr)
+    return Launch("conv.cu", expr, _grid1d(total, 256), (256, 1, 1), 0, scalars)
+
+
+def plan_conv(pr, dtype, x_ptr, force=None):
+    """The launch for a plane-to-plane problem: tile, then smem, then generic."""
+    if force is not None:
+        kind, kwargs = force
+        if kind == "tile":
+            return tile_launch(pr, dtype, x_ptr, **kwargs)
+        if kind == "smem":
+            q = _flipped_problem(pr) if pr.mode == 1 else pr
+            return smem_launch(q, dtype, **kwargs)
+        return generic_launch(pr, dtype)
+    launch = tile_launch(pr, dtype, x_ptr)
+    if launch is None:
+        if pr.mode == 0:
+            launch = smem_launch(pr, dtype)
+        elif pr.SH == 1 and pr.SW == 1:
+            launch = smem_launch(_flipped_problem(pr), dtype)
+    return launch if launch is not None else generic_launch(pr, dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_forward(p, dtype, x_aligned):
+    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_grad_input(p, dtype, go_aligned):
+    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1)
+
+
+# ---- weight gradient ------------------------------------------------------------------------
+
+def _wgrad_chunks(units_per_channel, channels, sms=132):
+    """Chunks per channel: enough blocks to fill the GPU a few times over."""
+    target_blocks = 8 * sms
+    chunks = max(1, min(_cdiv(target_blocks, max(channels, 1)), _cdiv(units_per_channel, 256 * 4)))
+    return min(chunks, 65535)
+
+
+def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
+    taps = p.KH * p.KW
+    if taps > TILE_MAX_TAPS:
+        return None
+    v = 16 // ITEMSIZE[dtype]
+    if th is None:
+        th, tw = (2, 8) if taps > 25 else (4, 8)
+        if dtype == "float64":
+            tw = 4
+        if p.OW < tw:
+            tw = max(1, p.OW)
+        th = min(th, p.OH)
+    span_w = (tw - 1) * p.SW + (p.KW - 1) * p.DW + 1
+    vin = p.W % v == 0 and x_ptr % 16 == 0 and (tw * p.SW) % v == 0
+    shift = (-p.PL) % v if vin else 0
+    nb = _cdiv(shift + span_w, v) * v if vin else span_w
+    vgo = p.OW % v == 0 and tw % v == 0 and go_ptr % 16 == 0
+    if nb > 96 or th * tw > 64:
+        return None
+    n_cg, n_rt = _cdiv(p.OW, tw), _cdiv(p.OH, th)
+    units = p.N * n_cg * n_rt
+    chunks = _wgrad_chunks(units, p.CM)
+    expr = "dw::wgrad_tile<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb
+    ) + ">"
+    scalars = (
+        _i32(p.H, "height"), _i32(p.W, "width"), _i32(p.OH, "output height"), _i32(p.OW, "output width"),
+        _i32(p.PT, "padding"), _i32(p.PL, "padding"), _i32(n_cg, "tiles"), _i32(n_rt, "tiles"),
+        _i32(p.N, "batch"), _i32(p.C, "channels"), _i32(p.M, "channel multiplier"), _i32(p.CM, "channels"),
+        _i32(chunks, "chunks"),
+    )
+    grid = (chunks, min(p.CM, 65535), 1)
+    return Launch("wgrad.cu", expr, grid, (256, 1, 1), 0, scalars), chunks
+
+
+def wgrad_generic_launch(p, dtype):
+    per_channel = p.N * p.OH * p.OW
+    chunks = max(1, min(_cdiv(8 * 132, max(p.CM, 1)), _cdiv(per_channel, 4096), 65535))
+    expr = f"dw::wgrad_generic<{CXX_TYPE[dtype]}>"
+    scalars = (
+        _i32(p.H, "height"), _i32(p.W, "width"), _i32(p.OH, "output height"), _i32(p.OW, "output width"),
+        _i32(p.KH, "kernel height"), _i32(p.KW, "kernel width"), _i32(p.SH, "stride"), _i32(p.SW, "stride"),
+        _i32(p.DH, "dilation"), _i32(p.DW, "dilation"), _i32(p.PT, "padding"), _i32(p.PL, "padding"),
+        _i32(p.N, "batch"), _i32(p.C, "channels"), _i32(p.M, "channel multiplier"), _i32(p.CM, "channels"),
+        _i32(chunks, "chunks"),
+    )
+    block = min(256, _cdiv(p.KH * p.KW + 1, 32) * 32)
+    grid = (chunks, min(p.CM, 65535), 1)
+    return Launch("wgrad.cu", expr, grid, (block, 1, 1), 0, scalars), chunks
+
+
+def reduce_launch(p, dtype, chunks):
+    taps = p.KH * p.KW
+    expr = f"dw::wgrad_reduce<{CXX_TYPE[dtype]}>"
+    scalars = (_i32(p.CM, "channels"), _i32(taps, "taps"), _i32(chunks, "chunks"))
+    return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, scalars)
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_wgrad(p, dtype, x_aligned, go_aligned, force=None):
+    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias."""
+    res = None
+    if force != "generic":
+        res = wgrad_tile_launch(p, dtype, 0 if x_aligned else 1, 0 if go_aligned else 1)
+    if res is None:
+        res = wgrad_generic_launch(p, dtype)
+    stage1, chunks = res
+    return stage1, chunks, reduce_launch(p, dtype, chunks)
+
+
+# ---------------------------------------------------------------------------------------
+# Every specialization the dispatcher can pick for a list of problems (the CPU compile
+# check and the resource report use this).
+
+def expressions_for(problems):
+    """{src: set(name expressions)} for the given (ConvParams, dtype) pairs, all passes,
+    both alignments."""
+    out = {}
+    for p, dtype in problems:
+        launches = []
+        for aligned in (True, False):
+            launches.append(plan_forward(p, dtype, aligned))
+            launches.append(plan_grad_input(p, dtype, aligned))
+            s1, _, s2 = plan_wgrad(p, dtype, aligned, aligned)
+            launches += [s1, s2]
+        for launch in launches:
+            out.setdefault(launch.src, set()).add(launch.expr)
+    return out

@@ -1,0 +1,218 @@
+// Shared device helpers for the depthwise convolution kernels: storage types,
+// conversions to the accumulation type, and scalar / 16-byte vector loads and stores.
+//
+// No CUDA header is included: the 16-bit types are plain bit containers converted
+// with PTX, so the sources compile with NVRTC alone on any machine (the CPU test
+// suite compiles every kernel without a GPU).
+#pragma once
+
+namespace dw {
+
+typedef long long i64;
+
+struct half_t { unsigned short bits; };
+struct bf16_t { unsigned short bits; };
+
+// acc: accumulation type (16-bit types accumulate in float32).
+// VEC: elements in one 16-byte global access.
+template <class T> struct Traits;
+template <> struct Traits<float>  { typedef float  acc; static constexpr int VEC = 4; };
+template <> struct Traits<double> { typedef double acc; static constexpr int VEC = 2; };
+template <> struct Traits<half_t> { typedef float  acc; static constexpr int VEC = 8; };
+template <> struct Traits<bf16_t> { typedef float  acc; static constexpr int VEC = 8; };
+
+// ---- conversions -----------------------------------------------------------------
+__device__ __forceinline__ float h2f(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float b2f(unsigned short b) { return __uint_as_float(((unsigned)b) << 16); }
+// Round to nearest even; NaN stays a (quiet) NaN. sm_80+ has the conversion in hardware;
+// older targets use the same rounding in integer arithmetic.
+__device__ __forceinline__ unsigned short f2b(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short b;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
+    return b;
+#else
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+#endif
+}
+
+__device__ __forceinline__ float  load1(const float* p)  { return __ldg(p); }
+__device__ __forceinline__ double load1(const double* p) { return __ldg(p); }
+__device__ __forceinline__ float  load1(const half_t* p) { return h2f(__ldg(reinterpret_cast<const unsigned short*>(p))); }
+__device__ __forceinline__ float  load1(const bf16_t* p) { return b2f(__ldg(reinterpret_cast<const unsigned short*>(p))); }
+
+__device__ __forceinline__ void store1(float* p, float v)   { *p = v; }
+__device__ __forceinline__ void store1(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store1(half_t* p, float v)  { p->bits = f2h(v); }
+__device__ __forceinline__ void store1(bf16_t* p, float v)  { p->bits = f2b(v); }
+
+// ---- 16-byte vectors (the caller guarantees 16-byte alignment) ---------------------
+__device__ __forceinline__ void load_vec(const float* p, float* d) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+}
+__device__ __forceinline__ void load_vec(const double* p, double* d) {
+    const double2 v = __ldg(reinterpret_cast<const double2*>(p));
+    d[0] = v.x; d[1] = v.y;
+}
+__device__ __forceinline__ void unpack_h(unsigned w, float* d) { d[0] = h2f((unsigned short)(w & 0xffffu)); d[1] = h2f((unsigned short)(w >> 16)); }
+__device__ __forceinline__ void unpack_b(unsigned w, float* d) { d[0] = __uint_as_float(w << 16); d[1] = __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ void load_vec(const half_t* p, float* d) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    unpack_h(v.x, d); unpack_h(v.y, d + 2); unpack_h(v.z, d + 4); unpack_h(v.w, d + 6);
+}
+__device__ __forceinline__ void load_vec(const bf16_t* p, float* d) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    unpack_b(v.x, d); unpack_b(v.y, d + 2); unpack_b(v.z, d + 4); unpack_b(v.w, d + 6);
+}
+
+__device__ __forceinline__ void store_vec(float* p, const float* s) {
+    *reinterpret_cast<float4*>(p) = make_float4(s[0], s[1], s[2], s[3]);
+}
+__device__ __forceinline__ void store_vec(double* p, const double* s) {
+    *reinterpret_cast<double2*>(p) = make_double2(s[0], s[1]);
+}
+// Two floats -> one 32-bit word of two 16-bit values, a in the low half (lower address).
+__device__ __forceinline__ unsigned pack_h(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));  // first source -> upper half
+    return r;
+#else
+    return (unsigned)f2h(a) | ((unsigned)f2h(b) << 16);
+#endif
+}
+__device__ __forceinline__ unsigned pack_b(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+#else
+    return (unsigned)f2b(a) | ((unsigned)f2b(b) << 16);
+#endif
+}
+__device__ __forceinline__ void store_vec(half_t* p, const float* s) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(pack_h(s[0], s[1]), pack_h(s[2], s[3]), pack_h(s[4], s[5]), pack_h(s[6], s[7]));
+}
+__device__ __forceinline__ void store_vec(bf16_t* p, const float* s) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(pack_b(s[0], s[1]), pack_b(s[2], s[3]), pack_b(s[4], s[5]), pack_b(s[6], s[7]));
+}
+
+// 8- and 4-byte stores of consecutive elements (caller guarantees alignment).
+__device__ __forceinline__ void store_8b(float* p, const float* s) { *reinterpret_cast<float2*>(p) = make_float2(s[0], s[1]); }
+__device__ __forceinline__ void store_8b(double* p, const double* s) { *p = s[0]; }
+__device__ __forceinline__ void store_8b(half_t* p, const float* s) { *reinterpret_cast<uint2*>(p) = make_uint2(pack_h(s[0], s[1]), pack_h(s[2], s[3])); }
+__device__ __forceinline__ void store_8b(bf16_t* p, const float* s) { *reinterpret_cast<uint2*>(p) = make_uint2(pack_b(s[0], s[1]), pack_b(s[2], s[3])); }
+__device__ __forceinline__ void store_4b(float* p, const float* s) { *p = s[0]; }
+__device__ __forceinline__ void store_4b(double* p, const double* s) { *p = s[0]; }
+__device__ __forceinline__ void store_4b(half_t* p, const float* s) { *reinterpret_cast<unsigned*>(p) = pack_h(s[0], s[1]); }
+__device__ __forceinline__ void store_4b(bf16_t* p, const float* s) { *reinterpret_cast<unsigned*>(p) = pack_b(s[0], s[1]); }
+
+// Store N consecutive results of one output row at p, `valid` of them inside the row.
+// Output rows need not start on a 16-byte boundary (OW * itemsize is often not a multiple
+// of 16), so the widest access the address allows is chosen at run time; within a warp
+// the threads of one row share the alignment, so the branch is uniform there.
+template <class T, int N, class A>
+__device__ __forceinline__ void store_row(T* p, const A* v, int valid) {
+    constexpr int E = (int)sizeof(T);
+    constexpr int V16 = 16 / E, V8 = 8 / E > 0 ? 8 / E : 1, V4 = 4 / E > 0 ? 4 / E : 1;
+    const unsigned long long addr = reinterpret_cast<unsigned long long>(p);
+    if (valid >= N) {
+        if (N % V16 == 0 && (addr & 15) == 0) {
+#pragma unroll
+            for (int k = 0; k < N / V16; ++k) store_vec(p + k * V16, v + k * V16);
+            return;
+        }
+        if (N % V8 == 0 && (addr & 7) == 0) {
+#pragma unroll
+            for (int k = 0; k < N / V8; ++k) store_8b(p + k * V8, v + k * V8);
+            return;
+        }
+        if (N % V4 == 0 && (addr & 3) == 0) {
+#pragma unroll
+            for (int k = 0; k < N / V4; ++k) store_4b(p + k * V4, v + k * V4);
+            return;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+        if (j < valid) store1(p + j, v[j]);
+}
+
+// Accumulator-typed 16-byte shared-memory vectors (float4 / double2).
+template <class A> struct SmemVec;
+template <> struct SmemVec<float>  { static constexpr int N = 4; };
+template <> struct SmemVec<double> { static constexpr int N = 2; };
+__device__ __forceinline__ void lds_vec(const float* p, float* d) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+}
+__device__ __forceinline__ void lds_vec(const double* p, double* d) {
+    const double2 v = *reinterpret_cast<const double2*>(p);
+    d[0] = v.x; d[1] = v.y;
+}
+
+// ---- index helpers ---------------------------------------------------------------
+__host__ __device__ constexpr int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+__host__ __device__ constexpr int round_up(int a, int b) { return (a + b - 1) / b * b; }
+
+// Work unit u -> (plane q, row tile rt, column tile cg), column tile fastest so that
+// neighbouring threads read neighbouring columns. 32-bit division when the unit count
+// fits (the common case), 64-bit otherwise: u can pass 2^31 on large tensors.
+__device__ __forceinline__ void split_unit(i64 u, i64 n_units, int n_cg, int n_rt, i64& q, int& rt, int& cg) {
+    if (n_units <= 0xffffffffLL) {
+        const unsigned uu = (unsigned)u;
+        const unsigned t = uu / (unsigned)n_cg;
+        cg = (int)(uu - t * (unsigned)n_cg);
+        const unsigned qq = t / (unsigned)n_rt;
+        rt = (int)(t - qq * (unsigned)n_rt);
+        q = qq;
+    } else {
+        const i64 t = u / n_cg;
+        cg = (int)(u - t * n_cg);
+        q = t / n_rt;
+        rt = (int)(t - q * n_rt);
+    }
+}
+
+// Channel mapping shared by the forward and the grad-input passes.
+// Output plane q = n * QC + ch sums R input planes n * IC + (ch / DIV) * R + m (m < R)
+// with weight rows ch * R + m:
+//   forward:     QC = C*M, IC = C,   DIV = M, R = 1  (output channel o reads input o / M)
+//   grad input:  QC = C,   IC = C*M, DIV = 1, R = M  (input channel c gathers its M outputs)
+struct PlaneMap {
+    i64 in_plane0;  // first input plane
+    i64 w_row0;     // first weight row
+    int ch;         // channel within the batch item (bias index in the forward)
+};
+__device__ __forceinline__ PlaneMap map_plane(i64 q, int QC, i64 IC, int DIV, int R) {
+    i64 n;
+    int ch;
+    if (q <= 0xffffffffLL) {  // 32-bit division in the common case
+        const unsigned nn = (unsigned)q / (unsigned)QC;
+        n = nn;
+        ch = (int)((unsigned)q - nn * (unsigned)QC);
+    } else {
+        n = q / QC;
+        ch = (int)(q - n * QC);
+    }
+    PlaneMap m;
+    m.in_plane0 = n * IC + (i64)(ch / DIV) * R;
+    m.w_row0 = (i64)ch * R;
+    m.ch = ch;
+    return m;
+}
+
+}  // namespace dw

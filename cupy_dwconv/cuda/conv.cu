@@ -1,0 +1,358 @@
+// Depthwise convolution kernels that produce one output plane per (batch item, channel):
+// the forward pass, and the grad-input pass (which is the same kind of problem: each
+// grad_x plane gathers its M grad_output planes through the kernel).
+//
+//   conv_tile    small kernels (KH*KW <= 64): register micro-tiles, inputs straight from
+//                global memory, every index known at compile time.
+//   conv_smem    large kernels: the input tile staged once in shared memory, row-outer
+//                register blocking, weights read as shared-memory broadcasts.
+//   conv_generic any shape: runtime kernel geometry, one thread per output.
+//
+// Bytes per output: the forward reads each input element once from DRAM and writes each
+// output once, so it costs (1/(SH*SW) + 1) elements of DRAM traffic per output; halo
+// re-reads between neighbouring tiles are served by L1/L2.
+#include "tile.cuh"
+
+namespace dw {
+
+// Accumulate one input plane into a TH x TW register tile (row-outer: row r of the tile's
+// window feeds every (output row t, tap row kh) pair with AH::at(t, kh) == r, all resolved
+// at compile time, so the unrolled body is FMAs on registers).
+template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
+          int PTR, int PLR, bool VIN, int SOFF, int NB>
+__device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const typename Traits<T>::acc (&wr)[KH * KW],
+                                                int r0, int c0, int IH, int IW,
+                                                typename Traits<T>::acc (&acc)[TH][TW]) {
+    typedef typename Traits<T>::acc A;
+    typedef Axis<MODE, KH, SH, DH, TH, PTR> AH;
+    typedef Axis<MODE, KW, SW, DW, TW, PLR> AW;
+#pragma unroll
+    for (int r = 0; r < AH::SPAN; ++r) {
+        A buf[NB];
+        load_row<T, VIN, NB, AW::SPAN>(xp, r0 + r, c0, IH, IW, buf);
+#pragma unroll
+        for (int t = 0; t < TH; ++t)
+#pragma unroll
+            for (int kh = 0; kh < KH; ++kh) {
+                if (AH::at(t, kh) != r) continue;
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                    for (int j = 0; j < TW; ++j) {
+                        const int ci = AW::at(j, kw);
+                        if (ci >= 0) acc[t][j] = fma(buf[SOFF + ci], wr[kh * KW + kw], acc[t][j]);
+                    }
+            }
+    }
+}
+
+// conv_tile: each thread computes a vertical strip of up to NT micro-tiles of TH x TW
+// outputs of one output plane (NT is a run-time argument chosen by the host so the grid
+// still fills the GPU). The strip amortizes the per-thread setup (unit decomposition,
+// plane mapping, KH*KW weight loads) over NT tiles; the rows a tile shares with the
+// previous one are L1 hits. Weights (KH*KW) live in registers. No shared memory and no
+// barrier: a thread may leave early.
+//
+// Template arguments: T storage type; MODE 0 forward / 1 grad input; KH KW SH SW DH DW
+// kernel geometry; TH TW micro-tile; PTR PLR pad % stride (MODE 1 only); VIN 16-byte input
+// loads; SHIFT = (first input column) mod VEC, known on the host; VOUT 16-byte stores on
+// rows known to be aligned (otherwise store_row picks the widest aligned access);
+// MINB blocks of 256 threads per SM the registers must allow (2: <= 128 registers).
+template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
+          int PTR, int PLR, bool VIN, int SHIFT, bool VOUT, int MINB>
+__global__ void __launch_bounds__(256, MINB)
+conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+          int IH, int IW, int OH, int OW, int off_h, int off_w, int n_cg, int n_rs, int n_rt, int NT, i64 n_units,
+          int QC, i64 IC, int DIV, int R) {
+    typedef typename Traits<T>::acc A;
+    constexpr int V = Traits<T>::VEC;
+    typedef Axis<MODE, KH, SH, DH, TH, PTR> AH;
+    typedef Axis<MODE, KW, SW, DW, TW, PLR> AW;
+    constexpr int SOFF = VIN ? SHIFT : 0;
+    constexpr int NB = VIN ? round_up(SOFF + AW::SPAN, V) : AW::SPAN;
+    static_assert(KH * KW <= 64, "conv_tile keeps the whole kernel in registers");
+    static_assert(MODE == 0 || (TH % SH == 0 && TW % SW == 0), "grad-input tiles start on a stride phase");
+    static_assert(!VIN || (AW::STEP % V == 0 && SHIFT < V), "vector loads need tile columns on a vector boundary");
+    static_assert(!VOUT || TW % V == 0, "vector stores need whole vectors per tile row");
+    static_assert(NB <= 96 && TH * TW <= 64, "register budget");
+
+    const i64 plane_in = (i64)IH * IW;
+    const i64 plane_out = (i64)OH * OW;
+    for (i64 u = (i64)blockIdx.x * blockDim.x + threadIdx.x; u < n_units; u += (i64)gridDim.x * blockDim.x) {
+        i64 q;
+        int rs, cg;
+        split_unit(u, n_units, n_cg, n_rs, q, rs, cg);
+        const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+        // First input column of the window (off_w = -pad in MODE 0, pad / stride in
+        // MODE 1), rounded down to a vector boundary by SHIFT.
+        const int c0 = cg * AW::STEP + off_w + AW::LO - SOFF;
+        const int ow0 = cg * TW;
+        const A b0 = (MODE == 0 && bias != nullptr) ? load1(bias + pm.ch) : A(0);
+        const T* xp0 = x + pm.in_plane0 * plane_in;
+        T* yp = y + q * plane_out + ow0;
+        const int rt_end = min(n_rt, (rs + 1) * NT);
+
+        A wr[KH * KW];
+        if (R == 1) {
+            const T* wp = w + pm.w_row0 * (KH * KW);
+#pragma unroll
+            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + i);
+        }
+        for (int rt = rs * NT; rt < rt_end; ++rt) {
+            const int r0 = rt * AH::STEP + off_h + AH::LO;
+            A acc[TH][TW];
+#pragma unroll
+            for (int t = 0; t < TH; ++t)
+#pragma unroll
+                for (int j = 0; j < TW; ++j) acc[t][j] = b0;
+            if (R == 1) {
+                tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(xp0, wr, r0, c0, IH, IW, acc);
+            } else {
+                for (int m = 0; m < R; ++m) {
+                    const T* wp = w + (pm.w_row0 + m) * (KH * KW);
+#pragma unroll
+                    for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + i);
+                    tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(
+                        xp0 + m * plane_in, wr, r0, c0, IH, IW, acc);
+                }
+            }
+            const int oh0 = rt * TH;
+#pragma unroll
+            for (int t = 0; t < TH; ++t) {
+                const int oh = oh0 + t;
+                if (oh >= OH) break;
+                T* rp = yp + (i64)oh * OW;
+                if constexpr (VOUT) {
+                    // OW is a multiple of V: a vector is wholly inside or outside the row.
+#pragma unroll
+                    for (int k = 0; k < TW / V; ++k)
+                        if (ow0 + k * V < OW) store_vec(rp + k * V, &acc[t][k * V]);
+                } else {
+                    store_row<T, TW>(rp, acc[t], OW - ow0);
+                }
+            }
+        }
+    }
+}
+
+// One staged input row segment (RWV accumulator values) into registers, 16-byte reads.
+template <class A, int RWV>
+__device__ __forceinline__ void smem_row(const A* p, A (&seg)[RWV]) {
+    constexpr int LV = SmemVec<A>::N;
+#pragma unroll
+    for (int k = 0; k < RWV / LV; ++k) lds_vec(p + k * LV, &seg[k * LV]);
+}
+
+// Row r of a micro-tile's window feeds output row t through tap row kh = (r - t*SH)/DH;
+// the test depends only on (r, t), so it is uniform across the block. Weight rows are
+// broadcast reads (every thread of a tile reads the same address).
+template <class A, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int RWV, int KWP>
+__device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, int r, A (&acc)[TH][TW]) {
+    constexpr int LV = SmemVec<A>::N;
+#pragma unroll
+    for (int t = 0; t < TH; ++t) {
+        const int d = r - t * SH;
+        if (d < 0 || d % DH != 0 || d / DH >= KH) continue;
+        const A* wrow = wt + (d / DH) * KWP;
+        A wr[KWP];
+#pragma unroll
+        for (int k = 0; k < KWP / LV; ++k) lds_vec(wrow + k * LV, &wr[k * LV]);
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+            for (int j = 0; j < TW; ++j) acc[t][j] = fma(seg[j * SW + kw * DW], wr[kw], acc[t][j]);
+    }
+}
+
+// conv_smem: large kernels (compute-bound). A block owns P output tiles of BH x BW (whole
+// planes when they are small), stages each input tile with its halo in shared memory once
+// (zero padding written in place, converted to the accumulation type), plus the weights
+// with rows padded to a multiple of 4 for 16-byte broadcast reads. Threads then own
+// TH x TW micro-tiles and walk the input window row by row: each staged row is read once
+// per micro-tile and reused for every output row t it feeds (tap row kh = r - t*SH), so
+// shared-memory traffic per FMA is ~1/(TH*TW) input reads plus one broadcast weight
+// vector per 4*TW FMAs.
+//
+// FLIP reads the weights rotated by 180 degrees: the grad-input pass at stride 1 is this
+// same correlation on grad_output with the flipped kernel and padding D*(K-1) - pad.
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP>
+__global__ void __launch_bounds__(512, 1)
+conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+          int IH, int IW, int OH, int OW, int pad_t, int pad_l,
+          int BH, int BW, int n_tx, int n_ty, int P, i64 n_tiles, int pitch,
+          int QC, i64 IC, int DIV, int R) {
+    typedef typename Traits<T>::acc A;
+    constexpr int LV = SmemVec<A>::N;
+    constexpr int RH = (TH - 1) * SH + (KH - 1) * DH + 1;
+    constexpr int RW = (TW - 1) * SW + (KW - 1) * DW + 1;
+    constexpr int RWV = round_up(RW, LV);
+    constexpr int KWP = round_up(KW, LV);
+    static_assert((TW * SW) % LV == 0, "micro-tile columns start on a 16-byte boundary");
+    static_assert(TH * TW <= 64 && RWV <= 96 && KWP <= 64, "register budget");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    A* const xs = reinterpret_cast<A*>(smem_raw);
+    const int TIH = (BH - 1) * SH + (KH - 1) * DH + 1;  // staged input rows per tile
+    const int TIW = (BW - 1) * SW + (KW - 1) * DW + 1;  // staged input columns per tile
+    const int tile_elems = TIH * pitch;                  // pitch >= TIW + RWV - RW, multiple of LV
+    A* const ws = xs + (i64)P * tile_elems;
+
+    const int ucg = BW / TW, urt = BH / TH;
+    const int units = P * ucg * urt;
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    // This thread's micro-tile: (tile p, row tile, column tile).
+    const int my_p = tid / (ucg * urt);
+    const int my_rem = tid - my_p * (ucg * urt);
+    const int my_rt = my_rem / ucg;
+    const int my_cg = my_rem - my_rt * ucg;
+    const bool active = tid < units;
+
+    const i64 plane_in = (i64)IH * IW;
+    const i64 plane_out = (i64)OH * OW;
+    const int warp = tid >> 5, lane = tid & 31, nwarps = (nthreads + 31) >> 5;
+
+    for (i64 tile0 = (i64)blockIdx.x * P; tile0 < n_tiles; tile0 += (i64)gridDim.x * P) {
+        A acc[TH][TW];
+        i64 my_q = 0;
+        int my_oy = 0, my_ox = 0;
+        {
+            const i64 z = tile0 + my_p;
+            if (active && z < n_tiles) {
+                const i64 zy = z / n_tx;
+                const int tx = (int)(z - zy * n_tx);
+                my_q = zy / n_ty;
+                const int ty = (int)(zy - my_q * n_ty);
+                my_oy = ty * BH + my_rt * TH;
+                my_ox = tx * BW + my_cg * TW;
+            }
+        }
+        A b0 = A(0);
+        if (!FLIP && bias != nullptr && active && tile0 + my_p < n_tiles)
+            b0 = load1(bias + map_plane(my_q, QC, IC, DIV, R).ch);
+#pragma unroll
+        for (int t = 0; t < TH; ++t)
+#pragma unroll
+            for (int j = 0; j < TW; ++j) acc[t][j] = b0;
+
+        for (int m = 0; m < R; ++m) {
+            __syncthreads();  // previous tile's (or previous m's) readers are done with smem
+            // Stage P input tiles, one warp per staged row: divisions happen per row, not
+            // per element, and a warp reads a contiguous piece of one input row.
+            for (int row = warp; row < P * TIH; row += nwarps) {
+                const int p = row / TIH;
+                const int i = row - p * TIH;
+                const i64 z = tile0 + p;
+                A* dst = xs + (i64)p * tile_elems + (i64)i * pitch;
+                if (z >= n_tiles) {
+                    for (int c = lane; c < pitch; c += 32) dst[c] = A(0);
+                    continue;
+                }
+                const i64 zy = z / n_tx;
+                const int tx = (int)(z - zy * n_tx);
+                const i64 q = zy / n_ty;
+                const int ty = (int)(zy - q * n_ty);
+                const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+                const int ih = ty * BH * SH - pad_t + i;
+                const int iw0 = tx * BW * SW - pad_l;
+                const bool row_ok = (unsigned)ih < (unsigned)IH;
+                const T* src = x + (pm.in_plane0 + m) * plane_in + (i64)(row_ok ? ih : 0) * IW;
+                for (int c = lane; c < pitch; c += 32) {
+                    const int iw = iw0 + c;
+                    dst[c] = (row_ok && c < TIW && (unsigned)iw < (unsigned)IW) ? load1(src + iw) : A(0);
+                }
+            }
+            for (int e = tid; e < P * KH * KWP; e += nthreads) {
+                const int p = e / (KH * KWP);
+                const int k = e - p * (KH * KWP);
+                const int kh = k / KWP, kw = k - kh * KWP;
+                const i64 z = tile0 + p;
+                A v = A(0);
+                if (kw < KW && z < n_tiles) {
+                    const i64 q = z / ((i64)n_tx * n_ty);
+                    const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+                    const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+                    v = load1(w + (pm.w_row0 + m) * (KH * KW) + sk);
+                }
+                ws[e] = v;
+            }
+            __syncthreads();
+
+            if (active) {
+                const A* xt = xs + (i64)my_p * tile_elems + (my_rt * TH * SH) * pitch + my_cg * TW * SW;
+                const A* wt = ws + my_p * (KH * KWP);
+                // Input rows are double-buffered in registers: row r+1 is requested from
+                // shared memory before row r's FMAs, hiding the load latency.
+                A seg0[RWV], seg1[RWV];
+                smem_row<A, RWV>(xt, seg0);
+                for (int r = 0; r < RH; r += 2) {
+                    if (r + 1 < RH) smem_row<A, RWV>(xt + (r + 1) * pitch, seg1);
+                    smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP>(seg0, wt, r, acc);
+                    if (r + 1 < RH) {
+                        if (r + 2 < RH) smem_row<A, RWV>(xt + (r + 2) * pitch, seg0);
+                        smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP>(seg1, wt, r + 1, acc);
+                    }
+                }
+            }
+        }
+
+        if (active && tile0 + my_p < n_tiles) {
+            T* yp = y + my_q * plane_out;
+#pragma unroll
+            for (int t = 0; t < TH; ++t) {
+                const int oh = my_oy + t;
+                if (oh >= OH) break;
+                store_row<T, TW>(yp + (i64)oh * OW + my_ox, acc[t], OW - my_ox);
+            }
+        }
+    }
+}
+
+// conv_generic: any geometry, one thread per output element (64-bit indices throughout).
+// MODE 0 forward, MODE 1 grad input (gathers the taps whose stride phase matches).
+template <class T, int MODE>
+__global__ void __launch_bounds__(256)
+conv_generic(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+             int IH, int IW, int OH, int OW, int KH, int KW, int SH, int SW, int DH, int DW,
+             int pad_t, int pad_l, i64 total, int QC, i64 IC, int DIV, int R) {
+    typedef typename Traits<T>::acc A;
+    const i64 plane_in = (i64)IH * IW;
+    for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const int ow = (int)(idx % OW);
+        const i64 t = idx / OW;
+        const int oh = (int)(t % OH);
+        const i64 q = t / OH;
+        const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+        A acc = (MODE == 0 && bias != nullptr) ? load1(bias + pm.ch) : A(0);
+        for (int m = 0; m < R; ++m) {
+            const T* xp = x + (pm.in_plane0 + m) * plane_in;
+            const T* wp = w + (pm.w_row0 + m) * ((i64)KH * KW);
+            for (int kh = 0; kh < KH; ++kh) {
+                int ih;
+                if (MODE == 0) {
+                    ih = oh * SH - pad_t + kh * DH;
+                } else {
+                    const int num = oh + pad_t - kh * DH;
+                    if (num < 0 || num % SH) continue;
+                    ih = num / SH;
+                }
+                if (ih < 0 || ih >= IH) continue;
+                for (int kw = 0; kw < KW; ++kw) {
+                    int iw;
+                    if (MODE == 0) {
+                        iw = ow * SW - pad_l + kw * DW;
+                    } else {
+                        const int num = ow + pad_l - kw * DW;
+                        if (num < 0 || num % SW) continue;
+                        iw = num / SW;
+                    }
+                    if (iw < 0 || iw >= IW) continue;
+                    acc = fma(load1(xp + (i64)ih * IW + iw), load1(wp + kh * KW + kw), acc);
+                }
+            }
+        }
+        store1(y + idx, acc);
+    }
+}
+
+}  // namespace dw

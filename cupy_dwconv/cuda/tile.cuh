@@ -1,0 +1,60 @@
+// Register-tile helpers shared by the forward / grad-input tile kernel (conv.cu) and the
+// weight-gradient tile kernel (wgrad.cu).
+#pragma once
+#include "common.cuh"
+
+namespace dw {
+
+// Geometry of one axis of a register tile: which input index (relative to the first one
+// the tile reads) output t reads through tap k.
+//   MODE 0, forward:    in = out * S - pad + k * D.
+//   MODE 1, grad input: gx[i] gathers go[o] for every k with i = o * S - pad + k * D, i.e.
+//                       o = (i + pad - k * D) / S when that divides exactly. The tile origin
+//                       is a multiple of S and PR = pad % S is a template argument, so the
+//                       divisibility of every (t, k) pair is decided at compile time: this is
+//                       the stride-phase decomposition, with no `% stride` test at run time.
+template <int MODE, int K, int S, int D, int T, int PR>
+struct Axis {
+    static constexpr int LO = MODE == 0 ? 0 : floor_div(PR - (K - 1) * D, S);
+    static constexpr int HI = MODE == 0 ? (T - 1) * S + (K - 1) * D : floor_div(T - 1 + PR, S);
+    static constexpr int SPAN = HI - LO + 1;         // input indices read by one tile
+    static constexpr int STEP = MODE == 0 ? T * S : T / S;  // input advance per tile
+    __host__ __device__ static constexpr int at(int t, int k) {
+        return MODE == 0 ? t * S + k * D
+                         : ((t + PR - k * D) % S != 0 ? -1 : (t + PR - k * D) / S - LO);
+    }
+};
+
+// One input row of a tile into registers, zero outside the plane (this is the padding).
+// VIN: 16-byte vectors. The host sets it only when IW and the plane base are multiples of
+// the vector width, so an aligned vector lies wholly inside or wholly outside the row and
+// one bounds test per vector suffices.
+template <class T, bool VIN, int NB, int RW>
+__device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, int c0, int IH, int IW,
+                                         typename Traits<T>::acc (&buf)[NB]) {
+    typedef typename Traits<T>::acc A;
+    constexpr int V = Traits<T>::VEC;
+    const bool row_ok = (unsigned)ih < (unsigned)IH;
+    // 64-bit row offset: a plane can hold more than 2^31 elements.
+    const T* rp = plane + (i64)(row_ok ? ih : 0) * IW;
+    if constexpr (VIN) {
+#pragma unroll
+        for (int k = 0; k < NB / V; ++k) {
+            const int c = c0 + k * V;
+            if (row_ok && c >= 0 && c + V <= IW) {
+                load_vec(rp + c, &buf[k * V]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < V; ++e) buf[k * V + e] = A(0);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < RW; ++e) {
+            const int c = c0 + e;
+            buf[e] = (row_ok && (unsigned)c < (unsigned)IW) ? load1(rp + c) : A(0);
+        }
+    }
+}
+
+}  // namespace dw

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One GPU session: environment, full test suite, tuning sweep, benchmark; each stage
+# with its own time limit so a slow stage cannot starve the rest. Logs go to $OUT
+# (or ./device-out). Usage:
+#   bash scripts/device_run.sh "tests sweep bench"  [sweep args...]
+# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, main.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+final="${OUT:-device-out}"
+out="$final/run"   # everything is packed into $final/logs.tgz at the end (few files travel back)
+mkdir -p "$out"
+stages="${1:-env tests bench}"
+shift || true
+export PYTHONPATH=.
+export PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+commit="${CUPY_DWCONV_COMMIT:-unknown}"
+limit() { timeout --signal=TERM --kill-after=10 "$@"; }
+summary="$out/summary.txt"
+: > "$summary"
+
+for stage in $stages; do
+  start=$(date +%s)
+  case "$stage" in
+    env)
+      { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv;
+        python3 -c 'import cupy, torch, jax, numpy; print("cupy", cupy.__version__, "torch", torch.__version__, "jax", jax.__version__, "numpy", numpy.__version__)'; } > "$out/env.txt" 2>&1
+      rc=$? ;;
+    tests)
+      limit "${TESTS_LIMIT:-300}" bash scripts/gpu_suite.sh "$out/tests" > "$out/tests.log" 2>&1
+      rc=$? ;;
+    sweep)
+      limit "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --json "$out/sweep.json" "$@" > "$out/sweep.log" 2>&1
+      rc=$? ;;
+    sweep_gi)
+      limit "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --pass grad_input --json "$out/sweep_gi.json" "$@" > "$out/sweep_gi.log" 2>&1
+      rc=$? ;;
+    bench)
+      limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" --json "$out/h100.json" --plot "$out/h100.png" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+      rc=$? ;;
+    bench_bwd)
+      limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" --backward --json "$out/h100.json" --plot "$out/h100.png" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+      rc=$? ;;
+    ncu)
+      # Hardware counters for a few kernels (clocks left as they are).
+      for spec in ${NCU_CASES:-seed_3x7:float32:forward seed_3x7:float16:forward replk_31x31:float32:forward}; do
+        IFS=: read -r c_name c_dtype c_pass <<< "$spec"
+        limit 120 ncu --clock-control none -k regex:"${NCU_KERNEL:-conv_}" --launch-skip 2 --launch-count 1 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+          --section LaunchStats --section ComputeWorkloadAnalysis \
+          python3 benchmarks/profile_case.py "$c_name" "$c_dtype" "$c_pass" > "$out/ncu_${c_name}_${c_dtype}_${c_pass}.txt" 2>&1
+      done
+      rc=$? ;;
+    main)
+      limit 120 python3 -m cupy_dwconv > "$out/main.log" 2>&1
+      rc=$? ;;
+    *)
+      echo "unknown stage $stage" >> "$summary"; continue ;;
+  esac
+  echo "stage $stage rc=$rc seconds=$(( $(date +%s) - start ))" | tee -a "$summary"
+done
+cp "$summary" "$final/summary.txt"
+[ -f "$out/h100.json" ] && cp "$out/h100.json" "$out/h100.png" "$final/" 2>/dev/null
+tar czf "$final/logs.tgz" -C "$out" . && rm -rf "$out"

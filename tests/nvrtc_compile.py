@@ -1,0 +1,98 @@
+"""Compile kernel specializations with NVRTC on a machine without a GPU.
+
+Uses cuda-bindings and the NVRTC shared library from the nvidia-cuda-nvrtc wheel (the
+`test` extra). The same source text and options as the library's RawModule are used, so
+a specialization that compiles here compiles on the GPU. Also returns ptxas's resource
+report (registers, spills) for scripts/resource_report.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cupy_dwconv import _kernels
+
+
+def nvrtc_available():
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401
+
+        err, _major, _minor = nvrtc.nvrtcVersion()
+        return int(err) == 0
+    except Exception:  # ImportError, or the NVRTC library cannot be loaded
+        return False
+
+
+def _check(result, prog=None, what=""):
+    from cuda.bindings import nvrtc
+
+    err = result[0]
+    if int(err) != 0:
+        log = _log(prog) if prog is not None else ""
+        raise RuntimeError(f"NVRTC {what} failed: {err}\n{log}")
+    return result[1:] if len(result) > 1 else None
+
+
+def _log(prog):
+    from cuda.bindings import nvrtc
+
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    buf = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, buf)
+    return buf.decode(errors="replace").rstrip("\x00")
+
+
+def compile_expressions(src_name, expressions, arch, resource_report=False):
+    """Compile `expressions` of cuda/<src_name> to a cubin for sm_<arch>.
+
+    Returns the NVRTC log (with the ptxas report when resource_report is set).
+    Raises RuntimeError with the log on any compile error.
+    """
+    from cuda.bindings import nvrtc
+
+    code = _kernels.source(src_name).encode()
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(code, src_name.encode(), 0, [], []), what="create")
+    try:
+        for expr in expressions:
+            _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), what=f"name expression {expr}")
+        opts = [o.encode() for o in _kernels.NVRTC_OPTIONS] + [f"--gpu-architecture=sm_{arch}".encode()]
+        if resource_report:
+            opts.append(b"--ptxas-options=-v")
+        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
+        log = _log(prog)
+        if int(err) != 0:
+            raise RuntimeError(f"NVRTC compile of {src_name} for sm_{arch} failed: {err}\n{log}")
+        for expr in expressions:
+            _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), prog, f"lowered name of {expr}")
+        return log
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_REGS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_STACK = re.compile(r"(\d+) bytes stack frame")
+
+
+def parse_resources(log):
+    """{mangled name: {'registers': int, 'spill_stores': int, 'spill_loads': int, 'stack': int}}"""
+    out = {}
+    current = None
+    for line in log.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            current = out.setdefault(m.group(1), {})
+            continue
+        if current is None:
+            continue
+        m = _REGS.search(line)
+        if m:
+            current["registers"] = int(m.group(1))
+        m = _SPILL.search(line)
+        if m:
+            current["spill_stores"], current["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = _STACK.search(line)
+        if m:
+            current["stack"] = int(m.group(1))
+    return out

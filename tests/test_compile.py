@@ -1,0 +1,151 @@
+"""Every kernel specialization the dispatcher can pick compiles, without a GPU.
+
+The specializations (name expressions) come from `_kernels.expressions_for` for every
+case of benchmarks/suite.json in every dtype, plus a grid of extra problems that reaches
+the other paths (asymmetric kernels, strides, dilations, channel multipliers, odd and
+aligned widths, 'same' and asymmetric padding, the generic fall-backs). Each (source
+file, architecture) pair is compiled as one NVRTC program holding all its name
+expressions; the independent programs run in parallel in two worker processes.
+
+NVRTC comes from the `test` extra (cuda-bindings + nvidia-cuda-nvrtc). Where it is
+missing the compile test is skipped, unless CUPY_DWCONV_REQUIRE_NVRTC=1 (set by CI),
+which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import pathlib
+
+import pytest
+
+from conftest import DTYPES
+from cupy_dwconv import _kernels, _params
+import nvrtc_compile
+
+ARCHS = (80, 90)
+SUITE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "suite.json"
+REQUIRE_NVRTC = os.environ.get("CUPY_DWCONV_REQUIRE_NVRTC") == "1"
+
+# Every kernel family the dispatcher has, as named by `_family`.
+FAMILIES = (
+    "conv_tile mode 0",
+    "conv_tile mode 1",
+    "conv_smem flip=false",
+    "conv_smem flip=true",
+    "conv_generic mode 0",
+    "conv_generic mode 1",
+    "wgrad_tile",
+    "wgrad_generic",
+    "wgrad_reduce",
+)
+_DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
+
+
+def suite_problems():
+    """(ConvParams, dtype) for every suite case in every dtype (bias on, as the suite)."""
+    cases = json.loads(SUITE.read_text())["cases"]
+    out = []
+    for c in cases:
+        p = _params.conv_params(
+            (c["N"], c["C"], c["H"], c["W"]), (c["C"], 1, c["KH"], c["KW"]), (c["C"],),
+            c["stride"], c["padding"], c["dilation"],
+        )
+        out += [(p, dtype) for dtype in DTYPES]
+    return out
+
+
+KERNELS = ((1, 1), (1, 3), (3, 1), (2, 2), (3, 3), (5, 5), (7, 7), (3, 7), (9, 9), (13, 13), (31, 31))
+# (stride, dilation, multiplier, width, padding) variants; every kernel runs several of
+# them, rotated so that each kernel meets different dtypes and every variant every dtype.
+# The full cross product compiles too slowly for CI (thousands of specializations).
+VARIANTS = (
+    (1, 1, 1, 32, "same"),
+    (2, 1, 3, 17, 0),
+    (3, 2, 1, 32, ((1, 0), (2, 1))),
+    (1, 2, 3, 17, ((1, 0), (2, 1))),
+    ((1, 2), 1, 1, 17, 1),
+    ((3, 1), 2, 3, 32, 0),
+)
+VARIANTS_PER_KERNEL = 3
+
+
+def grid_problems():
+    out = []
+    for i, (kh, kw) in enumerate(KERNELS):
+        for j in range(VARIANTS_PER_KERNEL):
+            stride, dilation, m, width, padding = VARIANTS[(i + 2 * j) % len(VARIANTS)]
+            dtype = DTYPES[(i + j) % len(DTYPES)]
+            # Height and width large enough for the dilated kernel, keeping the width's
+            # parity and alignment class (17: odd, 32: a multiple of every vector width).
+            eff_h, eff_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+            h = max(13, eff_h + 2)
+            w = width if width >= eff_w + 2 else width + 32 * -(-(eff_w + 2 - width) // 32)
+            p = _params.conv_params((2, 3, h, w), (3 * m, 1, kh, kw), None, stride, padding, dilation)
+            out.append((p, dtype))
+    # Generic fall-backs in every dtype: a 31x31 kernel with stride 3 and dilation 2 whose
+    # shared-memory tile exceeds the budget (conv_generic mode 0 forward, mode 1 grad input,
+    # wgrad_generic), and a 9x9 kernel at stride 2 (81 taps: no register tile).
+    for dtype in DTYPES:
+        out.append((_params.conv_params((1, 2, 200, 260), (2, 1, 31, 31), None, 3, 0, 2), dtype))
+        out.append((_params.conv_params((2, 4, 21, 17), (4, 1, 9, 9), None, 2, 4, 1), dtype))
+    return out
+
+
+def _family(expr):
+    """'dw::conv_tile<float, 1, ...>' -> ('conv_tile mode 1', 'float32')."""
+    name = expr[: expr.index("<")].split("::")[-1]
+    args = [a.strip() for a in expr[expr.index("<") + 1 : expr.rindex(">")].split(",")]
+    if name in ("conv_tile", "conv_generic"):
+        name += f" mode {args[1]}"
+    elif name == "conv_smem":
+        name += f" flip={args[9]}"
+    return name, _DTYPE_OF_CXX[args[0]]
+
+
+EXPRESSIONS = _kernels.expressions_for(suite_problems() + grid_problems())
+PROGRAMS = sorted(((src, arch) for src in EXPRESSIONS for arch in ARCHS), key=lambda sa: (-len(EXPRESSIONS[sa[0]]), sa))
+
+
+def test_every_family_in_every_dtype_is_compiled():
+    covered = {_family(e) for exprs in EXPRESSIONS.values() for e in exprs}
+    missing = sorted({(f, d) for f in FAMILIES for d in DTYPES} - covered)
+    assert not missing, f"kernel families never selected by the compile problems: {missing}"
+    unknown = sorted({f for f, _ in covered} - set(FAMILIES))
+    assert not unknown, f"kernel families this test does not know (add them to FAMILIES): {unknown}"
+
+
+def test_every_suite_case_is_compiled():
+    for p, dtype in suite_problems():
+        for src, exprs in _kernels.expressions_for([(p, dtype)]).items():
+            assert exprs <= EXPRESSIONS[src], f"{p} {dtype}: {sorted(exprs - EXPRESSIONS[src])} not compiled"
+
+
+def test_every_specialization_compiles():
+    """One test for all programs (not one per program), so that a parallel test runner
+    never compiles them more than once."""
+    if not nvrtc_compile.nvrtc_available():
+        reason = "NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)"
+        if REQUIRE_NVRTC:
+            pytest.fail(f"{reason}, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
+        pytest.skip(reason)
+    failures = []
+    # Worker processes rather than threads: each program is tens of seconds of CPU-bound
+    # NVRTC work; "spawn" starts the workers from a clean interpreter. Longest first.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            pool.submit(nvrtc_compile.compile_expressions, src, sorted(EXPRESSIONS[src]), arch): (src, arch)
+            for src, arch in PROGRAMS
+        }
+        for fut in concurrent.futures.as_completed(futures):
+            src, arch = futures[fut]
+            try:
+                fut.result()
+            except Exception as e:  # RuntimeError with the NVRTC log, or a broken worker
+                failures.append(f"{src} for sm_{arch} ({len(EXPRESSIONS[src])} specializations): {type(e).__name__}: {e}")
+    assert len(futures) == len(EXPRESSIONS) * len(ARCHS) >= 2 * len(ARCHS)
+    if failures:
+        pytest.fail("\n\n".join(sorted(failures)), pytrace=False)

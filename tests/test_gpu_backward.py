@@ -1,0 +1,316 @@
+"""GPU backward pass (grad input, grad weight, grad bias) against the float64 reference,
+a float64 finite-difference check, determinism, every kernel family, layouts and edges."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy
+import pytest
+
+from conftest import DTYPES, assert_close, random_array
+
+pytestmark = pytest.mark.gpu
+
+
+def _check(rng, N, C, H, W, M, KH, KW, stride, padding, dilation, dtype, needs=(True, True, True), go_view=None):
+    import cupy
+
+    import cupy_dwconv
+    from cupy_dwconv import _api
+    from gpu_util import params, reference_backward, to_gpu
+
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, stride, padding, dilation)
+    go = random_array(rng, p.out_shape, dtype)
+    ref = reference_backward(go, x, w, stride=stride, padding=padding, dilation=dilation, needs=needs)
+    gog = to_gpu(go)
+    if go_view == "strided":
+        big = cupy.asarray(random_array(rng, p.out_shape[:3] + (2 * p.OW,), dtype))
+        big[..., ::2] = gog
+        gog = big[..., ::2]
+        assert not gog.flags.c_contiguous
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(
+        gog, to_gpu(x), to_gpu(w), stride=stride, padding=padding, dilation=dilation, needs=needs
+    )
+    terms = N * p.OH * p.OW
+    for got, exp, n, what, scale in (
+        (gx, ref[0], needs[0], "grad_x", math.sqrt(KH * KW * M)),
+        (gw, ref[1], needs[1], "grad_weight", math.sqrt(terms)),
+        (gb, ref[2], needs[2], "grad_bias", math.sqrt(terms)),
+    ):
+        if not n:
+            assert got is None
+            continue
+        assert got.dtype == x.dtype and got.flags.c_contiguous and _api._new_output.owns(got)
+        assert_close(got.get(), exp, dtype, scale=scale, what=what)
+    return p
+
+
+def _random_grid(n, seed):
+    from cupy_dwconv import _params
+
+    rng = numpy.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        KH, KW = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
+        H, W = int(rng.integers(5, 36)), int(rng.integers(5, 60))
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        elif kind == 1:
+            padding = ((int(rng.integers(0, 4)), int(rng.integers(0, 4))), (int(rng.integers(0, 4)), int(rng.integers(0, 4))))
+        elif kind == 2:
+            padding, sh, sw = "same", 1, 1
+        else:
+            padding = int(rng.integers(0, 3))
+        c = dict(N=int(rng.integers(1, 4)), C=int(rng.integers(1, 5)), H=H, W=W, M=int(rng.integers(1, 4)),
+                 KH=KH, KW=KW, stride=(sh, sw), padding=padding, dilation=(dh, dw), dtype=DTYPES[len(cases) % 4])
+        try:
+            _params.conv_params((c["N"], c["C"], H, W), (c["C"] * c["M"], 1, KH, KW), None, c["stride"], padding, c["dilation"])
+        except ValueError:
+            continue
+        cases.append(c)
+    return cases
+
+
+RANDOM_CASES = _random_grid(120, 4321)
+
+
+@pytest.mark.parametrize("c", RANDOM_CASES, ids=lambda c: "{dtype}-{N}x{C}x{H}x{W}-M{M}-k{KH}x{KW}-s{stride}-p{padding}-d{dilation}".format(**c).replace(" ", ""))
+def test_random_grid(c):
+    _check(numpy.random.default_rng(zlib.crc32(str(c).encode())), **c)
+
+
+SUITE_LIKE = [
+    (2, 4, 128, 256, 3, 7, 1, 0, 1),
+    (2, 6, 56, 56, 3, 3, 1, 1, 1),
+    (2, 4, 112, 112, 3, 3, 2, 1, 1),
+    (2, 5, 28, 28, 5, 5, 1, 2, 1),
+    (2, 4, 56, 56, 5, 5, 2, 2, 1),
+    (2, 4, 56, 56, 7, 7, 1, 3, 1),
+    (3, 16, 7, 7, 7, 7, 1, 3, 1),
+    (2, 8, 17, 17, 1, 7, 1, (0, 3), 1),
+    (2, 4, 64, 64, 3, 3, 1, 2, 2),
+    (2, 4, 28, 28, 13, 13, 1, 6, 1),
+    (1, 3, 56, 56, 31, 31, 1, 15, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SUITE_LIKE, ids=str)
+def test_suite_like(shape, dtype):
+    N, C, H, W, KH, KW, s, pad, d = shape
+    _check(numpy.random.default_rng(17), N, C, H, W, 1, KH, KW, s, pad, d, dtype)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False)])
+def test_needs(needs):
+    _check(numpy.random.default_rng(8), 2, 3, 20, 30, 2, 3, 5, (2, 1), 1, 1, "float32", needs=needs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_noncontiguous_grad_output(dtype):
+    _check(numpy.random.default_rng(12), 2, 3, 21, 33, 1, 3, 3, 1, 1, 1, dtype, go_view="strided")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, stride, padding, dilation
+        (1, 2, 1, 6, 7, 3, 3, 1, 1, 1),
+        (2, 1, 2, 7, 9, 2, 3, (2, 1), ((1, 0), (0, 2)), 1),
+        (1, 2, 1, 9, 8, 3, 2, 2, 1, (2, 1)),
+    ],
+    ids=str,
+)
+def test_finite_differences_float64(shape):
+    """Gradients equal the numerical derivative of the GPU forward (float64, central
+    differences) of the scalar sum(forward(x, w, b) * g)."""
+    import cupy
+
+    import cupy_dwconv
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(21)
+    x = cupy.asarray(rng.standard_normal((N, C, H, W)))
+    w = cupy.asarray(rng.standard_normal((C * M, 1, KH, KW)))
+    b = cupy.asarray(rng.standard_normal((C * M,)))
+    out = cupy_dwconv.depthwise_conv2d(x, w, b, stride=s, padding=pad, dilation=d)
+    g = cupy.asarray(rng.standard_normal(out.shape))
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(g, x, w, stride=s, padding=pad, dilation=d)
+
+    def f(x_, w_, b_):
+        return float((cupy_dwconv.depthwise_conv2d(x_, w_, b_, stride=s, padding=pad, dilation=d) * g).sum())
+
+    eps = 1e-6
+    for arr, grad, name in ((x, gx, "x"), (w, gw, "weight"), (b, gb, "bias")):
+        flat = arr.reshape(-1)
+        picks = rng.choice(flat.size, size=min(12, flat.size), replace=False)
+        for i in picks:
+            i = int(i)
+            old = float(flat[i])
+            flat[i] = old + eps
+            fp = f(x, w, b)
+            flat[i] = old - eps
+            fm = f(x, w, b)
+            flat[i] = old
+            num = (fp - fm) / (2 * eps)
+            got = float(grad.reshape(-1)[i])
+            assert abs(num - got) <= 1e-6 * max(1.0, abs(num)), f"d/d{name}[{i}]: numeric {num}, analytic {got}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(4, 8, 57, 61, 3, 7, 1, 1), (2, 4, 56, 56, 31, 31, 1, 15), (3, 5, 40, 40, 3, 3, 2, 1)], ids=str)
+def test_deterministic(shape, dtype):
+    """Two runs on the same inputs give bitwise-identical weight and bias gradients."""
+    import cupy
+
+    import cupy_dwconv
+
+    N, C, H, W, KH, KW, s, pad = shape
+    rng = numpy.random.default_rng(31)
+    x = cupy.asarray(random_array(rng, (N, C, H, W), dtype))
+    w = cupy.asarray(random_array(rng, (C, 1, KH, KW), dtype))
+    OH = (H + 2 * pad - KH) // s + 1
+    OW = (W + 2 * pad - KW) // s + 1
+    go = cupy.asarray(random_array(rng, (N, C, OH, OW), dtype))
+    r1 = cupy_dwconv.depthwise_conv2d_backward(go, x, w, stride=s, padding=pad)
+    r2 = cupy_dwconv.depthwise_conv2d_backward(go, x, w, stride=s, padding=pad)
+    for a, b_ in zip(r1, r2):
+        assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kind", ["tile", "smem", "generic"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, stride, padding, dilation
+        (2, 3, 1, 19, 37, 3, 7, 1, ((1, 0), (3, 2)), 1),
+        (1, 2, 2, 23, 41, 5, 3, 2, 2, 1),
+        (2, 2, 3, 30, 30, 3, 3, (1, 2), 1, (2, 1)),
+        (1, 2, 2, 40, 40, 9, 9, 1, 4, 1),
+        (1, 1, 1, 22, 29, 3, 5, 3, (0, 2), (1, 2)),
+        (1, 3, 1, 16, 16, 4, 4, 2, 5, 1),  # padding larger than the kernel extent
+    ],
+    ids=str,
+)
+def test_grad_input_every_family(shape, kind, dtype):
+    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(13)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, s, pad, d)
+    go = random_array(rng, p.out_shape, dtype)
+    kwargs = dict(th=2, tw=4) if kind == "smem" else {}
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, kind, **kwargs)
+    if gx is None:
+        pytest.skip(f"{kind} does not take this shape")
+    assert kind in launch.expr
+    ref = reference_backward(go, x, w, stride=s, padding=pad, dilation=d, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("force", [None, "generic"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 3, 1, 19, 37, 3, 7, 1, ((1, 0), (3, 2)), 1),
+        (1, 2, 2, 23, 41, 5, 3, 2, 2, 1),
+        (2, 2, 3, 30, 30, 3, 3, (1, 2), 1, (2, 1)),
+        (1, 3, 1, 16, 16, 4, 4, 2, 5, 1),
+    ],
+    ids=str,
+)
+def test_wgrad_every_family(shape, force, dtype):
+    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(14)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, s, pad, d)
+    go = random_array(rng, p.out_shape, dtype)
+    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=force)
+    assert ("wgrad_generic" in launch.expr) == (force == "generic")
+    _, rw, rb = reference_backward(go, x, w, stride=s, padding=pad, dilation=d)
+    scale = math.sqrt(N * p.OH * p.OW)
+    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
+    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_many_channels_past_grid_limits(dtype):
+    """C*M above 65535 (the weight pass loops channels over the grid's y limit) and N*C
+    above 65535 planes for grad input."""
+    _check(numpy.random.default_rng(19), 2, 34000, 4, 5, 2, 3, 3, 1, 1, 1, dtype)
+
+
+def test_empty_batch(monkeypatch):
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import no_launch
+
+    x = cupy.zeros((0, 3, 8, 8), dtype=cupy.float32)
+    w = cupy.ones((6, 1, 3, 3), dtype=cupy.float32)
+    go = cupy.zeros((0, 6, 8, 8), dtype=cupy.float32)
+    with no_launch(monkeypatch):
+        gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x, w, padding=1)
+    assert gx.shape == (0, 3, 8, 8)
+    assert gw.shape == (6, 1, 3, 3) and not bool(gw.any())
+    assert gb.shape == (6,) and not bool(gb.any())
+
+
+def test_empty_channels(monkeypatch):
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import no_launch
+
+    x = cupy.zeros((2, 0, 8, 8), dtype=cupy.float32)
+    w = cupy.ones((0, 1, 3, 3), dtype=cupy.float32)
+    go = cupy.zeros((2, 0, 6, 6), dtype=cupy.float32)
+    with no_launch(monkeypatch):
+        gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x, w)
+    assert gx.shape == (2, 0, 8, 8) and gw.shape == (0, 1, 3, 3) and gb.shape == (0,)
+
+
+def test_grad_output_shape_checked():
+    import cupy
+
+    import cupy_dwconv
+
+    x = cupy.ones((1, 2, 8, 8), dtype=cupy.float32)
+    w = cupy.ones((2, 1, 3, 3), dtype=cupy.float32)
+    go = cupy.ones((1, 2, 8, 8), dtype=cupy.float32)
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(1, 2, 6, 6\)"):
+        cupy_dwconv.depthwise_conv2d_backward(go, x, w)
+
+
+def test_torch_autograd_agrees():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device")
+    import torch.nn.functional as F
+
+    import cupy_dwconv
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(2, 4, 29, 31, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(8, 1, 3, 5, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(8, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
+    y = F.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=4)
+    go = torch.randn(y.shape, device="cuda", dtype=torch.float64, generator=g)
+    y.backward(go)
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x.detach(), w.detach(), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    for ours, theirs in ((gx, x.grad), (gw, w.grad), (gb, b.grad)):
+        assert_close(torch.from_dlpack(ours).cpu().numpy(), theirs.cpu().numpy(), "float64", scale=30.0)

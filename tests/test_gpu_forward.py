@@ -1,0 +1,326 @@
+"""GPU forward pass against the float64 reference: dtypes, kernel geometries, layouts,
+edges, every kernel family. Every output buffer starts as NaN (conftest.nan_outputs)."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy
+import pytest
+
+from conftest import DTYPES, assert_close, random_array
+
+pytestmark = pytest.mark.gpu
+
+
+def _case(rng, N, C, H, W, M, KH, KW, stride, padding, dilation, bias, dtype):
+    import cupy_dwconv
+    from cupy_dwconv import _api
+    from gpu_util import reference_forward, to_gpu, params
+
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    b = random_array(rng, (C * M,), dtype) if bias else None
+    p = params(x.shape, w.shape, bias, stride, padding, dilation)
+    ref = reference_forward(x, w, b, stride=stride, padding=padding, dilation=dilation)
+    xg, wg = to_gpu(x), to_gpu(w)
+    bg = None if b is None else to_gpu(b)
+    out = cupy_dwconv.depthwise_conv2d(xg, wg, bg, stride=stride, padding=padding, dilation=dilation)
+    assert _api._new_output.owns(out)  # the result is the NaN-filled buffer the kernel wrote
+    assert out.shape == p.out_shape and out.dtype == xg.dtype and out.flags.c_contiguous
+    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
+    return p
+
+
+# A seeded random grid: kernels 1x1 .. 9x9 (asymmetric too), strides 1-3, dilations 1-3,
+# padding int / pair / asymmetric / 'same' / 'valid', multiplier 1-3, odd and even sizes,
+# bias on and off, every dtype.
+def _random_grid(n, seed):
+    rng = numpy.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        KH, KW = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
+        H, W = int(rng.integers(5, 40)), int(rng.integers(5, 70))
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            padding = int(rng.integers(0, 4))
+        elif kind == 1:
+            padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        elif kind == 2:
+            padding = ((int(rng.integers(0, 4)), int(rng.integers(0, 4))), (int(rng.integers(0, 4)), int(rng.integers(0, 4))))
+        elif kind == 3:
+            padding, sh, sw = "same", 1, 1
+        else:
+            padding = "valid"
+        if dh * (KH - 1) + 1 > H + 6 or dw * (KW - 1) + 1 > W + 6:
+            continue
+        cases.append(
+            dict(
+                N=int(rng.integers(1, 4)), C=int(rng.integers(1, 6)), H=H, W=W, M=int(rng.integers(1, 4)),
+                KH=KH, KW=KW, stride=(sh, sw), padding=padding, dilation=(dh, dw),
+                bias=bool(rng.integers(0, 2)), dtype=DTYPES[len(cases) % len(DTYPES)],
+            )
+        )
+    return cases
+
+
+def _fits(c):
+    from cupy_dwconv import _params
+
+    try:
+        _params.conv_params((c["N"], c["C"], c["H"], c["W"]), (c["C"] * c["M"], 1, c["KH"], c["KW"]), None,
+                            c["stride"], c["padding"], c["dilation"])
+        return True
+    except ValueError:
+        return False
+
+
+RANDOM_CASES = [c for c in _random_grid(220, 1234) if _fits(c)][:160]
+
+
+@pytest.mark.parametrize("c", RANDOM_CASES, ids=lambda c: "{dtype}-{N}x{C}x{H}x{W}-M{M}-k{KH}x{KW}-s{stride}-p{padding}-d{dilation}-b{bias}".format(**c).replace(" ", ""))
+def test_random_grid(c):
+    rng = numpy.random.default_rng(zlib.crc32(str(c).encode()))
+    _case(rng, **c)
+
+
+# Suite-like shapes shrunk in batch, so each tiling path (interior, tails, borders, small
+# planes, large kernels) runs with the specialization the dispatcher picks for real use.
+SUITE_LIKE = [
+    (2, 4, 128, 256, 3, 7, 1, 0, 1),
+    (2, 6, 56, 56, 3, 3, 1, 1, 1),
+    (2, 4, 112, 112, 3, 3, 2, 1, 1),
+    (2, 5, 28, 28, 5, 5, 1, 2, 1),
+    (2, 4, 56, 56, 5, 5, 2, 2, 1),
+    (2, 4, 56, 56, 7, 7, 1, 3, 1),
+    (3, 16, 7, 7, 7, 7, 1, 3, 1),
+    (2, 8, 17, 17, 1, 7, 1, (0, 3), 1),
+    (2, 4, 64, 64, 3, 3, 1, 2, 2),
+    (1, 2, 512, 512, 3, 3, 1, 1, 1),
+    (2, 4, 28, 28, 13, 13, 1, 6, 1),
+    (1, 3, 56, 56, 31, 31, 1, 15, 1),
+    (1, 2, 70, 90, 31, 31, 1, 15, 1),   # large kernel on a plane split into several tiles
+    (1, 3, 33, 45, 11, 9, 2, 4, 1),     # large kernel, stride 2
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SUITE_LIKE, ids=str)
+def test_suite_like(shape, dtype):
+    N, C, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(7)
+    _case(rng, N, C, H, W, 1, KH, KW, s, pad, d, True, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["tile", "smem", "generic"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, stride, padding, dilation
+        (2, 3, 1, 19, 37, 3, 7, 1, ((1, 0), (3, 2)), 1),
+        (1, 2, 2, 23, 41, 5, 3, 2, 2, 1),
+        (2, 2, 3, 30, 30, 3, 3, (1, 2), 1, (2, 1)),
+        (1, 3, 1, 13, 67, 2, 4, 1, "same", 1),
+        (1, 2, 1, 40, 40, 9, 9, 1, 4, 1),
+        (1, 1, 2, 21, 29, 3, 5, 3, (0, 2), (1, 2)),
+    ],
+    ids=str,
+)
+def test_every_family(shape, kind, dtype):
+    """Each kernel family, forced, on irregular shapes: whatever the heuristic picks
+    today, every path stays correct."""
+    from gpu_util import forced_forward, params, reference_forward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(11)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    b = random_array(rng, (C * M,), dtype)
+    p = params(x.shape, w.shape, True, s, pad, d)
+    kwargs = dict(th=2, tw=4) if kind == "smem" else {}
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, kind, **kwargs)
+    if out is None:
+        pytest.skip(f"{kind} does not take this shape")
+    assert kind in launch.expr
+    ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
+    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
+
+
+@pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tile_shapes(th, tw, dtype):
+    """conv_tile micro-tile sizes that do not divide the output: tails in both axes."""
+    from gpu_util import forced_forward, params, reference_forward, to_gpu
+
+    rng = numpy.random.default_rng(3)
+    x = random_array(rng, (2, 3, 29, 61), dtype)
+    w = random_array(rng, (3, 1, 3, 5), dtype)
+    p = params(x.shape, w.shape, False, 1, (1, 2), 1)
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), None, p, dtype, "tile", th=th, tw=tw)
+    assert out is not None
+    ref = reference_forward(x, w, None, stride=1, padding=(1, 2), dilation=1)
+    assert_close(out.get(), ref, dtype, scale=math.sqrt(15))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noncontiguous_and_sliced_inputs(dtype):
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import reference_forward
+
+    rng = numpy.random.default_rng(5)
+    base = random_array(rng, (3, 4, 40, 66), dtype)
+    bg = cupy.asarray(base)
+    views = {
+        "sliced_offset": (bg[:, :, 1:, 3:], base[:, :, 1:, 3:]),         # misaligned base pointer
+        "strided_w": (bg[:, :, :, ::2], base[:, :, :, ::2]),
+        "channel_slice": (bg[:, 1:3], base[:, 1:3]),
+        "nhwc_transposed": (
+            cupy.ascontiguousarray(bg.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+            base,
+        ),
+    }
+    for name, (xg, xh) in views.items():
+        C = xh.shape[1]
+        w = random_array(rng, (2 * C, 1, 3, 3), dtype)
+        w_inter = random_array(rng, (4 * C, 1, 3, 3), dtype)
+        w_inter[::2] = w
+        wg_full = cupy.asarray(w_inter)[::2]                              # non-contiguous weight
+        b = random_array(rng, (4 * C,), dtype)
+        bg_strided = cupy.asarray(b)[::2]                                  # strided bias
+        out = cupy_dwconv.depthwise_conv2d(xg, wg_full, bg_strided, padding=1)
+        ref = reference_forward(numpy.ascontiguousarray(xh), w, b[::2], padding=1)
+        assert_close(out.get(), ref, dtype, scale=3.0, what=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_many_planes_past_grid_limits(dtype):
+    """N*C*M above 65535 planes (and C*M above the grid's y limit for the weight pass)."""
+    _case(numpy.random.default_rng(9), 3, 23000, 5, 9, 1, 3, 3, 1, 1, 1, True, dtype)
+    _case(numpy.random.default_rng(10), 1, 35000, 3, 4, 2, 2, 3, 1, "same", 1, False, dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 0, 8, 8)])
+def test_empty_returns_without_launch(shape, monkeypatch):
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import no_launch
+
+    C = shape[1]
+    x = cupy.zeros(shape, dtype=cupy.float32)
+    w = cupy.ones((2 * C, 1, 3, 3), dtype=cupy.float32)
+    with no_launch(monkeypatch):
+        out = cupy_dwconv.depthwise_conv2d(x, w, padding=1)
+    assert out.shape == (shape[0], 2 * C, 8, 8)
+    assert out.size == 0
+
+
+def test_large_tensor_64bit_indices():
+    """More than 2^31 elements in x and in the output: offsets need 64-bit math.
+    Checked on the last rows of the last plane, where 32-bit offsets would wrap."""
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import reference_forward
+
+    N, C, H, W = 2, 3, 19000, 19000  # 2.17e9 elements of float16 (4.3 GB)
+    rng = numpy.random.default_rng(0)
+    x = cupy.random.default_rng(1).standard_normal((N, C, H, W), dtype=cupy.float32).astype(cupy.float16)
+    assert x.size > 2**31
+    w = random_array(rng, (C, 1, 3, 3), "float16")
+    out = cupy_dwconv.depthwise_conv2d(x, cupy.asarray(w), padding=1)
+    tail = x[N - 1:, C - 1:, H - 9:, W - 40:].get()
+    ref = reference_forward(tail, w[C - 1:], None, padding=1)
+    got = out[N - 1:, C - 1:, H - 9:, W - 40:].get()
+    # Interior of the slice only (its own borders lack the neighbours outside the slice),
+    # plus the true bottom/right edges of the plane.
+    assert_close(got[..., 1:, 1:], ref[..., 1:, 1:], "float16", scale=3.0)
+    del x, out
+
+
+def test_torch_dlpack_roundtrip():
+    torch = pytest.importorskip("torch")
+    import cupy
+
+    import cupy_dwconv
+
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device")
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 6, 33, 47, device="cuda", generator=g)
+    w = torch.randn(12, 1, 3, 5, device="cuda", generator=g)
+    b = torch.randn(12, device="cuda", generator=g)
+    out = cupy_dwconv.depthwise_conv2d(x, w, b, stride=(1, 2), padding=(1, 2), dilation=(2, 1))
+    assert isinstance(out, cupy.ndarray)
+    t = torch.from_dlpack(out)
+    assert t.data_ptr() == out.data.ptr  # shares memory, no copy
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=(1, 2), padding=(1, 2), dilation=(2, 1), groups=6)
+    assert_close(t.cpu().numpy(), ref.cpu().numpy(), "float32", scale=4.0)
+    # 16-bit tensors go in zero-copy too.
+    xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+    outb = torch.from_dlpack(cupy_dwconv.depthwise_conv2d(xb, wb, padding="same"))
+    refb = F.conv2d(xb.double(), wb.double(), padding="same", groups=6)
+    assert_close(outb.float().cpu().numpy(), refb.cpu().numpy(), "bfloat16", scale=4.0)
+
+
+def test_cpu_torch_tensor_refused():
+    torch = pytest.importorskip("torch")
+    import cupy_dwconv
+
+    with pytest.raises(TypeError, match="x: .*CPU"):
+        cupy_dwconv.depthwise_conv2d(torch.zeros(1, 2, 5, 5), torch.zeros(2, 1, 3, 3))
+
+
+def test_arrays_on_different_gpus():
+    import cupy
+
+    import cupy_dwconv
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    x = cupy.ones((1, 2, 5, 5), dtype=cupy.float32)
+    with cupy.cuda.Device(1):
+        w = cupy.ones((2, 1, 3, 3), dtype=cupy.float32)
+    with pytest.raises(ValueError, match="weight: expected an array on GPU 0"):
+        cupy_dwconv.depthwise_conv2d(x, w)
+
+
+def test_current_stream_and_device():
+    """Work goes to CuPy's current stream: on a fresh stream the result is complete
+    after synchronizing that stream alone."""
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import reference_forward
+
+    rng = numpy.random.default_rng(4)
+    x = random_array(rng, (4, 8, 64, 64), "float32")
+    w = random_array(rng, (8, 1, 5, 5), "float32")
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        xg, wg = cupy.asarray(x), cupy.asarray(w)
+        out = cupy_dwconv.depthwise_conv2d(xg, wg, padding=2)
+    s.synchronize()
+    assert_close(cupy.asnumpy(out), reference_forward(x, w, None, padding=2), "float32", scale=5.0)
+
+
+def test_dispatch_paths_cover_families():
+    """The dispatcher keeps a general path and picks the specialized kernels by shape."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    small = params((2, 4, 56, 56), (4, 1, 3, 3), True, 1, 1, 1)
+    large = params((2, 4, 56, 56), (4, 1, 31, 31), True, 1, 15, 1)
+    huge_w = params((1, 2, 8, 300), (2, 1, 1, 101), True, 1, 0, 1)
+    assert "conv_tile" in _kernels.plan_forward(small, "float32", True).expr
+    assert "conv_smem" in _kernels.plan_forward(large, "float32", True).expr
+    assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", True).expr
+    _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
