@@ -205,27 +205,39 @@ def _axis_span(mode, k, s, d, t, pad_rem):
 
 
 def _tile_shape(pr, dtype):
-    """(TH, TW, MINB) for conv_tile: the heuristic table (benchmarks/NOTES.md).
+    """(TH, TW, MINB, NT) for conv_tile: the heuristic table, from the sweeps recorded in
+    benchmarks/NOTES.md (H100, session 1):
 
-    Measured (session 1, seed_3x7): fp32 best with a 4x4 tile at 3 blocks/SM (80 regs);
-    wider tiles spill or lose occupancy. 16-bit: one 16-byte vector (8 elements) wide.
+    - fp32, KH*KW <= 9, no dilation: 4x4 tiles at 3 blocks/SM (<= 80 registers), one tile
+      per thread (mbv2 91 %, image 94 %): occupancy hides the memory latency.
+    - fp32, larger kernels or dilation: 4x8 at 2 blocks/SM (seed_3x7 86 %, dilated 92 %);
+      stride 2 with 5x5: 4x4 (79 %).
+    - 16-bit: one 16-byte vector wide (8 elements), 2 rows, 3 blocks/SM; 4 rows for 7x7.
+    - Narrow planes (OW <= 8): one row of the whole width per thread; small planes: 2 rows.
+    NT None lets _strip_length pick the strip.
     """
     if pr.mode == 1:
         # Tiles start on a stride phase: multiples of the stride.
         th = pr.SH * max(1, 4 // pr.SH)
         tw = pr.SW * max(1, (4 if dtype in ("float32", "float64") else 8) // pr.SW)
-        return th, tw, 2
+        return th, tw, 2, None
+    taps = pr.KH * pr.KW
     if dtype == "float64":
-        return min(2, pr.OH), min(4, pr.OW), 2
+        return min(2, pr.OH), min(4, pr.OW), 2, None
+    if pr.OW <= 8:
+        return 1, pr.OW, 2, None
     if dtype == "float32":
-        tw = pr.OW if pr.OW < 4 else 4
-        th = 4
+        if taps <= 9 and pr.DH == 1 and pr.DW == 1:
+            th, tw, minb, nt = 4, 4, 3, 1
+        elif pr.SW > 1:
+            th, tw, minb, nt = 4, 4, 2, None
+        else:
+            th, tw, minb, nt = 4, 8, 2, None
     else:
-        tw = pr.OW if pr.OW < 8 else 8
-        th = 2
-    if pr.OW < 16 and pr.OW % tw:
-        tw = min(pr.OW, 8)
-    return min(th, pr.OH), tw, (3 if pr.KH * pr.KW <= 25 else 2)
+        th, tw, minb, nt = (4, 8, 2, None) if taps > 25 else (2, 8, 3, None)
+    if pr.OH * pr.OW <= 400:
+        th = min(th, 2)
+    return min(th, pr.OH), tw, minb, nt
 
 
 def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 * 2048 * 2):
@@ -240,8 +252,9 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
     if pr.KH * pr.KW > TILE_MAX_TAPS:
         return None
     if th is None:
-        th, tw, minb_default = _tile_shape(pr, dtype)
+        th, tw, minb_default, nt_default = _tile_shape(pr, dtype)
         minb = minb_default if minb is None else minb
+        nt = nt_default if nt is None else nt
     if minb is None:
         minb = 2
     v = 16 // ITEMSIZE[dtype]

@@ -244,9 +244,21 @@ def backward_params(grad_output_shape, x_shape, weight_shape, stride, padding, d
     return p
 
 
+_DTYPE_NAMES = {}
+
+
 def dtype_name(dtype):
-    """numpy dtype (or anything numpy.dtype accepts) -> its name, e.g. 'bfloat16'."""
-    return numpy.dtype(dtype).name
+    """numpy dtype (or anything numpy.dtype accepts) -> its name, e.g. 'bfloat16'.
+    Memoized: numpy builds the name string on every access."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        name = numpy.dtype(dtype).name
+        try:
+            _DTYPE_NAMES[dtype] = name
+        except TypeError:
+            pass
+        return name
 
 
 def check_dtypes(**arrays_dtypes):

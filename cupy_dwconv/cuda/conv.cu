@@ -237,29 +237,52 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 
         for (int m = 0; m < R; ++m) {
             __syncthreads();  // previous tile's (or previous m's) readers are done with smem
-            // Stage P input tiles, one warp per staged row: divisions happen per row, not
-            // per element, and a warp reads a contiguous piece of one input row.
-            for (int row = warp; row < P * TIH; row += nwarps) {
-                const int p = row / TIH;
-                const int i = row - p * TIH;
-                const i64 z = tile0 + p;
-                A* dst = xs + (i64)p * tile_elems + (i64)i * pitch;
-                if (z >= n_tiles) {
-                    for (int c = lane; c < pitch; c += 32) dst[c] = A(0);
-                    continue;
-                }
-                const i64 zy = z / n_tx;
-                const int tx = (int)(z - zy * n_tx);
-                const i64 q = zy / n_ty;
-                const int ty = (int)(zy - q * n_ty);
-                const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
-                const int ih = ty * BH * SH - pad_t + i;
-                const int iw0 = tx * BW * SW - pad_l;
-                const bool row_ok = (unsigned)ih < (unsigned)IH;
-                const T* src = x + (pm.in_plane0 + m) * plane_in + (i64)(row_ok ? ih : 0) * IW;
-                for (int c = lane; c < pitch; c += 32) {
-                    const int iw = iw0 + c;
-                    dst[c] = (row_ok && c < TIW && (unsigned)iw < (unsigned)IW) ? load1(src + iw) : A(0);
+            // Stage P input tiles. A warp takes SR staged rows at a time and a lane SC
+            // columns of each (128-column chunks): all SR*SC loads are issued before the
+            // first store, so each thread keeps up to 16 loads in flight (a load-then-store
+            // loop would wait a full memory latency per element). Divisions happen per row.
+            constexpr int SR = 4, SC = 4;
+            for (int row0 = warp * SR; row0 < P * TIH; row0 += nwarps * SR) {
+                for (int cb = 0; cb < pitch; cb += 32 * SC) {
+                    A v[SR][SC];
+#pragma unroll
+                    for (int k = 0; k < SR; ++k) {
+                        const int row = row0 + k;
+                        const int p = row / TIH;
+                        const int i = row - p * TIH;
+                        const i64 z = tile0 + p;
+                        bool ok = row < P * TIH && z < n_tiles;
+                        const T* src = x;
+                        int iw0 = 0;
+                        if (ok) {
+                            const i64 zy = z / n_tx;
+                            const int tx = (int)(z - zy * n_tx);
+                            const i64 q = zy / n_ty;
+                            const int ty = (int)(zy - q * n_ty);
+                            const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+                            const int ih = ty * BH * SH - pad_t + i;
+                            iw0 = tx * BW * SW - pad_l;
+                            ok = (unsigned)ih < (unsigned)IH;
+                            src = x + (pm.in_plane0 + m) * plane_in + (i64)(ok ? ih : 0) * IW;
+                        }
+#pragma unroll
+                        for (int j = 0; j < SC; ++j) {
+                            const int c = cb + lane + 32 * j;
+                            const int iw = iw0 + c;
+                            v[k][j] = (ok && c < TIW && (unsigned)iw < (unsigned)IW) ? load1(src + iw) : A(0);
+                        }
+                    }
+#pragma unroll
+                    for (int k = 0; k < SR; ++k) {
+                        const int row = row0 + k;
+                        if (row >= P * TIH) break;
+                        A* dst = xs + (i64)(row / TIH) * tile_elems + (i64)(row % TIH) * pitch;
+#pragma unroll
+                        for (int j = 0; j < SC; ++j) {
+                            const int c = cb + lane + 32 * j;
+                            if (c < pitch) dst[c] = v[k][j];
+                        }
+                    }
                 }
             }
             for (int e = tid; e < P * KH * KWP; e += nthreads) {
