@@ -3,7 +3,7 @@
 # with its own time limit so a slow stage cannot starve the rest. Logs go to $OUT
 # (or ./device-out). Usage:
 #   bash scripts/device_run.sh "tests sweep bench"  [sweep args...]
-# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, main.
+# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, dispatch, main.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final="${OUT:-device-out}"
@@ -50,6 +50,9 @@ for stage in $stages; do
           --section LaunchStats --section ComputeWorkloadAnalysis \
           python3 benchmarks/profile_case.py "$c_name" "$c_dtype" "$c_pass" > "$out/ncu_${c_name}_${c_dtype}_${c_pass}.txt" 2>&1
       done
+      rc=$? ;;
+    dispatch)
+      limit 120 python3 benchmarks/dispatch_profile.py > "$out/dispatch.log" 2>&1
       rc=$? ;;
     main)
       limit 120 python3 -m cupy_dwconv > "$out/main.log" 2>&1
