@@ -99,8 +99,8 @@ def _targs(*values):
 class Launch:
     """One kernel launch: which specialization, its geometry and its scalar arguments.
 
-    `scalars` hold numpy scalars of the exact C parameter types; the array arguments are
-    supplied at launch time in the kernel's order.
+    `scalars` holds the kernel's argument struct (a numpy structured scalar whose layout
+    matches the C++ struct); the array arguments are supplied at launch time.
     """
 
     src: str
@@ -117,14 +117,42 @@ class Launch:
         self.kernel(device_id)(self.grid, self.block, tuple(arrays) + self.scalars, shared_mem=self.shared_mem)
 
 
-def _i32(v, what):
-    if not -(2**31) <= v <= INT32_MAX:
-        raise ValueError(f"{what}: expected a value that fits a 32-bit int, got {v}")
-    return numpy.int32(v)
+# Scalar arguments of each kernel family, in the field order of the C++ structs in
+# cuda/common.cuh (numpy align=True gives the same layout; tests/test_compile.py checks
+# every offset and the size with static_asserts compiled by NVRTC).
+_I64_FIELDS = {"n_units", "IC", "n_tiles", "total"}
+ARG_STRUCTS = {
+    "TileArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "off_h", "off_w", "n_cg", "n_rs", "n_rt", "NT",
+                 "QC", "DIV", "R"),
+    "SmemArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "BH", "BW", "n_tx", "n_ty", "P",
+                 "pitch", "QC", "DIV", "R"),
+    "GenericArgs": ("total", "IC", "IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l",
+                    "QC", "DIV", "R"),
+    "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
+                  "N", "C", "M", "CM", "n_chunks"),
+    "ReduceArgs": ("CM", "KK", "n_chunks"),
+}
+ARG_DTYPES = {
+    name: numpy.dtype([(f, numpy.int64 if f in _I64_FIELDS else numpy.int32) for f in fields], align=True)
+    for name, fields in ARG_STRUCTS.items()
+}
 
 
-def _i64(v):
-    return numpy.int64(v)
+def pack_args(struct, **values):
+    """The struct argument of a kernel (a numpy structured scalar, passed by value).
+    Every field is required; 32-bit fields are range-checked, since the kernels index
+    with them."""
+    fields = ARG_STRUCTS[struct]
+    missing = set(fields) ^ set(values)
+    if missing:
+        raise TypeError(f"{struct}: fields {sorted(missing)} missing or unknown")
+    row = []
+    for f in fields:
+        v = int(values[f])
+        if f not in _I64_FIELDS and not -(2**31) <= v <= INT32_MAX:
+            raise ValueError(f"{f}: expected a value that fits a 32-bit int, got {v} (problem too large for this kernel)")
+        row.append(v)
+    return numpy.array([tuple(row)], dtype=ARG_DTYPES[struct])[0]
 
 
 def _cdiv(a, b):
@@ -183,8 +211,8 @@ def _flipped_problem(pr):
     )
 
 
-def _channel_scalars(pr):
-    return (_i32(pr.QC, "channels"), _i64(pr.IC), _i32(pr.DIV, "channel multiplier"), _i32(pr.R, "channel multiplier"))
+def _channel_fields(pr):
+    return dict(QC=pr.QC, IC=pr.IC, DIV=pr.DIV, R=pr.R)
 
 
 # ---- conv_tile ------------------------------------------------------------------------
@@ -288,12 +316,9 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
         CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb
     ) + ">"
     block = 256
-    scalars = (
-        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
-        _i32(pr.OW, "output width"), _i32(off_h, "padding"), _i32(off_w, "padding"),
-        _i32(n_cg, "tiles"), _i32(n_rs, "tiles"), _i32(n_rt, "tiles"), _i32(nt, "tiles"), _i64(units),
-    ) + _channel_scalars(pr)
-    return Launch("conv.cu", expr, _grid1d(units, block), (block, 1, 1), 0, scalars)
+    args = pack_args("TileArgs", n_units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, off_h=off_h, off_w=off_w,
+                     n_cg=n_cg, n_rs=n_rs, n_rt=n_rt, NT=nt, **_channel_fields(pr))
+    return Launch("conv.cu", expr, _grid1d(units, block), (block, 1, 1), 0, (args,))
 
 
 # ---- conv_smem ------------------------------------------------------------------------
@@ -374,14 +399,11 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     expr = "dw::conv_smem<" + _targs(
         CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip
     ) + ">"
-    scalars = (
-        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
-        _i32(pr.OW, "output width"), _i32(pr.PT, "padding"), _i32(pr.PL, "padding"),
-        _i32(cfg["bh"], "tile"), _i32(cfg["bw"], "tile"), _i32(cfg["n_tx"], "tiles"), _i32(cfg["n_ty"], "tiles"),
-        _i32(cfg["tiles_per_block"], "tiles"), _i64(cfg["n_tiles"]), _i32(cfg["pitch"], "pitch"),
-    ) + _channel_scalars(pr)
+    args = pack_args("SmemArgs", n_tiles=cfg["n_tiles"], IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT,
+                     pad_l=pr.PL, BH=cfg["bh"], BW=cfg["bw"], n_tx=cfg["n_tx"], n_ty=cfg["n_ty"],
+                     P=cfg["tiles_per_block"], pitch=cfg["pitch"], **_channel_fields(pr))
     grid = (max(1, min(_cdiv(cfg["n_tiles"], cfg["tiles_per_block"]), INT32_MAX)), 1, 1)
-    return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, scalars)
+    return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, (args,))
 
 
 # ---- conv_generic -----------------------------------------------------------------------
@@ -389,13 +411,9 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
 def generic_launch(pr, dtype):
     total = pr.planes * pr.OH * pr.OW
     expr = f"dw::conv_generic<{CXX_TYPE[dtype]}, {pr.mode}>"
-    scalars = (
-        _i32(pr.IH, "input height"), _i32(pr.IW, "input width"), _i32(pr.OH, "output height"),
-        _i32(pr.OW, "output width"), _i32(pr.KH, "kernel height"), _i32(pr.KW, "kernel width"),
-        _i32(pr.SH, "stride"), _i32(pr.SW, "stride"), _i32(pr.DH, "dilation"), _i32(pr.DW, "dilation"),
-        _i32(pr.PT, "padding"), _i32(pr.PL, "padding"), _i64(total),
-    ) + _channel_scalars(pr)
-    return Launch("conv.cu", expr, _grid1d(total, 256), (256, 1, 1), 0, scalars)
+    args = pack_args("GenericArgs", total=total, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, KH=pr.KH, KW=pr.KW,
+                     SH=pr.SH, SW=pr.SW, DH=pr.DH, DW=pr.DW, pad_t=pr.PT, pad_l=pr.PL, **_channel_fields(pr))
+    return Launch("conv.cu", expr, _grid1d(total, 256), (256, 1, 1), 0, (args,))
 
 
 def plan_conv(pr, dtype, x_ptr, force=None):
@@ -461,37 +479,31 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
     expr = "dw::wgrad_tile<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb
     ) + ">"
-    scalars = (
-        _i32(p.H, "height"), _i32(p.W, "width"), _i32(p.OH, "output height"), _i32(p.OW, "output width"),
-        _i32(p.PT, "padding"), _i32(p.PL, "padding"), _i32(n_cg, "tiles"), _i32(n_rt, "tiles"),
-        _i32(p.N, "batch"), _i32(p.C, "channels"), _i32(p.M, "channel multiplier"), _i32(p.CM, "channels"),
-        _i32(chunks, "chunks"),
-    )
+    args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
     grid = (chunks, min(p.CM, 65535), 1)
-    return Launch("wgrad.cu", expr, grid, (256, 1, 1), 0, scalars), chunks
+    return Launch("wgrad.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
+
+
+def _wgrad_args(p, chunks, n_cg=0, n_rt=0):
+    return pack_args("WgradArgs", IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, KH=p.KH, KW=p.KW, SH=p.SH, SW=p.SW,
+                     DH=p.DH, DW=p.DW, pad_t=p.PT, pad_l=p.PL, n_cg=n_cg, n_rt=n_rt, N=p.N, C=p.C, M=p.M,
+                     CM=p.CM, n_chunks=chunks)
 
 
 def wgrad_generic_launch(p, dtype):
     per_channel = p.N * p.OH * p.OW
     chunks = max(1, min(_cdiv(8 * 132, max(p.CM, 1)), _cdiv(per_channel, 4096), 65535))
     expr = f"dw::wgrad_generic<{CXX_TYPE[dtype]}>"
-    scalars = (
-        _i32(p.H, "height"), _i32(p.W, "width"), _i32(p.OH, "output height"), _i32(p.OW, "output width"),
-        _i32(p.KH, "kernel height"), _i32(p.KW, "kernel width"), _i32(p.SH, "stride"), _i32(p.SW, "stride"),
-        _i32(p.DH, "dilation"), _i32(p.DW, "dilation"), _i32(p.PT, "padding"), _i32(p.PL, "padding"),
-        _i32(p.N, "batch"), _i32(p.C, "channels"), _i32(p.M, "channel multiplier"), _i32(p.CM, "channels"),
-        _i32(chunks, "chunks"),
-    )
     block = min(256, _cdiv(p.KH * p.KW + 1, 32) * 32)
     grid = (chunks, min(p.CM, 65535), 1)
-    return Launch("wgrad.cu", expr, grid, (block, 1, 1), 0, scalars), chunks
+    return Launch("wgrad.cu", expr, grid, (block, 1, 1), 0, (_wgrad_args(p, chunks),)), chunks
 
 
 def reduce_launch(p, dtype, chunks):
     taps = p.KH * p.KW
     expr = f"dw::wgrad_reduce<{CXX_TYPE[dtype]}>"
-    scalars = (_i32(p.CM, "channels"), _i32(taps, "taps"), _i32(chunks, "chunks"))
-    return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, scalars)
+    args = pack_args("ReduceArgs", CM=p.CM, KK=taps, n_chunks=chunks)
+    return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, (args,))
 
 
 @functools.lru_cache(maxsize=4096)

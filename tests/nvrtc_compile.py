@@ -42,6 +42,21 @@ def _log(prog):
     return buf.decode(errors="replace").rstrip("\x00")
 
 
+def compile_source(code, name, arch):
+    """Compile a whole source text (no name expressions) for sm_<arch>; raises with
+    the log on error."""
+    from cuda.bindings import nvrtc
+
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(code.encode(), name.encode(), 0, [], []), what="create")
+    try:
+        opts = [o.encode() for o in _kernels.NVRTC_OPTIONS] + [f"--gpu-architecture=sm_{arch}".encode()]
+        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
+        if int(err) != 0:
+            raise RuntimeError(f"NVRTC compile of {name} for sm_{arch} failed: {err}\n{_log(prog)}")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
 def compile_expressions(src_name, expressions, arch, resource_report=False):
     """Compile `expressions` of cuda/<src_name> to a cubin for sm_<arch>.
 

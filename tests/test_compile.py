@@ -149,3 +149,34 @@ def test_every_specialization_compiles():
     assert len(futures) == len(EXPRESSIONS) * len(ARCHS) >= 2 * len(ARCHS)
     if failures:
         pytest.fail("\n\n".join(sorted(failures)), pytrace=False)
+
+
+def _abi_source():
+    """static_asserts that every C++ argument struct matches its numpy dtype."""
+    lines = [_kernels.source("conv.cu"), "", "// layout checks generated from _kernels.ARG_DTYPES"]
+    for name, dt in _kernels.ARG_DTYPES.items():
+        lines.append(f"static_assert(sizeof(dw::{name}) == {dt.itemsize}, \"{name}: size\");")
+        lines.append(f"static_assert(alignof(dw::{name}) == {dt.alignment}, \"{name}: alignment\");")
+        for field, (fdt, offset) in dt.fields.items():
+            lines.append(f"static_assert(__builtin_offsetof(dw::{name}, {field}) == {offset}, \"{name}.{field}: offset\");")
+            lines.append(f"static_assert(sizeof(dw::{name}::{field}) == {fdt.itemsize}, \"{name}.{field}: size\");")
+    return "\n".join(lines) + "\n"
+
+
+def test_argument_structs_match_numpy_layout():
+    """The kernels take their scalars as one struct passed by value from a numpy
+    structured scalar: a layout mismatch would silently scramble every argument."""
+    if not nvrtc_compile.nvrtc_available():
+        if REQUIRE_NVRTC:
+            pytest.fail("NVRTC is required (CUPY_DWCONV_REQUIRE_NVRTC=1) but cannot be loaded")
+        pytest.skip("NVRTC (cuda-bindings + nvidia-cuda-nvrtc) is not available")
+    nvrtc_compile.compile_source(_abi_source(), "abi_check.cu", 90)
+
+
+def test_pack_args_checks_fields_and_ranges():
+    args = _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=4)
+    assert (int(args["CM"]), int(args["KK"]), int(args["n_chunks"])) == (3, 9, 4)
+    with pytest.raises(TypeError, match="ReduceArgs: fields"):
+        _kernels.pack_args("ReduceArgs", CM=3, KK=9)
+    with pytest.raises(ValueError, match="n_chunks: expected a value that fits a 32-bit int"):
+        _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=2**31)

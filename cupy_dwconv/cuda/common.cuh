@@ -187,6 +187,29 @@ __device__ __forceinline__ void split_unit(i64 u, i64 n_units, int n_cg, int n_r
     }
 }
 
+// Scalar kernel arguments travel as one struct per kernel family: the host marshals one
+// argument instead of fifteen (CuPy's per-argument cost dominates a small launch). Each
+// layout is mirrored by a numpy dtype (align=True) in _kernels.ARG_STRUCTS, and the CPU
+// test suite compiles static_asserts on every offset and size.
+struct TileArgs {
+    i64 n_units, IC;
+    int IH, IW, OH, OW, off_h, off_w, n_cg, n_rs, n_rt, NT, QC, DIV, R;
+};
+struct SmemArgs {
+    i64 n_tiles, IC;
+    int IH, IW, OH, OW, pad_t, pad_l, BH, BW, n_tx, n_ty, P, pitch, QC, DIV, R;
+};
+struct GenericArgs {
+    i64 total, IC;
+    int IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, pad_t, pad_l, QC, DIV, R;
+};
+struct WgradArgs {
+    int IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, pad_t, pad_l, n_cg, n_rt, N, C, M, CM, n_chunks;
+};
+struct ReduceArgs {
+    int CM, KK, n_chunks;
+};
+
 // Channel mapping shared by the forward and the grad-input passes.
 // Output plane q = n * QC + ch sums R input planes n * IC + (ch / DIV) * R + m (m < R)
 // with weight rows ch * R + m:

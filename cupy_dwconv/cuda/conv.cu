@@ -62,8 +62,10 @@ template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int
           int PTR, int PLR, bool VIN, int SHIFT, bool VOUT, int MINB>
 __global__ void __launch_bounds__(256, MINB)
 conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-          int IH, int IW, int OH, int OW, int off_h, int off_w, int n_cg, int n_rs, int n_rt, int NT, i64 n_units,
-          int QC, i64 IC, int DIV, int R) {
+          const TileArgs a) {
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, off_h = a.off_h, off_w = a.off_w;
+    const int n_cg = a.n_cg, n_rs = a.n_rs, n_rt = a.n_rt, NT = a.NT, QC = a.QC, DIV = a.DIV, R = a.R;
+    const i64 n_units = a.n_units, IC = a.IC;
     typedef typename Traits<T>::acc A;
     constexpr int V = Traits<T>::VEC;
     typedef Axis<MODE, KH, SH, DH, TH, PTR> AH;
@@ -178,9 +180,11 @@ __device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, i
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP>
 __global__ void __launch_bounds__(512, 1)
 conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-          int IH, int IW, int OH, int OW, int pad_t, int pad_l,
-          int BH, int BW, int n_tx, int n_ty, int P, i64 n_tiles, int pitch,
-          int QC, i64 IC, int DIV, int R) {
+          const SmemArgs a) {
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
+    const int BH = a.BH, BW = a.BW, n_tx = a.n_tx, n_ty = a.n_ty, P = a.P, pitch = a.pitch;
+    const int QC = a.QC, DIV = a.DIV, R = a.R;
+    const i64 n_tiles = a.n_tiles, IC = a.IC;
     typedef typename Traits<T>::acc A;
     constexpr int LV = SmemVec<A>::N;
     constexpr int RH = (TH - 1) * SH + (KH - 1) * DH + 1;
@@ -336,8 +340,10 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 template <class T, int MODE>
 __global__ void __launch_bounds__(256)
 conv_generic(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-             int IH, int IW, int OH, int OW, int KH, int KW, int SH, int SW, int DH, int DW,
-             int pad_t, int pad_l, i64 total, int QC, i64 IC, int DIV, int R) {
+             const GenericArgs a) {
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, KH = a.KH, KW = a.KW, SH = a.SH, SW = a.SW;
+    const int DH = a.DH, DW = a.DW, pad_t = a.pad_t, pad_l = a.pad_l, QC = a.QC, DIV = a.DIV, R = a.R;
+    const i64 total = a.total, IC = a.IC;
     typedef typename Traits<T>::acc A;
     const i64 plane_in = (i64)IH * IW;
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {

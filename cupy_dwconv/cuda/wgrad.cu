@@ -47,8 +47,9 @@ __device__ __forceinline__ void block_sum_to(A (&v)[NV], A* red, A* out) {
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool VIN, int SHIFT, bool VGO, int MINB>
 __global__ void __launch_bounds__(256, MINB)
 wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
-           int IH, int IW, int OH, int OW, int pad_t, int pad_l, int n_cg, int n_rt,
-           int N, int C, int M, int CM, int n_chunks) {
+           const WgradArgs a) {
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
+    const int n_cg = a.n_cg, n_rt = a.n_rt, N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks;
     typedef typename Traits<T>::acc A;
     constexpr int V = Traits<T>::VEC;
     typedef Axis<0, KH, SH, DH, TH, 0> AH;
@@ -128,8 +129,10 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
 template <class T>
 __global__ void __launch_bounds__(256)
 wgrad_generic(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
-              int IH, int IW, int OH, int OW, int KH, int KW, int SH, int SW, int DH, int DW,
-              int pad_t, int pad_l, int N, int C, int M, int CM, int n_chunks) {
+              const WgradArgs a) {
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, KH = a.KH, KW = a.KW, SH = a.SH, SW = a.SW;
+    const int DH = a.DH, DW = a.DW, pad_t = a.pad_t, pad_l = a.pad_l;
+    const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks;
     typedef typename Traits<T>::acc A;
     const int KK = KH * KW;
     const i64 per_ch = (i64)N * OH * OW;
@@ -161,7 +164,8 @@ wgrad_generic(const T* __restrict__ x, const T* __restrict__ go, typename Traits
 template <class T>
 __global__ void __launch_bounds__(256)
 wgrad_reduce(const typename Traits<T>::acc* __restrict__ partial, T* __restrict__ gw, T* __restrict__ gb,
-             int CM, int KK, int n_chunks) {
+             const ReduceArgs a) {
+    const int CM = a.CM, KK = a.KK, n_chunks = a.n_chunks;
     typedef typename Traits<T>::acc A;
     const i64 total = (i64)CM * (KK + 1);
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
