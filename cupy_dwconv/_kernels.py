@@ -244,8 +244,9 @@ def _tile_shape(pr, dtype):
     - Narrow planes (OW <= 8): one row of the whole width per thread; small planes: 2 rows.
     NT None lets _strip_length pick the strip.
     """
-    if pr.mode == 1:
-        # Tiles start on a stride phase: multiples of the stride.
+    if pr.mode == 1 and (pr.SH, pr.SW) != (1, 1):
+        # Tiles start on a stride phase: multiples of the stride. (At stride 1 the
+        # grad-input gather has the forward's shape of work and uses its table.)
         th = pr.SH * max(1, 4 // pr.SH)
         tw = pr.SW * max(1, (4 if dtype in ("float32", "float64") else 8) // pr.SW)
         return th, tw, 2, None
@@ -506,11 +507,52 @@ def reduce_launch(p, dtype, chunks):
     return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, (args,))
 
 
+WGRAD_SMEM_TILE = (8, 4, 8)  # TKH x TKW taps per thread, U grad_output columns per step
+
+
+def wgrad_smem_launch(p, dtype):
+    """wgrad_smem plan (stride 1, dilation 1, any kernel size); None if it does not fit."""
+    if (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1):
+        return None
+    tkh, tkw, u = WGRAD_SMEM_TILE
+    acc_size = ITEMSIZE[ACC_DTYPE[dtype]]
+    lv = 16 // acc_size
+    n_tkh, n_tkw = _cdiv(p.KH, tkh), _cdiv(p.KW, tkw)
+    n_tt = n_tkh * n_tkw
+    if n_tt > 256:
+        return None
+    nb = p.OH + tkh - 1
+    groups = max(1, min(256 // n_tt, 8, nb // 4))
+    owp = _cdiv(p.OW, u) * u
+    xs = _cdiv(u + tkw - 1, lv) * lv
+    xpitch = _cdiv(owp - u + n_tkw * tkw - tkw + xs, lv) * lv
+    if xpitch % 32 == 0:
+        xpitch += lv
+    xr = p.OH + n_tkh * tkh - 1
+    gr = p.OH + 2 * (tkh - 1)
+    floats = max(xr * xpitch + gr * owp, groups * n_tt * tkh * tkw, 32)
+    smem = floats * acc_size
+    if smem > SM_SMEM:
+        return None
+    chunks = max(1, min(p.N, _cdiv(4 * 132, max(p.CM, 1)), 65535))
+    expr = f"dw::wgrad_smem<{CXX_TYPE[dtype]}, {tkh}, {tkw}, {u}>"
+    scalars = (_wgrad_args(p, chunks), numpy.int32(groups), numpy.int32(n_tkw), numpy.int32(xpitch), numpy.int32(owp))
+    block = _cdiv(n_tt * groups, 32) * 32
+    return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, scalars), chunks
+
+
 @functools.lru_cache(maxsize=4096)
 def plan_wgrad(p, dtype, x_aligned, go_aligned, force=None):
-    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias."""
+    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias:
+    wgrad_tile for small kernels, wgrad_smem for large ones at stride 1, else generic."""
     res = None
-    if force != "generic":
+    if force is None:
+        res = wgrad_tile_launch(p, dtype, 0 if x_aligned else 1, 0 if go_aligned else 1)
+        if res is None:
+            res = wgrad_smem_launch(p, dtype)
+    elif force == "smem":
+        res = wgrad_smem_launch(p, dtype)
+    elif force == "tile":
         res = wgrad_tile_launch(p, dtype, 0 if x_aligned else 1, 0 if go_aligned else 1)
     if res is None:
         res = wgrad_generic_launch(p, dtype)

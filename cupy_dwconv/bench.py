@@ -679,14 +679,15 @@ def ceilings_line(ceilings):
 
 
 def short_kernel_name(expr):
-    """'dw::conv_tile<float, 0, 3, 7, 1, 1, 1, 1, 4, 8, ...>' -> 'conv_tile 4x8'."""
+    """'dw::conv_tile<float, 0, 3, 7, 1, 1, 1, 1, 4, 8, ...>' -> 'conv_tile 4x8' (micro-tile of
+    outputs; for wgrad_smem the tap tile)."""
     if not expr:
         return "?"
     text = expr.split("::")[-1] if "<" not in expr else expr[: expr.index("<")].split("::")[-1] + expr[expr.index("<"):]
     name, _, rest = text.partition("<")
     args = [a.strip() for a in rest.rstrip(">").split(",")] if rest else []
     # Position of (TH, TW) in each template's argument list (see _kernels).
-    tile_at = {"conv_tile": 8, "conv_smem": 7, "wgrad_tile": 7}
+    tile_at = {"conv_tile": 8, "conv_smem": 7, "wgrad_tile": 7, "wgrad_smem": 1}
     try:
         if name in tile_at:
             i = tile_at[name]

@@ -39,6 +39,7 @@ FAMILIES = (
     "conv_generic mode 0",
     "conv_generic mode 1",
     "wgrad_tile",
+    "wgrad_smem",
     "wgrad_generic",
     "wgrad_reduce",
 )

@@ -314,3 +314,35 @@ def test_torch_autograd_agrees():
     gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x.detach(), w.detach(), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
     for ours, theirs in ((gx, x.grad), (gw, w.grad), (gb, b.grad)):
         assert_close(torch.from_dlpack(ours).cpu().numpy(), theirs.cpu().numpy(), "float64", scale=30.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: stride 1, dilation 1 (wgrad_smem's domain)
+        (2, 3, 1, 30, 37, 13, 13, 6),
+        (1, 2, 2, 40, 44, 31, 31, 15),
+        (3, 2, 1, 19, 23, 9, 11, ((4, 3), (0, 6))),
+        (2, 1, 3, 17, 9, 5, 3, 0),
+        (1, 1, 1, 12, 70, 3, 25, (1, 12)),
+    ],
+    ids=str,
+)
+def test_wgrad_smem(shape, dtype):
+    """The shared-memory weight-gradient kernel, forced, on kernels that are not
+    multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers."""
+    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(15)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force="smem")
+    assert "wgrad_smem" in launch.expr
+    _, rw, rb = reference_backward(go, x, w, padding=pad)
+    scale = math.sqrt(N * p.OH * p.OW)
+    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
+    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")

@@ -123,6 +123,143 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
     }
 }
 
+// wgrad_smem: large kernels at stride 1, dilation 1 (compute-bound: KH*KW FMAs per
+// grad_output element). dW is the correlation of x with grad_output, so threads own tap
+// micro-tiles of TKH x TKW taps instead of output tiles. Grid (chunks, channels): a block
+// walks the planes n of its chunk of one channel, staging each x plane (with its zero
+// padding) and grad_output plane (with TKH-1 zero rows on top) in shared memory.
+//
+// Reuse: with a "base row" B, tap row kh0+i pairs x row B+kh0 with grad_output row B-i.
+// So for each B a thread reads ONE staged x row segment and TKH grad_output row segments;
+// the grad_output reads are the same address for every thread of the block (broadcast),
+// and the 8 lanes of a quarter-warp read one x row at consecutive 16-byte offsets
+// (conflict-free with TKW = 4). Per B and U columns: (U+TKW-1)/4 + TKH*U/4 vector reads
+// for TKH*TKW*U FMAs. G row groups split the B range; their sums are added in a fixed
+// order at the end, so the result is deterministic.
+// Bytes: x and grad_output are read once from DRAM per block (each block owns distinct
+// planes); partials as wgrad_tile.
+template <class T, int TKH, int TKW, int U>
+__global__ void __launch_bounds__(256, 1)
+wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
+           const WgradArgs a, int G, int n_tkw, int xpitch, int gpitch) {
+    typedef typename Traits<T>::acc A;
+    constexpr int LV = SmemVec<A>::N;
+    constexpr int XS = round_up(U + TKW - 1, LV);
+    static_assert(U % LV == 0 && TKW % LV == 0, "16-byte shared-memory reads");
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, KH = a.KH, KW = a.KW, pad_t = a.pad_t, pad_l = a.pad_l;
+    const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks;
+    const int KK = KH * KW;
+    const int n_tkh = (KH + TKH - 1) / TKH;
+    const int n_tt = n_tkh * n_tkw;
+    const int KHP = n_tkh * TKH;
+    const int NB = OH + TKH - 1;        // base rows B = oh + i, for oh < OH and i < TKH
+    const int XR = OH + KHP - 1;        // staged x rows (x row r - pad_t)
+    const int GR = OH + 2 * (TKH - 1);  // staged grad_output rows: TKH-1 zero rows above and below
+    const int OWP = (OW + U - 1) / U * U;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    A* const xs = reinterpret_cast<A*>(smem_raw);
+    A* const gs = xs + (i64)XR * xpitch;
+    A* const red = xs;  // reduction scratch, reused once the last plane is consumed
+
+    const int tid = threadIdx.x, nthreads = blockDim.x;
+    const int tt = tid % n_tt, g = tid / n_tt;
+    const bool active = g < G;
+    const int kh0 = (tt / n_tkw) * TKH, kw0 = (tt % n_tkw) * TKW;
+    // This group's base rows: a contiguous share of [0, NB).
+    const int b_lo = (int)((i64)NB * g / G), b_hi = (int)((i64)NB * (g + 1) / G);
+    const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
+    const int n_per = (N + n_chunks - 1) / n_chunks;
+
+    for (int o = blockIdx.y; o < CM; o += gridDim.y) {
+        A acc[TKH][TKW];
+#pragma unroll
+        for (int i = 0; i < TKH; ++i)
+#pragma unroll
+            for (int j = 0; j < TKW; ++j) acc[i][j] = A(0);
+        A bias_sum = A(0);
+        const int n_begin = blockIdx.x * n_per, n_end = min(N, n_begin + n_per);
+        for (int n = n_begin; n < n_end; ++n) {
+            const T* xp = x + ((i64)n * C + o / M) * plane_in;
+            const T* gp = go + ((i64)n * CM + o) * plane_out;
+            __syncthreads();  // the previous plane's readers are done
+            // Stage with several loads in flight per thread before the stores.
+            const int xtotal = XR * xpitch, gtotal = GR * gpitch;
+            for (int e0 = tid; e0 < xtotal + gtotal; e0 += 8 * nthreads) {
+                A v[8];
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const int e = e0 + k * nthreads;
+                    A val = A(0);
+                    if (e < xtotal) {
+                        const int r = e / xpitch, c = e - (e / xpitch) * xpitch;
+                        const int ih = r - pad_t, iw = c - pad_l;
+                        if ((unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW) val = load1(xp + (i64)ih * IW + iw);
+                    } else if (e < xtotal + gtotal) {
+                        const int f = e - xtotal;
+                        const int r = f / gpitch, c = f - (f / gpitch) * gpitch;
+                        const int oh = r - (TKH - 1);
+                        if (oh >= 0 && oh < OH && c < OW) {
+                            val = load1(gp + (i64)oh * OW + c);
+                            bias_sum += val;  // each element is staged by exactly one thread
+                        }
+                    }
+                    v[k] = val;
+                }
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const int e = e0 + k * nthreads;
+                    if (e < xtotal + gtotal) xs[e] = v[k];  // gs follows xs contiguously
+                }
+            }
+            __syncthreads();
+            if (active) {
+                for (int B = b_lo; B < b_hi; ++B) {
+                    const A* xrow = xs + (i64)(B + kh0) * xpitch + kw0;
+                    for (int c0 = 0; c0 < OWP; c0 += U) {
+                        A xv[XS];
+#pragma unroll
+                        for (int k = 0; k < XS / LV; ++k) lds_vec(xrow + c0 + k * LV, &xv[k * LV]);
+#pragma unroll
+                        for (int i = 0; i < TKH; ++i) {
+                            // grad_output row B - i, staged at row B - i + TKH - 1.
+                            const A* grow = gs + (i64)(B - i + TKH - 1) * gpitch + c0;
+                            A gv[U];
+#pragma unroll
+                            for (int k = 0; k < U / LV; ++k) lds_vec(grow + k * LV, &gv[k * LV]);
+#pragma unroll
+                            for (int u = 0; u < U; ++u)
+#pragma unroll
+                                for (int j = 0; j < TKW; ++j) acc[i][j] = fma(gv[u], xv[u + j], acc[i][j]);
+                        }
+                    }
+                }
+            }
+        }
+        // Fixed-order reduction over the G groups, then the block's bias sum.
+        __syncthreads();
+        if (active) {
+#pragma unroll
+            for (int i = 0; i < TKH; ++i)
+#pragma unroll
+                for (int j = 0; j < TKW; ++j) red[((i64)g * n_tt + tt) * (TKH * TKW) + i * TKW + j] = acc[i][j];
+        }
+        __syncthreads();
+        A* out = partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1);
+        for (int k = tid; k < n_tt * TKH * TKW; k += nthreads) {
+            const int t2 = k / (TKH * TKW), ij = k - t2 * (TKH * TKW);
+            const int kh = (t2 / n_tkw) * TKH + ij / TKW, kw = (t2 % n_tkw) * TKW + ij % TKW;
+            if (kh >= KH || kw >= KW) continue;
+            A s2 = A(0);
+            for (int gg = 0; gg < G; ++gg) s2 += red[((i64)gg * n_tt + t2) * (TKH * TKW) + ij];
+            out[kh * KW + kw] = s2;
+        }
+        A bs[1] = {bias_sum};
+        __syncthreads();
+        block_sum_to<A, 1>(bs, red, out + KK);
+    }
+}
+
 // wgrad_generic: any geometry. Grid (chunks, channels); each thread owns one tap
 // (kh, kw) plus, for the last tap index, the bias, and sums over its chunk of (n, oh, ow)
 // in a fixed order. Slow for large problems, always correct.
