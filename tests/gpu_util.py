@@ -105,3 +105,45 @@ def no_launch(monkeypatch):
 
 def params(x_shape, w_shape, bias, stride, padding, dilation):
     return _params.conv_params(x_shape, w_shape, (w_shape[0],) if bias else None, stride, padding, dilation)
+
+
+def random_cases(n, seed, dtypes, max_h, max_w, bias):
+    """A seeded random grid of valid problems: kernels 1x1 .. 9x9 (asymmetric too),
+    strides 1-3, dilations 1-3, padding int / pair / ((t, b), (l, r)) / 'same' / 'valid',
+    multiplier 1-3, odd and even sizes, dtypes in rotation; bias on or off at random when
+    `bias` is set."""
+    rng = numpy.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        KH, KW = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
+        H, W = int(rng.integers(5, max_h)), int(rng.integers(5, max_w))
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            padding = int(rng.integers(0, 4))
+        elif kind == 1:
+            padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        elif kind == 2:
+            padding = tuple((int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in range(2))
+        elif kind == 3:
+            padding, sh, sw = "same", 1, 1
+        else:
+            padding = "valid"
+        c = dict(N=int(rng.integers(1, 4)), C=int(rng.integers(1, 6)), H=H, W=W, M=int(rng.integers(1, 4)),
+                 KH=KH, KW=KW, stride=(sh, sw), padding=padding, dilation=(dh, dw),
+                 dtype=dtypes[len(cases) % len(dtypes)])
+        if bias:
+            c["bias"] = bool(rng.integers(0, 2))
+        try:
+            _params.conv_params((c["N"], c["C"], H, W), (c["C"] * c["M"], 1, KH, KW), None,
+                                c["stride"], padding, c["dilation"])
+        except ValueError:
+            continue  # the kernel does not fit: the error path is tested elsewhere
+        cases.append(c)
+    return cases
+
+
+def case_id(c):
+    return "{dtype}-{N}x{C}x{H}x{W}-M{M}-k{KH}x{KW}-s{stride}-p{padding}-d{dilation}".format(**c).replace(" ", "") + (
+        f"-b{c['bias']}" if "bias" in c else "")

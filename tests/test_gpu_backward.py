@@ -10,6 +10,7 @@ import numpy
 import pytest
 
 from conftest import DTYPES, assert_close, random_array
+from gpu_util import case_id, random_cases
 
 pytestmark = pytest.mark.gpu
 
@@ -49,39 +50,10 @@ def _check(rng, N, C, H, W, M, KH, KW, stride, padding, dilation, dtype, needs=(
     return p
 
 
-def _random_grid(n, seed):
-    from cupy_dwconv import _params
-
-    rng = numpy.random.default_rng(seed)
-    cases = []
-    while len(cases) < n:
-        KH, KW = int(rng.integers(1, 10)), int(rng.integers(1, 10))
-        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
-        H, W = int(rng.integers(5, 36)), int(rng.integers(5, 60))
-        kind = rng.integers(0, 4)
-        if kind == 0:
-            padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
-        elif kind == 1:
-            padding = ((int(rng.integers(0, 4)), int(rng.integers(0, 4))), (int(rng.integers(0, 4)), int(rng.integers(0, 4))))
-        elif kind == 2:
-            padding, sh, sw = "same", 1, 1
-        else:
-            padding = int(rng.integers(0, 3))
-        c = dict(N=int(rng.integers(1, 4)), C=int(rng.integers(1, 5)), H=H, W=W, M=int(rng.integers(1, 4)),
-                 KH=KH, KW=KW, stride=(sh, sw), padding=padding, dilation=(dh, dw), dtype=DTYPES[len(cases) % 4])
-        try:
-            _params.conv_params((c["N"], c["C"], H, W), (c["C"] * c["M"], 1, KH, KW), None, c["stride"], padding, c["dilation"])
-        except ValueError:
-            continue
-        cases.append(c)
-    return cases
+RANDOM_CASES = random_cases(120, 4321, DTYPES, max_h=36, max_w=60, bias=False)
 
 
-RANDOM_CASES = _random_grid(120, 4321)
-
-
-@pytest.mark.parametrize("c", RANDOM_CASES, ids=lambda c: "{dtype}-{N}x{C}x{H}x{W}-M{M}-k{KH}x{KW}-s{stride}-p{padding}-d{dilation}".format(**c).replace(" ", ""))
+@pytest.mark.parametrize("c", RANDOM_CASES, ids=case_id)
 def test_random_grid(c):
     _check(numpy.random.default_rng(zlib.crc32(str(c).encode())), **c)
 

@@ -10,6 +10,7 @@ import numpy
 import pytest
 
 from conftest import DTYPES, assert_close, random_array
+from gpu_util import case_id, random_cases
 
 pytestmark = pytest.mark.gpu
 
@@ -33,55 +34,10 @@ def _case(rng, N, C, H, W, M, KH, KW, stride, padding, dilation, bias, dtype):
     return p
 
 
-# A seeded random grid: kernels 1x1 .. 9x9 (asymmetric too), strides 1-3, dilations 1-3,
-# padding int / pair / asymmetric / 'same' / 'valid', multiplier 1-3, odd and even sizes,
-# bias on and off, every dtype.
-def _random_grid(n, seed):
-    rng = numpy.random.default_rng(seed)
-    cases = []
-    while len(cases) < n:
-        KH, KW = int(rng.integers(1, 10)), int(rng.integers(1, 10))
-        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
-        H, W = int(rng.integers(5, 40)), int(rng.integers(5, 70))
-        kind = rng.integers(0, 5)
-        if kind == 0:
-            padding = int(rng.integers(0, 4))
-        elif kind == 1:
-            padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
-        elif kind == 2:
-            padding = ((int(rng.integers(0, 4)), int(rng.integers(0, 4))), (int(rng.integers(0, 4)), int(rng.integers(0, 4))))
-        elif kind == 3:
-            padding, sh, sw = "same", 1, 1
-        else:
-            padding = "valid"
-        if dh * (KH - 1) + 1 > H + 6 or dw * (KW - 1) + 1 > W + 6:
-            continue
-        cases.append(
-            dict(
-                N=int(rng.integers(1, 4)), C=int(rng.integers(1, 6)), H=H, W=W, M=int(rng.integers(1, 4)),
-                KH=KH, KW=KW, stride=(sh, sw), padding=padding, dilation=(dh, dw),
-                bias=bool(rng.integers(0, 2)), dtype=DTYPES[len(cases) % len(DTYPES)],
-            )
-        )
-    return cases
+RANDOM_CASES = random_cases(160, 1234, DTYPES, max_h=40, max_w=70, bias=True)
 
 
-def _fits(c):
-    from cupy_dwconv import _params
-
-    try:
-        _params.conv_params((c["N"], c["C"], c["H"], c["W"]), (c["C"] * c["M"], 1, c["KH"], c["KW"]), None,
-                            c["stride"], c["padding"], c["dilation"])
-        return True
-    except ValueError:
-        return False
-
-
-RANDOM_CASES = [c for c in _random_grid(220, 1234) if _fits(c)][:160]
-
-
-@pytest.mark.parametrize("c", RANDOM_CASES, ids=lambda c: "{dtype}-{N}x{C}x{H}x{W}-M{M}-k{KH}x{KW}-s{stride}-p{padding}-d{dilation}-b{bias}".format(**c).replace(" ", ""))
+@pytest.mark.parametrize("c", RANDOM_CASES, ids=case_id)
 def test_random_grid(c):
     rng = numpy.random.default_rng(zlib.crc32(str(c).encode()))
     _case(rng, **c)
@@ -324,3 +280,29 @@ def test_dispatch_paths_cover_families():
     assert "conv_smem" in _kernels.plan_forward(large, "float32", True).expr
     assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", True).expr
     _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
+
+
+def test_argument_struct_layouts_on_device():
+    """The C++ argument structs, as this GPU's compiler lays them out, match the numpy
+    dtypes the host packs them with (offset and size of every field)."""
+    import cupy
+
+    from cupy_dwconv import _kernels
+
+    lines = [_kernels.source("conv.cu"), 'extern "C" __global__ void abi_probe(long long* out) {']
+    expected = []
+    for name, dt in _kernels.ARG_DTYPES.items():
+        lines.append(f"  {{ dw::{name} s; const char* b = reinterpret_cast<const char*>(&s);")
+        lines.append(f"    out[{len(expected)}] = sizeof(s);")
+        expected.append(dt.itemsize)
+        for field, (fdt, offset) in dt.fields.items():
+            lines.append(f"    out[{len(expected)}] = reinterpret_cast<const char*>(&s.{field}) - b;")
+            expected.append(offset)
+            lines.append(f"    out[{len(expected)}] = sizeof(s.{field});")
+            expected.append(fdt.itemsize)
+        lines.append("  }")
+    lines.append("}")
+    kern = cupy.RawModule(code="\n".join(lines), options=_kernels.NVRTC_OPTIONS).get_function("abi_probe")
+    out = cupy.full(len(expected), -1, dtype=cupy.int64)
+    kern((1,), (1,), (out,))
+    assert out.get().tolist() == expected
