@@ -132,6 +132,19 @@ def _tuplify(value):
     return value
 
 
+def _repo_relative(path):
+    """A path as recorded in results: relative to the repository when inside it (results
+    are committed; the machine they ran on is not part of them)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        try:
+            return str(Path("..") / p.relative_to(REPO_ROOT.parent))
+        except ValueError:
+            return p.name
+
+
 def default_suite_path(env=None, root=None):
     """First existing of: $CUPY_DWCONV_SUITE, <root>/../shared/bench/suite.json,
     <root>/benchmarks/suite.json (root = the repository, parent of the package); None if
@@ -1636,7 +1649,7 @@ def _run(args, argv_list, sel, passes, notes):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m cupy_dwconv.bench" + ("" if not argv_list else " " + shlex.join(argv_list)),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "l2_bytes": l2, "device": dev.id,
-                     "suite": None if sel.suite is None else str(sel.suite), "cold_cache": not args.warm_cache,
+                     "suite": None if sel.suite is None else _repo_relative(sel.suite), "cold_cache": not args.warm_cache,
                      "timing": "median CUDA-event ms per call (JAX: wall clock per call over batches)"},
     }
     if args.json:

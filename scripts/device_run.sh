@@ -35,12 +35,14 @@ for stage in $stages; do
     sweep_gi)
       limit "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --pass grad_input --json "$out/sweep_gi.json" "$@" > "$out/sweep_gi.log" 2>&1
       rc=$? ;;
-    bench)
-      limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" --json "$out/h100.json" --plot "$out/h100.png" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
-      rc=$? ;;
-    bench_bwd)
-      limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" --backward --json "$out/h100.json" --plot "$out/h100.png" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
-      rc=$? ;;
+    bench|bench_bwd)
+      # Repository-relative output paths: the recorded command reproduces the run.
+      mkdir -p benchmarks/results
+      extra=""; [ "$stage" = bench_bwd ] && extra="--backward"
+      limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" $extra ${BENCH_ARGS:-} \
+        --json benchmarks/results/h100.json --plot benchmarks/results/h100.png > "$out/bench.log" 2>&1
+      rc=$?
+      cp benchmarks/results/h100.json benchmarks/results/h100.png "$out/" 2>/dev/null ;;
     ncu)
       # Hardware counters for a few kernels (clocks left as they are).
       for spec in ${NCU_CASES:-seed_3x7:float32:forward seed_3x7:float16:forward replk_31x31:float32:forward}; do
