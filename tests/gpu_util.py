@@ -19,10 +19,6 @@ def to_gpu(a):
     return cupy().asarray(a)
 
 
-def to_host64(a):
-    return cupy().asnumpy(a).astype(numpy.float64)
-
-
 class NaNOutputs:
     """Replaces the library's output allocator: every buffer a kernel will write starts
     as NaN, so an element a kernel fails to write stays NaN and fails the comparison.

@@ -164,6 +164,16 @@ __device__ __forceinline__ void lds_vec(const double* p, double* d) {
     d[0] = v.x; d[1] = v.y;
 }
 
+// N consecutive staged values (a row segment) from shared memory into registers, in
+// 16-byte reads; the caller guarantees 16-byte alignment and N % (16 / sizeof(A)) == 0.
+template <class A, int N>
+__device__ __forceinline__ void smem_row(const A* p, A (&v)[N]) {
+    constexpr int LV = SmemVec<A>::N;
+    static_assert(N % LV == 0, "whole 16-byte vectors");
+#pragma unroll
+    for (int k = 0; k < N / LV; ++k) lds_vec(p + k * LV, &v[k * LV]);
+}
+
 // ---- index helpers ---------------------------------------------------------------
 __host__ __device__ constexpr int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 __host__ __device__ constexpr int round_up(int a, int b) { return (a + b - 1) / b * b; }

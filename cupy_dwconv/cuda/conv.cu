@@ -30,19 +30,9 @@ __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const 
     for (int r = 0; r < AH::SPAN; ++r) {
         A buf[NB];
         load_row<T, VIN, NB, AW::SPAN>(xp, r0 + r, c0, IH, IW, buf);
-#pragma unroll
-        for (int t = 0; t < TH; ++t)
-#pragma unroll
-            for (int kh = 0; kh < KH; ++kh) {
-                if (AH::at(t, kh) != r) continue;
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                    for (int j = 0; j < TW; ++j) {
-                        const int ci = AW::at(j, kw);
-                        if (ci >= 0) acc[t][j] = fma(buf[SOFF + ci], wr[kh * KW + kw], acc[t][j]);
-                    }
-            }
+        for_each_tap_in_row<AH, AW, TH, TW, KH, KW>(r, [&](int t, int kh, int kw, int j, int ci) {
+            acc[t][j] = fma(buf[SOFF + ci], wr[kh * KW + kw], acc[t][j]);
+        });
     }
 }
 
@@ -137,28 +127,17 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     }
 }
 
-// One staged input row segment (RWV accumulator values) into registers, 16-byte reads.
-template <class A, int RWV>
-__device__ __forceinline__ void smem_row(const A* p, A (&seg)[RWV]) {
-    constexpr int LV = SmemVec<A>::N;
-#pragma unroll
-    for (int k = 0; k < RWV / LV; ++k) lds_vec(p + k * LV, &seg[k * LV]);
-}
-
 // Row r of a micro-tile's window feeds output row t through tap row kh = (r - t*SH)/DH;
 // the test depends only on (r, t), so it is uniform across the block. Weight rows are
 // broadcast reads (every thread of a tile reads the same address).
 template <class A, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int RWV, int KWP>
 __device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, int r, A (&acc)[TH][TW]) {
-    constexpr int LV = SmemVec<A>::N;
 #pragma unroll
     for (int t = 0; t < TH; ++t) {
         const int d = r - t * SH;
         if (d < 0 || d % DH != 0 || d / DH >= KH) continue;
-        const A* wrow = wt + (d / DH) * KWP;
         A wr[KWP];
-#pragma unroll
-        for (int k = 0; k < KWP / LV; ++k) lds_vec(wrow + k * LV, &wr[k * LV]);
+        smem_row<A, KWP>(wt + (d / DH) * KWP, wr);
 #pragma unroll
         for (int kw = 0; kw < KW; ++kw)
 #pragma unroll

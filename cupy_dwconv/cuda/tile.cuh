@@ -57,4 +57,27 @@ __device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, in
     }
 }
 
+// Calls f(t, kh, kw, j, ci) for every (output row t, tap kh, kw, output column j) of a
+// TH x TW tile whose input row is window row r; ci is the input column in the window.
+// Every index is a compile-time constant after unrolling, so the calls fold into a
+// straight run of FMAs; pairs that read another row, or (MODE 1) another stride phase,
+// vanish at compile time. Shared by the forward / grad-input tile and the grad-weight
+// tile, which differ only in what they multiply.
+template <class AH, class AW, int TH, int TW, int KH, int KW, class F>
+__device__ __forceinline__ void for_each_tap_in_row(int r, F&& f) {
+#pragma unroll
+    for (int t = 0; t < TH; ++t)
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            if (AH::at(t, kh) != r) continue;
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                for (int j = 0; j < TW; ++j) {
+                    const int ci = AW::at(j, kw);
+                    if (ci >= 0) f(t, kh, kw, j, ci);
+                }
+        }
+}
+
 }  // namespace dw

@@ -106,17 +106,9 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
             for (int r = 0; r < AH::SPAN; ++r) {
                 A buf[NB];
                 load_row<T, VIN, NB, AW::SPAN>(xp, r0 + r, c0, IH, IW, buf);
-#pragma unroll
-                for (int t = 0; t < TH; ++t)
-#pragma unroll
-                    for (int kh = 0; kh < KH; ++kh) {
-                        if (AH::at(t, kh) != r) continue;
-#pragma unroll
-                        for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                            for (int j = 0; j < TW; ++j)
-                                acc[kh * KW + kw] = fma(g[t][j], buf[SOFF + AW::at(j, kw)], acc[kh * KW + kw]);
-                    }
+                for_each_tap_in_row<AH, AW, TH, TW, KH, KW>(r, [&](int t, int kh, int kw, int j, int ci) {
+                    acc[kh * KW + kw] = fma(g[t][j], buf[SOFF + ci], acc[kh * KW + kw]);
+                });
             }
         }
         block_sum_to<A, KK + 1>(acc, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
@@ -218,15 +210,12 @@ wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
                     const A* xrow = xs + (i64)(B + kh0) * xpitch + kw0;
                     for (int c0 = 0; c0 < OWP; c0 += U) {
                         A xv[XS];
-#pragma unroll
-                        for (int k = 0; k < XS / LV; ++k) lds_vec(xrow + c0 + k * LV, &xv[k * LV]);
+                        smem_row<A, XS>(xrow + c0, xv);
 #pragma unroll
                         for (int i = 0; i < TKH; ++i) {
                             // grad_output row B - i, staged at row B - i + TKH - 1.
-                            const A* grow = gs + (i64)(B - i + TKH - 1) * gpitch + c0;
                             A gv[U];
-#pragma unroll
-                            for (int k = 0; k < U / LV; ++k) lds_vec(grow + k * LV, &gv[k * LV]);
+                            smem_row<A, U>(gs + (i64)(B - i + TKH - 1) * gpitch + c0, gv);
 #pragma unroll
                             for (int u = 0; u < U; ++u)
 #pragma unroll
