@@ -136,11 +136,12 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
         out = _new_output(cupy, out_shape, x.dtype)
         if kern is not None:
             dev = key[-1]
+            args = (x, weight, _NULL if bias is None else bias, out) + scalars
             if cupy.cuda.runtime.getDevice() == dev:
-                kern(grid, block, (x, weight, _NULL if bias is None else bias, out) + scalars, shared_mem=smem)
+                kern(grid, block, args, shared_mem=smem)
             else:
                 with cupy.cuda.Device(dev):
-                    kern(grid, block, (x, weight, _NULL if bias is None else bias, out) + scalars, shared_mem=smem)
+                    kern(grid, block, args, shared_mem=smem)
         return out
     x = _as_cupy(x, "x")
     weight = _as_cupy(weight, "weight")

@@ -129,7 +129,7 @@ ARG_STRUCTS = {
     "GenericArgs": ("total", "IC", "IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l",
                     "QC", "DIV", "R"),
     "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
-                  "N", "C", "M", "CM", "n_chunks"),
+                  "N", "C", "M", "CM", "n_chunks", "G", "n_tkw", "xpitch", "gpitch"),
     "ReduceArgs": ("CM", "KK", "n_chunks"),
 }
 ARG_DTYPES = {
@@ -485,10 +485,11 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
     return Launch("wgrad.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
 
 
-def _wgrad_args(p, chunks, n_cg=0, n_rt=0):
+def _wgrad_args(p, chunks, n_cg=0, n_rt=0, G=0, n_tkw=0, xpitch=0, gpitch=0):
+    """WgradArgs; fields a kernel family does not use stay 0."""
     return pack_args("WgradArgs", IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, KH=p.KH, KW=p.KW, SH=p.SH, SW=p.SW,
                      DH=p.DH, DW=p.DW, pad_t=p.PT, pad_l=p.PL, n_cg=n_cg, n_rt=n_rt, N=p.N, C=p.C, M=p.M,
-                     CM=p.CM, n_chunks=chunks)
+                     CM=p.CM, n_chunks=chunks, G=G, n_tkw=n_tkw, xpitch=xpitch, gpitch=gpitch)
 
 
 def wgrad_generic_launch(p, dtype):
@@ -536,9 +537,9 @@ def wgrad_smem_launch(p, dtype):
         return None
     chunks = max(1, min(p.N, _cdiv(4 * 132, max(p.CM, 1)), 65535))
     expr = f"dw::wgrad_smem<{CXX_TYPE[dtype]}, {tkh}, {tkw}, {u}>"
-    scalars = (_wgrad_args(p, chunks), numpy.int32(groups), numpy.int32(n_tkw), numpy.int32(xpitch), numpy.int32(owp))
+    args = _wgrad_args(p, chunks, G=groups, n_tkw=n_tkw, xpitch=xpitch, gpitch=owp)
     block = _cdiv(n_tt * groups, 32) * 32
-    return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, scalars), chunks
+    return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, (args,)), chunks
 
 
 @functools.lru_cache(maxsize=4096)

@@ -133,13 +133,14 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
 template <class T, int TKH, int TKW, int U>
 __global__ void __launch_bounds__(256, 1)
 wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
-           const WgradArgs a, int G, int n_tkw, int xpitch, int gpitch) {
+           const WgradArgs a) {
     typedef typename Traits<T>::acc A;
     constexpr int LV = SmemVec<A>::N;
     constexpr int XS = round_up(U + TKW - 1, LV);
     static_assert(U % LV == 0 && TKW % LV == 0, "16-byte shared-memory reads");
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, KH = a.KH, KW = a.KW, pad_t = a.pad_t, pad_l = a.pad_l;
     const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks;
+    const int G = a.G, n_tkw = a.n_tkw, xpitch = a.xpitch, gpitch = a.gpitch;
     const int KK = KH * KW;
     const int n_tkh = (KH + TKH - 1) / TKH;
     const int n_tt = n_tkh * n_tkw;
