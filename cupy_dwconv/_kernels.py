@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import itertools
 import re
 
 import numpy
@@ -131,6 +132,7 @@ ARG_STRUCTS = {
     "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
                   "N", "C", "M", "CM", "n_chunks", "G", "n_tkw", "xpitch", "gpitch"),
     "ReduceArgs": ("CM", "KK", "n_chunks"),
+    "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
 }
 ARG_DTYPES = {
     name: numpy.dtype([(f, numpy.int64 if f in _I64_FIELDS else numpy.int32) for f in fields], align=True)
@@ -407,6 +409,54 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, (args,))
 
 
+# ---- conv_mma (tensor cores, 16-bit, stride 1, dilation 1) -------------------------------
+
+MMA_DTYPES = ("float16", "bfloat16")
+MMA_MIN_ARCH = 80  # mma.sync m16n8k16 with bf16 inputs
+
+
+def mma_geometry(kh, kw, wn, wr):
+    """(k-steps, shared-memory bytes) of conv_mma; mirrors MmaTile in cuda/mma.cu (the
+    kernel traps if it is given less shared memory than its own formula says)."""
+    ks = (7 + kw + 15) // 16
+    nch = wn + 2 * ks - 1
+    tih, tiw = 16 * wr + kh - 1, 8 * nch
+    pitch = tiw if nch % 2 else tiw + 8
+    return ks, tih * pitch * 2 + kh * ks * 32 * 8
+
+
+def _mma_shape(pr):
+    """(WN, WR): 8-column blocks per warp and warps per block. A warp owns 16 output rows
+    and the whole tile width; the tile is the plane when the plane fits 64 x 64."""
+    return min(8, _cdiv(pr.OW, 8)), min(4, _cdiv(pr.OH, 16))
+
+
+def mma_launch(pr, dtype, x_ptr, arch, wn=None, wr=None, minb=None):
+    """conv_mma plan (MODE 0 correlations, optionally with the flipped kernel); None when
+    the problem is not one it takes."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or pr.mode != 0
+            or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1)):
+        return None
+    dwn, dwr = _mma_shape(pr)
+    wn = dwn if wn is None else wn
+    wr = dwr if wr is None else wr
+    minb = max(1, 16 // wr) if minb is None else minb  # 512 threads per SM: <= 128 registers
+    ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr)
+    if ks > 4 or smem > SM_SMEM:
+        return None
+    shift = (-pr.PL) % 8
+    vin = pr.IW % 8 == 0 and x_ptr % 16 == 0
+    n_tx, n_ty = _cdiv(pr.OW, 8 * wn), _cdiv(pr.OH, 16 * wr)
+    n_tiles = pr.planes * n_tx * n_ty
+    if n_tx * 8 * wn + pr.KW > INT32_MAX or n_ty * 16 * wr + pr.KH > INT32_MAX:
+        return None
+    expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, vin, pr.flip, minb) + ">"
+    args = pack_args("MmaArgs", n_tiles=n_tiles, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT, pad_l=pr.PL,
+                     n_tx=n_tx, n_ty=n_ty, **_channel_fields(pr))
+    grid = (max(1, min(n_tiles, INT32_MAX)), 1, 1)
+    return Launch("mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,))
+
+
 # ---- conv_generic -----------------------------------------------------------------------
 
 def generic_launch(pr, dtype):
@@ -417,33 +467,61 @@ def generic_launch(pr, dtype):
     return Launch("conv.cu", expr, _grid1d(total, 256), (256, 1, 1), 0, (args,))
 
 
-def plan_conv(pr, dtype, x_ptr, force=None):
-    """The launch for a plane-to-plane problem: tile, then smem, then generic."""
+def plan_conv(pr, dtype, x_ptr, force=None, arch=None):
+    """The launch for a plane-to-plane problem: tensor cores (16-bit, stride 1, dilation
+    1, sm_80+), then tile, then smem, then generic. `arch` (compute capability as an int,
+    90 for sm_90) defaults to the current device's."""
+    arch = current_arch() if arch is None else arch
+    q = _flipped_problem(pr) if pr.mode == 1 and (pr.SH, pr.SW) == (1, 1) else pr
     if force is not None:
         kind, kwargs = force
         if kind == "tile":
             return tile_launch(pr, dtype, x_ptr, **kwargs)
         if kind == "smem":
-            q = _flipped_problem(pr) if pr.mode == 1 else pr
             return smem_launch(q, dtype, **kwargs)
+        if kind == "mma":
+            return mma_launch(q, dtype, x_ptr, arch, **kwargs)
         return generic_launch(pr, dtype)
-    launch = tile_launch(pr, dtype, x_ptr)
+    launch = mma_launch(q, dtype, x_ptr, arch)
     if launch is None:
-        if pr.mode == 0:
-            launch = smem_launch(pr, dtype)
-        elif pr.SH == 1 and pr.SW == 1:
-            launch = smem_launch(_flipped_problem(pr), dtype)
+        launch = tile_launch(pr, dtype, x_ptr)
+    if launch is None and q.mode == 0:
+        launch = smem_launch(q, dtype)
     return launch if launch is not None else generic_launch(pr, dtype)
 
 
-@functools.lru_cache(maxsize=4096)
-def plan_forward(p, dtype, x_aligned):
-    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1)
+@functools.lru_cache(maxsize=None)
+def device_arch(device_id):
+    """Compute capability of a device as an int (90 for sm_90)."""
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).compute_capability)
+
+
+def current_arch():
+    import cupy
+
+    return device_arch(cupy.cuda.runtime.getDevice())
+
+
+def plan_forward(p, dtype, x_aligned, arch=None):
+    """Forward launch for ConvParams p (memoized per architecture)."""
+    return _plan_forward(p, dtype, x_aligned, current_arch() if arch is None else arch)
+
+
+def plan_grad_input(p, dtype, go_aligned, arch=None):
+    """Grad-input launch for ConvParams p (memoized per architecture)."""
+    return _plan_grad_input(p, dtype, go_aligned, current_arch() if arch is None else arch)
 
 
 @functools.lru_cache(maxsize=4096)
-def plan_grad_input(p, dtype, go_aligned):
-    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1)
+def _plan_forward(p, dtype, x_aligned, arch):
+    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1, arch=arch)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_grad_input(p, dtype, go_aligned, arch):
+    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1, arch=arch)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -565,15 +643,16 @@ def plan_wgrad(p, dtype, x_aligned, go_aligned, force=None):
 # Every specialization the dispatcher can pick for a list of problems (the CPU compile
 # check and the resource report use this).
 
-def expressions_for(problems):
+def expressions_for(problems, archs=(75, 90)):
     """{src: set(name expressions)} for the given (ConvParams, dtype) pairs, all passes,
-    both alignments."""
+    both alignments, as planned for devices of the given compute capabilities (before
+    sm_80 the 16-bit problems take the non-tensor-core paths)."""
     out = {}
     for p, dtype in problems:
         launches = []
-        for aligned in (True, False):
-            launches.append(plan_forward(p, dtype, aligned))
-            launches.append(plan_grad_input(p, dtype, aligned))
+        for aligned, arch in itertools.product((True, False), archs):
+            launches.append(plan_forward(p, dtype, aligned, arch))
+            launches.append(plan_grad_input(p, dtype, aligned, arch))
             s1, _, s2 = plan_wgrad(p, dtype, aligned, aligned)
             launches += [s1, s2]
         for launch in launches:

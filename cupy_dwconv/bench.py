@@ -260,7 +260,7 @@ def build_parser():
     sel.add_argument("--cases", nargs="+", metavar="NAME", help="run only these suite cases")
     sel.add_argument("--list", action="store_true",
                      help="print the selected cases with their byte and FLOP counts and planned kernels, and exit "
-                          "(needs no GPU)")
+                          "(needs no GPU; without one the plans are those for sm_90)")
     sel.add_argument("--dtype", nargs="+", type=_dtype_arg, metavar="DTYPE",
                      help="keep only these dtypes (float32 float16 bfloat16 float64); default: the suite "
                           "rule (float32 for every case, float16 and bfloat16 too for its half_precision "
@@ -710,10 +710,27 @@ def short_kernel_name(expr):
             return out
     except (IndexError, ValueError):
         pass
+    try:
+        if name == "conv_mma":  # block tile 16*WR x 8*WN
+            out = f"conv_mma {16 * int(args[4])}x{8 * int(args[3])}"
+            return out + (" flip" if args[7] == "true" else "")
+    except (IndexError, ValueError):
+        pass
     if name.endswith("_generic") or name.endswith("_reduce"):
         return name
     short = text if len(text) <= 40 else text[:37] + "..."
     return short
+
+
+def plan_arch():
+    """Compute capability the plans are made for: the current GPU's, or sm_90 (the H100
+    the results are committed for) where there is none, as in `--list` on a CPU."""
+    from . import _kernels
+
+    try:
+        return _kernels.current_arch()
+    except Exception:
+        return 90
 
 
 def kernel_label(p, dtype, pass_name, aligned=True):
@@ -721,13 +738,14 @@ def kernel_label(p, dtype, pass_name, aligned=True):
     expressions (a set, to tell whether a first call compiled something new)."""
     from . import _kernels
 
+    arch = plan_arch()
     exprs = []
     if pass_name == "forward":
-        launch = _kernels.plan_forward(p, dtype, aligned)
+        launch = _kernels.plan_forward(p, dtype, aligned, arch)
         return short_kernel_name(launch.expr), {launch.expr}
     parts = []
     if NEEDS[pass_name][0]:
-        gi = _kernels.plan_grad_input(p, dtype, aligned)
+        gi = _kernels.plan_grad_input(p, dtype, aligned, arch)
         parts.append(short_kernel_name(gi.expr))
         exprs.append(gi.expr)
     if NEEDS[pass_name][1] or NEEDS[pass_name][2]:

@@ -190,6 +190,35 @@ def test_grad_input_every_family(shape, kind, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: grad input at stride 1 as a correlation with the
+        # rotated kernel on tensor cores (multiplier: several grad_output planes per plane).
+        (2, 3, 1, 19, 37, 3, 7, ((1, 0), (3, 2))),
+        (1, 2, 3, 30, 40, 5, 5, 2),
+        (1, 2, 2, 40, 48, 9, 9, 4),
+        (1, 3, 1, 16, 16, 4, 4, 5),  # padding larger than the kernel extent: cropped
+        (1, 1, 1, 60, 64, 31, 31, 15),
+    ],
+    ids=str,
+)
+def test_grad_input_mma(shape, dtype):
+    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(19)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "mma")
+    assert gx is not None and "conv_mma" in launch.expr
+    ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("force", [None, "generic"])
 @pytest.mark.parametrize(

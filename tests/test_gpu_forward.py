@@ -106,6 +106,45 @@ def test_every_family(shape, kind, dtype):
     assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
 
 
+# conv_mma (tensor cores): every staging shift (pad_l mod 8) on aligned widths (16-byte
+# staging) and odd widths (scalar staging), one to three k-steps (KW 7, 9, 10, 26, 31),
+# tiles that do not divide the output, tiny planes, several tiles per plane, multiplier.
+MMA_SHAPES = [
+    # N, C, M, H, W, KH, KW, padding
+    (2, 3, 1, 19, 37, 3, 7, ((1, 0), (3, 2))),
+    (2, 2, 2, 40, 64, 3, 3, 1),
+    (1, 3, 1, 35, 48, 5, 5, 2),
+    (1, 2, 1, 33, 72, 9, 9, 4),
+    (1, 2, 1, 30, 80, 7, 10, (3, 5)),
+    (1, 2, 1, 50, 56, 13, 13, 6),
+    (1, 1, 1, 70, 88, 31, 31, 15),
+    (2, 4, 1, 7, 7, 7, 7, 3),
+    (1, 2, 1, 16, 40, 1, 7, (0, 3)),
+    (1, 2, 1, 21, 32, 2, 4, "same"),
+    (1, 2, 1, 20, 24, 3, 3, 0),
+    (1, 2, 1, 24, 40, 4, 26, (1, 9)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("tile", [None, (1, 1), (3, 2)], ids=str)
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=str)
+def test_mma(shape, tile, dtype):
+    from gpu_util import forced_forward, params, reference_forward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(17)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    b = random_array(rng, (C * M,), dtype)
+    p = params(x.shape, w.shape, True, 1, pad, 1)
+    kwargs = {} if tile is None else dict(wn=tile[0], wr=tile[1])
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "mma", **kwargs)
+    assert out is not None and "conv_mma" in launch.expr
+    ref = reference_forward(x, w, b, stride=1, padding=pad, dilation=1)
+    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
+
+
 @pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_tile_shapes(th, tw, dtype):
@@ -279,6 +318,9 @@ def test_dispatch_paths_cover_families():
     assert "conv_tile" in _kernels.plan_forward(small, "float32", True).expr
     assert "conv_smem" in _kernels.plan_forward(large, "float32", True).expr
     assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", True).expr
+    # Tensor cores for 16-bit stride-1 problems on sm_80+, the register tile before that.
+    assert "conv_mma" in _kernels.plan_forward(small, "bfloat16", True, 80).expr
+    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", True, 75).expr
     _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
 
 

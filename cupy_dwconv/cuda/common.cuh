@@ -217,6 +217,10 @@ struct WgradArgs {
     int IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, pad_t, pad_l, n_cg, n_rt, N, C, M, CM, n_chunks;
     int G, n_tkw, xpitch, gpitch;  // wgrad_smem only: row groups, tap tiles along W, smem pitches
 };
+struct MmaArgs {
+    i64 n_tiles, IC;
+    int IH, IW, OH, OW, pad_t, pad_l, n_tx, n_ty, QC, DIV, R;
+};
 struct ReduceArgs {
     int CM, KK, n_chunks;
 };
