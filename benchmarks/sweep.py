@@ -31,9 +31,9 @@ TILE_VARIANTS = {
 }
 TILE_VARIANTS["bfloat16"] = TILE_VARIANTS["float16"]
 SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8), (1, 4)]
-# conv_mma (WN, WR, MINB); MINB None = the host's rule.
-MMA_VARIANTS = [(8, 4, None), (8, 2, None), (8, 8, None), (4, 4, None), (4, 2, None), (8, 4, 2), (8, 4, 3),
-                (16, 2, None), (2, 4, None)]
+# conv_mma (WN, WR, STAGES, MINB); MINB None = the host's rule.
+MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, None), (8, 2, 4, None),
+                (4, 4, 3, None), (8, 8, 2, None), (16, 2, 3, None), (8, 4, 3, 3)]
 
 
 def _small_width_variants(p, dtype):
@@ -124,8 +124,8 @@ def variant_launches(p, dtype, which):
                 continue
             out.append((("tile", dict(th=th, tw=tw, minb=mb, nt=nt)), None))
     if dtype in _kernels.MMA_DTYPES:
-        for wn, wr, mb in MMA_VARIANTS:
-            out.append((("mma", dict(wn=wn, wr=wr, minb=mb)), None))
+        for wn, wr, st, mb in MMA_VARIANTS:
+            out.append((("mma", dict(wn=wn, wr=wr, stages=st, minb=mb)), None))
     if pr.KH * pr.KW >= 7 or p.OH * p.OW <= 400:
         for th, tw in SMEM_VARIANTS:
             out.append((("smem", dict(th=th, tw=tw)), None))

@@ -415,45 +415,67 @@ MMA_DTYPES = ("float16", "bfloat16")
 MMA_MIN_ARCH = 80  # mma.sync m16n8k16 with bf16 inputs
 
 
-def mma_geometry(kh, kw, wn, wr):
+def mma_geometry(kh, kw, wn, wr, shift, stages):
     """(k-steps, shared-memory bytes) of conv_mma; mirrors MmaTile in cuda/mma.cu (the
     kernel traps if it is given less shared memory than its own formula says)."""
-    ks = (7 + kw + 15) // 16
+    ks = (shift + 7 + kw + 15) // 16
     nch = wn + 2 * ks - 1
     tih, tiw = 16 * wr + kh - 1, 8 * nch
     pitch = tiw if nch % 2 else tiw + 8
-    return ks, tih * pitch * 2 + kh * ks * 32 * 8
+    entries = kh * ks * 32
+    wpre = entries <= 2 * 32 * wr
+    return ks, stages * tih * pitch * 2 + (2 if wpre else 1) * entries * 8
 
 
 def _mma_shape(pr):
-    """(WN, WR): 8-column blocks per warp and warps per block. A warp owns 16 output rows
-    and the whole tile width; the tile is the plane when the plane fits 64 x 64."""
-    return min(8, _cdiv(pr.OW, 8)), min(4, _cdiv(pr.OH, 16))
+    """(WN, WR, STAGES): 8-column blocks per warp, warps per block, ring depth. A warp owns
+    16 output rows and the whole tile width; the tile is the plane when the plane fits
+    64 x 64."""
+    return min(8, _cdiv(pr.OW, 8)), min(4, _cdiv(pr.OH, 16)), 3
 
 
-def mma_launch(pr, dtype, x_ptr, arch, wn=None, wr=None, minb=None):
+def _use_mma(pr, dtype):
+    """Whether the dispatcher takes conv_mma for a problem it accepts (benchmarks/NOTES.md
+    has the measurements behind the rule)."""
+    return True
+
+
+def _mma_staging(pr, x_ptr):
+    """(GRAN, SHIFT): the widest cp.async copy the input rows allow (16 or 4 bytes; 2 =
+    checked loads), and the columns the staged tile starts before the first one read."""
+    if pr.IW % 8 == 0 and x_ptr % 16 == 0:
+        return 16, (-pr.PL) % 8
+    if pr.IW % 2 == 0 and x_ptr % 4 == 0:
+        return 4, (-pr.PL) % 2
+    return 2, 0
+
+
+def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, minb=None, blocks=None):
     """conv_mma plan (MODE 0 correlations, optionally with the flipped kernel); None when
-    the problem is not one it takes."""
+    the problem is not one it takes. `blocks` caps the persistent grid (tests use it to
+    run many items per block)."""
     if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or pr.mode != 0
             or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1)):
         return None
-    dwn, dwr = _mma_shape(pr)
+    dwn, dwr, dst = _mma_shape(pr)
     wn = dwn if wn is None else wn
     wr = dwr if wr is None else wr
+    stages = dst if stages is None else stages
     minb = max(1, 16 // wr) if minb is None else minb  # 512 threads per SM: <= 128 registers
-    ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr)
+    gran, shift = _mma_staging(pr, x_ptr)
+    ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr, shift, stages)
     if ks > 4 or smem > SM_SMEM:
         return None
-    shift = (-pr.PL) % 8
-    vin = pr.IW % 8 == 0 and x_ptr % 16 == 0
     n_tx, n_ty = _cdiv(pr.OW, 8 * wn), _cdiv(pr.OH, 16 * wr)
     n_tiles = pr.planes * n_tx * n_ty
-    if n_tx * 8 * wn + pr.KW > INT32_MAX or n_ty * 16 * wr + pr.KH > INT32_MAX:
+    if n_tx * 8 * wn + pr.KW + 8 > INT32_MAX or n_ty * 16 * wr + pr.KH > INT32_MAX:
         return None
-    expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, vin, pr.flip, minb) + ">"
+    # Persistent blocks: as many as can be resident at once (registers allow MINB).
+    per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wr)))
+    grid = (max(1, min(n_tiles, sms * per_sm, blocks or INT32_MAX, INT32_MAX)), 1, 1)
+    expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, gran, stages, pr.flip, minb) + ">"
     args = pack_args("MmaArgs", n_tiles=n_tiles, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT, pad_l=pr.PL,
                      n_tx=n_tx, n_ty=n_ty, **_channel_fields(pr))
-    grid = (max(1, min(n_tiles, INT32_MAX)), 1, 1)
     return Launch("mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,))
 
 
@@ -467,11 +489,12 @@ def generic_launch(pr, dtype):
     return Launch("conv.cu", expr, _grid1d(total, 256), (256, 1, 1), 0, (args,))
 
 
-def plan_conv(pr, dtype, x_ptr, force=None, arch=None):
+def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
     """The launch for a plane-to-plane problem: tensor cores (16-bit, stride 1, dilation
     1, sm_80+), then tile, then smem, then generic. `arch` (compute capability as an int,
     90 for sm_90) defaults to the current device's."""
     arch = current_arch() if arch is None else arch
+    sms = current_sms() if sms is None else sms
     q = _flipped_problem(pr) if pr.mode == 1 and (pr.SH, pr.SW) == (1, 1) else pr
     if force is not None:
         kind, kwargs = force
@@ -480,9 +503,9 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None):
         if kind == "smem":
             return smem_launch(q, dtype, **kwargs)
         if kind == "mma":
-            return mma_launch(q, dtype, x_ptr, arch, **kwargs)
+            return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         return generic_launch(pr, dtype)
-    launch = mma_launch(q, dtype, x_ptr, arch)
+    launch = mma_launch(q, dtype, x_ptr, arch, sms) if _use_mma(q, dtype) else None
     if launch is None:
         launch = tile_launch(pr, dtype, x_ptr)
     if launch is None and q.mode == 0:
@@ -492,36 +515,46 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None):
 
 @functools.lru_cache(maxsize=None)
 def device_arch(device_id):
-    """Compute capability of a device as an int (90 for sm_90)."""
+    """(compute capability as an int, 90 for sm_90; multiprocessor count) of a device."""
     import cupy
 
-    return int(cupy.cuda.Device(device_id).compute_capability)
+    dev = cupy.cuda.Device(device_id)
+    return int(dev.compute_capability), int(dev.attributes["MultiProcessorCount"])
 
 
 def current_arch():
     import cupy
 
-    return device_arch(cupy.cuda.runtime.getDevice())
+    return device_arch(cupy.cuda.runtime.getDevice())[0]
 
 
-def plan_forward(p, dtype, x_aligned, arch=None):
-    """Forward launch for ConvParams p (memoized per architecture)."""
-    return _plan_forward(p, dtype, x_aligned, current_arch() if arch is None else arch)
+def current_sms():
+    import cupy
+
+    return device_arch(cupy.cuda.runtime.getDevice())[1]
 
 
-def plan_grad_input(p, dtype, go_aligned, arch=None):
-    """Grad-input launch for ConvParams p (memoized per architecture)."""
-    return _plan_grad_input(p, dtype, go_aligned, current_arch() if arch is None else arch)
+def plan_forward(p, dtype, x_aligned, arch=None, sms=None):
+    """Forward launch for ConvParams p (memoized per architecture and SM count; both
+    default to the current device's)."""
+    return _plan_forward(p, dtype, x_aligned, current_arch() if arch is None else arch,
+                         current_sms() if sms is None else sms)
+
+
+def plan_grad_input(p, dtype, go_aligned, arch=None, sms=None):
+    """Grad-input launch for ConvParams p (memoized like plan_forward)."""
+    return _plan_grad_input(p, dtype, go_aligned, current_arch() if arch is None else arch,
+                            current_sms() if sms is None else sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_forward(p, dtype, x_aligned, arch):
-    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1, arch=arch)
+def _plan_forward(p, dtype, x_aligned, arch, sms):
+    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1, arch=arch, sms=sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_grad_input(p, dtype, go_aligned, arch):
-    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1, arch=arch)
+def _plan_grad_input(p, dtype, go_aligned, arch, sms):
+    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1, arch=arch, sms=sms)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -651,8 +684,8 @@ def expressions_for(problems, archs=(75, 90)):
     for p, dtype in problems:
         launches = []
         for aligned, arch in itertools.product((True, False), archs):
-            launches.append(plan_forward(p, dtype, aligned, arch))
-            launches.append(plan_grad_input(p, dtype, aligned, arch))
+            launches.append(plan_forward(p, dtype, aligned, arch, 132))
+            launches.append(plan_grad_input(p, dtype, aligned, arch, 132))
             s1, _, s2 = plan_wgrad(p, dtype, aligned, aligned)
             launches += [s1, s2]
         for launch in launches:

@@ -713,7 +713,7 @@ def short_kernel_name(expr):
     try:
         if name == "conv_mma":  # block tile 16*WR x 8*WN
             out = f"conv_mma {16 * int(args[4])}x{8 * int(args[3])}"
-            return out + (" flip" if args[7] == "true" else "")
+            return out + (" flip" if args[8] == "true" else "")
     except (IndexError, ValueError):
         pass
     if name.endswith("_generic") or name.endswith("_reduce"):
@@ -723,14 +723,15 @@ def short_kernel_name(expr):
 
 
 def plan_arch():
-    """Compute capability the plans are made for: the current GPU's, or sm_90 (the H100
-    the results are committed for) where there is none, as in `--list` on a CPU."""
+    """(compute capability, SM count) the plans are made for: the current GPU's, or an
+    H100's (sm_90, 132 SMs; the results are committed for one) where there is none, as in
+    `--list` on a CPU."""
     from . import _kernels
 
     try:
-        return _kernels.current_arch()
+        return _kernels.current_arch(), _kernels.current_sms()
     except Exception:
-        return 90
+        return 90, 132
 
 
 def kernel_label(p, dtype, pass_name, aligned=True):
@@ -741,11 +742,11 @@ def kernel_label(p, dtype, pass_name, aligned=True):
     arch = plan_arch()
     exprs = []
     if pass_name == "forward":
-        launch = _kernels.plan_forward(p, dtype, aligned, arch)
+        launch = _kernels.plan_forward(p, dtype, aligned, *arch)
         return short_kernel_name(launch.expr), {launch.expr}
     parts = []
     if NEEDS[pass_name][0]:
-        gi = _kernels.plan_grad_input(p, dtype, aligned, arch)
+        gi = _kernels.plan_grad_input(p, dtype, aligned, *arch)
         parts.append(short_kernel_name(gi.expr))
         exprs.append(gi.expr)
     if NEEDS[pass_name][1] or NEEDS[pass_name][2]:

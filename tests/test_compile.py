@@ -109,7 +109,7 @@ def _family(expr):
     elif name == "conv_smem":
         name += f" flip={args[9]}"
     elif name == "conv_mma":
-        name += f" flip={args[7]}"
+        name += f" flip={args[8]}"
     return name, _DTYPE_OF_CXX[args[0]]
 
 

@@ -201,10 +201,12 @@ def test_grad_input_every_family(shape, kind, dtype):
         (1, 2, 2, 40, 48, 9, 9, 4),
         (1, 3, 1, 16, 16, 4, 4, 5),  # padding larger than the kernel extent: cropped
         (1, 1, 1, 60, 64, 31, 31, 15),
+        (2, 2, 2, 21, 30, 3, 3, 1),
     ],
     ids=str,
 )
-def test_grad_input_mma(shape, dtype):
+@pytest.mark.parametrize("blocks", [None, 2])
+def test_grad_input_mma(shape, blocks, dtype):
     from gpu_util import forced_grad_input, params, reference_backward, to_gpu
 
     N, C, M, H, W, KH, KW, pad = shape
@@ -213,7 +215,7 @@ def test_grad_input_mma(shape, dtype):
     w = random_array(rng, (C * M, 1, KH, KW), dtype)
     p = params(x.shape, w.shape, False, 1, pad, 1)
     go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "mma")
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "mma", blocks=blocks)
     assert gx is not None and "conv_mma" in launch.expr
     ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))

@@ -106,9 +106,10 @@ def test_every_family(shape, kind, dtype):
     assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
 
 
-# conv_mma (tensor cores): every staging shift (pad_l mod 8) on aligned widths (16-byte
-# staging) and odd widths (scalar staging), one to three k-steps (KW 7, 9, 10, 26, 31),
-# tiles that do not divide the output, tiny planes, several tiles per plane, multiplier.
+# conv_mma (tensor cores): every staging shift (pad_l mod 8) with 16-byte copies (widths
+# that are multiples of 8), both shifts with 4-byte copies (even widths), checked loads
+# (odd widths); one to three k-steps (KW 7, 9, 10, 26, 31); tiles that do not divide the
+# output, tiny planes, several tiles per plane, a channel multiplier.
 MMA_SHAPES = [
     # N, C, M, H, W, KH, KW, padding
     (2, 3, 1, 19, 37, 3, 7, ((1, 0), (3, 2))),
@@ -123,11 +124,18 @@ MMA_SHAPES = [
     (1, 2, 1, 21, 32, 2, 4, "same"),
     (1, 2, 1, 20, 24, 3, 3, 0),
     (1, 2, 1, 24, 40, 4, 26, (1, 9)),
+    (1, 2, 1, 23, 38, 3, 3, 1),
+    (1, 2, 2, 30, 50, 7, 7, 2),
+    (1, 1, 1, 40, 62, 31, 31, 15),
 ]
+# (WN, WR, STAGES, blocks): default plan; one 16 x 8 tile per warp and block with a
+# two-deep ring; 24 x 48 tiles with a four-deep ring on 3 persistent blocks (many items
+# per block: the ring and the double-buffered weight table wrap around).
+MMA_TILES = [None, (1, 1, 2, None), (3, 2, 4, 3)]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("tile", [None, (1, 1), (3, 2)], ids=str)
+@pytest.mark.parametrize("tile", MMA_TILES, ids=str)
 @pytest.mark.parametrize("shape", MMA_SHAPES, ids=str)
 def test_mma(shape, tile, dtype):
     from gpu_util import forced_forward, params, reference_forward, to_gpu
@@ -138,7 +146,7 @@ def test_mma(shape, tile, dtype):
     w = random_array(rng, (C * M, 1, KH, KW), dtype)
     b = random_array(rng, (C * M,), dtype)
     p = params(x.shape, w.shape, True, 1, pad, 1)
-    kwargs = {} if tile is None else dict(wn=tile[0], wr=tile[1])
+    kwargs = {} if tile is None else dict(zip(("wn", "wr", "stages", "blocks"), tile))
     out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "mma", **kwargs)
     assert out is not None and "conv_mma" in launch.expr
     ref = reference_forward(x, w, b, stride=1, padding=pad, dilation=1)

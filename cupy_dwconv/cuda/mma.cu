@@ -13,11 +13,14 @@
 // and no conversion to float32 is ever issued: this is what lets the 16-bit cases reach
 // the half2-rate floor (FFMA with float32 accumulation stops at half of it).
 //
-// Data flow per block (one output tile of BH x BW = 16*WR x 8*WN of one plane):
-//   1. The input tile plus halo is staged in shared memory as 16-bit values, zero
-//      outside the plane (the padding), with staged column 0 = input column ow0 - pad_l.
-//   2. The Toeplitz fragments of every (kh, k-step) are built once per block in shared
-//      memory, laid out so that each lane reads its own 8 bytes (conflict-free).
+// Data flow (persistent blocks; one output tile of BH x BW = 16*WR x 8*WN of one plane
+// per item):
+//   1. Input tiles plus halo are staged in a STAGES-deep shared-memory ring by cp.async
+//      (16- or 4-byte copies, zero-filled outside the plane: that is the padding), so the
+//      next items' loads are in flight while one item is computed.
+//   2. The Toeplitz fragments of every (kh, k-step) are kept in shared memory, laid out
+//      so that each lane reads its own 8 bytes (conflict-free); small tables are loaded
+//      one item ahead through registers.
 //   3. Warp w owns output rows 16w..16w+15 and all BW columns: for each tap row it loads
 //      the WN + 2*KS - 1 8-column chunks of its 16 input rows with ldmatrix (the A
 //      fragment of block j, k-step s is chunks j + 2s and j + 2s + 1: neighbouring output
@@ -67,82 +70,73 @@ template <> struct Mma<bf16_t> {
 };
 #endif
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+#endif
+
 // Compile-time geometry of one conv_mma specialization. The host mirrors these
-// formulas (_kernels.mma_launch); the kernel checks the shared memory it was given.
-template <int KH, int KW, int WN, int WR>
+// formulas (_kernels.mma_geometry); the kernel checks the shared memory it was given.
+// Staged column 0 is input column (ow0 - pad_l - SHIFT), on a GRAN-byte boundary, so
+// output column n of a block reads staged columns n + SHIFT .. n + SHIFT + KW - 1.
+template <int KH, int KW, int WN, int WR, int SHIFT, int STAGES, int NT>
 struct MmaTile {
-    static constexpr int KS = (7 + KW + 15) / 16;     // k-steps: 8 outputs need 7 + KW columns
-    static constexpr int BH = 16 * WR, BW = 8 * WN;   // output tile
-    static constexpr int NCH = WN + 2 * KS - 1;       // 8-column chunks per staged row
-    static constexpr int TIH = BH + KH - 1;           // staged rows
-    static constexpr int TIW = 8 * NCH;               // staged columns (= BW - 8 + 16 * KS)
+    static constexpr int KS = (SHIFT + 7 + KW + 15) / 16;  // k-steps: 8 outputs need SHIFT + 7 + KW columns
+    static constexpr int BH = 16 * WR, BW = 8 * WN;        // output tile
+    static constexpr int NCH = WN + 2 * KS - 1;            // 8-column chunks per staged row
+    static constexpr int TIH = BH + KH - 1;                // staged rows
+    static constexpr int TIW = 8 * NCH;                    // staged columns
     // Row pitch in 16-bit elements: an odd number of 16-byte units, so the 8 row
     // addresses of one ldmatrix phase fall in 8 different bank groups.
     static constexpr int PITCH = (NCH % 2) ? TIW : TIW + 8;
-    static constexpr int XS_BYTES = TIH * PITCH * 2;  // a multiple of 16
-    static constexpr int WT_BYTES = KH * KS * 32 * 8;
-    static constexpr int SMEM = XS_BYTES + WT_BYTES;
+    static constexpr int XS_BYTES = TIH * PITCH * 2;       // a multiple of 16
+    static constexpr int WT_ENTRIES = KH * KS * 32;
+    // Toeplitz tables of up to two entries per thread are prefetched through registers
+    // one item ahead (double-buffered); larger ones are built after the item's barrier.
+    static constexpr bool WPRE = WT_ENTRIES <= 2 * NT;
+    static constexpr int WPT = WPRE ? (WT_ENTRIES + NT - 1) / NT : 1;
+    static constexpr int WT_BYTES = WT_ENTRIES * 8;
+    static constexpr int SMEM = STAGES * XS_BYTES + (WPRE ? 2 : 1) * WT_BYTES;
 };
 
-// Eight consecutive 16-bit values starting SHIFT elements into the 16-byte vector lo
-// (the rest from hi): a funnel shift of 32-bit words, all selections at compile time.
-template <int SHIFT>
-__device__ __forceinline__ uint4 funnel(const uint4 lo, const uint4 hi) {
-    const unsigned wds[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    unsigned r[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (SHIFT % 2 == 0) r[i] = wds[SHIFT / 2 + i];
-        else r[i] = __byte_perm(wds[SHIFT / 2 + i], wds[SHIFT / 2 + i + 1], 0x5432);  // high half, next low half
-    }
-    return make_uint4(r[0], r[1], r[2], r[3]);
-}
-
-// Staged segment (row i, 8 columns from column c) of the tile whose column 0 is input
-// column iw0. VIN: IW and the plane base are multiples of 8 elements, so every aligned
-// 8-vector lies wholly inside or wholly outside a row; iw0 + c - SHIFT is a multiple of 8
-// (the host sets SHIFT = (ow0 - pad_l) mod 8 with ow0 a multiple of 8), and the segment is
-// two aligned vector loads funnel-shifted by SHIFT. Otherwise eight checked scalar loads.
-template <bool VIN, int SHIFT>
-__device__ __forceinline__ uint4 stage_segment(const unsigned short* __restrict__ xp, int ih, int iw, int IH, int IW) {
-    if ((unsigned)ih >= (unsigned)IH) return make_uint4(0u, 0u, 0u, 0u);
-    const unsigned short* rp = xp + (i64)ih * IW;
-    if constexpr (VIN) {
-        const int a = iw - SHIFT;
-        uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
-        if ((unsigned)a < (unsigned)IW) lo = __ldg(reinterpret_cast<const uint4*>(rp + a));
-        if (SHIFT == 0) return lo;
-        if ((unsigned)(a + 8) < (unsigned)IW) hi = __ldg(reinterpret_cast<const uint4*>(rp + a + 8));
-        return funnel<SHIFT>(lo, hi);
-    } else {
-        unsigned e[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) e[j] = (unsigned)(iw + j) < (unsigned)IW ? (unsigned)__ldg(rp + iw + j) : 0u;
-        return make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
-    }
-}
-
 // Template arguments: T half_t or bf16_t; KH KW kernel; WN 8-column output blocks per warp
-// (BW = 8 WN); WR warps per block (BH = 16 WR); SHIFT, VIN as in stage_segment; FLIP reads
-// the kernel rotated by 180 degrees (grad input at stride 1); MINB blocks per SM the
+// (BW = 8 WN); WR warps per block (BH = 16 WR); SHIFT as in MmaTile; GRAN staging copy
+// width in bytes: 16 or 4 (cp.async; the host sets it only when IW and the plane base
+// allow it, so every aligned copy lies wholly inside or outside a row) or 2 (checked
+// 16-bit loads through registers); STAGES input tiles in flight per block; FLIP reads the
+// kernel rotated by 180 degrees (grad input at stride 1); MINB blocks per SM the
 // registers must allow.
-template <class T, int KH, int KW, int WN, int WR, int SHIFT, bool VIN, bool FLIP, int MINB>
+//
+// Blocks are persistent: block b takes tiles b, b + gridDim.x, ...; with R > 1 input
+// planes per output plane (grad input with a channel multiplier) an *item* is one (tile,
+// plane) pair. Items flow through a STAGES-deep ring of shared-memory tiles filled by
+// cp.async, so the loads of the next STAGES - 1 items are in flight while one is
+// computed, with one barrier per item.
+template <class T, int KH, int KW, int WN, int WR, int SHIFT, int GRAN, int STAGES, bool FLIP, int MINB>
 __global__ void __launch_bounds__(32 * WR, MINB)
 conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
          const MmaArgs a) {
     static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
-    typedef MmaTile<KH, KW, WN, WR> G;
-    static_assert(G::KS <= 4 && WN >= 1 && WN <= 16 && WR >= 1 && WR <= 8 && SHIFT >= 0 && SHIFT < 8, "geometry");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    constexpr int KS = G::KS, NCH = G::NCH, PITCH = G::PITCH, TIH = G::TIH, NSEG = G::NCH;
     constexpr int NT = 32 * WR;
+    typedef MmaTile<KH, KW, WN, WR, SHIFT, STAGES, NT> G;
+    static_assert(G::KS <= 4 && WN >= 1 && WN <= 16 && WR >= 1 && WR <= 8, "geometry");
+    static_assert(STAGES >= 2 && STAGES <= 4, "ring depth");
+    static_assert((GRAN == 16 && SHIFT < 8) || (GRAN == 4 && SHIFT < 2) || (GRAN == 2 && SHIFT == 0), "staging");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr int KS = G::KS, NCH = G::NCH, PITCH = G::PITCH, TIH = G::TIH, TIW = G::TIW;
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
     const int n_tx = a.n_tx, n_ty = a.n_ty, QC = a.QC, DIV = a.DIV, R = a.R;
     const i64 n_tiles = a.n_tiles, IC = a.IC;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    unsigned short* const xs = reinterpret_cast<unsigned short*>(smem_raw);
-    uint2* const wt = reinterpret_cast<uint2*>(smem_raw + G::XS_BYTES);
+    uint2* const wt = reinterpret_cast<uint2*>(smem_raw + STAGES * G::XS_BYTES);
     {
         unsigned dyn;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
@@ -150,102 +144,175 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     }
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t4 = lane & 3;
+    const unsigned xs_addr = smem_u32(smem_raw);
     // ldmatrix.x4 address of this lane: lanes 0-15 give rows 0-15 of chunk c, lanes 16-31
     // rows 0-15 of chunk c + 1 (registers: chunk c rows 0-7, 8-15, chunk c+1 rows 0-7, 8-15).
-    const unsigned lane_addr = smem_u32(xs) + (unsigned)(((16 * warp + (lane & 15)) * PITCH + 8 * (lane >> 4)) * 2);
+    const unsigned lane_addr = xs_addr + (unsigned)(((16 * warp + (lane & 15)) * PITCH + 8 * (lane >> 4)) * 2);
     const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
     const unsigned short* const xb = reinterpret_cast<const unsigned short*>(x);
     const unsigned short* const wb = reinterpret_cast<const unsigned short*>(w);
 
-    for (i64 z = blockIdx.x; z < n_tiles; z += gridDim.x) {
+    const i64 my_tiles = n_tiles > (i64)blockIdx.x ? (n_tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const i64 n_items = my_tiles * R;
+
+    struct Item {
+        i64 q;
+        int oh0, ow0, m;
+        PlaneMap pm;
+    };
+    auto item = [&](i64 k) {
+        Item it;
+        const i64 t = R == 1 ? k : k / R;
+        it.m = (int)(k - t * R);
+        const i64 z = blockIdx.x + t * gridDim.x;
         const i64 zy = z / n_tx;
-        const int tx = (int)(z - zy * n_tx);
-        const i64 q = zy / n_ty;
-        const int ty = (int)(zy - q * n_ty);
-        const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
-        const int oh0 = ty * G::BH, ow0 = tx * G::BW;
-        const int ih0 = oh0 - pad_t, iw0 = ow0 - pad_l;
+        it.ow0 = (int)(z - zy * n_tx) * G::BW;
+        it.q = zy / n_ty;
+        it.oh0 = (int)(zy - it.q * n_ty) * G::BH;
+        it.pm = map_plane(it.q, QC, IC, DIV, R);
+        return it;
+    };
 
-        const float b0 = (!FLIP && bias != nullptr) ? load1(bias + pm.ch) : 0.f;
-        float acc[WN][4];
-#pragma unroll
-        for (int j = 0; j < WN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = b0;
-
-        for (int m = 0; m < R; ++m) {
-            __syncthreads();  // the previous tile's (or plane's) readers are done with smem
-            // 1. Stage: U segments per thread are loaded before the first store, so each
-            //    thread keeps up to 2U 16-byte loads in flight.
-            const unsigned short* xp = xb + (pm.in_plane0 + m) * plane_in;
-            constexpr int UNITS = TIH * NSEG, U = 4;
-            for (int u0 = 0; u0 < UNITS; u0 += NT * U) {
-                uint4 v[U];
-#pragma unroll
-                for (int k = 0; k < U; ++k) {
-                    const int u = u0 + k * NT + tid;
-                    const int i = u / NSEG, s = u - (u / NSEG) * NSEG;
-                    v[k] = u < UNITS ? stage_segment<VIN, SHIFT>(xp, ih0 + i, iw0 + 8 * s, IH, IW) : make_uint4(0u, 0u, 0u, 0u);
+    // Stage item k into ring slot k % STAGES (one cp.async group per call, empty past the
+    // end, so that group counting stays uniform). Outside the plane a copy reads 0 bytes
+    // and zero-fills: that is the padding.
+    auto stage = [&](i64 k) {
+        if (k < n_items) {
+            const Item it = item(k);
+            const unsigned short* xp = xb + (it.pm.in_plane0 + it.m) * plane_in;
+            const int ih0 = it.oh0 - pad_t, c0 = it.ow0 - pad_l - SHIFT;
+            const int slot = (int)(k % STAGES);
+            const unsigned dst = xs_addr + (unsigned)(slot * G::XS_BYTES);
+            if constexpr (GRAN == 16) {
+                for (int u = tid; u < TIH * NCH; u += NT) {
+                    const int i = u / NCH, c = u - (u / NCH) * NCH;
+                    const int ih = ih0 + i, col = c0 + 8 * c;
+                    const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
+                    cp_async16(dst + (unsigned)((i * PITCH + 8 * c) * 2), ok ? xp + (i64)ih * IW + col : xp, ok ? 16 : 0);
                 }
-#pragma unroll
-                for (int k = 0; k < U; ++k) {
-                    const int u = u0 + k * NT + tid;
-                    const int i = u / NSEG, s = u - (u / NSEG) * NSEG;
-                    if (u < UNITS) *reinterpret_cast<uint4*>(xs + i * PITCH + 8 * s) = v[k];
+            } else if constexpr (GRAN == 4) {
+                for (int u = tid; u < TIH * NCH * 4; u += NT) {
+                    const int i = u / (4 * NCH), c = u - (u / (4 * NCH)) * (4 * NCH);
+                    const int ih = ih0 + i, col = c0 + 2 * c;
+                    const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
+                    cp_async4(dst + (unsigned)((i * PITCH + 2 * c) * 2), ok ? xp + (i64)ih * IW + col : xp, ok ? 4 : 0);
                 }
-            }
-            // 2. Toeplitz fragments. Entry (kh, s, lane) holds this lane's B fragment of
-            //    k-step s: b0 = (B[k][n], B[k+1][n]), b1 = (B[k+8][n], B[k+9][n]) with
-            //    k = 16 s + 2 (lane % 4), n = lane / 4, B[k][n] = w[kh][k - n].
-            const unsigned short* wp = wb + (pm.w_row0 + m) * (KH * KW);
-            for (int e = tid; e < KH * KS * 32; e += NT) {
-                const int ln = e & 31, kk = e >> 5;
-                const int kh = kk / KS, s = kk - (kk / KS) * KS;
-                const int d = 16 * s + 2 * (ln & 3) - (ln >> 2);
-                unsigned h[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const int kw = d + (i & 1) + 8 * (i >> 1);
-                    const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
-                    h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
+            } else {
+                unsigned short* xs = reinterpret_cast<unsigned short*>(smem_raw + slot * G::XS_BYTES);
+                for (int u = tid; u < TIH * TIW; u += NT) {
+                    const int i = u / TIW, c = u - (u / TIW) * TIW;
+                    const int ih = ih0 + i, col = c0 + c;
+                    const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
+                    xs[i * PITCH + c] = ok ? __ldg(xp + (i64)ih * IW + col) : (unsigned short)0;
                 }
-                wt[e] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
-            }
-            __syncthreads();
-
-            // 3. Tap rows: chunks of 16 input rows, then WN * KS MMAs.
-#pragma unroll (KH <= 8 ? KH : 2)
-            for (int kh = 0; kh < KH; ++kh) {
-                unsigned c[NCH + 1][2];
-                const unsigned ra = lane_addr + (unsigned)(kh * PITCH * 2);
-#pragma unroll
-                for (int k = 0; k + 1 < NCH; k += 2) ldsm_x4(ra + 16 * k, c[k][0], c[k][1], c[k + 1][0], c[k + 1][1]);
-                if (NCH % 2) ldsm_x2(ra + 16 * (NCH - 1), c[NCH - 1][0], c[NCH - 1][1]);
-                uint2 b[KS];
-#pragma unroll
-                for (int s = 0; s < KS; ++s) b[s] = wt[(kh * KS + s) * 32 + lane];
-#pragma unroll
-                for (int j = 0; j < WN; ++j)
-#pragma unroll
-                    for (int s = 0; s < KS; ++s)
-                        Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0], c[j + 2 * s + 1][1],
-                                    b[s].x, b[s].y);
             }
         }
+        cp_async_commit();
+    };
 
-        // 4. Store: lane holds rows g and g + 8, columns 2 (lane % 4) and +1 of each block.
-        T* const yp = y + q * plane_out;
+    // Toeplitz entry e = (kh * KS + s) * 32 + lane: this lane's B fragment of k-step s,
+    // b0 = (B[k][n], B[k+1][n]), b1 = (B[k+8][n], B[k+9][n]) with k = 16 s + 2 (lane % 4),
+    // n = lane / 4 and B[k][n] = w[kh][k - n - SHIFT] (zero outside the kernel).
+    auto w_entry = [&](const unsigned short* wp, int e, unsigned (&h)[4]) {
+        const int ln = e & 31, kk = e >> 5;
+        const int kh = kk / KS, s = kk - (kk / KS) * KS;
+        const int d = 16 * s + 2 * (ln & 3) - (ln >> 2) - SHIFT;
 #pragma unroll
-        for (int hlf = 0; hlf < 2; ++hlf) {
-            const int oh = oh0 + 16 * warp + g + 8 * hlf;
-            if (oh >= OH) continue;
-            T* const rp = yp + (i64)oh * OW;
+        for (int i = 0; i < 4; ++i) {
+            const int kw = d + (i & 1) + 8 * (i >> 1);
+            const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+            h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
+        }
+    };
+    auto w_row = [&](i64 k) {
+        const Item it = item(k);
+        return wb + (it.pm.w_row0 + it.m) * (KH * KW);
+    };
+
+    unsigned wreg[G::WPT][4];  // WPRE: the next item's table entries, loaded one item ahead
+    auto w_load = [&](i64 k) {
+        const unsigned short* wp = w_row(k);
 #pragma unroll
-            for (int j = 0; j < WN; ++j) {
-                const int ow = ow0 + 8 * j + 2 * t4;
-                const float v2[2] = {acc[j][2 * hlf], acc[j][2 * hlf + 1]};
-                store_row<T, 2>(rp + ow, v2, OW - ow);
+        for (int r = 0; r < G::WPT; ++r) {
+            const int e = tid + r * NT;
+            if (e < G::WT_ENTRIES) w_entry(wp, e, wreg[r]);
+        }
+    };
+
+    for (int s = 0; s < STAGES - 1; ++s) stage(s);
+    if (G::WPRE && n_items > 0) w_load(0);
+
+    float acc[WN][4];
+    for (i64 k = 0; k < n_items; ++k) {
+        uint2* const tab = wt + (G::WPRE ? (int)(k & 1) * G::WT_ENTRIES : 0);
+        if constexpr (G::WPRE) {
+            // This half of the table was last read by item k - 2: free since the
+            // previous barrier.
+#pragma unroll
+            for (int r = 0; r < G::WPT; ++r) {
+                const int e = tid + r * NT;
+                if (e < G::WT_ENTRIES) tab[e] = make_uint2(wreg[r][0] | (wreg[r][1] << 16), wreg[r][2] | (wreg[r][3] << 16));
+            }
+        }
+        cp_async_wait<STAGES - 2>();  // this thread's copies of item k have landed
+        __syncthreads();              // ... everyone's; and item k-1's readers are done
+        stage(k + STAGES - 1);        // refill the slot item k-1 used
+        if constexpr (G::WPRE) {
+            if (k + 1 < n_items) w_load(k + 1);
+        } else {
+            const unsigned short* wp = w_row(k);
+            for (int e = tid; e < G::WT_ENTRIES; e += NT) {
+                unsigned h[4];
+                w_entry(wp, e, h);
+                tab[e] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+            }
+            __syncthreads();
+        }
+        const Item it = item(k);
+        if (it.m == 0) {
+            const float b0 = (!FLIP && bias != nullptr) ? load1(bias + it.pm.ch) : 0.f;
+#pragma unroll
+            for (int j = 0; j < WN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = b0;
+        }
+
+        // Tap rows: 16 input rows of NCH chunks, then WN * KS MMAs.
+        const unsigned base = lane_addr + (unsigned)((int)(k % STAGES) * G::XS_BYTES);
+#pragma unroll (KH <= 8 ? KH : 2)
+        for (int kh = 0; kh < KH; ++kh) {
+            unsigned c[NCH + 1][2];
+            const unsigned ra = base + (unsigned)(kh * PITCH * 2);
+#pragma unroll
+            for (int j = 0; j + 1 < NCH; j += 2) ldsm_x4(ra + 16 * j, c[j][0], c[j][1], c[j + 1][0], c[j + 1][1]);
+            if (NCH % 2) ldsm_x2(ra + 16 * (NCH - 1), c[NCH - 1][0], c[NCH - 1][1]);
+            uint2 b[KS];
+#pragma unroll
+            for (int s = 0; s < KS; ++s) b[s] = tab[(kh * KS + s) * 32 + lane];
+#pragma unroll
+            for (int j = 0; j < WN; ++j)
+#pragma unroll
+                for (int s = 0; s < KS; ++s)
+                    Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0], c[j + 2 * s + 1][1],
+                                b[s].x, b[s].y);
+        }
+
+        if (it.m == R - 1) {
+            // Lane holds rows g and g + 8, columns 2 (lane % 4) and +1 of each block.
+            T* const yp = y + it.q * plane_out;
+#pragma unroll
+            for (int hlf = 0; hlf < 2; ++hlf) {
+                const int oh = it.oh0 + 16 * warp + g + 8 * hlf;
+                if (oh >= OH) continue;
+                T* const rp = yp + (i64)oh * OW;
+#pragma unroll
+                for (int j = 0; j < WN; ++j) {
+                    const int ow = it.ow0 + 8 * j + 2 * t4;
+                    const float v2[2] = {acc[j][2 * hlf], acc[j][2 * hlf + 1]};
+                    store_row<T, 2>(rp + ow, v2, OW - ow);
+                }
             }
         }
     }
+    cp_async_wait<0>();  // no copy outlives the block
 #else
     __trap();  // the host plans conv_mma only on sm_80 and newer
 #endif
