@@ -160,15 +160,31 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         int oh0, ow0, m;
         PlaneMap pm;
     };
+    const bool small = n_tiles * R <= 0xffffffffLL;  // 32-bit item decoding (the common case)
     auto item = [&](i64 k) {
         Item it;
-        const i64 t = R == 1 ? k : k / R;
-        it.m = (int)(k - t * R);
-        const i64 z = blockIdx.x + t * gridDim.x;
-        const i64 zy = z / n_tx;
-        it.ow0 = (int)(z - zy * n_tx) * G::BW;
-        it.q = zy / n_ty;
-        it.oh0 = (int)(zy - it.q * n_ty) * G::BH;
+        int tx, ty;
+        if (small) {
+            const unsigned kk = (unsigned)k;
+            const unsigned t = R == 1 ? kk : kk / (unsigned)R;
+            it.m = (int)(kk - t * (unsigned)R);
+            const unsigned z = blockIdx.x + t * gridDim.x;
+            const unsigned zy = z / (unsigned)n_tx;
+            tx = (int)(z - zy * (unsigned)n_tx);
+            const unsigned qq = zy / (unsigned)n_ty;
+            ty = (int)(zy - qq * (unsigned)n_ty);
+            it.q = qq;
+        } else {
+            const i64 t = k / R;
+            it.m = (int)(k - t * R);
+            const i64 z = blockIdx.x + t * gridDim.x;
+            const i64 zy = z / n_tx;
+            tx = (int)(z - zy * n_tx);
+            it.q = zy / n_ty;
+            ty = (int)(zy - it.q * n_ty);
+        }
+        it.ow0 = tx * G::BW;
+        it.oh0 = ty * G::BH;
         it.pm = map_plane(it.q, QC, IC, DIV, R);
         return it;
     };
@@ -229,6 +245,11 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         return wb + (it.pm.w_row0 + it.m) * (KH * KW);
     };
 
+    // The bias of the next item is loaded one item ahead too (its latency would otherwise
+    // stall every item).
+    auto bias_of = [&](i64 k) {
+        return (!FLIP && bias != nullptr && k < n_items) ? load1(bias + item(k).pm.ch) : 0.f;
+    };
     unsigned wreg[G::WPT][4];  // WPRE: the next item's table entries, loaded one item ahead
     auto w_load = [&](i64 k) {
         const unsigned short* wp = w_row(k);
@@ -243,6 +264,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     if (G::WPRE && n_items > 0) w_load(0);
 
     float acc[WN][4];
+    float b_next = bias_of(0);
     for (i64 k = 0; k < n_items; ++k) {
         uint2* const tab = wt + (G::WPRE ? (int)(k & 1) * G::WT_ENTRIES : 0);
         if constexpr (G::WPRE) {
@@ -270,10 +292,11 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         }
         const Item it = item(k);
         if (it.m == 0) {
-            const float b0 = (!FLIP && bias != nullptr) ? load1(bias + it.pm.ch) : 0.f;
+            const float b0 = b_next;
 #pragma unroll
             for (int j = 0; j < WN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = b0;
         }
+        if (it.m == R - 1) b_next = bias_of(k + 1);  // the next item starts a tile
 
         // Tap rows: 16 input rows of NCH chunks, then WN * KS MMAs.
         const unsigned base = lane_addr + (unsigned)((int)(k % STAGES) * G::XS_BYTES);
