@@ -189,12 +189,24 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         return it;
     };
 
+    // Decoded items live in a small shared ring: item k + STAGES is decoded (a handful of
+    // divisions) at iteration k and published by thread 0 into slot
+    // (k + STAGES) % (STAGES + 1), which held item k - 1, whose readers finished before
+    // this iteration's barrier. Every other use of an item reads the ring after a barrier
+    // that follows its write, so each item is decoded once instead of four times.
+    constexpr int RING = STAGES + 1;
+    __shared__ Item ring[RING];
+    auto publish = [&](i64 k) {
+        if (tid == 0 && k < n_items) ring[(int)(k % RING)] = item(k);
+    };
+    auto ring_at = [&](i64 k) { return ring[(int)(k % RING)]; };
+
     // Stage item k into ring slot k % STAGES (one cp.async group per call, empty past the
     // end, so that group counting stays uniform). Outside the plane a copy reads 0 bytes
     // and zero-fills: that is the padding.
     auto stage = [&](i64 k) {
         if (k < n_items) {
-            const Item it = item(k);
+            const Item it = ring_at(k);
             const unsigned short* xp = xb + (it.pm.in_plane0 + it.m) * plane_in;
             const int ih0 = it.oh0 - pad_t, c0 = it.ow0 - pad_l - SHIFT;
             const int slot = (int)(k % STAGES);
@@ -241,14 +253,14 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         }
     };
     auto w_row = [&](i64 k) {
-        const Item it = item(k);
+        const Item it = ring_at(k);
         return wb + (it.pm.w_row0 + it.m) * (KH * KW);
     };
 
     // The bias of the next item is loaded one item ahead too (its latency would otherwise
     // stall every item).
     auto bias_of = [&](i64 k) {
-        return (!FLIP && bias != nullptr && k < n_items) ? load1(bias + item(k).pm.ch) : 0.f;
+        return (!FLIP && bias != nullptr && k < n_items) ? load1(bias + ring_at(k).pm.ch) : 0.f;
     };
     unsigned wreg[G::WPT][4];  // WPRE: the next item's table entries, loaded one item ahead
     auto w_load = [&](i64 k) {
@@ -260,6 +272,8 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         }
     };
 
+    for (int s = 0; s < STAGES; ++s) publish(s);
+    __syncthreads();
     for (int s = 0; s < STAGES - 1; ++s) stage(s);
     if (G::WPRE && n_items > 0) w_load(0);
 
@@ -279,6 +293,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         cp_async_wait<STAGES - 2>();  // this thread's copies of item k have landed
         __syncthreads();              // ... everyone's; and item k-1's readers are done
         stage(k + STAGES - 1);        // refill the slot item k-1 used
+        publish(k + STAGES);
         if constexpr (G::WPRE) {
             if (k + 1 < n_items) w_load(k + 1);
         } else {
@@ -290,7 +305,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
             }
             __syncthreads();
         }
-        const Item it = item(k);
+        const Item it = ring_at(k);
         if (it.m == 0) {
             const float b0 = b_next;
 #pragma unroll
