@@ -424,7 +424,8 @@ def mma_geometry(kh, kw, wn, wr, shift, stages):
     pitch = tiw if nch % 2 else tiw + 8
     entries = kh * ks * 32
     wpre = entries <= 2 * 32 * wr
-    return ks, stages * tih * pitch * 2 + (2 if wpre else 1) * entries * 8
+    out = wr * 16 * (4 * wn + 4) * 4  # per-warp output staging
+    return ks, stages * tih * pitch * 2 + (2 if wpre else 1) * entries * 8 + out
 
 
 def _mma_shape(pr):

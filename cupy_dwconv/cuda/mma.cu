@@ -103,8 +103,15 @@ struct MmaTile {
     static constexpr bool WPRE = WT_ENTRIES <= 2 * NT;
     static constexpr int WPT = WPRE ? (WT_ENTRIES + NT - 1) / NT : 1;
     static constexpr int WT_BYTES = WT_ENTRIES * 8;
-    static constexpr int SMEM = STAGES * XS_BYTES + (WPRE ? 2 : 1) * WT_BYTES;
+    // Output staging, one 16 x BW buffer per warp: rows padded by 4 words, so fragment
+    // writes (8 rows x 4 words per instruction) hit 32 different banks.
+    static constexpr int OPW = BW / 2 + 4;                 // 32-bit words per staged output row
+    static constexpr int OUT_OFF = STAGES * XS_BYTES + (WPRE ? 2 : 1) * WT_BYTES;
+    static constexpr int SMEM = OUT_OFF + WR * 16 * OPW * 4;
 };
+
+__device__ __forceinline__ unsigned pack2(half_t, float a, float b) { return pack_h(a, b); }
+__device__ __forceinline__ unsigned pack2(bf16_t, float a, float b) { return pack_b(a, b); }
 
 // Template arguments: T half_t or bf16_t; KH KW kernel; WN 8-column output blocks per warp
 // (BW = 8 WN); WR warps per block (BH = 16 WR); SHIFT as in MmaTile; GRAN staging copy
@@ -334,20 +341,38 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         }
 
         if (it.m == R - 1) {
-            // Lane holds rows g and g + 8, columns 2 (lane % 4) and +1 of each block.
-            T* const yp = y + it.q * plane_out;
+            // The lane holds rows g and g + 8, columns 2 (lane % 4) and +1 of each block:
+            // 16-byte pieces of 8 rows per instruction, which would split most 32-byte
+            // sectors between instructions (output rows rarely start on a sector). The warp
+            // stages its 16 rows in shared memory and writes each row as one contiguous
+            // run of 4-byte stores instead.
+            unsigned* const ob = reinterpret_cast<unsigned*>(smem_raw + G::OUT_OFF) + warp * 16 * G::OPW;
 #pragma unroll
-            for (int hlf = 0; hlf < 2; ++hlf) {
-                const int oh = it.oh0 + 16 * warp + g + 8 * hlf;
-                if (oh >= OH) continue;
-                T* const rp = yp + (i64)oh * OW;
+            for (int j = 0; j < WN; ++j)
 #pragma unroll
-                for (int j = 0; j < WN; ++j) {
-                    const int ow = it.ow0 + 8 * j + 2 * t4;
-                    const float v2[2] = {acc[j][2 * hlf], acc[j][2 * hlf + 1]};
-                    store_row<T, 2>(rp + ow, v2, OW - ow);
+                for (int hlf = 0; hlf < 2; ++hlf)
+                    ob[(g + 8 * hlf) * G::OPW + 4 * j + t4] = pack2(T(), acc[j][2 * hlf], acc[j][2 * hlf + 1]);
+            __syncwarp();
+            unsigned short* const yp = reinterpret_cast<unsigned short*>(y) + it.q * plane_out;
+            const int rows = min(16, OH - (it.oh0 + 16 * warp));
+            for (int r = 0; r < rows; ++r) {
+                unsigned short* const rp = yp + (i64)(it.oh0 + 16 * warp + r) * OW;
+#pragma unroll
+                for (int c0 = 0; c0 < G::BW / 2; c0 += 32) {
+                    const int c = c0 + lane;
+                    const int ow = it.ow0 + 2 * c;
+                    if (c < G::BW / 2 && ow < OW) {
+                        const unsigned v = ob[r * G::OPW + c];
+                        if (ow + 1 < OW && (reinterpret_cast<unsigned long long>(rp + ow) & 3) == 0) {
+                            *reinterpret_cast<unsigned*>(rp + ow) = v;
+                        } else {
+                            rp[ow] = (unsigned short)(v & 0xffffu);
+                            if (ow + 1 < OW) rp[ow + 1] = (unsigned short)(v >> 16);
+                        }
+                    }
                 }
             }
+            __syncwarp();  // the buffer is rewritten by the next item
         }
     }
     cp_async_wait<0>();  // no copy outlives the block
