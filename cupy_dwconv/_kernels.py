@@ -432,13 +432,18 @@ def _mma_shape(pr):
     """(WN, WR, STAGES): 8-column blocks per warp, warps per block, ring depth. A warp owns
     16 output rows and the whole tile width; the tile is the plane when the plane fits
     64 x 64."""
-    return min(8, _cdiv(pr.OW, 8)), min(4, _cdiv(pr.OH, 16)), 3
+    return min(8, _cdiv(pr.OW, 8)), min(4, _cdiv(pr.OH, 16)), 2
 
 
 def _use_mma(pr, dtype):
-    """Whether the dispatcher takes conv_mma for a problem it accepts (benchmarks/NOTES.md
-    has the measurements behind the rule)."""
-    return True
+    """Whether the dispatcher takes conv_mma for a problem it accepts. Measured on the
+    H100 (benchmarks/NOTES.md, session 2): tensor cores win wherever float32 FMAs are the
+    bottleneck of conv_tile, i.e. kernels of 25 taps and more (replk_31x31 fp16 0.83 ->
+    0.17 ms, convnext_7x7 0.076 -> 0.072), and on the grad-input pass of wider kernels or
+    large planes (seed_3x7 0.41 -> 0.28 ms, image_3x3 0.121 -> 0.116); conv_tile stays
+    ahead on small memory-bound forward problems (mbv2_3x3 0.061 vs 0.071 ms)."""
+    taps = pr.KH * pr.KW
+    return taps >= 25 or (pr.flip and (taps > 9 or pr.OH * pr.OW >= 16384))
 
 
 def _mma_staging(pr, x_ptr):

@@ -326,9 +326,10 @@ def test_dispatch_paths_cover_families():
     assert "conv_tile" in _kernels.plan_forward(small, "float32", True).expr
     assert "conv_smem" in _kernels.plan_forward(large, "float32", True).expr
     assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", True).expr
-    # Tensor cores for 16-bit stride-1 problems on sm_80+, the register tile before that.
-    assert "conv_mma" in _kernels.plan_forward(small, "bfloat16", True, 80).expr
-    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", True, 75).expr
+    # Tensor cores for 16-bit large kernels at stride 1 on sm_80+, not before that.
+    assert "conv_mma" in _kernels.plan_forward(large, "bfloat16", True, 80).expr
+    assert "conv_smem" in _kernels.plan_forward(large, "bfloat16", True, 75).expr
+    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", True, 90).expr
     _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
 
 
