@@ -5,7 +5,7 @@ This is the only module that knows the CUDA side. A *plan* is chosen per problem
 the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
-Kernel choice is a heuristic table (see `_tile_shape`, `_smem_plan`) rather than
+Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
 its bits, must not depend on timing noise), costs nothing on first use, and was set from
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
