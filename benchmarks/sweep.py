@@ -8,7 +8,7 @@ rotated past L2). Prints registers and local-memory bytes per thread of each com
 variant, so spilling ones are visible. Output feeds benchmarks/NOTES.md and the
 heuristic table in cupy_dwconv/_kernels.py.
 
-    python benchmarks/sweep.py [--cases NAME ...] [--dtypes float32 ...] [--pass forward|grad_input]
+    python benchmarks/sweep.py [--cases NAME ...] [--dtypes float32 ...] [--pass forward|grad_input|grad_weight]
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8),
 # conv_mma (WN, WR, STAGES, MINB); MINB None = the host's rule.
 MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, None), (8, 2, 4, None),
                 (4, 4, 3, None), (8, 8, 2, None), (16, 2, 3, None), (8, 4, 3, 3)]
+# grad weight: wgrad_tile (TH, TW) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
+WGRAD_TILE_VARIANTS = [(4, 8), (2, 8), (4, 4), (8, 8)]
+WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 8, 2, None), (4, 32, 2, None), (2, 16, 2, None),
+                 (8, 16, 2, None), (4, None, 2, 6), (8, 32, 2, None)]
 
 
 def _small_width_variants(p, dtype):
@@ -75,7 +79,7 @@ def main(argv=None):
     ap.add_argument("--suite", default=None)
     ap.add_argument("--cases", nargs="*", default=None)
     ap.add_argument("--dtypes", nargs="*", default=None)
-    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input"])
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--json", default=None)
@@ -94,7 +98,10 @@ def main(argv=None):
             if not args.dtypes or dtype in args.dtypes:
                 jobs.append((case.name, case.params(), dtype))
     t0 = time.perf_counter()
-    items = [(l.src, l.expr) for _, p, dtype in jobs for _, l in variant_launches(p, dtype, args.which)]
+    if args.which == "grad_weight":
+        items = [(l.src, l.expr) for _, p, dtype in jobs for _, (l, _c, r) in wgrad_variants(p, dtype) for l in (l, r)]
+    else:
+        items = [(l.src, l.expr) for _, p, dtype in jobs for _, l in variant_launches(p, dtype, args.which)]
     n, errors = prewarm(items, args.workers)
     print(f"compiled {n} specializations in {time.perf_counter() - t0:.1f} s with {args.workers} processes", flush=True)
     for e in errors:
@@ -106,7 +113,10 @@ def main(argv=None):
     l2 = cupy.cuda.runtime.getDeviceProperties(dev)["l2CacheSize"]
     rows = []
     for name, p, dtype in jobs:
-        rows += sweep_case(name, p, dtype, dev, args, ceilings, l2)
+        if args.which == "grad_weight":
+            rows += sweep_wgrad_case(name, p, dtype, dev, args, ceilings, l2)
+        else:
+            rows += sweep_case(name, p, dtype, dev, args, ceilings, l2)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -141,6 +151,87 @@ def variant_launches(p, dtype, which):
         seen.add(key)
         res.append(((kind, kw), launch))
     return res
+
+
+def wgrad_variants(p, dtype):
+    """[(label, (stage-1 launch, chunks, stage-2 launch))] for the default plan and the
+    grad-weight variants that plan."""
+    out = [(("default", None), _kernels.plan_wgrad(p, dtype, 0, 0))]
+    for th, tw in WGRAD_TILE_VARIANTS:
+        out.append((("tile", dict(th=th, tw=tw)), None))
+    if dtype in _kernels.MMA_DTYPES:
+        for wr, bh, st, mb in WMMA_VARIANTS:
+            out.append((("mma", dict(wr=wr, bh=bh, stages=st, minb=mb)), None))
+    out.append((("smem", {}), None))
+    res, seen = [], set()
+    for (kind, kw), plan in out:
+        if plan is None:
+            plan = _kernels.plan_wgrad(p, dtype, 0, 0, force=(kind, kw))
+            if kind not in plan[0].expr:
+                continue  # the family declined and the generic kernel stood in
+        key = (plan[0].expr, plan[0].grid, plan[0].block, plan[0].shared_mem)
+        if key in seen:
+            continue
+        seen.add(key)
+        res.append(((kind, kw), plan))
+    return res
+
+
+def sweep_wgrad_case(name, p, dtype, dev, args, ceilings, l2):
+    """Times stage 1 + stage 2 of each grad-weight variant; checks grad weight and bias
+    against the default plan's."""
+    import cupy
+
+    import cupy_dwconv
+
+    npdt = bench._np_dtype(dtype)
+    itemsize = numpy.dtype(npdt).itemsize
+    set_bytes = (numpy.prod(p.x_shape) + numpy.prod(p.out_shape)) * itemsize
+    n_sets = bench.rotation_sets(set_bytes, l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, p.x_shape, dtype) for _ in range(n_sets)]
+    gos = [bench._random_gpu(cupy, rs, p.out_shape, dtype) for _ in range(n_sets)]
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    _, rw, rb = cupy_dwconv.depthwise_conv2d_backward(gos[0], xs[0], w, stride=(p.SH, p.SW), padding=p.padding,
+                                                      dilation=(p.DH, p.DW), needs=(False, True, True))
+    ref = cupy.concatenate([rw.ravel().astype(cupy.float32), rb.astype(cupy.float32)])
+    ref_norm = float(cupy.linalg.norm(ref))
+    rows = []
+    for (kind, kw), (s1, chunks, s2) in wgrad_variants(p, dtype):
+        try:
+            kern = s1.kernel(dev)
+            s2.kernel(dev)
+        except Exception as e:
+            rows.append(dict(case=name, dtype=dtype, variant=f"{kind} {kw}", error=str(e)[:200]))
+            print(f"{name:16s} {dtype:9s} {kind} {kw}: compile error {str(e)[:120]}", flush=True)
+            continue
+        partial = cupy.empty((p.CM, chunks, p.KH * p.KW + 1), dtype=_kernels.ACC_DTYPE[dtype])
+        gw = cupy.empty(p.weight_shape, dtype=npdt)
+        gb = cupy.empty((p.CM,), dtype=npdt)
+
+        def run(i, s1=s1, s2=s2, partial=partial, gw=gw, gb=gb):
+            s1(dev, (xs[i], gos[i], partial))
+            s2(dev, (partial, gw, gb))
+
+        gw.fill(numpy.nan)
+        gb.fill(numpy.nan)
+        run(0)
+        got = cupy.concatenate([gw.ravel().astype(cupy.float32), gb.astype(cupy.float32)])
+        err = float(cupy.linalg.norm(got - ref)) / max(ref_norm, 1e-30)
+        ok = bool(cupy.isfinite(got).all()) and err < 1e-2
+        ms = bench.time_events(run, n_sets, args.repeats, 5)
+        floor = bench.floor_ms(*bench.pass_cost(p, dtype, "grad_weight"), ceilings, dtype)
+        row = dict(case=name, dtype=dtype, kind=kind, variant=s1.expr, params=kw, grid=s1.grid, block=s1.block,
+                   smem=s1.shared_mem, regs=kern.num_regs, local=kern.local_size_bytes, ms=ms, eff=floor / ms, ok=ok,
+                   err=err)
+        rows.append(row)
+        print(f"{name:16s} {dtype:9s} {kind:7s} {str(kw):48s} regs {kern.num_regs:3d} local {kern.local_size_bytes:4d} "
+              f"grid {str(s1.grid):16s} {ms:8.4f} ms eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % err}",
+              flush=True)
+    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
+    if best:
+        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    return rows
 
 
 def sweep_case(name, p, dtype, dev, args, ceilings, l2):

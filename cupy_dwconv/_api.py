@@ -217,7 +217,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
                         a.fill(0)
             elif p.CM:
                 xc = _contiguous(cupy, x)
-                stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr % 16 == 0, go.data.ptr % 16 == 0)
+                stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *_kernels.device_arch(dev))
                 partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
                 stage1(dev, (xc, go, partial))
                 stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))

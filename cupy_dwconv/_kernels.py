@@ -121,7 +121,7 @@ class Launch:
 # Scalar arguments of each kernel family, in the field order of the C++ structs in
 # cuda/common.cuh (numpy align=True gives the same layout; tests/test_compile.py checks
 # every offset and the size with static_asserts compiled by NVRTC).
-_I64_FIELDS = {"n_units", "IC", "n_tiles", "total"}
+_I64_FIELDS = {"n_units", "IC", "n_tiles", "total", "units"}
 ARG_STRUCTS = {
     "TileArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "off_h", "off_w", "n_cg", "n_rs", "n_rt", "NT",
                  "QC", "DIV", "R"),
@@ -132,6 +132,8 @@ ARG_STRUCTS = {
     "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
                   "N", "C", "M", "CM", "n_chunks", "G", "n_tkw", "xpitch", "gpitch"),
     "ReduceArgs": ("CM", "KK", "n_chunks"),
+    "WmmaArgs": ("units", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "C", "M", "CM", "n_chunks", "BH", "n_bands",
+                 "NC", "XP", "GOFF", "GP"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
 }
 ARG_DTYPES = {
@@ -659,19 +661,101 @@ def wgrad_smem_launch(p, dtype):
     return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, (args,)), chunks
 
 
-@functools.lru_cache(maxsize=4096)
-def plan_wgrad(p, dtype, x_aligned, go_aligned, force=None):
-    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias:
-    wgrad_tile for small kernels, wgrad_smem for large ones at stride 1, else generic."""
-    res = None
+# ---- wgrad_mma (tensor cores, 16-bit, stride 1, dilation 1) --------------------------------
+
+WMMA_MAX_KH, WMMA_MAX_KW = 31, 32  # M blocks KH // 16 + 1 <= 2, N blocks <= 4
+WMMA_MAX_SMEM = 112 * 1024  # at least two blocks per SM
+
+
+def wgrad_mma_geometry(kh, kw, wr, shift, stages, bh, ow):
+    """(NC, XP, GOFF, GP, shared-memory bytes) of wgrad_mma; mirrors the formulas in
+    cuda/wgrad_mma.cu (the kernel traps if it is given less shared memory)."""
+    nmb, nnb = kh // 16 + 1, _cdiv(kw, 8)
+    nc = _cdiv(shift + ow + kw - 1, 16)  # 16-column k-steps per grad_output row
+    xp = 16 * nc + 8                     # input row pitch: an odd number of 16-byte units
+    goff = _cdiv(shift + 8 * nnb - 1, 8) * 8
+    gp = goff + 16 * nc + 8
+    slot = ((bh + kh - 1) * xp + bh * gp) * 2
+    return nc, xp, goff, gp, stages * slot + 32 * nc + wr * 16 * nmb * 8 * nnb * 4
+
+
+def _wmma_staging(p, x_ptr, go_ptr):
+    """(XGRAN, SHIFT, GGRAN): copy widths for the input and grad_output rows (16 or 4
+    bytes, 2 = checked loads) and the input columns staged before column -pad_l."""
+    if p.W % 8 == 0 and x_ptr % 16 == 0:
+        xg, shift = 16, (-p.PL) % 8
+    elif p.W % 2 == 0 and x_ptr % 4 == 0:
+        xg, shift = 4, (-p.PL) % 2
+    else:
+        xg, shift = 2, 0
+    if p.OW % 8 == 0 and go_ptr % 16 == 0:
+        gg = 16
+    elif p.OW % 2 == 0 and go_ptr % 4 == 0:
+        gg = 4
+    else:
+        gg = 2
+    return xg, shift, gg
+
+
+def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=4, bh=None, stages=2, minb=None, chunks=None,
+                     blocks_y=None):
+    """(wgrad_mma stage-1 launch, chunks), or None when the problem is not one it takes.
+    `chunks` and `blocks_y` (grid height: channels per block loop) let tests force many
+    items per block and several channels per block."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1)
+            or p.KH > WMMA_MAX_KH or p.KW > WMMA_MAX_KW or p.OH * p.OW == 0):
+        return None
+    bh = min(16, p.OH) if bh is None else bh
+    minb = max(1, 16 // wr) if minb is None else minb  # 512 threads per SM: <= 128 registers
+    xg, shift, gg = _wmma_staging(p, x_ptr, go_ptr)
+    nc, xp, goff, gp, smem = wgrad_mma_geometry(p.KH, p.KW, wr, shift, stages, bh, p.OW)
+    if smem > WMMA_MAX_SMEM:
+        return None
+    n_bands = _cdiv(p.OH, bh)
+    units = p.N * n_bands
+    if chunks is None:
+        # About two waves of resident blocks, and at least two items per block.
+        per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wr)))
+        chunks = max(1, min(units // 2, _cdiv(2 * sms * per_sm, max(p.CM, 1)), 65535))
+    chunks = max(1, min(chunks, units, 65535))
+    expr = "dw::wgrad_mma<" + _targs(CXX_TYPE[dtype], p.KH, p.KW, wr, shift, xg, gg, stages, minb) + ">"
+    args = pack_args("WmmaArgs", units=units, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, pad_t=p.PT, pad_l=p.PL, C=p.C,
+                     M=p.M, CM=p.CM, n_chunks=chunks, BH=bh, n_bands=n_bands, NC=nc, XP=xp, GOFF=goff, GP=gp)
+    grid = (chunks, min(p.CM, blocks_y or 65535, 65535), 1)
+    return Launch("wgrad_mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,)), chunks
+
+
+def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
+    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_mma
+    for 16-bit at stride 1 and dilation 1 on sm_80+, wgrad_tile for small kernels,
+    wgrad_smem for large ones at stride 1, else generic. x_ptr and go_ptr are the data
+    pointers (only their alignment matters). `force` is None, a family name ("mma",
+    "tile", "smem", "generic") or (name, keyword arguments) for the tests and sweeps."""
+    arch = current_arch() if arch is None else arch
+    sms = current_sms() if sms is None else sms
     if force is None:
-        res = wgrad_tile_launch(p, dtype, 0 if x_aligned else 1, 0 if go_aligned else 1)
-        if res is None:
-            res = wgrad_smem_launch(p, dtype)
-    elif force == "smem":
+        return _plan_wgrad(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+    kind, kwargs = (force, {}) if isinstance(force, str) else force
+    res = None
+    if kind == "mma":
+        res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms, **kwargs)
+    elif kind == "smem":
         res = wgrad_smem_launch(p, dtype)
-    elif force == "tile":
-        res = wgrad_tile_launch(p, dtype, 0 if x_aligned else 1, 0 if go_aligned else 1)
+    elif kind == "tile":
+        res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
+    if res is None:
+        res = wgrad_generic_launch(p, dtype)
+    stage1, chunks = res
+    return stage1, chunks, reduce_launch(p, dtype, chunks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
+    res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
+    if res is None:
+        res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
+    if res is None:
+        res = wgrad_smem_launch(p, dtype)
     if res is None:
         res = wgrad_generic_launch(p, dtype)
     stage1, chunks = res
@@ -692,7 +776,8 @@ def expressions_for(problems, archs=(75, 90)):
         for aligned, arch in itertools.product((True, False), archs):
             launches.append(plan_forward(p, dtype, aligned, arch, 132))
             launches.append(plan_grad_input(p, dtype, aligned, arch, 132))
-            s1, _, s2 = plan_wgrad(p, dtype, aligned, aligned)
+            ptr = 0 if aligned else 2  # 2: not even 4-byte aligned (the checked-load paths)
+            s1, _, s2 = plan_wgrad(p, dtype, ptr, ptr, arch, 132)
             launches += [s1, s2]
         for launch in launches:
             out.setdefault(launch.src, set()).add(launch.expr)

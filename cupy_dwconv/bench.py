@@ -716,6 +716,8 @@ def short_kernel_name(expr):
             return out + (" flip" if args[8] == "true" else "")
     except (IndexError, ValueError):
         pass
+    if name == "wgrad_mma":
+        return name
     if name.endswith("_generic") or name.endswith("_reduce"):
         return name
     short = text if len(text) <= 40 else text[:37] + "..."
@@ -750,7 +752,7 @@ def kernel_label(p, dtype, pass_name, aligned=True):
         parts.append(short_kernel_name(gi.expr))
         exprs.append(gi.expr)
     if NEEDS[pass_name][1] or NEEDS[pass_name][2]:
-        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, aligned, aligned)
+        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, 0 if aligned else 2, 0 if aligned else 2, *arch)
         parts.append(short_kernel_name(s1.expr))
         exprs += [s1.expr, s2.expr]
     return " + ".join(parts), set(exprs)

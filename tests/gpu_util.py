@@ -77,7 +77,7 @@ def forced_grad_input(go_g, w_g, p, dtype_name, kind, **kwargs):
 
 def forced_wgrad(x_g, go_g, p, dtype_name, force=None):
     cp = cupy()
-    s1, chunks, s2 = _kernels.plan_wgrad(p, dtype_name, x_g.data.ptr % 16 == 0, go_g.data.ptr % 16 == 0, force=force)
+    s1, chunks, s2 = _kernels.plan_wgrad(p, dtype_name, x_g.data.ptr, go_g.data.ptr, force=force)
     gw = cp.full(p.weight_shape, numpy.nan, dtype=x_g.dtype)
     gb = cp.full((p.CM,), numpy.nan, dtype=x_g.dtype)
     partial = cp.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=_kernels.ACC_DTYPE[dtype_name])

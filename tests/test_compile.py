@@ -42,11 +42,13 @@ FAMILIES = (
     "conv_generic mode 1",
     "wgrad_tile",
     "wgrad_smem",
+    "wgrad_mma",
     "wgrad_generic",
     "wgrad_reduce",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
+FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 _DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
 
 

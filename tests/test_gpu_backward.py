@@ -250,6 +250,50 @@ def test_wgrad_every_family(shape, force, dtype):
     assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: stride 1, dilation 1 (wgrad_mma's domain).
+        # Staging widths: odd W -> checked input loads; W % 8 == 0 -> 16-byte copies with
+        # every SHIFT; even W -> 4-byte copies; grad_output rows likewise by OW.
+        (2, 3, 1, 19, 37, 3, 7, ((1, 0), (3, 2))),
+        (1, 2, 3, 30, 40, 5, 5, 2),  # multiplier 3
+        (1, 2, 2, 40, 48, 9, 9, 4),  # two N blocks
+        (1, 1, 1, 60, 64, 31, 31, 15),  # two M blocks, four N blocks
+        (2, 2, 1, 21, 30, 16, 3, ((2, 5), (1, 0))),  # KH = 16: the bias row in the second M block
+        (3, 2, 1, 7, 7, 7, 7, 3),  # planes smaller than a band
+        (1, 1, 1, 12, 70, 3, 32, (1, 12)),
+        (2, 2, 2, 33, 24, 1, 1, 0),
+        (1, 2, 1, 40, 16, 3, 3, 1),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"chunks": 1, "blocks_y": 1}, {"bh": 5, "stages": 3}],
+    ids=["default", "one-block-per-channel-row", "bh5-stages3"],
+)
+def test_wgrad_mma(shape, kwargs, dtype):
+    """The tensor-core weight-gradient kernel, forced: every staging width and shift,
+    M and N blocks, the bias row, tails of bands, many items and several channels per
+    block (chunks=1, grid height 1), a deeper ring."""
+    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(16)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=("mma", kwargs))
+    assert "wgrad_mma" in launch.expr
+    _, rw, rb = reference_backward(go, x, w, padding=pad)
+    scale = math.sqrt(N * p.OH * p.OW)
+    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
+    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_many_channels_past_grid_limits(dtype):
     """C*M above 65535 (the weight pass loops channels over the grid's y limit) and N*C

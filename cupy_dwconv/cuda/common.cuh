@@ -221,6 +221,10 @@ struct MmaArgs {
     i64 n_tiles, IC;
     int IH, IW, OH, OW, pad_t, pad_l, n_tx, n_ty, QC, DIV, R;
 };
+struct WmmaArgs {
+    i64 units;  // (n, band) items per channel
+    int IH, IW, OH, OW, pad_t, pad_l, C, M, CM, n_chunks, BH, n_bands, NC, XP, GOFF, GP;
+};
 struct ReduceArgs {
     int CM, KK, n_chunks;
 };
