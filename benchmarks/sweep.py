@@ -36,8 +36,9 @@ MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, Non
                 (4, 4, 3, None), (8, 8, 2, None), (16, 2, 3, None), (8, 4, 3, 3)]
 # grad weight: wgrad_tile (TH, TW) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
 WGRAD_TILE_VARIANTS = [(4, 8), (2, 8), (4, 4), (8, 8)]
-WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 8, 2, None), (4, 32, 2, None), (2, 16, 2, None),
-                 (8, 16, 2, None), (4, None, 2, 6), (8, 32, 2, None)]
+WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 32, 2, None), (4, 64, 2, None),
+                 (4, 16, 3, None), (4, 32, 3, None), (8, 16, 2, None), (8, 32, 2, None), (8, 64, 2, None),
+                 (8, 32, 3, None), (2, 16, 2, 8), (2, 32, 2, 8), (4, None, 2, 4), (4, None, 2, 8), (8, None, 2, 3)]
 
 
 def _small_width_variants(p, dtype):

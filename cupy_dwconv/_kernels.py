@@ -697,16 +697,34 @@ def _wmma_staging(p, x_ptr, go_ptr):
     return xg, shift, gg
 
 
-def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=4, bh=None, stages=2, minb=None, chunks=None,
+def _wmma_shape(p):
+    """(WR, BH, STAGES, MINB): warps per block, grad_output rows per item, ring depth,
+    blocks per SM the registers must allow. An item should carry a few thousand
+    grad_output elements, so the per-item cost (barrier, copy issue, pipeline turn) stays
+    small next to its MMAs; whole planes when they are small."""
+    if (p.KH // 16 + 1) * _cdiv(p.KW, 8) >= 4:
+        # Compute-bound (large kernels): more warps, <= 128 registers (no spills).
+        return 8, min(p.OH, 32), 2, 2
+    wr = 4
+    bh = min(p.OH, max(16, _cdiv(_cdiv(4096, max(p.OW, 1)), wr) * wr), 64)
+    return wr, bh, 2, 6
+
+
+def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, stages=None, minb=None, chunks=None,
                      blocks_y=None):
     """(wgrad_mma stage-1 launch, chunks), or None when the problem is not one it takes.
+    Blocks are persistent: one wave of them (as many as fit on every SM at once) shares
+    the (channel, n, band) items, each block a contiguous range of one channel's items.
     `chunks` and `blocks_y` (grid height: channels per block loop) let tests force many
     items per block and several channels per block."""
     if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1)
             or p.KH > WMMA_MAX_KH or p.KW > WMMA_MAX_KW or p.OH * p.OW == 0):
         return None
-    bh = min(16, p.OH) if bh is None else bh
-    minb = max(1, 16 // wr) if minb is None else minb  # 512 threads per SM: <= 128 registers
+    dwr, dbh, dst, dmb = _wmma_shape(p)
+    wr = dwr if wr is None else wr
+    bh = min(dbh if bh is None else bh, p.OH)
+    stages = dst if stages is None else stages
+    minb = dmb if minb is None else minb
     xg, shift, gg = _wmma_staging(p, x_ptr, go_ptr)
     nc, xp, goff, gp, smem = wgrad_mma_geometry(p.KH, p.KW, wr, shift, stages, bh, p.OW)
     if smem > WMMA_MAX_SMEM:
@@ -714,9 +732,8 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=4, bh=None, stag
     n_bands = _cdiv(p.OH, bh)
     units = p.N * n_bands
     if chunks is None:
-        # About two waves of resident blocks, and at least two items per block.
         per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wr)))
-        chunks = max(1, min(units // 2, _cdiv(2 * sms * per_sm, max(p.CM, 1)), 65535))
+        chunks = (sms * per_sm) // max(p.CM, 1)
     chunks = max(1, min(chunks, units, 65535))
     expr = "dw::wgrad_mma<" + _targs(CXX_TYPE[dtype], p.KH, p.KW, wr, shift, xg, gg, stages, minb) + ">"
     args = pack_args("WmmaArgs", units=units, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, pad_t=p.PT, pad_l=p.PL, C=p.C,

@@ -53,6 +53,9 @@ struct WmmaTile {
     static constexpr int NMB = KH / 16 + 1;     // M blocks (tap rows KH.. read the ones row)
     static constexpr int NNB = (KW + 7) / 8;    // N blocks
     static constexpr int NT = 32 * WR;
+    // Independent accumulator sets, used by consecutive k-steps in turn: with one M and
+    // one N block every MMA of a warp would wait for the previous one (same accumulator).
+    static constexpr int NACC = NMB * NNB == 1 ? 4 : (NMB * NNB == 2 ? 2 : 1);
 };
 
 __device__ __forceinline__ unsigned lds32(unsigned addr) {
@@ -71,7 +74,7 @@ __global__ void __launch_bounds__(32 * WR, MINB)
 wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__ partial, const WmmaArgs a) {
     static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
     typedef WmmaTile<KH, KW, WR, STAGES> G;
-    constexpr int NMB = G::NMB, NNB = G::NNB, NT = G::NT;
+    constexpr int NMB = G::NMB, NNB = G::NNB, NT = G::NT, NACC = G::NACC;
     static_assert(KH >= 1 && KH <= 31 && KW >= 1 && KW <= 32, "kernel size");
     static_assert(WR >= 1 && WR <= 8 && STAGES >= 2 && STAGES <= 4, "geometry");
     static_assert((XGRAN == 16 && SHIFT < 8) || (XGRAN == 4 && SHIFT < 2) || (XGRAN == 2 && SHIFT == 0), "staging");
@@ -128,11 +131,20 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
     for (int o = blockIdx.y; o < CM; o += gridDim.y) {
         const i64 u0 = units * blockIdx.x / n_chunks, u1 = units * (blockIdx.x + 1) / n_chunks;
         const i64 n_items = u1 - u0;
-        float acc[NMB][NNB][4];
+        float acc[NACC][NMB][NNB][4];
 #pragma unroll
-        for (int mb = 0; mb < NMB; ++mb)
+        for (int t = 0; t < NACC; ++t)
 #pragma unroll
-            for (int nb = 0; nb < NNB; ++nb) acc[mb][nb][0] = acc[mb][nb][1] = acc[mb][nb][2] = acc[mb][nb][3] = 0.f;
+            for (int mb = 0; mb < NMB; ++mb)
+#pragma unroll
+                for (int nb = 0; nb < NNB; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[t][mb][nb][e] = 0.f;
+        // Items are consecutive (n, band) pairs: counters advance by one item at a time
+        // (no division per item). st_*: the next item to stage; r0: the item computed.
+        i64 st_n = u0 / n_bands;
+        int st_band = (int)(u0 - st_n * n_bands);
+        int cm_band = st_band;
 
         // Stage item k into ring slot k % STAGES: one cp.async group per call (empty past
         // the end, so group counting stays uniform). Warp w copies rows w, w + WR, ...
@@ -140,9 +152,12 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
         // grad_output rows past OH are not staged (no warp reads them).
         auto stage = [&](i64 k) {
             if (k < n_items) {
-                const i64 u = u0 + k;
-                const i64 n = u / n_bands;
-                const int r0 = (int)(u - n * n_bands) * BH;
+                const i64 n = st_n;
+                const int r0 = st_band * BH;
+                if (++st_band == n_bands) {
+                    st_band = 0;
+                    ++st_n;
+                }
                 const unsigned short* xp = xb + (n * C + o / M) * plane_in;
                 const unsigned short* gp = gb + (n * CM + o) * plane_out;
                 const int slot = (int)(k % STAGES);
@@ -197,8 +212,8 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
             __syncthreads();              // ... everyone's (and the margins and ones row, on the
                                           // first item); item k-1's readers are done
             stage(k + STAGES - 1);        // refill the slot item k-1 used
-            const i64 u = u0 + k;
-            const int r0 = (int)(u % n_bands) * BH;
+            const int r0 = cm_band * BH;
+            if (++cm_band == n_bands) cm_band = 0;
             const int rows = min(BH, OH - r0);
             const int slot = (int)(k % STAGES);
             const unsigned xs_addr = sbase + (unsigned)(slot * SLOT);
@@ -209,8 +224,9 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
                 for (int mb = 0; mb < NMB; ++mb)
                     ra[mb] = (a_kh[mb] < KH ? xs_addr + (unsigned)((i + a_kh[mb]) * XP * 2) : sbase + (unsigned)ONES_OFF) + a_col;
                 const unsigned rb = gs_addr + (unsigned)(i * GP * 2);
-#pragma unroll 2
-                for (int cc = 0; cc < NC; ++cc) {
+                // One k-step: A blocks of the staged input, B fragments of grad_output row
+                // i, NMB * NNB MMAs into accumulator set t.
+                auto kstep = [&](int cc, float (&at)[NMB][NNB][4]) {
                     unsigned af[NMB][4];
 #pragma unroll
                     for (int mb = 0; mb < NMB; ++mb) ldsm_x4(ra[mb] + 32 * cc, af[mb][0], af[mb][1], af[mb][2], af[mb][3]);
@@ -222,9 +238,17 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
                         const unsigned b1 = __byte_perm(lds32(ad + 16), lds32(ad + 20), sel);
 #pragma unroll
                         for (int mb = 0; mb < NMB; ++mb)
-                            Mma<T>::run(acc[mb][nb], af[mb][0], af[mb][1], af[mb][2], af[mb][3], b0, b1);
+                            Mma<T>::run(at[mb][nb], af[mb][0], af[mb][1], af[mb][2], af[mb][3], b0, b1);
                     }
+                };
+                int cc = 0;
+                for (; cc + NACC <= NC; cc += NACC) {
+#pragma unroll
+                    for (int t = 0; t < NACC; ++t) kstep(cc + t, acc[t]);
                 }
+#pragma unroll
+                for (int t = 0; t < NACC - 1; ++t)
+                    if (cc + t < NC) kstep(cc + t, acc[t]);
             }
         }
         cp_async_wait<0>();  // no copy outlives the channel (the ring is reused by the next)
@@ -240,7 +264,10 @@ wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int row = 16 * mb + g + 8 * (e >> 1), col = 8 * nb + 2 * t4 + (e & 1);
-                    rw[row * (8 * NNB) + col] = acc[mb][nb][e];
+                    float v = acc[0][mb][nb][e];
+#pragma unroll
+                    for (int t = 1; t < NACC; ++t) v += acc[t][mb][nb][e];  // sets in a fixed order
+                    rw[row * (8 * NNB) + col] = v;
                 }
         __syncthreads();
         float* const out = partial + ((i64)o * n_chunks + blockIdx.x) * (KH * KW + 1);
