@@ -5,7 +5,8 @@ This is the only module that knows the CUDA side. A *plan* is chosen per problem
 the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
-Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`) rather than
+Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`,
+`_use_wgrad_mma`, `_wgrad_tile_shape`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
 its bits, must not depend on timing noise), costs nothing on first use, and was set from
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
@@ -574,15 +575,33 @@ def _wgrad_chunks(units_per_channel, channels, sms=132):
     return min(chunks, 65535)
 
 
+def _wgrad_tile_shape(p, dtype):
+    """(TH, TW) grad_output tile per thread of wgrad_tile, from the grad-weight sweep
+    (benchmarks/NOTES.md, session 3, H100): register pressure is KH*KW tap sums plus the
+    tile, so wider kernels take smaller tiles; dilated 3x3 reuses an 8x8 tile's x rows."""
+    taps = p.KH * p.KW
+    if dtype == "float64":
+        return 2 if taps > 25 else 4, 4
+    if dtype in ("float16", "bfloat16"):
+        return (2, 8) if 9 < taps < 49 else (4, 8)  # seed_3x7 0.62 -> 0.37 ms; 7x7 4x8 0.141 vs 2x8 0.151
+    if p.SH * p.SW > 1:
+        return (4, 4) if taps > 9 else (2, 8)  # effnet_5x5_s2 0.086 -> 0.076, mbv2_3x3_s2 0.156 -> 0.152
+    if p.DH * p.DW > 1:
+        return (8, 8) if taps <= 9 else (2, 8)  # dilated_3x3_d2 0.107 -> 0.100
+    if taps <= 9:
+        return 4, 8  # mbv2_3x3 0.092 (2x8 0.098)
+    if taps >= 49:
+        return 4, 4  # convnext_7x7 0.129 -> 0.123
+    return 2, 8  # seed_3x7 0.421 -> 0.373, effnet_5x5 0.062 -> 0.055, inception_1x7 0.022 -> 0.016
+
+
 def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
     taps = p.KH * p.KW
     if taps > TILE_MAX_TAPS:
         return None
     v = 16 // ITEMSIZE[dtype]
     if th is None:
-        th, tw = (2, 8) if taps > 25 else (4, 8)
-        if dtype == "float64":
-            tw = 4
+        th, tw = _wgrad_tile_shape(p, dtype)
         if p.OW < tw:
             tw = max(1, p.OW)
         th = min(th, p.OH)
@@ -703,8 +722,9 @@ def _wmma_shape(p):
     grad_output elements, so the per-item cost (barrier, copy issue, pipeline turn) stays
     small next to its MMAs; whole planes when they are small."""
     if (p.KH // 16 + 1) * _cdiv(p.KW, 8) >= 4:
-        # Compute-bound (large kernels): more warps, <= 128 registers (no spills).
-        return 8, min(p.OH, 32), 2, 2
+        # Compute-bound (large kernels): more warps, <= 128 registers (no spills), whole
+        # planes up to 64 rows (replk_31x31: 0.209 ms with 32 rows, 0.184 with 56).
+        return 8, min(p.OH, 64), 2, 2
     wr = 4
     bh = min(p.OH, max(16, _cdiv(_cdiv(4096, max(p.OW, 1)), wr) * wr), 64)
     return wr, bh, 2, 6
@@ -727,6 +747,9 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
     minb = dmb if minb is None else minb
     xg, shift, gg = _wmma_staging(p, x_ptr, go_ptr)
     nc, xp, goff, gp, smem = wgrad_mma_geometry(p.KH, p.KW, wr, shift, stages, bh, p.OW)
+    while smem > WMMA_MAX_SMEM and bh > 1:  # wide planes: fewer rows per item
+        bh = max(1, bh // 2)
+        nc, xp, goff, gp, smem = wgrad_mma_geometry(p.KH, p.KW, wr, shift, stages, bh, p.OW)
     if smem > WMMA_MAX_SMEM:
         return None
     n_bands = _cdiv(p.OH, bh)
@@ -743,9 +766,9 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
 
 
 def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
-    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_mma
-    for 16-bit at stride 1 and dilation 1 on sm_80+, wgrad_tile for small kernels,
-    wgrad_smem for large ones at stride 1, else generic. x_ptr and go_ptr are the data
+    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_tile
+    for small kernels; for large ones wgrad_mma (16-bit, stride 1, dilation 1, sm_80+),
+    else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the data
     pointers (only their alignment matters). `force` is None, a family name ("mma",
     "tile", "smem", "generic") or (name, keyword arguments) for the tests and sweeps."""
     arch = current_arch() if arch is None else arch
@@ -766,9 +789,20 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     return stage1, chunks, reduce_launch(p, dtype, chunks)
 
 
+def _use_wgrad_mma(p):
+    """Tensor cores for the weight gradient of kernels too large for wgrad_tile
+    (replk_31x31 16-bit: wgrad_smem 1.11 ms -> 0.18 ms). Small kernels stay on
+    wgrad_tile, measured faster (benchmarks/NOTES.md, session 3): an MMA yields a 16 x 8
+    tap tile, of which a 3x3 kernel uses 9 entries, for about a dozen instructions of
+    fragment loads around it, while the FFMA path spends its instructions on useful taps
+    only (mbv2_3x3 fp16 0.095 vs 0.21 ms, seed_3x7 0.37 vs 0.45, convnext_7x7 0.141 vs
+    0.147)."""
+    return p.KH * p.KW > TILE_MAX_TAPS
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
-    res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
+    res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms) if _use_wgrad_mma(p) else None
     if res is None:
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:

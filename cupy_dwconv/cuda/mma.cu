@@ -117,29 +117,17 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         int oh0, ow0, m;
         PlaneMap pm;
     };
-    const bool small = n_tiles * R <= 0xffffffffLL;  // 32-bit item decoding (the common case)
+    // Items are decoded once each, by thread 0 (see the ring below): 64-bit math is cheap
+    // at that rate.
     auto item = [&](i64 k) {
         Item it;
-        int tx, ty;
-        if (small) {
-            const unsigned kk = (unsigned)k;
-            const unsigned t = R == 1 ? kk : kk / (unsigned)R;
-            it.m = (int)(kk - t * (unsigned)R);
-            const unsigned z = blockIdx.x + t * gridDim.x;
-            const unsigned zy = z / (unsigned)n_tx;
-            tx = (int)(z - zy * (unsigned)n_tx);
-            const unsigned qq = zy / (unsigned)n_ty;
-            ty = (int)(zy - qq * (unsigned)n_ty);
-            it.q = qq;
-        } else {
-            const i64 t = k / R;
-            it.m = (int)(k - t * R);
-            const i64 z = blockIdx.x + t * gridDim.x;
-            const i64 zy = z / n_tx;
-            tx = (int)(z - zy * n_tx);
-            it.q = zy / n_ty;
-            ty = (int)(zy - it.q * n_ty);
-        }
+        const i64 t = k / R;
+        it.m = (int)(k - t * R);
+        const i64 z = blockIdx.x + t * gridDim.x;
+        const i64 zy = z / n_tx;
+        const int tx = (int)(z - zy * n_tx);
+        it.q = zy / n_ty;
+        const int ty = (int)(zy - it.q * n_ty);
         it.ow0 = tx * G::BW;
         it.oh0 = ty * G::BH;
         it.pm = map_plane(it.q, QC, IC, DIV, R);
