@@ -576,23 +576,26 @@ def _wgrad_chunks(units_per_channel, channels, sms=132):
 
 
 def _wgrad_tile_shape(p, dtype):
-    """(TH, TW) grad_output tile per thread of wgrad_tile, from the grad-weight sweep
-    (benchmarks/NOTES.md, session 3, H100): register pressure is KH*KW tap sums plus the
-    tile, so wider kernels take smaller tiles; dilated 3x3 reuses an 8x8 tile's x rows."""
+    """(TH, TW) grad_output tile per thread of wgrad_tile, from the grad-weight sweep and
+    the benchmark (benchmarks/NOTES.md, session 3, H100; where the two disagreed on small
+    problems the benchmark decided): register pressure is KH*KW tap sums plus the tile,
+    so wider kernels take smaller tiles; dilated 3x3 reuses an 8x8 tile's input rows."""
     taps = p.KH * p.KW
     if dtype == "float64":
         return 2 if taps > 25 else 4, 4
+    if p.OW <= 8:
+        return 2, 8  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)
     if dtype in ("float16", "bfloat16"):
-        return (2, 8) if 9 < taps < 49 else (4, 8)  # seed_3x7 0.62 -> 0.37 ms; 7x7 4x8 0.141 vs 2x8 0.151
+        return (2, 8) if 9 < taps < 49 else (4, 8)  # seed_3x7 0.61 -> 0.40 ms; 7x7 4x8 0.141 vs 2x8 0.151
     if p.SH * p.SW > 1:
-        return (4, 4) if taps > 9 else (2, 8)  # effnet_5x5_s2 0.086 -> 0.076, mbv2_3x3_s2 0.156 -> 0.152
+        return (4, 4) if taps > 9 else (2, 8)  # effnet_5x5_s2 0.096 -> 0.082, mbv2_3x3_s2 2x8 = 4x8
     if p.DH * p.DW > 1:
-        return (8, 8) if taps <= 9 else (2, 8)  # dilated_3x3_d2 0.107 -> 0.100
-    if taps <= 9:
-        return 4, 8  # mbv2_3x3 0.092 (2x8 0.098)
+        return (8, 8) if taps <= 9 else (2, 8)  # dilated_3x3_d2 0.115 -> 0.104
+    if 9 < taps < 25:
+        return 2, 8  # seed_3x7 0.456 -> 0.405
     if taps >= 49:
-        return 4, 4  # convnext_7x7 0.129 -> 0.123
-    return 2, 8  # seed_3x7 0.421 -> 0.373, effnet_5x5 0.062 -> 0.055, inception_1x7 0.022 -> 0.016
+        return 4, 4  # convnext_7x7 0.132 -> 0.123
+    return 4, 8  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098); effnet_5x5 (benchmark: 4x8 0.070, 2x8 0.080)
 
 
 def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
