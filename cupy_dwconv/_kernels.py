@@ -786,9 +786,13 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
         res = wgrad_smem_launch(p, dtype)
     elif kind == "tile":
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
-    if res is None:
-        res = wgrad_generic_launch(p, dtype)
-    stage1, chunks = res
+    return _with_reduce(p, dtype, res)
+
+
+def _with_reduce(p, dtype, res):
+    """(stage 1, chunks, stage 2) from a family's (stage 1, chunks), or from the generic
+    kernel's where the family declined (res None)."""
+    stage1, chunks = res if res is not None else wgrad_generic_launch(p, dtype)
     return stage1, chunks, reduce_launch(p, dtype, chunks)
 
 
@@ -810,10 +814,7 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:
         res = wgrad_smem_launch(p, dtype)
-    if res is None:
-        res = wgrad_generic_launch(p, dtype)
-    stage1, chunks = res
-    return stage1, chunks, reduce_launch(p, dtype, chunks)
+    return _with_reduce(p, dtype, res)
 
 
 # ---------------------------------------------------------------------------------------

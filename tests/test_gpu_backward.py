@@ -221,6 +221,25 @@ def test_grad_input_mma(shape, blocks, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
 
 
+def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1):
+    """Weight and bias gradients of a forced plan against the reference on fresh random
+    inputs; returns the stage-1 launch. shape: (N, C, M, H, W, KH, KW, padding)."""
+    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(seed)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, stride, pad, dilation)
+    go = random_array(rng, p.out_shape, dtype)
+    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=force)
+    _, rw, rb = reference_backward(go, x, w, stride=stride, padding=pad, dilation=dilation)
+    scale = math.sqrt(N * p.OH * p.OW)
+    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
+    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
+    return launch
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("force", [None, "generic"])
 @pytest.mark.parametrize(
@@ -234,20 +253,9 @@ def test_grad_input_mma(shape, blocks, dtype):
     ids=str,
 )
 def test_wgrad_every_family(shape, force, dtype):
-    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
-
     N, C, M, H, W, KH, KW, s, pad, d = shape
-    rng = numpy.random.default_rng(14)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, s, pad, d)
-    go = random_array(rng, p.out_shape, dtype)
-    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=force)
+    launch = _check_forced_wgrad((N, C, M, H, W, KH, KW, pad), dtype, force, 14, stride=s, dilation=d)
     assert ("wgrad_generic" in launch.expr) == (force == "generic")
-    _, rw, rb = reference_backward(go, x, w, stride=s, padding=pad, dilation=d)
-    scale = math.sqrt(N * p.OH * p.OW)
-    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
-    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -278,20 +286,8 @@ def test_wgrad_mma(shape, kwargs, dtype):
     """The tensor-core weight-gradient kernel, forced: every staging width and shift,
     M and N blocks, the bias row, tails of bands, many items and several channels per
     block (chunks=1, grid height 1), a deeper ring."""
-    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
-
-    N, C, M, H, W, KH, KW, pad = shape
-    rng = numpy.random.default_rng(16)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=("mma", kwargs))
+    launch = _check_forced_wgrad(shape, dtype, ("mma", kwargs), 16)
     assert "wgrad_mma" in launch.expr
-    _, rw, rb = reference_backward(go, x, w, padding=pad)
-    scale = math.sqrt(N * p.OH * p.OW)
-    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
-    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -379,17 +375,5 @@ def test_torch_autograd_agrees():
 def test_wgrad_smem(shape, dtype):
     """The shared-memory weight-gradient kernel, forced, on kernels that are not
     multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers."""
-    from gpu_util import forced_wgrad, params, reference_backward, to_gpu
-
-    N, C, M, H, W, KH, KW, pad = shape
-    rng = numpy.random.default_rng(15)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force="smem")
+    launch = _check_forced_wgrad(shape, dtype, "smem", 15)
     assert "wgrad_smem" in launch.expr
-    _, rw, rb = reference_backward(go, x, w, padding=pad)
-    scale = math.sqrt(N * p.OH * p.OW)
-    assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
-    assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")

@@ -18,9 +18,10 @@
 // g[p], g[p + 1] and g[p + 8], g[p + 9] at a lane-dependent p, which it assembles from
 // four aligned 32-bit shared-memory words with two byte permutes (p may be odd). The
 // accumulators stay put for the whole reduction over (n, oh, c), so each warp ends with
-// its share of dW in registers. Only KH of 16 rows and KW of 8 columns are useful for a
-// small kernel, but a tensor-core MMA costs about as much issue as one FFMA per lane, so
-// even 3x3 spends far fewer instructions per grad_output element than float32 FMAs do.
+// its share of dW in registers. A k-step costs about a dozen instructions (ldmatrix, four
+// 32-bit loads, two permutes, the MMAs) and yields KH*KW*16 useful products, so it beats
+// float32 FMAs for large kernels only: the host takes it for more than 64 taps (for a
+// 3x3 kernel 9 of 128 tap slots are used, and wgrad_tile measured faster).
 //
 // Bias for free: A rows kh >= KH read a row of ones instead of input, so D[KH][0] is the
 // sum of the grad_output row (every g[oh][ow] meets kw = 0 exactly once). The number of
@@ -48,7 +49,7 @@ namespace dw {
 //   GOFF  staged grad_output column of ow = 0 (zeros before it and after OW; a multiple
 //         of 8 and >= SHIFT + 8 NNB - 1, so every B index is >= 0)
 //   GP    staged grad_output row pitch, GOFF + 16 NC + 8
-template <int KH, int KW, int WR, int STAGES>
+template <int KH, int KW, int WR>
 struct WmmaTile {
     static constexpr int NMB = KH / 16 + 1;     // M blocks (tap rows KH.. read the ones row)
     static constexpr int NNB = (KW + 7) / 8;    // N blocks
@@ -73,7 +74,7 @@ template <class T, int KH, int KW, int WR, int SHIFT, int XGRAN, int GGRAN, int 
 __global__ void __launch_bounds__(32 * WR, MINB)
 wgrad_mma(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__ partial, const WmmaArgs a) {
     static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
-    typedef WmmaTile<KH, KW, WR, STAGES> G;
+    typedef WmmaTile<KH, KW, WR> G;
     constexpr int NMB = G::NMB, NNB = G::NNB, NT = G::NT, NACC = G::NACC;
     static_assert(KH >= 1 && KH <= 31 && KW >= 1 && KW <= 32, "kernel size");
     static_assert(WR >= 1 && WR <= 8 && STAGES >= 2 && STAGES <= 4, "geometry");
