@@ -37,7 +37,7 @@ def main():
     w = cupy.random.default_rng(1).standard_normal((8, 1, 3, 3), dtype=cupy.float32)
     b = cupy.zeros((8,), dtype=cupy.float32)
     p = _params.conv_params(x.shape, w.shape, b.shape, 1, 1, 1)
-    launch = _kernels.plan_forward(p, "float32", True)
+    launch = _kernels.plan_forward(p, "float32", x.data.ptr)
     kern = launch.kernel(x.device.id)
     out = cupy.empty(p.out_shape, cupy.float32)
     empty_src = r'extern "C" __global__ void k4(const float* a, const float* b, const float* c, float* d) {}'

@@ -127,7 +127,7 @@ def main(argv=None):
 def variant_launches(p, dtype, which):
     """[(label, Launch)] for the default plan and every variant that plans."""
     pr = _kernels.forward_problem(p) if which == "forward" else _kernels.grad_input_problem(p)
-    default = _kernels.plan_forward(p, dtype, True) if which == "forward" else _kernels.plan_grad_input(p, dtype, True)
+    default = _kernels.plan_forward(p, dtype, 0) if which == "forward" else _kernels.plan_grad_input(p, dtype, 0)
     out = [(("default", None), default)]
     if pr.KH * pr.KW <= _kernels.TILE_MAX_TAPS:
         for th, tw, mb, nt in TILE_VARIANTS[dtype] + _small_width_variants(p, dtype):

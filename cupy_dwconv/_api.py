@@ -161,7 +161,7 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
         weight = _contiguous(cupy, weight)
         if bias is not None:
             bias = _contiguous(cupy, bias)
-        launch = _kernels.plan_forward(p, dtype, x.data.ptr % 16 == 0, *_kernels.device_arch(dev))
+        launch = _kernels.plan_forward(p, dtype, x.data.ptr, *_kernels.device_arch(dev))
         launch(dev, (x, weight, _NULL if bias is None else bias, out))
         _remember(key, (p.out_shape, launch.kernel(dev), launch.grid, launch.block, launch.shared_mem, launch.scalars))
     return out
@@ -203,7 +203,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
             gx = _new_output(cupy, p.x_shape, x.dtype)
             if gx.size:
                 w = _contiguous(cupy, weight)
-                launch = _kernels.plan_grad_input(p, dtype, go.data.ptr % 16 == 0, *_kernels.device_arch(dev))
+                launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *_kernels.device_arch(dev))
                 launch(dev, (go, w, _NULL, gx))
         if needs[1] or needs[2]:
             if needs[1]:

@@ -225,6 +225,20 @@ def _channel_fields(pr):
 TILE_MAX_TAPS = 64  # conv_tile keeps every weight in registers
 
 
+def _load_width(dtype, row, ptr, step):
+    """Elements per global load of a row-wise tile read: the widest vector (16, 8 or 4
+    bytes) such that the row length, the data pointer and the tile's column step all
+    keep every vector aligned; 1 (scalar loads) when none does. float32 rows of 250
+    elements take 8-byte loads this way (seed_3x7's grad_output)."""
+    size = ITEMSIZE[dtype]
+    lanes = 16 // size
+    while lanes > 1 and lanes * size >= 4:
+        if row % lanes == 0 and ptr % (lanes * size) == 0 and step % lanes == 0:
+            return lanes
+        lanes //= 2
+    return 1
+
+
 def _axis_lo(mode, k, s, d, pad_rem):
     if mode == 0:
         return 0
@@ -304,9 +318,9 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
     else:
         off_h, off_w = pr.PT // pr.SH, pr.PL // pr.SW
     lo_w = _axis_lo(mode, pr.KW, pr.SW, pr.DW, plr)
-    vin = pr.IW % v == 0 and x_ptr % 16 == 0 and step_w % v == 0
-    shift = (off_w + lo_w) % v if vin else 0
-    nb = _cdiv(shift + span_w, v) * v if vin else span_w
+    vin = _load_width(dtype, pr.IW, x_ptr, step_w)
+    shift = (off_w + lo_w) % vin
+    nb = _cdiv(shift + span_w, vin) * vin
     vout = pr.OW % v == 0 and tw % v == 0
     if nb > 96 or th * tw > 64:
         return None
@@ -543,27 +557,28 @@ def current_sms():
     return device_arch(cupy.cuda.runtime.getDevice())[1]
 
 
-def plan_forward(p, dtype, x_aligned, arch=None, sms=None):
-    """Forward launch for ConvParams p (memoized per architecture and SM count; both
-    default to the current device's)."""
-    return _plan_forward(p, dtype, x_aligned, current_arch() if arch is None else arch,
+def plan_forward(p, dtype, x_ptr, arch=None, sms=None):
+    """Forward launch for ConvParams p and input data pointer x_ptr (memoized per pointer
+    alignment, architecture and SM count; the last two default to the current device's)."""
+    return _plan_forward(p, dtype, x_ptr % 16, current_arch() if arch is None else arch,
                          current_sms() if sms is None else sms)
 
 
-def plan_grad_input(p, dtype, go_aligned, arch=None, sms=None):
-    """Grad-input launch for ConvParams p (memoized like plan_forward)."""
-    return _plan_grad_input(p, dtype, go_aligned, current_arch() if arch is None else arch,
+def plan_grad_input(p, dtype, go_ptr, arch=None, sms=None):
+    """Grad-input launch for ConvParams p and grad_output data pointer go_ptr (memoized
+    like plan_forward)."""
+    return _plan_grad_input(p, dtype, go_ptr % 16, current_arch() if arch is None else arch,
                             current_sms() if sms is None else sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_forward(p, dtype, x_aligned, arch, sms):
-    return plan_conv(forward_problem(p), dtype, 0 if x_aligned else 1, arch=arch, sms=sms)
+def _plan_forward(p, dtype, x_ptr, arch, sms):
+    return plan_conv(forward_problem(p), dtype, x_ptr, arch=arch, sms=sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_grad_input(p, dtype, go_aligned, arch, sms):
-    return plan_conv(grad_input_problem(p), dtype, 0 if go_aligned else 1, arch=arch, sms=sms)
+def _plan_grad_input(p, dtype, go_ptr, arch, sms):
+    return plan_conv(grad_input_problem(p), dtype, go_ptr, arch=arch, sms=sms)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -602,17 +617,16 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
     taps = p.KH * p.KW
     if taps > TILE_MAX_TAPS:
         return None
-    v = 16 // ITEMSIZE[dtype]
     if th is None:
         th, tw = _wgrad_tile_shape(p, dtype)
         if p.OW < tw:
             tw = max(1, p.OW)
         th = min(th, p.OH)
     span_w = (tw - 1) * p.SW + (p.KW - 1) * p.DW + 1
-    vin = p.W % v == 0 and x_ptr % 16 == 0 and (tw * p.SW) % v == 0
-    shift = (-p.PL) % v if vin else 0
-    nb = _cdiv(shift + span_w, v) * v if vin else span_w
-    vgo = p.OW % v == 0 and tw % v == 0 and go_ptr % 16 == 0
+    vin = _load_width(dtype, p.W, x_ptr, tw * p.SW)
+    shift = (-p.PL) % vin
+    nb = _cdiv(shift + span_w, vin) * vin
+    vgo = _load_width(dtype, p.OW, go_ptr, tw)
     if nb > 96 or th * tw > 64:
         return None
     n_cg, n_rt = _cdiv(p.OW, tw), _cdiv(p.OH, th)
@@ -828,10 +842,10 @@ def expressions_for(problems, archs=(75, 90)):
     out = {}
     for p, dtype in problems:
         launches = []
-        for aligned, arch in itertools.product((True, False), archs):
-            launches.append(plan_forward(p, dtype, aligned, arch, 132))
-            launches.append(plan_grad_input(p, dtype, aligned, arch, 132))
-            ptr = 0 if aligned else 2  # 2: not even 4-byte aligned (the checked-load paths)
+        # Pointer alignments 16, 8, 4 and 2 bytes: every load width the planner can pick.
+        for ptr, arch in itertools.product((0, 8, 4, 2), archs):
+            launches.append(plan_forward(p, dtype, ptr, arch, 132))
+            launches.append(plan_grad_input(p, dtype, ptr, arch, 132))
             s1, _, s2 = plan_wgrad(p, dtype, ptr, ptr, arch, 132)
             launches += [s1, s2]
         for launch in launches:

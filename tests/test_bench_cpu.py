@@ -499,12 +499,12 @@ def test_commit_resolution(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "expr, short",
     [
-        ("dw::conv_tile<float, 0, 3, 7, 1, 1, 1, 1, 4, 8, 0, 0, true, 0, true>", "conv_tile 4x8"),
-        ("dw::conv_tile<dw::half_t, 1, 3, 3, 2, 2, 1, 1, 4, 8, 1, 1, false, 0, false>", "conv_tile 4x8"),
+        ("dw::conv_tile<float, 0, 3, 7, 1, 1, 1, 1, 4, 8, 0, 0, 4, 0, true>", "conv_tile 4x8"),
+        ("dw::conv_tile<dw::half_t, 1, 3, 3, 2, 2, 1, 1, 4, 8, 1, 1, 1, 0, false>", "conv_tile 4x8"),
         ("dw::conv_smem<float, 31, 31, 1, 1, 1, 1, 4, 8, false>", "conv_smem 4x8"),
         ("dw::conv_smem<dw::bf16_t, 31, 31, 1, 1, 1, 1, 4, 8, true>", "conv_smem 4x8 flip"),
         ("dw::conv_generic<float, 0>", "conv_generic"),
-        ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, true, 0, true>", "wgrad_tile 2x8"),
+        ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, 4, 0, 4>", "wgrad_tile 2x8"),
         ("dw::wgrad_generic<double>", "wgrad_generic"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),

@@ -90,6 +90,46 @@ def test_noncontiguous_grad_output(dtype):
     _check(numpy.random.default_rng(12), 2, 3, 21, 33, 1, 3, 3, 1, 1, 1, dtype, go_view="strided")
 
 
+def _offset_copy(host, offset):
+    """A C-contiguous GPU copy of `host` whose data start `offset` elements into its
+    allocation, so its pointer is aligned to offset * itemsize bytes only."""
+    import cupy
+
+    flat = cupy.empty(host.size + 16, dtype=host.dtype)
+    view = flat[offset:offset + host.size].reshape(host.shape)
+    view.set(numpy.ascontiguousarray(host))
+    assert view.flags.c_contiguous and view.data.ptr % 16 == (offset * host.dtype.itemsize) % 16
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0, 1, 2, 4])
+@pytest.mark.parametrize("shape", [(2, 3, 19, 44, 3, 3, 0), (2, 3, 18, 40, 3, 5, (1, 2))], ids=str)
+def test_misaligned_buffers(shape, offset, dtype):
+    """Contiguous x and grad_output that start `offset` elements into their allocations,
+    with x rows of 44 or 40 elements and grad_output rows of 42 or 40: the tile kernels
+    then load 16-, 8- or 4-byte vectors or single elements, chosen from the pointer and
+    the row width; forward, grad input and grad weight are checked on each."""
+    import cupy_dwconv
+    from gpu_util import params, reference_backward, reference_forward, to_gpu
+
+    N, C, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(31 + offset)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (2 * C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    xg, gog = _offset_copy(x, offset), _offset_copy(go, offset)
+    out = cupy_dwconv.depthwise_conv2d(xg, to_gpu(w), padding=pad)
+    assert_close(out.get(), reference_forward(x, w, None, padding=pad), dtype, scale=math.sqrt(KH * KW), what="forward")
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(gog, xg, to_gpu(w), padding=pad)
+    ref = reference_backward(go, x, w, padding=pad)
+    terms = N * p.OH * p.OW
+    assert_close(gx.get(), ref[0], dtype, scale=math.sqrt(2 * KH * KW), what="grad_x")
+    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
+
 @pytest.mark.parametrize(
     "shape",
     [

@@ -323,13 +323,13 @@ def test_dispatch_paths_cover_families():
     small = params((2, 4, 56, 56), (4, 1, 3, 3), True, 1, 1, 1)
     large = params((2, 4, 56, 56), (4, 1, 31, 31), True, 1, 15, 1)
     huge_w = params((1, 2, 8, 300), (2, 1, 1, 101), True, 1, 0, 1)
-    assert "conv_tile" in _kernels.plan_forward(small, "float32", True).expr
-    assert "conv_smem" in _kernels.plan_forward(large, "float32", True).expr
-    assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", True).expr
+    assert "conv_tile" in _kernels.plan_forward(small, "float32", 0).expr
+    assert "conv_smem" in _kernels.plan_forward(large, "float32", 0).expr
+    assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", 0).expr
     # Tensor cores for 16-bit large kernels at stride 1 on sm_80+, not before that.
-    assert "conv_mma" in _kernels.plan_forward(large, "bfloat16", True, 80).expr
-    assert "conv_smem" in _kernels.plan_forward(large, "bfloat16", True, 75).expr
-    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", True, 90).expr
+    assert "conv_mma" in _kernels.plan_forward(large, "bfloat16", 0, 80).expr
+    assert "conv_smem" in _kernels.plan_forward(large, "bfloat16", 0, 75).expr
+    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", 0, 90).expr
     _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
 
 

@@ -78,6 +78,41 @@ __device__ __forceinline__ void load_vec(const bf16_t* p, float* d) {
     unpack_b(v.x, d); unpack_b(v.y, d + 2); unpack_b(v.z, d + 4); unpack_b(v.w, d + 6);
 }
 
+// L consecutive elements in one global load of L * sizeof(T) bytes (4, 8 or 16; the
+// caller guarantees that alignment). L == 1 is the scalar load. Rows whose width is not a
+// multiple of 16 bytes (OW = 250 in float32) still take 8- or 4-byte loads this way.
+template <int L> struct LoadN {
+    template <class T, class A> __device__ __forceinline__ static void run(const T* p, A* d) {
+        static_assert(L == Traits<T>::VEC, "only 16-byte vectors are generic");
+        load_vec(p, d);
+    }
+};
+template <> struct LoadN<1> {
+    template <class T, class A> __device__ __forceinline__ static void run(const T* p, A* d) { d[0] = load1(p); }
+};
+template <> struct LoadN<2> {
+    __device__ __forceinline__ static void run(const float* p, float* d) {
+        const float2 v = __ldg(reinterpret_cast<const float2*>(p));
+        d[0] = v.x; d[1] = v.y;
+    }
+    __device__ __forceinline__ static void run(const double* p, double* d) { load_vec(p, d); }
+    __device__ __forceinline__ static void run(const half_t* p, float* d) { unpack_h(__ldg(reinterpret_cast<const unsigned*>(p)), d); }
+    __device__ __forceinline__ static void run(const bf16_t* p, float* d) { unpack_b(__ldg(reinterpret_cast<const unsigned*>(p)), d); }
+};
+template <> struct LoadN<4> {
+    __device__ __forceinline__ static void run(const float* p, float* d) { load_vec(p, d); }
+    __device__ __forceinline__ static void run(const half_t* p, float* d) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+        unpack_h(v.x, d); unpack_h(v.y, d + 2);
+    }
+    __device__ __forceinline__ static void run(const bf16_t* p, float* d) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+        unpack_b(v.x, d); unpack_b(v.y, d + 2);
+    }
+};
+template <int L, class T, class A>
+__device__ __forceinline__ void load_n(const T* p, A* d) { LoadN<L>::run(p, d); }
+
 __device__ __forceinline__ void store_vec(float* p, const float* s) {
     *reinterpret_cast<float4*>(p) = make_float4(s[0], s[1], s[2], s[3]);
 }

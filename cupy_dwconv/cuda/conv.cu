@@ -19,7 +19,7 @@ namespace dw {
 // window feeds every (output row t, tap row kh) pair with AH::at(t, kh) == r, all resolved
 // at compile time, so the unrolled body is FMAs on registers).
 template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
-          int PTR, int PLR, bool VIN, int SOFF, int NB>
+          int PTR, int PLR, int VIN, int SOFF, int NB>
 __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const typename Traits<T>::acc (&wr)[KH * KW],
                                                 int r0, int c0, int IH, int IW,
                                                 typename Traits<T>::acc (&acc)[TH][TW]) {
@@ -44,12 +44,13 @@ __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const 
 // barrier: a thread may leave early.
 //
 // Template arguments: T storage type; MODE 0 forward / 1 grad input; KH KW SH SW DH DW
-// kernel geometry; TH TW micro-tile; PTR PLR pad % stride (MODE 1 only); VIN 16-byte input
-// loads; SHIFT = (first input column) mod VEC, known on the host; VOUT 16-byte stores on
+// kernel geometry; TH TW micro-tile; PTR PLR pad % stride (MODE 1 only); VIN elements per
+// input load (1 scalar, else a 4-, 8- or 16-byte vector); SHIFT = (first input column) mod
+// VIN, known on the host; VOUT 16-byte stores on
 // rows known to be aligned (otherwise store_row picks the widest aligned access);
 // MINB blocks of 256 threads per SM the registers must allow (2: <= 128 registers).
 template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
-          int PTR, int PLR, bool VIN, int SHIFT, bool VOUT, int MINB>
+          int PTR, int PLR, int VIN, int SHIFT, bool VOUT, int MINB>
 __global__ void __launch_bounds__(256, MINB)
 conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
           const TileArgs a) {
@@ -60,11 +61,12 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     constexpr int V = Traits<T>::VEC;
     typedef Axis<MODE, KH, SH, DH, TH, PTR> AH;
     typedef Axis<MODE, KW, SW, DW, TW, PLR> AW;
-    constexpr int SOFF = VIN ? SHIFT : 0;
-    constexpr int NB = VIN ? round_up(SOFF + AW::SPAN, V) : AW::SPAN;
+    constexpr int SOFF = VIN > 1 ? SHIFT : 0;
+    constexpr int NB = round_up(SOFF + AW::SPAN, VIN);
     static_assert(KH * KW <= 64, "conv_tile keeps the whole kernel in registers");
     static_assert(MODE == 0 || (TH % SH == 0 && TW % SW == 0), "grad-input tiles start on a stride phase");
-    static_assert(!VIN || (AW::STEP % V == 0 && SHIFT < V), "vector loads need tile columns on a vector boundary");
+    static_assert(VIN >= 1 && V % VIN == 0, "a load is a power-of-two part of 16 bytes");
+    static_assert(VIN == 1 || (AW::STEP % VIN == 0 && SHIFT < VIN), "vector loads need tile columns on a vector boundary");
     static_assert(!VOUT || TW % V == 0, "vector stores need whole vectors per tile row");
     static_assert(NB <= 96 && TH * TW <= 64, "register budget");
 

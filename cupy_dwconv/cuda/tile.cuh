@@ -26,26 +26,26 @@ struct Axis {
 };
 
 // One input row of a tile into registers, zero outside the plane (this is the padding).
-// VIN: 16-byte vectors. The host sets it only when IW and the plane base are multiples of
-// the vector width, so an aligned vector lies wholly inside or wholly outside the row and
-// one bounds test per vector suffices.
-template <class T, bool VIN, int NB, int RW>
+// L: elements per load (1: scalar; 2, 4, 8: vectors of 4, 8 or 16 bytes). The host picks
+// the widest L that divides IW and the plane base's alignment, so an aligned vector lies
+// wholly inside or wholly outside the row and one bounds test per vector suffices.
+template <class T, int L, int NB, int RW>
 __device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, int c0, int IH, int IW,
                                          typename Traits<T>::acc (&buf)[NB]) {
     typedef typename Traits<T>::acc A;
-    constexpr int V = Traits<T>::VEC;
     const bool row_ok = (unsigned)ih < (unsigned)IH;
     // 64-bit row offset: a plane can hold more than 2^31 elements.
     const T* rp = plane + (i64)(row_ok ? ih : 0) * IW;
-    if constexpr (VIN) {
+    if constexpr (L > 1) {
+        static_assert(NB % L == 0, "whole vectors");
 #pragma unroll
-        for (int k = 0; k < NB / V; ++k) {
-            const int c = c0 + k * V;
-            if (row_ok && c >= 0 && c + V <= IW) {
-                load_vec(rp + c, &buf[k * V]);
+        for (int k = 0; k < NB / L; ++k) {
+            const int c = c0 + k * L;
+            if (row_ok && c >= 0 && c + L <= IW) {
+                load_n<L>(rp + c, &buf[k * L]);
             } else {
 #pragma unroll
-                for (int e = 0; e < V; ++e) buf[k * V + e] = A(0);
+                for (int e = 0; e < L; ++e) buf[k * L + e] = A(0);
             }
         }
     } else {

@@ -44,7 +44,9 @@ __device__ __forceinline__ void block_sum_to(A (&v)[NV], A* red, A* out) {
 // grad_output of one channel (n, row tile, column tile; column tile fastest), keeps all
 // KH*KW tap sums and the bias sum in registers, and reads the x window of each tile row
 // by row (row-outer, as conv_tile).
-template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool VIN, int SHIFT, bool VGO, int MINB>
+// VIN, VGO: elements per load of x and of grad_output (1 scalar, else 4-, 8- or 16-byte
+// vectors, the widest the row width and base alignment allow); SHIFT = -pad_l mod VIN.
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int VIN, int SHIFT, int VGO, int MINB>
 __global__ void __launch_bounds__(256, MINB)
 wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
            const WgradArgs a) {
@@ -55,11 +57,12 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
     typedef Axis<0, KH, SH, DH, TH, 0> AH;
     typedef Axis<0, KW, SW, DW, TW, 0> AW;
     constexpr int KK = KH * KW;
-    constexpr int SOFF = VIN ? SHIFT : 0;
-    constexpr int NB = VIN ? round_up(SOFF + AW::SPAN, V) : AW::SPAN;
+    constexpr int SOFF = VIN > 1 ? SHIFT : 0;
+    constexpr int NB = round_up(SOFF + AW::SPAN, VIN);
     static_assert(KK <= 64 && TH * TW <= 64 && NB <= 96, "register budget");
-    static_assert(!VIN || ((TW * SW) % V == 0 && SHIFT < V), "vector loads need tile columns on a vector boundary");
-    static_assert(!VGO || TW % V == 0, "vector grad_output loads need whole vectors per tile row");
+    static_assert(VIN >= 1 && V % VIN == 0 && VGO >= 1 && V % VGO == 0, "a load is a power-of-two part of 16 bytes");
+    static_assert(VIN == 1 || ((TW * SW) % VIN == 0 && SHIFT < VIN), "vector loads need tile columns on a vector boundary");
+    static_assert(TW % VGO == 0, "vector grad_output loads need whole vectors per tile row");
     __shared__ A red[(256 / 32) * (KK + 1)];
 
     const i64 units = (i64)N * n_rt * n_cg;
@@ -83,14 +86,15 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
                 const int oh = oh0 + t;
                 const bool ok = oh < OH;
                 const T* rp = gp + (i64)(ok ? oh : 0) * OW + ow0;
-                if constexpr (VGO) {
+                if constexpr (VGO > 1) {
+                    // OW is a multiple of VGO: a vector is wholly inside or outside the row.
 #pragma unroll
-                    for (int k = 0; k < TW / V; ++k) {
-                        if (ok && ow0 + k * V < OW) {
-                            load_vec(rp + k * V, &g[t][k * V]);
+                    for (int k = 0; k < TW / VGO; ++k) {
+                        if (ok && ow0 + k * VGO < OW) {
+                            load_n<VGO>(rp + k * VGO, &g[t][k * VGO]);
                         } else {
 #pragma unroll
-                            for (int e = 0; e < V; ++e) g[t][k * V + e] = A(0);
+                            for (int e = 0; e < VGO; ++e) g[t][k * VGO + e] = A(0);
                         }
                     }
                 } else {
