@@ -30,6 +30,8 @@ TILE_VARIANTS = {
     "float16": [(2, 8, 3, None), (2, 8, 2, None), (4, 8, 2, None), (1, 8, 3, None)],
 }
 TILE_VARIANTS["bfloat16"] = TILE_VARIANTS["float16"]
+# conv_tile L2 prefetch distance (tiles ahead) with the default tile shape.
+PREFETCH_VARIANTS = [0, 1, 2, 3]
 SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8), (1, 4)]
 # conv_mma (WN, WR, STAGES, MINB); MINB None = the host's rule.
 MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, None), (8, 2, 4, None),
@@ -134,6 +136,8 @@ def variant_launches(p, dtype, which):
             if which == "grad_input" and (th % p.SH or tw % p.SW):
                 continue
             out.append((("tile", dict(th=th, tw=tw, minb=mb, nt=nt)), None))
+        for pf in PREFETCH_VARIANTS:
+            out.append((("tile", dict(pf=pf)), None))
     if dtype in _kernels.MMA_DTYPES:
         for wn, wr, st, mb in MMA_VARIANTS:
             out.append((("mma", dict(wn=wn, wr=wr, stages=st, minb=mb)), None))
@@ -160,6 +164,8 @@ def wgrad_variants(p, dtype):
     out = [(("default", None), _kernels.plan_wgrad(p, dtype, 0, 0))]
     for th, tw in WGRAD_TILE_VARIANTS:
         out.append((("tile", dict(th=th, tw=tw)), None))
+    for pf in (0, 1):
+        out.append((("tile", dict(pf=pf)), None))
     if dtype in _kernels.MMA_DTYPES:
         for wr, bh, st, mb in WMMA_VARIANTS:
             out.append((("mma", dict(wr=wr, bh=bh, stages=st, minb=mb)), None))

@@ -295,7 +295,13 @@ def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 
     return nt
 
 
-def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
+# L2 prefetch distance (tiles ahead along a thread's strip, 0 = off) of conv_tile, and
+# whether wgrad_tile prefetches its next unit (benchmarks/NOTES.md, session 4).
+TILE_PREFETCH = 1
+WGRAD_PREFETCH = 1
+
+
+def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None):
     """conv_tile plan for small kernels; None when the shape does not fit its limits."""
     if pr.KH * pr.KW > TILE_MAX_TAPS:
         return None
@@ -333,7 +339,8 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None):
     if n_cg * n_rt > INT32_MAX:
         return None
     expr = "dw::conv_tile<" + _targs(
-        CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb
+        CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb,
+        TILE_PREFETCH if pf is None else pf
     ) + ">"
     block = 256
     args = pack_args("TileArgs", n_units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, off_h=off_h, off_w=off_w,
@@ -613,7 +620,7 @@ def _wgrad_tile_shape(p, dtype):
     return 4, 8  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098); effnet_5x5 (benchmark: 4x8 0.070, 2x8 0.080)
 
 
-def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
+def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None):
     taps = p.KH * p.KW
     if taps > TILE_MAX_TAPS:
         return None
@@ -633,7 +640,8 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1):
     units = p.N * n_cg * n_rt
     chunks = _wgrad_chunks(units, p.CM)
     expr = "dw::wgrad_tile<" + _targs(
-        CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb
+        CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb,
+        WGRAD_PREFETCH if pf is None else pf
     ) + ">"
     args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
     grid = (chunks, min(p.CM, 65535), 1)

@@ -48,9 +48,10 @@ __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const 
 // input load (1 scalar, else a 4-, 8- or 16-byte vector); SHIFT = (first input column) mod
 // VIN, known on the host; VOUT 16-byte stores on
 // rows known to be aligned (otherwise store_row picks the widest aligned access);
-// MINB blocks of 256 threads per SM the registers must allow (2: <= 128 registers).
+// MINB blocks of 256 threads per SM the registers must allow (2: <= 128 registers);
+// PF: how many tiles ahead along the strip the input rows are prefetched into L2 (0: off).
 template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
-          int PTR, int PLR, int VIN, int SHIFT, bool VOUT, int MINB>
+          int PTR, int PLR, int VIN, int SHIFT, bool VOUT, int MINB, int PF>
 __global__ void __launch_bounds__(256, MINB)
 conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
           const TileArgs a) {
@@ -92,6 +93,14 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
             for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + i);
         }
+        // Tile rt asks for the rows that tile rt + PF adds to the window (the last NEW of
+        // its rows); the strip's first tile loads its own window at once, so only tiles
+        // 1 .. PF-1 need asking for up front. Only the first of R input planes is asked
+        // for (R > 1 is the grad input of a channel multiplier; a loop over R here costs
+        // registers that the R == 1 tiles spill).
+        constexpr int NEW = AH::STEP < AH::SPAN ? AH::STEP : AH::SPAN;
+        if constexpr (PF > 1)
+            prefetch_rows<(PF - 1) * NEW>(xp0, rs * NT * AH::STEP + off_h + AH::LO + AH::SPAN, c0, IH, IW);
         for (int rt = rs * NT; rt < rt_end; ++rt) {
             const int r0 = rt * AH::STEP + off_h + AH::LO;
             A acc[TH][TW];
@@ -109,6 +118,11 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(
                         xp0 + m * plane_in, wr, r0, c0, IH, IW, acc);
                 }
+            }
+            if constexpr (PF > 0) {
+                // Asked for after this tile's loads and FMAs: fewer registers are live here
+                // than before them (asking earlier spilled at the 80-register cap).
+                if (rt + PF < rt_end) prefetch_rows<NEW>(xp0, r0 + PF * AH::STEP + AH::SPAN - NEW, c0, IH, IW);
             }
             const int oh0 = rt * TH;
 #pragma unroll

@@ -57,6 +57,23 @@ __device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, in
     }
 }
 
+// Asks L2 to fetch rows [ih, ih + ROWS) of a tile's window ahead of their loads (no
+// registers, no wait): the tile kernels are latency-bound on the DRAM round trip of each
+// tile's first touch (ncu, seed_3x7 16-bit: 3 of 7.9 cycles between issues waiting on
+// L1TEX), and an L2 hit shortens it. One address per row: the 32-byte sector where this
+// thread's columns start, clamped into the plane so no address lies outside it.
+template <int ROWS, class T>
+__device__ __forceinline__ void prefetch_rows(const T* plane, int ih, int c0, int IH, int IW) {
+    const int c = min(max(c0, 0), IW - 1);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        if ((unsigned)(ih + r) < (unsigned)IH) {
+            const T* p = plane + (i64)(ih + r) * IW + c;
+            asm volatile("{\n\t.reg .u64 ga;\n\tcvta.to.global.u64 ga, %0;\n\tprefetch.global.L2 [ga];\n\t}" ::"l"(p));
+        }
+    }
+}
+
 // Calls f(t, kh, kw, j, ci) for every (output row t, tap kh, kw, output column j) of a
 // TH x TW tile whose input row is window row r; ci is the input column in the window.
 // Every index is a compile-time constant after unrolling, so the calls fold into a

@@ -45,8 +45,10 @@ __device__ __forceinline__ void block_sum_to(A (&v)[NV], A* red, A* out) {
 // KH*KW tap sums and the bias sum in registers, and reads the x window of each tile row
 // by row (row-outer, as conv_tile).
 // VIN, VGO: elements per load of x and of grad_output (1 scalar, else 4-, 8- or 16-byte
-// vectors, the widest the row width and base alignment allow); SHIFT = -pad_l mod VIN.
-template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int VIN, int SHIFT, int VGO, int MINB>
+// vectors, the widest the row width and base alignment allow); SHIFT = -pad_l mod VIN;
+// PF: prefetch the next unit's rows into L2 while this one computes (0: off).
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int VIN, int SHIFT, int VGO, int MINB,
+          int PF>
 __global__ void __launch_bounds__(256, MINB)
 wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
            const WgradArgs a) {
@@ -72,10 +74,21 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
 #pragma unroll
         for (int k = 0; k <= KK; ++k) acc[k] = A(0);
         const i64 begin = units * blockIdx.x / n_chunks, end = units * (blockIdx.x + 1) / n_chunks;
+        // Units are decoded one ahead, so the next unit's rows can be asked for early.
+        i64 n = 0;
+        int rt = 0, cg = 0;
+        if (begin + threadIdx.x < end) split_unit(begin + threadIdx.x, units, n_cg, n_rt, n, rt, cg);
         for (i64 u = begin + threadIdx.x; u < end; u += blockDim.x) {
-            i64 n;
-            int rt, cg;
-            split_unit(u, units, n_cg, n_rt, n, rt, cg);
+            i64 n_next = 0;
+            int rt_next = 0, cg_next = 0;
+            if (u + blockDim.x < end) {
+                split_unit(u + blockDim.x, units, n_cg, n_rt, n_next, rt_next, cg_next);
+                if constexpr (PF > 0) {
+                    prefetch_rows<TH>(go + (n_next * CM + o) * plane_out, rt_next * TH, cg_next * TW, OH, OW);
+                    prefetch_rows<AH::SPAN>(x + (n_next * C + o / M) * plane_in, rt_next * TH * SH - pad_t,
+                                            cg_next * TW * SW - pad_l - SOFF, IH, IW);
+                }
+            }
             const T* xp = x + (n * C + o / M) * plane_in;
             const T* gp = go + (n * CM + o) * plane_out;
             const int oh0 = rt * TH, ow0 = cg * TW;
@@ -114,6 +127,9 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
                     acc[kh * KW + kw] = fma(g[t][j], buf[SOFF + ci], acc[kh * KW + kw]);
                 });
             }
+            n = n_next;
+            rt = rt_next;
+            cg = cg_next;
         }
         block_sum_to<A, KK + 1>(acc, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
     }
