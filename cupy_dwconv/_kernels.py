@@ -295,10 +295,25 @@ def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 
     return nt
 
 
-# L2 prefetch distance (tiles ahead along a thread's strip, 0 = off) of conv_tile, and
-# whether wgrad_tile prefetches its next unit (benchmarks/NOTES.md, session 4).
-TILE_PREFETCH = 1
-WGRAD_PREFETCH = 1
+def _tile_prefetch(pr, dtype):
+    """L2 prefetch distance of conv_tile (tiles ahead along a thread's strip; 0 = off),
+    from the sweep in benchmarks/NOTES.md (session 4, H100). 16-bit tiles are
+    latency-bound and gain most (image_3x3 fp16 0.119 -> 0.107 ms at 2 tiles ahead); the
+    float32 3x3 forward tiles lose a few percent to the extra instructions (mbv2_3x3 0.083
+    without, 0.087 with); 7x7 float32 gains at 2 (convnext_7x7 0.099 -> 0.092)."""
+    if dtype in ("float16", "bfloat16"):
+        return 2 if pr.OH * pr.OW >= 16384 else 1
+    taps = pr.KH * pr.KW
+    if pr.mode == 0 and taps <= 9:
+        return 0
+    return 2 if taps >= 49 else 1
+
+
+def _wgrad_prefetch(dtype):
+    """Whether wgrad_tile asks L2 for its next unit's rows: yes for 16-bit data (image_3x3
+    0.176 -> 0.158 ms), no for float32, where the prefetches cost more than they save
+    (mbv2_3x3 0.092 without, 0.107 with; benchmarks/NOTES.md, session 4)."""
+    return 1 if dtype in ("float16", "bfloat16") else 0
 
 
 def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None):
@@ -340,7 +355,7 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None)
         return None
     expr = "dw::conv_tile<" + _targs(
         CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb,
-        TILE_PREFETCH if pf is None else pf
+        _tile_prefetch(pr, dtype) if pf is None else pf
     ) + ">"
     block = 256
     args = pack_args("TileArgs", n_units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, off_h=off_h, off_w=off_w,
@@ -641,7 +656,7 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None
     chunks = _wgrad_chunks(units, p.CM)
     expr = "dw::wgrad_tile<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb,
-        WGRAD_PREFETCH if pf is None else pf
+        _wgrad_prefetch(dtype) if pf is None else pf
     ) + ">"
     args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
     grid = (chunks, min(p.CM, 65535), 1)

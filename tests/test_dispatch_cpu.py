@@ -30,3 +30,37 @@ def test_wgrad_dispatch():
     assert "wgrad_mma" in _kernels.plan_wgrad(large, "float16", 2, 2, 90, 132)[0].expr
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 75, 80)[0].expr
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "float32", 0, 0, 90, 132)[0].expr
+
+
+def _targs(expr):
+    return [a.strip() for a in expr[expr.index("<") + 1:-1].split(",")]
+
+
+def test_load_width_follows_rows_and_pointers():
+    """Tile loads: 16-byte vectors where rows and pointer allow, else 8 or 4 bytes, else
+    single elements (conv_tile's VIN is its 13th template argument, wgrad_tile's VIN and
+    VGO its 10th and 12th)."""
+    seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)           # x rows 256, grad_output rows 250
+    back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
+    fwd = lambda dtype, ptr: int(_targs(_kernels.plan_forward(seed, dtype, ptr, 90, 132).expr)[12])
+    assert [fwd("float32", ptr) for ptr in (0, 8, 4, 2)] == [4, 2, 1, 1]
+    assert [fwd("float16", ptr) for ptr in (0, 8, 4, 2)] == [8, 4, 2, 1]
+    gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr  # reads grad_output rows of 250
+    assert "conv_tile" in gi and int(_targs(gi)[12]) == 2
+    wg = _targs(_kernels.plan_wgrad(back, "float16", 0, 0, 90, 132)[0].expr)
+    assert (int(wg[9]), int(wg[11])) == (8, 2)
+    odd = params((2, 4, 17, 17), (4, 1, 1, 7), 1, (0, 3), 1)
+    assert int(_targs(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[12]) == 1
+
+
+def test_prefetch_rules():
+    """L2 prefetch distance (last template argument): on for 16-bit tiles, two tiles ahead
+    on large planes; off for float32 3x3 forward tiles and float32 grad-weight tiles."""
+    big = params((2, 4, 256, 256), (4, 1, 3, 3), 1, 1, 1)
+    small = params((2, 4, 56, 56), (4, 1, 3, 3), 1, 1, 1)
+    last = lambda expr: int(_targs(expr)[-1])
+    assert last(_kernels.plan_forward(big, "float16", 0, 90, 132).expr) == 2
+    assert last(_kernels.plan_forward(small, "bfloat16", 0, 90, 132).expr) == 1
+    assert last(_kernels.plan_forward(big, "float32", 0, 90, 132).expr) == 0
+    assert last(_kernels.plan_wgrad(small, "float32", 0, 0, 90, 132)[0].expr) == 0
+    assert last(_kernels.plan_wgrad(small, "float16", 0, 0, 90, 132)[0].expr) == 1
