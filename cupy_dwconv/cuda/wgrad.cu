@@ -74,20 +74,23 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
 #pragma unroll
         for (int k = 0; k <= KK; ++k) acc[k] = A(0);
         const i64 begin = units * blockIdx.x / n_chunks, end = units * (blockIdx.x + 1) / n_chunks;
-        // Units are decoded one ahead, so the next unit's rows can be asked for early.
+        // With PF, units are decoded one ahead so the next unit's rows can be asked for
+        // early; without, each unit is decoded where it starts (fewer live registers).
         i64 n = 0;
         int rt = 0, cg = 0;
-        if (begin + threadIdx.x < end) split_unit(begin + threadIdx.x, units, n_cg, n_rt, n, rt, cg);
+        if (PF > 0 && begin + threadIdx.x < end) split_unit(begin + threadIdx.x, units, n_cg, n_rt, n, rt, cg);
         for (i64 u = begin + threadIdx.x; u < end; u += blockDim.x) {
             i64 n_next = 0;
             int rt_next = 0, cg_next = 0;
-            if (u + blockDim.x < end) {
-                split_unit(u + blockDim.x, units, n_cg, n_rt, n_next, rt_next, cg_next);
-                if constexpr (PF > 0) {
+            if constexpr (PF > 0) {
+                if (u + blockDim.x < end) {
+                    split_unit(u + blockDim.x, units, n_cg, n_rt, n_next, rt_next, cg_next);
                     prefetch_rows<TH>(go + (n_next * CM + o) * plane_out, rt_next * TH, cg_next * TW, OH, OW);
                     prefetch_rows<AH::SPAN>(x + (n_next * C + o / M) * plane_in, rt_next * TH * SH - pad_t,
                                             cg_next * TW * SW - pad_l - SOFF, IH, IW);
                 }
+            } else {
+                split_unit(u, units, n_cg, n_rt, n, rt, cg);
             }
             const T* xp = x + (n * C + o / M) * plane_in;
             const T* gp = go + (n * CM + o) * plane_out;
@@ -127,9 +130,11 @@ wgrad_tile(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
                     acc[kh * KW + kw] = fma(g[t][j], buf[SOFF + ci], acc[kh * KW + kw]);
                 });
             }
-            n = n_next;
-            rt = rt_next;
-            cg = cg_next;
+            if constexpr (PF > 0) {
+                n = n_next;
+                rt = rt_next;
+                cg = cg_next;
+            }
         }
         block_sum_to<A, KK + 1>(acc, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
     }
