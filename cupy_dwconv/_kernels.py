@@ -94,6 +94,15 @@ def _targs(*values):
     return ", ".join(out)
 
 
+def split_expr(expr):
+    """'dw::conv_tile<float, 0, 3, 7, ...>' -> ('conv_tile', ['float', '0', '3', '7', ...]):
+    the kernel's name and its template arguments as written by _targs."""
+    if "<" not in expr:
+        return expr.split("::")[-1], []
+    head, rest = expr.split("<", 1)
+    return head.split("::")[-1], [a.strip() for a in rest[: rest.rindex(">")].split(",")]
+
+
 # ---------------------------------------------------------------------------------------
 # Plans
 
@@ -860,7 +869,7 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
 
 def expressions_for(problems, archs=(75, 90)):
     """{src: set(name expressions)} for the given (ConvParams, dtype) pairs, all passes,
-    both alignments, as planned for devices of the given compute capabilities (before
+    pointer alignments 16, 8, 4 and 2 bytes, as planned for devices of the given compute capabilities (before
     sm_80 the 16-bit problems take the non-tensor-core paths)."""
     out = {}
     for p, dtype in problems:

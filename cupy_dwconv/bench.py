@@ -696,9 +696,9 @@ def short_kernel_name(expr):
     outputs; for wgrad_smem the tap tile)."""
     if not expr:
         return "?"
-    text = expr.split("::")[-1] if "<" not in expr else expr[: expr.index("<")].split("::")[-1] + expr[expr.index("<"):]
-    name, _, rest = text.partition("<")
-    args = [a.strip() for a in rest.rstrip(">").split(",")] if rest else []
+    from ._kernels import split_expr
+
+    name, args = split_expr(expr)
     # Position of (TH, TW) in each template's argument list (see _kernels).
     tile_at = {"conv_tile": 8, "conv_smem": 7, "wgrad_tile": 7, "wgrad_smem": 1}
     try:
@@ -720,6 +720,7 @@ def short_kernel_name(expr):
         return name
     if name.endswith("_generic") or name.endswith("_reduce"):
         return name
+    text = name + (f"<{', '.join(args)}>" if args else "")
     short = text if len(text) <= 40 else text[:37] + "..."
     return short
 

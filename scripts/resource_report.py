@@ -78,15 +78,14 @@ def main(argv=None):
         rows = {r[0]: r for r in parse(log)}
         for expr in names:
             row = _match(rows, expr)
+            if row is None:  # never count a kernel as spill-free without its report
+                raise RuntimeError(f"no ptxas report found for {expr}")
             total += 1
-            spills = row is not None and (row[3] or row[4])
-            spilling += bool(spills)
+            spills = bool(row[3] or row[4])
+            spilling += spills
             if args.spills_only and not spills:
                 continue
             users = ", ".join(f"{n} {d} {ps}" for n, d, ps in exprs[expr])
-            if row is None:
-                print(f"{expr}: no report found")
-                continue
             print(f"{expr}\n    regs {row[1]:3d}  stack {row[2]:3d} B  spill st/ld {row[3]}/{row[4]} B  "
                   f"static smem {row[5]} B  <- {users}")
     print(f"{spilling} of {total} specializations spill (sm_{args.arch})")
@@ -96,8 +95,8 @@ def main(argv=None):
 def _match(rows, expr):
     """The report row of a name expression: the mangled name carries every template
     argument, so match on the kernel's name and the digits of its arguments in order."""
-    name = expr.split("<")[0].split("::")[-1]
-    args = re.findall(r"-?\d+|true|false", expr.split("<", 1)[1])
+    name, args = _kernels.split_expr(expr)
+    args = [a for a in args if a in ("true", "false") or a.lstrip("-").isdigit()]  # the type is not matched
     want = "".join("Lb1E" if a == "true" else "Lb0E" if a == "false" else
                    (f"Li{a}E" if not a.startswith("-") else f"Lin{a[1:]}E") for a in args)
     for mangled, row in rows.items():

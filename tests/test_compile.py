@@ -104,8 +104,7 @@ def grid_problems():
 
 def _family(expr):
     """'dw::conv_tile<float, 1, ...>' -> ('conv_tile mode 1', 'float32')."""
-    name = expr[: expr.index("<")].split("::")[-1]
-    args = [a.strip() for a in expr[expr.index("<") + 1 : expr.rindex(">")].split(",")]
+    name, args = _kernels.split_expr(expr)
     if name in ("conv_tile", "conv_generic"):
         name += f" mode {args[1]}"
     elif name == "conv_smem":

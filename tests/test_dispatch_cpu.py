@@ -32,8 +32,8 @@ def test_wgrad_dispatch():
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "float32", 0, 0, 90, 132)[0].expr
 
 
-def _targs(expr):
-    return [a.strip() for a in expr[expr.index("<") + 1:-1].split(",")]
+def _args(expr):
+    return _kernels.split_expr(expr)[1]
 
 
 def test_load_width_follows_rows_and_pointers():
@@ -42,15 +42,15 @@ def test_load_width_follows_rows_and_pointers():
     VGO its 10th and 12th)."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)           # x rows 256, grad_output rows 250
     back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
-    fwd = lambda dtype, ptr: int(_targs(_kernels.plan_forward(seed, dtype, ptr, 90, 132).expr)[12])
+    fwd = lambda dtype, ptr: int(_args(_kernels.plan_forward(seed, dtype, ptr, 90, 132).expr)[12])
     assert [fwd("float32", ptr) for ptr in (0, 8, 4, 2)] == [4, 2, 1, 1]
     assert [fwd("float16", ptr) for ptr in (0, 8, 4, 2)] == [8, 4, 2, 1]
     gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr  # reads grad_output rows of 250
-    assert "conv_tile" in gi and int(_targs(gi)[12]) == 2
-    wg = _targs(_kernels.plan_wgrad(back, "float16", 0, 0, 90, 132)[0].expr)
+    assert "conv_tile" in gi and int(_args(gi)[12]) == 2
+    wg = _args(_kernels.plan_wgrad(back, "float16", 0, 0, 90, 132)[0].expr)
     assert (int(wg[9]), int(wg[11])) == (8, 2)
     odd = params((2, 4, 17, 17), (4, 1, 1, 7), 1, (0, 3), 1)
-    assert int(_targs(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[12]) == 1
+    assert int(_args(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[12]) == 1
 
 
 def test_prefetch_rules():
@@ -58,7 +58,7 @@ def test_prefetch_rules():
     on large planes; off for float32 3x3 forward tiles and float32 grad-weight tiles."""
     big = params((2, 4, 256, 256), (4, 1, 3, 3), 1, 1, 1)
     small = params((2, 4, 56, 56), (4, 1, 3, 3), 1, 1, 1)
-    last = lambda expr: int(_targs(expr)[-1])
+    last = lambda expr: int(_args(expr)[-1])
     assert last(_kernels.plan_forward(big, "float16", 0, 90, 132).expr) == 2
     assert last(_kernels.plan_forward(small, "bfloat16", 0, 90, 132).expr) == 1
     assert last(_kernels.plan_forward(big, "float32", 0, 90, 132).expr) == 0
