@@ -37,6 +37,12 @@ SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8),
 # conv_mma (WN, WR, STAGES, MINB); MINB None = the host's rule.
 MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, None), (8, 2, 4, None),
                 (4, 4, 3, None), (8, 8, 2, None), (16, 2, 3, None), (8, 4, 3, 3)]
+# conv_plane output rows per thread (None = the host's rule), on planes conv_plane takes
+# (at most _kernels.PLANE_MAX_OUTPUTS outputs).
+PLANE_ROWS = [None, 1, 2, 3, 4]
+# wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
+WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
+                   (32, 8, 4)]
 # grad weight: wgrad_tile (TH, TW) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
 WGRAD_TILE_VARIANTS = [(4, 8), (2, 8), (4, 4), (8, 8)]
 WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 32, 2, None), (4, 64, 2, None),
@@ -142,6 +148,9 @@ def variant_launches(p, dtype, which):
     if dtype in _kernels.MMA_DTYPES:
         for wn, wr, st, mb in MMA_VARIANTS:
             out.append((("mma", dict(wn=wn, wr=wr, stages=st, minb=mb)), None))
+    if pr.OH * pr.OW <= _kernels.PLANE_MAX_OUTPUTS:
+        for rows in PLANE_ROWS:
+            out.append((("plane", dict(rows=rows)), None))
     if pr.KH * pr.KW >= 7 or p.OH * p.OW <= 400:
         for th, tw in SMEM_VARIANTS:
             out.append((("smem", dict(th=th, tw=tw)), None))
@@ -171,6 +180,8 @@ def wgrad_variants(p, dtype):
         for wr, bh, st, mb in WMMA_VARIANTS:
             out.append((("mma", dict(wr=wr, bh=bh, stages=st, minb=mb)), None))
     out.append((("smem", {}), None))
+    for planes, items, chunks in WPLANE_VARIANTS:
+        out.append((("plane", dict(planes=planes, items=items, chunks=chunks)), None))
     res, seen = [], set()
     for (kind, kw), plan in out:
         if plan is None:

@@ -131,7 +131,7 @@ class Launch:
 # Scalar arguments of each kernel family, in the field order of the C++ structs in
 # cuda/common.cuh (numpy align=True gives the same layout; tests/test_compile.py checks
 # every offset and the size with static_asserts compiled by NVRTC).
-_I64_FIELDS = {"n_units", "IC", "n_tiles", "total", "units"}
+_I64_FIELDS = {"n_units", "IC", "n_tiles", "total", "units", "n_planes"}
 ARG_STRUCTS = {
     "TileArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "off_h", "off_w", "n_cg", "n_rs", "n_rt", "NT",
                  "QC", "DIV", "R"),
@@ -144,6 +144,8 @@ ARG_STRUCTS = {
     "ReduceArgs": ("CM", "KK", "n_chunks"),
     "WmmaArgs": ("units", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "C", "M", "CM", "n_chunks", "BH", "n_bands",
                  "NC", "XP", "GOFF", "GP"),
+    "PlaneArgs": ("n_planes", "IC", "QC", "DIV", "R", "P"),
+    "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
 }
 ARG_DTYPES = {
@@ -457,6 +459,106 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, (args,))
 
 
+# ---- conv_plane (small planes, whole planes per block) -----------------------------------
+
+PLANE_MAX_TAPS = 64     # weights live in registers
+PLANE_MAX_ROW = 64      # one input row and ROWS x OW sums live in registers
+PLANE_SMEM = 48 * 1024  # per block; small blocks, several per SM
+
+
+def plane_smem_bytes(pr, dtype, planes_per_block):
+    """Dynamic shared memory of conv_plane (mirrors its layout in cuda/plane.cu): weights,
+    then input and output planes with one 16-byte vector of slack each (all in the
+    storage type), every region starting on a 16-byte boundary."""
+    size = ITEMSIZE[dtype]
+    v = 16 // size
+    pr_planes = planes_per_block * pr.R
+
+    def up16(b):
+        return _cdiv(b, 16) * 16
+
+    return (up16(pr_planes * pr.KH * pr.KW * size) + up16((pr_planes * pr.IH * pr.IW + v) * size)
+            + up16((planes_per_block * pr.OH * pr.OW + v) * size))
+
+
+def _plane_rows(pr):
+    """Output rows per thread: as many as 64 sums allow, so the whole plane on 7x7 (one
+    thread per plane, every index a constant). Sweep (H100, float32, session 5):
+    inception_1x7 (17x17) 1 / 2 / 3 rows 0.0114 / 0.0116 / 0.0111 ms; convnext_7x7_s4
+    1 / 2 / 4 / 7 rows 0.030 / 0.023 / 0.021 / 0.0205 ms."""
+    return max(1, min(pr.OH, PLANE_MAX_ROW // pr.OW))
+
+
+def _plane_block(per_plane_threads, smem_of, max_threads=256, target=128):
+    """Planes per block P: the fewest idle lanes (threads rounded up to warps), then the
+    thread count nearest `target`, within the shared-memory budget."""
+    best = None
+    for p in range(1, max_threads // per_plane_threads + 1):
+        if smem_of(p) > PLANE_SMEM:
+            break
+        threads = p * per_plane_threads
+        block = _cdiv(threads, 32) * 32
+        key = (threads / block, -abs(block - target))
+        if best is None or key > best[0]:
+            best = (key, p, block)
+    return None if best is None else best[1:]
+
+
+def _plane_regs(pr, dtype, rows):
+    """Registers conv_plane needs (32-bit): weights, sums and the window's rows (ptxas
+    hoists their shared-memory reads; 7x7 at 7 rows: 177 unconstrained), plus ~40 for
+    addresses and loop state; float64 values take two registers."""
+    win = min(pr.IH, (rows - 1) * pr.SH + (pr.KH - 1) * pr.DH + 1)
+    values = pr.KH * pr.KW + rows * pr.OW + win * pr.IW
+    return values * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
+
+
+def plane_launch(pr, dtype, rows=None):
+    """conv_plane plan (MODE 0 correlations, optionally with the rotated kernel, at any
+    stride); None if the shape does not fit its register and shared-memory budget."""
+    if pr.mode != 0 or pr.KH * pr.KW > PLANE_MAX_TAPS or pr.IW > PLANE_MAX_ROW or min(pr.OH, pr.OW) < 1:
+        return None
+    if rows is None:
+        rows = _plane_rows(pr)
+        while rows > 1 and _plane_regs(pr, dtype, rows) > 240:
+            rows = _cdiv(rows, 2)  # float64 7x7: bands of 4 rows, not a spilling whole plane
+    rows = min(rows, pr.OH)
+    if rows * pr.OW > PLANE_MAX_ROW:
+        return None
+    nb = _cdiv(pr.OH, rows)
+    fit = _plane_block(nb, lambda p: plane_smem_bytes(pr, dtype, p))
+    if fit is None:
+        return None
+    planes_per_block, block = fit
+    minb = _plane_minb(block, _plane_regs(pr, dtype, rows))
+    smem = plane_smem_bytes(pr, dtype, planes_per_block)
+    expr = "dw::conv_plane<" + _targs(
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL,
+        rows, pr.flip, block, minb
+    ) + ">"
+    args = pack_args("PlaneArgs", n_planes=pr.planes, P=planes_per_block, **_channel_fields(pr))
+    grid = (max(1, min(_cdiv(pr.planes, planes_per_block), INT32_MAX)), 1, 1)
+    return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
+
+
+def _odd_planes(*sizes):
+    """Planes of an odd number of elements: neighbouring threads of conv_plane and
+    wgrad_plane read shared memory one plane apart, which is conflict-free only then
+    (an even plane puts lanes in the same bank: 8x8 float32, all 32 in one)."""
+    return all(n % 2 == 1 for n in sizes)
+
+
+PLANE_MAX_OUTPUTS = 400  # planes up to 20x20 (measured: 7x7 and 17x17)
+
+
+def _use_plane(pr):
+    """Small odd planes go to conv_plane: a register tile there is mostly halo and its
+    threads read addresses a plane apart. Sweep (H100, float32, session 5):
+    convnext_7x7_s4 conv_tile 0.0285 -> conv_plane 0.0205 ms, inception_1x7 0.0129 ->
+    0.0111 ms, forward and grad input alike."""
+    return pr.OH * pr.OW <= PLANE_MAX_OUTPUTS and _odd_planes(pr.IH * pr.IW, pr.OH * pr.OW)
+
+
 # ---- conv_mma (tensor cores, 16-bit, stride 1, dilation 1) -------------------------------
 
 MMA_DTYPES = ("float16", "bfloat16")
@@ -544,8 +646,8 @@ def generic_launch(pr, dtype):
 
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
-    """The launch for a plane-to-plane problem: tensor cores (16-bit, stride 1, dilation
-    1, sm_80+), then tile, then smem, then generic. `arch` (compute capability as an int,
+    """The launch for a plane-to-plane problem: whole small planes per block, tensor cores
+    (16-bit, stride 1, dilation 1, sm_80+), then tile, then smem, then generic. `arch` (compute capability as an int,
     90 for sm_90) defaults to the current device's."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
@@ -558,8 +660,12 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return smem_launch(q, dtype, **kwargs)
         if kind == "mma":
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
+        if kind == "plane":
+            return plane_launch(q, dtype, **kwargs) if q.mode == 0 else None
         return generic_launch(pr, dtype)
-    launch = mma_launch(q, dtype, x_ptr, arch, sms) if _use_mma(q, dtype) else None
+    launch = plane_launch(q, dtype) if q.mode == 0 and _use_plane(q) else None
+    if launch is None and _use_mma(q, dtype):
+        launch = mma_launch(q, dtype, x_ptr, arch, sms)
     if launch is None:
         launch = tile_launch(pr, dtype, x_ptr)
     if launch is None and q.mode == 0:
@@ -695,6 +801,75 @@ def reduce_launch(p, dtype, chunks):
     return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, (args,))
 
 
+def reg_cap(block, minb):
+    """Registers per thread ptxas allows under __launch_bounds__(block, minb): the
+    resident warps spread over the SM's 4 schedulers, each with 16384 registers, in
+    steps of 8 per thread (ptxas: 64 threads x 6 blocks -> 168, x 7 -> 128)."""
+    warps = minb * _cdiv(block, 32)
+    return min(255, 16384 // (_cdiv(warps, 4) * 32) // 8 * 8)
+
+
+def _plane_minb(block, need):
+    """The largest blocks-per-SM launch bound (at most 16) whose register cap per thread
+    still holds `need` registers."""
+    minb = 1
+    while minb < 16 and reg_cap(block, minb + 1) >= min(need, 255):
+        minb += 1
+    return minb
+
+
+def wgrad_plane_smem_bytes(p, dtype, planes, items):
+    """Dynamic shared memory of wgrad_plane: `items` runs of x planes and of grad_output
+    planes, each with a vector of slack (mirrors cuda/plane.cu), or the final sums if larger."""
+    size, acc = ITEMSIZE[dtype], ITEMSIZE[ACC_DTYPE[dtype]]
+    v = 16 // size
+
+    def up16(b):
+        return _cdiv(b, 16) * 16
+
+    staging = items * (up16((planes * p.H * p.W + v) * size) + up16((planes * p.OH * p.OW + v) * size))
+    return max(staging, items * planes * (p.KH * p.KW + 1) * acc)
+
+
+def wgrad_plane_launch(p, dtype, planes=None, items=None, chunks=None):
+    """wgrad_plane plan for small planes: (stage-1 launch, chunks), or None if the shape
+    does not fit its register and shared-memory budget."""
+    taps = p.KH * p.KW
+    if taps > PLANE_MAX_TAPS or p.H * p.W > PLANE_MAX_ROW or p.OW > PLANE_MAX_ROW or min(p.OH, p.OW) < 1:
+        return None
+    # 16 channels x 8 batch items per block (sweep, convnext_7x7_s4 float32: 0.0213 ms;
+    # 32 x 4: 0.0241, 64 x 2: 0.0262, 16 x 4: 0.0245).
+    planes = min(p.CM, 16) if planes is None else min(planes, p.CM)
+    items = max(1, min(p.N, 128 // planes)) if items is None else max(1, min(items, p.N))
+    smem = wgrad_plane_smem_bytes(p, dtype, planes, items)
+    if smem > 2 * PLANE_SMEM:
+        return None
+    groups = _cdiv(p.CM, planes)
+    if groups > INT32_MAX:
+        return None
+    if chunks is None:
+        # Enough blocks for ~3 per SM, no chunk smaller than one step of `items`.
+        chunks = max(1, min(_cdiv(p.N, items), _cdiv(3 * 132, groups)))
+    chunks = max(1, min(chunks, p.N, 65535))
+    block = _cdiv(planes * items, 32) * 32
+    # Registers: tap and bias sums, the x plane, a grad_output row, ~40 for addresses.
+    need = (taps + 1 + p.H * p.W + p.OW) * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
+    if need > 255:
+        return None
+    expr = "dw::wgrad_plane<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, block,
+        _plane_minb(block, need)
+    ) + ">"
+    args = pack_args("WplaneArgs", N=p.N, C=p.C, M=p.M, CM=p.CM, n_chunks=chunks, G=items, P=planes)
+    return Launch("plane.cu", expr, (groups, chunks, 1), (block, 1, 1), smem, (args,)), chunks
+
+
+def _use_wgrad_plane(p):
+    """Small planes (OH*OW <= 64): wgrad_plane, whose blocks move whole planes as
+    contiguous runs (convnext_7x7_s4: wgrad_tile 13 % of the floor)."""
+    return p.OH * p.OW <= PLANE_MAX_ROW and _odd_planes(p.H * p.W, p.OH * p.OW)
+
+
 WGRAD_SMEM_TILE = (8, 4, 8)  # TKH x TKW taps per thread, U grad_output columns per step
 
 
@@ -815,11 +990,11 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
 
 
 def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
-    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_tile
-    for small kernels; for large ones wgrad_mma (16-bit, stride 1, dilation 1, sm_80+),
+    """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
+    for small planes, wgrad_tile for small kernels; for large ones wgrad_mma (16-bit, stride 1, dilation 1, sm_80+),
     else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the data
     pointers (only their alignment matters). `force` is None, a family name ("mma",
-    "tile", "smem", "generic") or (name, keyword arguments) for the tests and sweeps."""
+    "tile", "plane", "smem", "generic") or (name, keyword arguments) for the tests and sweeps."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is None:
@@ -832,6 +1007,8 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
         res = wgrad_smem_launch(p, dtype)
     elif kind == "tile":
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
+    elif kind == "plane":
+        res = wgrad_plane_launch(p, dtype, **kwargs)
     return _with_reduce(p, dtype, res)
 
 
@@ -855,7 +1032,9 @@ def _use_wgrad_mma(p):
 
 @functools.lru_cache(maxsize=4096)
 def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
-    res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms) if _use_wgrad_mma(p) else None
+    res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
+    if res is None and _use_wgrad_mma(p):
+        res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
     if res is None:
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:

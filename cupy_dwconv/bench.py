@@ -711,12 +711,18 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
+        if name == "conv_plane":  # output rows per thread x plane width
+            out = f"conv_plane {int(args[13])}x{int(args[10])}"
+            return out + (" flip" if args[14] == "true" else "")
+    except (IndexError, ValueError):
+        pass
+    try:
         if name == "conv_mma":  # block tile 16*WR x 8*WN
             out = f"conv_mma {16 * int(args[4])}x{8 * int(args[3])}"
             return out + (" flip" if args[8] == "true" else "")
     except (IndexError, ValueError):
         pass
-    if name == "wgrad_mma":
+    if name in ("wgrad_mma", "wgrad_plane"):
         return name
     if name.endswith("_generic") or name.endswith("_reduce"):
         return name

@@ -38,11 +38,14 @@ FAMILIES = (
     "conv_smem flip=true",
     "conv_mma flip=false",
     "conv_mma flip=true",
+    "conv_plane flip=false",
+    "conv_plane flip=true",
     "conv_generic mode 0",
     "conv_generic mode 1",
     "wgrad_tile",
     "wgrad_smem",
     "wgrad_mma",
+    "wgrad_plane",
     "wgrad_generic",
     "wgrad_reduce",
 )
@@ -99,6 +102,11 @@ def grid_problems():
     for dtype in DTYPES:
         out.append((_params.conv_params((1, 2, 200, 260), (2, 1, 31, 31), None, 3, 0, 2), dtype))
         out.append((_params.conv_params((2, 4, 21, 17), (4, 1, 9, 9), None, 2, 4, 1), dtype))
+        # Small odd planes (conv_plane forward and rotated grad input, wgrad_plane): 7x7
+        # with a multiplier, and 5x5 with a 3x5 kernel (float64 7x7 planes exceed
+        # wgrad_plane's shared memory).
+        out.append((_params.conv_params((2, 3, 7, 7), (6, 1, 7, 7), None, 1, 3, 1), dtype))
+        out.append((_params.conv_params((2, 3, 5, 5), (3, 1, 3, 5), None, 1, (1, 2), 1), dtype))
     return out
 
 
@@ -111,6 +119,8 @@ def _family(expr):
         name += f" flip={args[9]}"
     elif name == "conv_mma":
         name += f" flip={args[8]}"
+    elif name == "conv_plane":
+        name += f" flip={args[14]}"
     return name, _DTYPE_OF_CXX[args[0]]
 
 

@@ -49,7 +49,7 @@ def test_load_width_follows_rows_and_pointers():
     assert "conv_tile" in gi and int(_args(gi)[12]) == 2
     wg = _args(_kernels.plan_wgrad(back, "float16", 0, 0, 90, 132)[0].expr)
     assert (int(wg[9]), int(wg[11])) == (8, 2)
-    odd = params((2, 4, 17, 17), (4, 1, 1, 7), 1, (0, 3), 1)
+    odd = params((2, 4, 31, 17), (4, 1, 1, 7), 1, (0, 3), 1)  # rows of 17: single elements
     assert int(_args(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[12]) == 1
 
 
@@ -64,3 +64,43 @@ def test_prefetch_rules():
     assert last(_kernels.plan_forward(big, "float32", 0, 90, 132).expr) == 0
     assert last(_kernels.plan_wgrad(small, "float32", 0, 0, 90, 132)[0].expr) == 0
     assert last(_kernels.plan_wgrad(small, "float16", 0, 0, 90, 132)[0].expr) == 1
+
+
+def test_plane_dispatch():
+    """Small odd planes (convnext_7x7_s4: 7x7; inception_1x7: 17x17) take conv_plane
+    (forward; grad input at stride 1, with the rotated kernel), and wgrad_plane up to 64
+    outputs; even planes (bank conflicts), large planes and strided grad input do not."""
+    tiny = params((64, 96, 7, 7), (96, 1, 7, 7), 1, 3, 1)
+    back = _params.backward_params(tiny.out_shape, tiny.x_shape, tiny.weight_shape, 1, 3, 1)
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        fwd = _kernels.plan_forward(tiny, dtype, 0, 90, 132).expr
+        assert "conv_plane" in fwd and _args(fwd)[14] == "false"
+        gi = _kernels.plan_grad_input(back, dtype, 0, 90, 132).expr
+        assert "conv_plane" in gi and _args(gi)[14] == "true"
+    for dtype in ("float16", "bfloat16", "float32"):
+        assert "wgrad_plane" in _kernels.plan_wgrad(back, dtype, 0, 0, 90, 132)[0].expr
+    even = params((4, 8, 8, 8), (8, 1, 3, 3), 1, 1, 1)
+    assert "conv_plane" not in _kernels.plan_forward(even, "float32", 0, 90, 132).expr
+    assert "wgrad_plane" not in _kernels.plan_wgrad(even, "float32", 0, 0, 90, 132)[0].expr
+    inception = params((4, 8, 17, 17), (8, 1, 1, 7), 1, (0, 3), 1)   # three rows of 17 per thread
+    assert _args(_kernels.plan_forward(inception, "float32", 0, 90, 132).expr)[13] == "3"
+    large = params((4, 8, 21, 21), (8, 1, 3, 3), 1, 1, 1)
+    assert "conv_plane" not in _kernels.plan_forward(large, "float32", 0, 90, 132).expr
+    strided = _params.backward_params((2, 4, 4, 4), (2, 4, 7, 7), (4, 1, 3, 3), 2, 1, 1)
+    assert "conv_plane" not in _kernels.plan_grad_input(strided, "float32", 0, 90, 132).expr
+
+
+def test_plane_launch_budget():
+    """conv_plane's blocks fit their shared memory (mirrors the kernel's layout) and a
+    register bound that holds the planned registers; wgrad_plane's too."""
+    tiny = params((64, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1)
+    for dtype in ("float16", "float32", "float64"):
+        launch = _kernels.plan_forward(tiny, dtype, 0, 90, 132)
+        pr = _kernels.forward_problem(tiny)
+        planes = int(launch.scalars[0]["P"])
+        assert launch.shared_mem == _kernels.plane_smem_bytes(pr, dtype, planes) <= _kernels.PLANE_SMEM
+        assert planes <= launch.block[0] and launch.block[0] % 32 == 0
+        minb = int(_args(launch.expr)[-1])
+        assert _kernels.reg_cap(launch.block[0], minb) >= 150
+    s1, chunks, _ = _kernels.plan_wgrad(tiny, "float32", 0, 0, 90, 132)
+    assert "wgrad_plane" in s1.expr and s1.grid[1] == chunks and s1.grid[0] * int(s1.scalars[0]["P"]) >= 768

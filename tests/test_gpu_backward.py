@@ -104,12 +104,16 @@ def _offset_copy(host, offset):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("offset", [0, 1, 2, 4])
-@pytest.mark.parametrize("shape", [(2, 3, 19, 44, 3, 3, 0), (2, 3, 18, 40, 3, 5, (1, 2))], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 19, 44, 3, 3, 0), (2, 3, 18, 40, 3, 5, (1, 2)), (3, 37, 7, 7, 7, 7, 3)], ids=str
+)
 def test_misaligned_buffers(shape, offset, dtype):
     """Contiguous x and grad_output that start `offset` elements into their allocations,
     with x rows of 44 or 40 elements and grad_output rows of 42 or 40: the tile kernels
     then load 16-, 8- or 4-byte vectors or single elements, chosen from the pointer and
-    the row width; forward, grad input and grad weight are checked on each."""
+    the row width; forward, grad input and grad weight are checked on each. The 7x7 planes
+    take conv_plane and wgrad_plane, whose plane runs start at any remainder modulo 16
+    bytes (scalar head, 16-byte body, scalar tail)."""
     import cupy_dwconv
     from gpu_util import params, reference_backward, reference_forward, to_gpu
 
@@ -397,6 +401,31 @@ def test_torch_autograd_agrees():
     gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x.detach(), w.detach(), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
     for ours, theirs in ((gx, x.grad), (gw, w.grad), (gb, b.grad)):
         assert_close(torch.from_dlpack(ours).cpu().numpy(), theirs.cpu().numpy(), "float64", scale=30.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocking", [{}, dict(planes=3, items=5, chunks=2), dict(planes=7, items=1, chunks=3)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding, stride, dilation
+        (6, 5, 1, 7, 7, 7, 7, 3, 1, 1),
+        (4, 35, 2, 5, 9, 3, 5, ((1, 0), (2, 1)), 1, 1),
+        (7, 4, 3, 9, 7, 3, 3, 1, 2, 1),
+        (5, 3, 1, 8, 8, 3, 3, 1, 1, 2),
+        (3, 2, 1, 3, 5, 5, 5, 4, 1, 1),
+    ],
+    ids=str,
+)
+def test_wgrad_plane(shape, blocking, dtype):
+    """wgrad_plane, forced: channel groups that do not divide C*M, batch chunks and steps
+    that do not divide N, multipliers (an x plane shared by channels in two blocks),
+    stride, dilation, padding wider than the plane."""
+    N, C, M, H, W, KH, KW, pad, s, d = shape
+    launch = _check_forced_wgrad((N, C, M, H, W, KH, KW, pad), dtype, ("plane", blocking), 29, stride=s, dilation=d)
+    if dtype == "float64" and "wgrad_plane" not in launch.expr:
+        pytest.skip("float64 planes of this size exceed wgrad_plane's shared memory")
+    assert "wgrad_plane" in launch.expr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -106,6 +106,52 @@ def test_every_family(shape, kind, dtype):
     assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
 
 
+# conv_plane (whole small planes per block): odd and even plane sizes, more planes than a
+# block holds and batch items that straddle blocks (C = 70), channel multipliers, strides,
+# dilation, asymmetric padding, a kernel wider than the plane, padding beyond the kernel
+# extent (the rotated grad-input problem then crops). rows: the default (whole planes:
+# every row test a constant), 2 and 1 (bands of a plane: run-time row tests and a last
+# band that ends past the plane).
+PLANE_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (3, 5, 1, 7, 7, 7, 7, 1, 3, 1),
+    (2, 70, 1, 7, 7, 3, 3, 1, 1, 1),
+    (2, 3, 2, 5, 9, 3, 5, 1, ((1, 0), (2, 1)), 1),
+    (1, 4, 3, 9, 7, 3, 3, 2, 1, 1),
+    (2, 3, 1, 8, 8, 3, 3, 1, 1, 2),
+    (1, 2, 1, 11, 5, 1, 7, 1, (0, 3), 1),
+    (1, 3, 1, 6, 6, 5, 5, 1, 6, 1),
+    (2, 3, 1, 17, 17, 1, 7, 1, (0, 3), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [None, 2, 1], ids=str)
+@pytest.mark.parametrize("shape", PLANE_SHAPES, ids=str)
+def test_plane(shape, rows, dtype):
+    """conv_plane, forced, forward and (at stride 1) grad input, against the reference."""
+    from gpu_util import forced_forward, forced_grad_input, params, reference_backward, reference_forward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(23)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    b = random_array(rng, (C * M,), dtype)
+    p = params(x.shape, w.shape, True, s, pad, d)
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "plane", rows=rows)
+    assert out is not None and "conv_plane" in launch.expr
+    ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
+    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW), what="forward")
+    go = random_array(rng, p.out_shape, dtype)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "plane", rows=rows)
+    if s != 1:
+        assert gx is None  # strided grad input is a gather, not a correlation
+        return
+    assert gx is not None and "conv_plane" in launch.expr
+    ref = reference_backward(go, x, w, stride=s, padding=pad, dilation=d, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M), what="grad_x")
+
+
 # conv_mma (tensor cores): every staging shift (pad_l mod 8) with 16-byte copies (widths
 # that are multiples of 8), both shifts with 4-byte copies (even widths), checked loads
 # (odd widths); one to three k-steps (KW 7, 9, 10, 26, 31); tiles that do not divide the

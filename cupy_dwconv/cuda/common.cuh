@@ -260,6 +260,13 @@ struct WmmaArgs {
     i64 units;  // (n, band) items per channel
     int IH, IW, OH, OW, pad_t, pad_l, C, M, CM, n_chunks, BH, n_bands, NC, XP, GOFF, GP;
 };
+struct PlaneArgs {
+    i64 n_planes, IC;
+    int QC, DIV, R, P;  // channel map; P planes per block
+};
+struct WplaneArgs {
+    int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
+};
 struct ReduceArgs {
     int CM, KK, n_chunks;
 };

@@ -1,0 +1,358 @@
+// Depthwise convolution of small planes (ConvNeXt's 7x7 stage, Inception's 17x17): a block
+// owns P whole planes, copied in and out as one contiguous run of memory.
+//
+//   conv_plane   forward (and the grad input at stride 1, as a forward with the rotated
+//                kernel): the plane geometry is a template constant, so every padding
+//                test and every index folds at compile time.
+//   wgrad_plane  weight and bias gradients, stage 1 (partials per batch chunk, summed in
+//                order by wgrad_reduce in wgrad.cu: deterministic, no atomics).
+//
+// Why a kernel of its own: on a 7x7 plane a register tile (conv_tile) is mostly halo, each
+// thread loads its KH*KW weights and KH rows of its own for 7 outputs, and neighbouring
+// threads read addresses a plane apart, so the kernel is bound by load instructions
+// (convnext_7x7_s4: 18 % of the memory floor). Here the P planes of a block are contiguous
+// in memory (P*IH*IW elements), so the block stages them with coalesced loads, each thread
+// reads its rows from shared memory, and the results leave the same way.
+//
+// Bytes per output: (R*IH*IW/(OH*OW) + 1) elements of DRAM traffic, every element moved
+// once; weights (P*R*KH*KW per block) are L2 hits after the first batch item.
+#include "tc.cuh"
+
+namespace dw {
+
+// The bits of one element, as loaded and stored (16-bit types move as unsigned short).
+template <class T> struct Raw { typedef T type; };
+template <> struct Raw<half_t> { typedef unsigned short type; };
+template <> struct Raw<bf16_t> { typedef unsigned short type; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+template <class T> __device__ __forceinline__ float to_acc16(unsigned short v);
+template <> __device__ __forceinline__ float to_acc16<half_t>(unsigned short v) { return h2f(v); }
+template <> __device__ __forceinline__ float to_acc16<bf16_t>(unsigned short v) { return b2f(v); }
+template <class T> __device__ __forceinline__ typename Traits<T>::acc smem_elem(const typename Raw<T>::type* p) {
+    if constexpr (sizeof(T) == 2) return to_acc16<T>(*p);
+    else return to_acc(*p);
+}
+
+// Copy `count` consecutive elements, the whole block together, from src to dst, where
+// both addresses have the same remainder modulo 16 bytes: a scalar head up to the first
+// 16-byte boundary, 16-byte vectors, a scalar tail. U vectors per thread are loaded before
+// the first is stored, so each thread keeps U requests in flight (a load-then-store loop
+// waits a full memory latency per element). GLOBAL_SRC: src is global memory (read
+// through the read-only path), else shared memory.
+template <int U, bool GLOBAL_SRC, class R>
+__device__ __forceinline__ void copy_run(const R* src, R* dst, int count) {
+    constexpr int V = 16 / (int)sizeof(R);
+    const int mis = (int)((reinterpret_cast<unsigned long long>(src) / sizeof(R)) % V);
+    const int head = min(count, (V - mis) % V);
+    const int nvec = (count - head) / V;
+    for (int i = threadIdx.x; i < head; i += blockDim.x) dst[i] = GLOBAL_SRC ? __ldg(src + i) : src[i];
+    const uint4* vs = reinterpret_cast<const uint4*>(src + head);
+    uint4* vd = reinterpret_cast<uint4*>(dst + head);
+    for (int base = threadIdx.x; base < nvec; base += U * blockDim.x) {
+        uint4 v[U];
+#pragma unroll
+        for (int k = 0; k < U; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < nvec) v[k] = GLOBAL_SRC ? __ldg(vs + i) : vs[i];
+        }
+#pragma unroll
+        for (int k = 0; k < U; ++k) {
+            const int i = base + k * blockDim.x;
+            if (i < nvec) vd[i] = v[k];
+        }
+    }
+    for (int i = head + nvec * V + threadIdx.x; i < count; i += blockDim.x) dst[i] = GLOBAL_SRC ? __ldg(src + i) : src[i];
+}
+
+// Starts copying `count` consecutive elements from global src to shared dst (both with
+// the same remainder modulo 16 bytes), the whole block together. sm_80+: cp.async, 16-byte
+// copies plus element copies at the ends, so every copy of the block is in flight at once
+// and no register holds them; stage_wait() waits for them. Older targets: copy_run.
+template <class R>
+__device__ __forceinline__ void stage_async(const R* src, R* dst, int count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr int V = 16 / (int)sizeof(R);
+    const int mis = (int)((reinterpret_cast<unsigned long long>(src) / sizeof(R)) % V);
+    const int head = min(count, (V - mis) % V);
+    const int nvec = (count - head) / V;
+    const unsigned d0 = smem_u32(dst);
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x)
+        cp_async16(d0 + (unsigned)((head + i * V) * (int)sizeof(R)), src + head + i * V, 16);
+    for (int i = threadIdx.x; i < count - nvec * V; i += blockDim.x) {
+        const int e = i < head ? i : i + nvec * V;  // the head, then the tail
+        if constexpr (sizeof(R) == 4) cp_async4(d0 + (unsigned)(e * 4), src + e, 4);
+        else if constexpr (sizeof(R) == 8) cp_async8(d0 + (unsigned)(e * 8), src + e);
+        else dst[e] = __ldg(src + e);  // 16-bit ends: under 8 elements per run
+    }
+#else
+    copy_run<8, true>(src, dst, count);
+#endif
+}
+
+// Waits for this block's stage_async copies and makes them visible to every thread.
+__device__ __forceinline__ void stage_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    cp_async_commit();
+    cp_async_wait<0>();
+#endif
+    __syncthreads();
+}
+
+// Starts copying the weight rows of a block's planes: element e of row j (plane j / R,
+// multiplier slot j % R) from weight row ch*R + j % R, where ch = (ch0 + j / R) mod QC
+// (rows are contiguous except where the block crosses a batch item). 4- and 8-byte
+// elements travel by cp.async (waited for by stage_wait); 16-bit ones through registers,
+// U loads in flight before the first store.
+template <int KK, int U, class R>
+__device__ __forceinline__ void stage_weights(const R* w, R* ws, int rows, int R_, int ch0, int QC) {
+    const int total = rows * KK;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (sizeof(R) >= 4) {
+        const unsigned d0 = smem_u32(ws);
+        for (int e = threadIdx.x; e < total; e += blockDim.x) {
+            const int j = e / KK, k = e - j * KK, p = j / R_;
+            const R* src = w + ((i64)((ch0 + p) % QC) * R_ + (j - p * R_)) * KK + k;
+            if constexpr (sizeof(R) == 4) cp_async4(d0 + (unsigned)(e * 4), src, 4);
+            else cp_async8(d0 + (unsigned)(e * 8), src);
+        }
+        return;
+    }
+#endif
+    for (int base = threadIdx.x; base < total; base += U * blockDim.x) {
+        R v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = base + u * blockDim.x;
+            if (e < total) {
+                const int j = e / KK, k = e - j * KK, p = j / R_;
+                v[u] = __ldg(w + ((i64)((ch0 + p) % QC) * R_ + (j - p * R_)) * KK + k);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = base + u * blockDim.x;
+            if (e < total) ws[e] = v[u];
+        }
+    }
+}
+
+// Shared-memory layout of conv_plane (the host sizes it with the same formula,
+// _kernels.plane_smem_bytes): weights [P*R][KH*KW], then the input planes [P*R][IH*IW] and the output planes [P][OH*OW] (storage type), each
+// with V spare elements in front so a run can start at its global address's remainder
+// modulo 16 bytes and move in 16-byte vectors.
+__host__ __device__ constexpr int plane_smem_offset(int bytes) { return (bytes + 15) / 16 * 16; }
+
+// conv_plane: thread (p, b) computes output rows [b*ROWS, b*ROWS + ROWS) of plane p of the
+// block (NB = ceil(OH / ROWS) threads per plane; NB == 1 makes every row test a
+// compile-time constant). Row-outer as conv_tile: input row r of the band's window is read
+// from shared memory once and feeds every (output row t, tap row kh) pair with
+// t*SH + kh*DH == r; columns outside the plane are dropped at compile time, so shared
+// memory holds the planes exactly as they lie in global memory (no padding is staged).
+//
+// A thread's plane starts IH*IW elements after its neighbour's: an odd plane size puts
+// the 32 lanes of a warp in 32 different banks.
+//
+// Template arguments: T storage type; KH KW SH SW DH DW kernel geometry; IH IW OH OW PT PL
+// plane geometry and padding (negative PT/PL crop: the rotated grad-input problem);
+// ROWS output rows per thread; FLIP read the kernel rotated by 180 degrees; BLOCK, MINB
+// launch bounds.
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
+          int ROWS, bool FLIP, int BLOCK, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+           const PlaneArgs a) {
+    typedef typename Traits<T>::acc A;
+    typedef typename Raw<T>::type RT;
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int NB = (OH + ROWS - 1) / ROWS;       // threads per plane
+    constexpr int WIN = (ROWS - 1) * SH + (KH - 1) * DH + 1;  // input rows of a band
+    static_assert(KK <= 64 && ROWS * OW <= 64 && IW <= 64, "register budget: KH*KW weights, ROWS*OW sums, one row");
+    const i64 n_planes = a.n_planes, IC = a.IC;
+    const int QC = a.QC, DIV = a.DIV, R = a.R, P = a.P;
+
+    constexpr int V = 16 / (int)sizeof(T);
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    RT* const ws = reinterpret_cast<RT*>(smem_raw);
+    const int xs_at = plane_smem_offset(P * R * KK * (int)sizeof(T));
+    RT* const xs0 = reinterpret_cast<RT*>(smem_raw + xs_at);
+    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + xs_at + plane_smem_offset((P * R * IHW + V) * (int)sizeof(T)));
+
+    const int tid = threadIdx.x;
+    const int my_p = tid / NB, my_b = tid - my_p * NB;
+
+    for (i64 q0 = (i64)blockIdx.x * P; q0 < n_planes; q0 += (i64)gridDim.x * P) {
+        const int np = (int)min((i64)P, n_planes - q0);
+        // Input planes of the block: one contiguous run (planes n*IC + (ch/DIV)*R + m are
+        // increasing in q, including across batch items).
+        const i64 in_lo = map_plane(q0, QC, IC, DIV, R).in_plane0;
+        const i64 in_hi = map_plane(q0 + np - 1, QC, IC, DIV, R).in_plane0 + R;
+        const RT* const xg = reinterpret_cast<const RT*>(x + in_lo * IHW);
+        RT* const yg = reinterpret_cast<RT*>(y + q0 * OHW);
+        // Plane runs start where their global address's remainder modulo 16 bytes says.
+        RT* const xs = xs0 + (int)((reinterpret_cast<unsigned long long>(xg) / sizeof(T)) % V);
+        RT* const ys = ys0 + (int)((reinterpret_cast<unsigned long long>(yg) / sizeof(T)) % V);
+        __syncthreads();  // the previous group's readers of xs / ys are done
+        stage_async(xg, xs, (int)(in_hi - in_lo) * IHW);
+        stage_weights<KK, 16>(reinterpret_cast<const RT*>(w), ws, np * R, R, map_plane(q0, QC, IC, DIV, R).ch, QC);
+        stage_wait();
+
+        if (my_p < np) {
+            const PlaneMap pm = map_plane(q0 + my_p, QC, IC, DIV, R);
+            const A b0 = (!FLIP && bias != nullptr) ? load1(bias + pm.ch) : A(0);
+            A acc[ROWS][OW];
+#pragma unroll
+            for (int t = 0; t < ROWS; ++t)
+#pragma unroll
+                for (int j = 0; j < OW; ++j) acc[t][j] = b0;
+            const int oh0 = my_b * ROWS;
+            for (int m = 0; m < R; ++m) {
+                const RT* xp = xs + (pm.in_plane0 + m - in_lo) * IHW;
+                const RT* wt = ws + (my_p * R + m) * KK;
+                A wr[KK];
+#pragma unroll
+                for (int k = 0; k < KK; ++k) wr[k] = smem_elem<T>(wt + (FLIP ? KK - 1 - k : k));
+#pragma unroll
+                for (int r = 0; r < WIN; ++r) {
+                    const int ih = oh0 * SH - PT + r;  // a constant when NB == 1
+                    if ((unsigned)ih >= (unsigned)IH) continue;
+                    A row[IW];
+#pragma unroll
+                    for (int c = 0; c < IW; ++c) row[c] = smem_elem<T>(xp + ih * IW + c);
+#pragma unroll
+                    for (int t = 0; t < ROWS; ++t)
+#pragma unroll
+                        for (int kh = 0; kh < KH; ++kh) {
+                            if (t * SH + kh * DH != r) continue;
+#pragma unroll
+                            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                                for (int j = 0; j < OW; ++j) {
+                                    const int iw = j * SW - PL + kw * DW;
+                                    if (iw >= 0 && iw < IW) acc[t][j] = fma(row[iw], wr[kh * KW + kw], acc[t][j]);
+                                }
+                        }
+                }
+            }
+            RT* yp = ys + my_p * OHW;
+#pragma unroll
+            for (int t = 0; t < ROWS; ++t) {
+                if (NB > 1 && oh0 + t >= OH) break;
+#pragma unroll
+                for (int j = 0; j < OW; ++j) {
+                    T v;
+                    store1(&v, acc[t][j]);
+                    yp[(oh0 + t) * OW + j] = *reinterpret_cast<const RT*>(&v);
+                }
+            }
+        }
+        __syncthreads();
+        copy_run<4, false>(ys, yg, np * OHW);  // the block's outputs are one contiguous run too
+    }
+}
+
+// wgrad_plane: grid (channel groups, batch chunks). A block owns P consecutive output
+// channels o and walks the batch items n of its chunk G at a time: thread (g, p) takes
+// item n0 + g of each step, with the x plane of channel o / M held in registers (whole, so
+// every tap's index is a constant) and the grad_output plane of channel o streamed a row
+// at a time; it keeps the KH*KW tap sums and the bias sum. At the end the G sums of each
+// channel are added in g order and written as the block's partial row: the same reduction
+// tree on every run.
+//
+// Shared memory (dynamic), per step: G runs of the x planes of the block's channels, then
+// G runs of their grad_output planes (storage type), each run with one vector of slack
+// (as conv_plane); the final sums reuse it as [G][P][KH*KW + 1] accumulators.
+// Bytes: x and grad_output are read once from DRAM (an x plane twice when M > 1 and its
+// channels straddle two blocks); the partials are CM * chunks * (KH*KW + 1) sums.
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
+          int BLOCK, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
+            const WplaneArgs a) {
+    typedef typename Traits<T>::acc A;
+    typedef typename Raw<T>::type RT;
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int V = 16 / (int)sizeof(T);
+    static_assert(KK <= 64 && IHW <= 64 && OW <= 64, "register budget: KH*KW + 1 sums, an x plane, a grad_output row");
+    const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks, G = a.G, P = a.P;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int xrun = plane_smem_offset((P * IHW + V) * (int)sizeof(T));   // bytes per x run
+    const int grun = plane_smem_offset((P * OHW + V) * (int)sizeof(T));   // bytes per grad_output run
+    const int tid = threadIdx.x;
+    const int my_g = tid / P, my_p = tid - my_g * P;
+
+    const int o0 = blockIdx.x * P;
+    const int np = min(P, CM - o0);
+    const int c_lo = o0 / M, c_hi = (o0 + np - 1) / M + 1;  // x channels of the block
+    const int n_begin = (int)((i64)N * blockIdx.y / n_chunks), n_end = (int)((i64)N * (blockIdx.y + 1) / n_chunks);
+    const bool active = my_g < G && my_p < np;
+    const int o = o0 + my_p;
+
+    A acc[KK + 1];
+#pragma unroll
+    for (int k = 0; k <= KK; ++k) acc[k] = A(0);
+    for (int n0 = n_begin; n0 < n_end; n0 += G) {
+        __syncthreads();  // the previous step's readers are done
+        for (int g = 0; g < G && n0 + g < n_end; ++g) {
+            const i64 n = n0 + g;
+            const RT* xg = reinterpret_cast<const RT*>(x + (n * C + c_lo) * IHW);
+            const RT* gg = reinterpret_cast<const RT*>(go + (n * CM + o0) * OHW);
+            RT* xs = reinterpret_cast<RT*>(smem_raw + g * xrun) + (int)((reinterpret_cast<unsigned long long>(xg) / sizeof(T)) % V);
+            RT* gs = reinterpret_cast<RT*>(smem_raw + G * xrun + g * grun) + (int)((reinterpret_cast<unsigned long long>(gg) / sizeof(T)) % V);
+            stage_async(xg, xs, (c_hi - c_lo) * IHW);
+            stage_async(gg, gs, np * OHW);
+        }
+        stage_wait();
+        if (active && n0 + my_g < n_end) {
+            const i64 n = n0 + my_g;
+            const RT* xs = reinterpret_cast<const RT*>(smem_raw + my_g * xrun)
+                         + (int)((reinterpret_cast<unsigned long long>(x + (n * C + c_lo) * IHW) / sizeof(T)) % V)
+                         + (o / M - c_lo) * IHW;
+            const RT* gs = reinterpret_cast<const RT*>(smem_raw + G * xrun + my_g * grun)
+                         + (int)((reinterpret_cast<unsigned long long>(go + (n * CM + o0) * OHW) / sizeof(T)) % V)
+                         + my_p * OHW;
+            A xv[IHW];
+#pragma unroll
+            for (int i = 0; i < IHW; ++i) xv[i] = smem_elem<T>(xs + i);
+#pragma unroll
+            for (int oh = 0; oh < OH; ++oh) {
+                A gr[OW];
+#pragma unroll
+                for (int j = 0; j < OW; ++j) {
+                    gr[j] = smem_elem<T>(gs + oh * OW + j);
+                    acc[KK] += gr[j];
+                }
+#pragma unroll
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int ih = oh * SH - PT + kh * DH;
+                    if (ih < 0 || ih >= IH) continue;
+#pragma unroll
+                    for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                        for (int j = 0; j < OW; ++j) {
+                            const int iw = j * SW - PL + kw * DW;
+                            if (iw >= 0 && iw < IW) acc[kh * KW + kw] = fma(gr[j], xv[ih * IW + iw], acc[kh * KW + kw]);
+                        }
+                }
+            }
+        }
+    }
+    // Sums of the G items of each channel, added in g order.
+    __syncthreads();
+    A* red = reinterpret_cast<A*>(smem_raw);  // [G][P][KK + 1]
+    if (my_g < G) {
+#pragma unroll
+        for (int k = 0; k <= KK; ++k) red[(my_g * P + my_p) * (KK + 1) + k] = acc[k];
+    }
+    __syncthreads();
+    for (int e = tid; e < np * (KK + 1); e += blockDim.x) {
+        const int p = e / (KK + 1), k = e - p * (KK + 1);
+        A s = A(0);
+        for (int g = 0; g < G; ++g) s += red[(g * P + p) * (KK + 1) + k];
+        partial[((i64)(o0 + p) * n_chunks + blockIdx.y) * (KK + 1) + k] = s;
+    }
+}
+
+}  // namespace dw
