@@ -466,6 +466,10 @@ PLANE_MAX_ROW = 64      # one input row and ROWS x OW sums live in registers
 PLANE_SMEM = 48 * 1024  # per block; small blocks, several per SM
 
 
+def _up16(nbytes):
+    return _cdiv(nbytes, 16) * 16
+
+
 def plane_smem_bytes(pr, dtype, planes_per_block):
     """Dynamic shared memory of conv_plane (mirrors its layout in cuda/plane.cu): weights,
     then input and output planes with one 16-byte vector of slack each (all in the
@@ -473,12 +477,8 @@ def plane_smem_bytes(pr, dtype, planes_per_block):
     size = ITEMSIZE[dtype]
     v = 16 // size
     pr_planes = planes_per_block * pr.R
-
-    def up16(b):
-        return _cdiv(b, 16) * 16
-
-    return (up16(pr_planes * pr.KH * pr.KW * size) + up16((pr_planes * pr.IH * pr.IW + v) * size)
-            + up16((planes_per_block * pr.OH * pr.OW + v) * size))
+    return (_up16(pr_planes * pr.KH * pr.KW * size) + _up16((pr_planes * pr.IH * pr.IW + v) * size)
+            + _up16((planes_per_block * pr.OH * pr.OW + v) * size))
 
 
 def _plane_rows(pr):
@@ -823,11 +823,7 @@ def wgrad_plane_smem_bytes(p, dtype, planes, items):
     planes, each with a vector of slack (mirrors cuda/plane.cu), or the final sums if larger."""
     size, acc = ITEMSIZE[dtype], ITEMSIZE[ACC_DTYPE[dtype]]
     v = 16 // size
-
-    def up16(b):
-        return _cdiv(b, 16) * 16
-
-    staging = items * (up16((planes * p.H * p.W + v) * size) + up16((planes * p.OH * p.OW + v) * size))
+    staging = items * (_up16((planes * p.H * p.W + v) * size) + _up16((planes * p.OH * p.OW + v) * size))
     return max(staging, items * planes * (p.KH * p.KW + 1) * acc)
 
 

@@ -35,6 +35,13 @@ template <class T> __device__ __forceinline__ typename Traits<T>::acc smem_elem(
     else return to_acc(*p);
 }
 
+// Elements of p's type between the last 16-byte boundary and p: a shared-memory run that
+// starts this many elements past a 16-byte boundary has the same remainder as p.
+template <class R>
+__device__ __forceinline__ int vec_phase(const R* p) {
+    return (int)((reinterpret_cast<unsigned long long>(p) / sizeof(R)) % (16 / sizeof(R)));
+}
+
 // Copy `count` consecutive elements, the whole block together, from src to dst, where
 // both addresses have the same remainder modulo 16 bytes: a scalar head up to the first
 // 16-byte boundary, 16-byte vectors, a scalar tail. U vectors per thread are loaded before
@@ -44,8 +51,7 @@ template <class T> __device__ __forceinline__ typename Traits<T>::acc smem_elem(
 template <int U, bool GLOBAL_SRC, class R>
 __device__ __forceinline__ void copy_run(const R* src, R* dst, int count) {
     constexpr int V = 16 / (int)sizeof(R);
-    const int mis = (int)((reinterpret_cast<unsigned long long>(src) / sizeof(R)) % V);
-    const int head = min(count, (V - mis) % V);
+    const int head = min(count, (V - vec_phase(src)) % V);
     const int nvec = (count - head) / V;
     for (int i = threadIdx.x; i < head; i += blockDim.x) dst[i] = GLOBAL_SRC ? __ldg(src + i) : src[i];
     const uint4* vs = reinterpret_cast<const uint4*>(src + head);
@@ -74,8 +80,7 @@ template <class R>
 __device__ __forceinline__ void stage_async(const R* src, R* dst, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int V = 16 / (int)sizeof(R);
-    const int mis = (int)((reinterpret_cast<unsigned long long>(src) / sizeof(R)) % V);
-    const int head = min(count, (V - mis) % V);
+    const int head = min(count, (V - vec_phase(src)) % V);
     const int nvec = (count - head) / V;
     const unsigned d0 = smem_u32(dst);
     for (int i = threadIdx.x; i < nvec; i += blockDim.x)
@@ -139,10 +144,10 @@ __device__ __forceinline__ void stage_weights(const R* w, R* ws, int rows, int R
 }
 
 // Shared-memory layout of conv_plane (the host sizes it with the same formula,
-// _kernels.plane_smem_bytes): weights [P*R][KH*KW], then the input planes [P*R][IH*IW] and the output planes [P][OH*OW] (storage type), each
-// with V spare elements in front so a run can start at its global address's remainder
-// modulo 16 bytes and move in 16-byte vectors.
-__host__ __device__ constexpr int plane_smem_offset(int bytes) { return (bytes + 15) / 16 * 16; }
+// _kernels.plane_smem_bytes): weights [P*R][KH*KW], then the input planes [P*R][IH*IW]
+// and the output planes [P][OH*OW], all in the storage type, each region on a 16-byte
+// boundary with V spare elements, so a run can start at its global address's remainder
+// modulo 16 bytes (vec_phase) and move in 16-byte vectors.
 
 // conv_plane: thread (p, b) computes output rows [b*ROWS, b*ROWS + ROWS) of plane p of the
 // block (NB = ceil(OH / ROWS) threads per plane; NB == 1 makes every row test a
@@ -175,9 +180,9 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     constexpr int V = 16 / (int)sizeof(T);
     extern __shared__ __align__(16) unsigned char smem_raw[];
     RT* const ws = reinterpret_cast<RT*>(smem_raw);
-    const int xs_at = plane_smem_offset(P * R * KK * (int)sizeof(T));
+    const int xs_at = round_up(P * R * KK * (int)sizeof(T), 16);
     RT* const xs0 = reinterpret_cast<RT*>(smem_raw + xs_at);
-    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + xs_at + plane_smem_offset((P * R * IHW + V) * (int)sizeof(T)));
+    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + xs_at + round_up((P * R * IHW + V) * (int)sizeof(T), 16));
 
     const int tid = threadIdx.x;
     const int my_p = tid / NB, my_b = tid - my_p * NB;
@@ -191,8 +196,8 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         const RT* const xg = reinterpret_cast<const RT*>(x + in_lo * IHW);
         RT* const yg = reinterpret_cast<RT*>(y + q0 * OHW);
         // Plane runs start where their global address's remainder modulo 16 bytes says.
-        RT* const xs = xs0 + (int)((reinterpret_cast<unsigned long long>(xg) / sizeof(T)) % V);
-        RT* const ys = ys0 + (int)((reinterpret_cast<unsigned long long>(yg) / sizeof(T)) % V);
+        RT* const xs = xs0 + vec_phase(xg);
+        RT* const ys = ys0 + vec_phase(yg);
         __syncthreads();  // the previous group's readers of xs / ys are done
         stage_async(xg, xs, (int)(in_hi - in_lo) * IHW);
         stage_weights<KK, 16>(reinterpret_cast<const RT*>(w), ws, np * R, R, map_plane(q0, QC, IC, DIV, R).ch, QC);
@@ -278,8 +283,8 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
     const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks, G = a.G, P = a.P;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int xrun = plane_smem_offset((P * IHW + V) * (int)sizeof(T));   // bytes per x run
-    const int grun = plane_smem_offset((P * OHW + V) * (int)sizeof(T));   // bytes per grad_output run
+    const int xrun = round_up((P * IHW + V) * (int)sizeof(T), 16);   // bytes per x run
+    const int grun = round_up((P * OHW + V) * (int)sizeof(T), 16);   // bytes per grad_output run
     const int tid = threadIdx.x;
     const int my_g = tid / P, my_p = tid - my_g * P;
 
@@ -289,6 +294,14 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
     const int n_begin = (int)((i64)N * blockIdx.y / n_chunks), n_end = (int)((i64)N * (blockIdx.y + 1) / n_chunks);
     const bool active = my_g < G && my_p < np;
     const int o = o0 + my_p;
+    // Batch item n's run of x planes and of grad_output planes (global), and where slot
+    // g holds each in shared memory (same remainder modulo 16 bytes).
+    auto x_run = [&](i64 n) { return reinterpret_cast<const RT*>(x + (n * C + c_lo) * IHW); };
+    auto g_run = [&](i64 n) { return reinterpret_cast<const RT*>(go + (n * CM + o0) * OHW); };
+    auto xs_run = [&](int g, const RT* src) { return reinterpret_cast<RT*>(smem_raw + g * xrun) + vec_phase(src); };
+    auto gs_run = [&](int g, const RT* src) {
+        return reinterpret_cast<RT*>(smem_raw + G * xrun + g * grun) + vec_phase(src);
+    };
 
     A acc[KK + 1];
 #pragma unroll
@@ -296,23 +309,15 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
     for (int n0 = n_begin; n0 < n_end; n0 += G) {
         __syncthreads();  // the previous step's readers are done
         for (int g = 0; g < G && n0 + g < n_end; ++g) {
-            const i64 n = n0 + g;
-            const RT* xg = reinterpret_cast<const RT*>(x + (n * C + c_lo) * IHW);
-            const RT* gg = reinterpret_cast<const RT*>(go + (n * CM + o0) * OHW);
-            RT* xs = reinterpret_cast<RT*>(smem_raw + g * xrun) + (int)((reinterpret_cast<unsigned long long>(xg) / sizeof(T)) % V);
-            RT* gs = reinterpret_cast<RT*>(smem_raw + G * xrun + g * grun) + (int)((reinterpret_cast<unsigned long long>(gg) / sizeof(T)) % V);
-            stage_async(xg, xs, (c_hi - c_lo) * IHW);
-            stage_async(gg, gs, np * OHW);
+            const RT* xg = x_run(n0 + g);
+            const RT* gg = g_run(n0 + g);
+            stage_async(xg, xs_run(g, xg), (c_hi - c_lo) * IHW);
+            stage_async(gg, gs_run(g, gg), np * OHW);
         }
         stage_wait();
         if (active && n0 + my_g < n_end) {
-            const i64 n = n0 + my_g;
-            const RT* xs = reinterpret_cast<const RT*>(smem_raw + my_g * xrun)
-                         + (int)((reinterpret_cast<unsigned long long>(x + (n * C + c_lo) * IHW) / sizeof(T)) % V)
-                         + (o / M - c_lo) * IHW;
-            const RT* gs = reinterpret_cast<const RT*>(smem_raw + G * xrun + my_g * grun)
-                         + (int)((reinterpret_cast<unsigned long long>(go + (n * CM + o0) * OHW) / sizeof(T)) % V)
-                         + my_p * OHW;
+            const RT* xs = xs_run(my_g, x_run(n0 + my_g)) + (o / M - c_lo) * IHW;
+            const RT* gs = gs_run(my_g, g_run(n0 + my_g)) + my_p * OHW;
             A xv[IHW];
 #pragma unroll
             for (int i = 0; i < IHW; ++i) xv[i] = smem_elem<T>(xs + i);
