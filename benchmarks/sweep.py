@@ -37,9 +37,12 @@ SMEM_VARIANTS = [(7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (1, 8),
 # conv_mma (WN, WR, STAGES, MINB); MINB None = the host's rule.
 MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, None), (8, 2, 4, None),
                 (4, 4, 3, None), (8, 8, 2, None), (16, 2, 3, None), (8, 4, 3, 3)]
-# conv_plane output rows per thread (None = the host's rule), on planes conv_plane takes
-# (at most _kernels.PLANE_MAX_OUTPUTS outputs).
-PLANE_ROWS = [None, 1, 2, 3, 4]
+# conv_plane (output rows per thread, stages, planes per block, grid cap; None = the
+# host's rule), on planes conv_plane takes (at most _kernels.PLANE_MAX_OUTPUTS outputs).
+PLANE_VARIANTS = [(None, 1, None, None), (1, 1, None, None), (2, 1, None, None), (3, 1, None, None),
+                  (4, 1, None, None), (None, 2, None, None), (None, 2, 32, None), (None, 2, 64, 264),
+                  (None, 2, 32, 528), (None, 2, 96, None), (None, 1, 32, None), (3, 2, None, None),
+                  (None, 2, 16, None)]
 # wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
 WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
                    (32, 8, 4)]
@@ -149,8 +152,8 @@ def variant_launches(p, dtype, which):
         for wn, wr, st, mb in MMA_VARIANTS:
             out.append((("mma", dict(wn=wn, wr=wr, stages=st, minb=mb)), None))
     if pr.OH * pr.OW <= _kernels.PLANE_MAX_OUTPUTS:
-        for rows in PLANE_ROWS:
-            out.append((("plane", dict(rows=rows)), None))
+        for rows, stages, planes, blocks in PLANE_VARIANTS:
+            out.append((("plane", dict(rows=rows, stages=stages, planes=planes, blocks=blocks)), None))
     if pr.KH * pr.KW >= 7 or p.OH * p.OW <= 400:
         for th, tw in SMEM_VARIANTS:
             out.append((("smem", dict(th=th, tw=tw)), None))

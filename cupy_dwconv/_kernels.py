@@ -470,15 +470,16 @@ def _up16(nbytes):
     return _cdiv(nbytes, 16) * 16
 
 
-def plane_smem_bytes(pr, dtype, planes_per_block):
-    """Dynamic shared memory of conv_plane (mirrors its layout in cuda/plane.cu): weights,
-    then input and output planes with one 16-byte vector of slack each (all in the
-    storage type), every region starting on a 16-byte boundary."""
+def plane_smem_bytes(pr, dtype, planes_per_block, stages=1):
+    """Dynamic shared memory of conv_plane (mirrors its layout in cuda/plane.cu): per
+    stage, the weights (two runs, two 16-byte vectors of slack) and the input planes (one
+    vector of slack); then the output planes (one vector of slack); all in the storage
+    type, every region starting on a 16-byte boundary."""
     size = ITEMSIZE[dtype]
     v = 16 // size
     pr_planes = planes_per_block * pr.R
-    return (_up16(pr_planes * pr.KH * pr.KW * size) + _up16((pr_planes * pr.IH * pr.IW + v) * size)
-            + _up16((planes_per_block * pr.OH * pr.OW + v) * size))
+    stage = _up16((pr_planes * pr.KH * pr.KW + 2 * v) * size) + _up16((pr_planes * pr.IH * pr.IW + v) * size)
+    return stages * stage + _up16((planes_per_block * pr.OH * pr.OW + v) * size)
 
 
 def _plane_rows(pr):
@@ -513,9 +514,20 @@ def _plane_regs(pr, dtype, rows):
     return values * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
 
 
-def plane_launch(pr, dtype, rows=None):
+# Stages of conv_plane by default: 1. Sweep (H100, float32, session 6), forward / grad
+# input in ms: convnext_7x7_s4 one stage 0.0157 / 0.0156, two stages (persistent,
+# double-buffered) 0.0178-0.0228 / 0.0173-0.0202 over planes per block 16-96;
+# inception_1x7 0.0113 / 0.0108 against 0.0113-0.0128 / 0.0113-0.0127. Two stages double
+# the shared memory of a block, and the blocks then resident per SM hold fewer warps
+# than the FMAs of a 7x7 plane need.
+PLANE_STAGES = 1
+
+
+def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sms=132):
     """conv_plane plan (MODE 0 correlations, optionally with the rotated kernel, at any
-    stride); None if the shape does not fit its register and shared-memory budget."""
+    stride); None if the shape does not fit its register and shared-memory budget.
+    `stages` 2 runs persistent double-buffered blocks (at most `blocks`, else as many as
+    are resident on `sms` multiprocessors); `planes` fixes the planes per block."""
     if pr.mode != 0 or pr.KH * pr.KW > PLANE_MAX_TAPS or pr.IW > PLANE_MAX_ROW or min(pr.OH, pr.OW) < 1:
         return None
     if rows is None:
@@ -525,19 +537,29 @@ def plane_launch(pr, dtype, rows=None):
     rows = min(rows, pr.OH)
     if rows * pr.OW > PLANE_MAX_ROW:
         return None
+    stages = PLANE_STAGES if stages is None else stages
     nb = _cdiv(pr.OH, rows)
-    fit = _plane_block(nb, lambda p: plane_smem_bytes(pr, dtype, p))
+    if planes is None:
+        fit = _plane_block(nb, lambda p: plane_smem_bytes(pr, dtype, p, stages))
+    else:
+        fit = (planes, _cdiv(planes * nb, 32) * 32)
+        if fit[1] > 1024 or plane_smem_bytes(pr, dtype, planes, stages) > SM_SMEM:
+            fit = None
     if fit is None:
         return None
     planes_per_block, block = fit
     minb = _plane_minb(block, _plane_regs(pr, dtype, rows))
-    smem = plane_smem_bytes(pr, dtype, planes_per_block)
+    smem = plane_smem_bytes(pr, dtype, planes_per_block, stages)
     expr = "dw::conv_plane<" + _targs(
         CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL,
-        rows, pr.flip, block, minb
+        rows, pr.flip, stages, block, minb
     ) + ">"
     args = pack_args("PlaneArgs", n_planes=pr.planes, P=planes_per_block, **_channel_fields(pr))
-    grid = (max(1, min(_cdiv(pr.planes, planes_per_block), INT32_MAX)), 1, 1)
+    groups = _cdiv(pr.planes, planes_per_block)
+    if stages > 1:  # persistent: as many blocks as are resident at once
+        per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // block))
+        groups = min(groups, sms * per_sm)
+    grid = (max(1, min(groups, blocks or INT32_MAX, INT32_MAX)), 1, 1)
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
 
 
@@ -661,9 +683,9 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
         if kind == "mma":
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
-            return plane_launch(q, dtype, **kwargs) if q.mode == 0 else None
+            return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
         return generic_launch(pr, dtype)
-    launch = plane_launch(q, dtype) if q.mode == 0 and _use_plane(q) else None
+    launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q) else None
     if launch is None and _use_mma(q, dtype):
         launch = mma_launch(q, dtype, x_ptr, arch, sms)
     if launch is None:

@@ -711,9 +711,10 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
-        if name == "conv_plane":  # output rows per thread x plane width
+        if name == "conv_plane":  # output rows per thread x plane width, stages
             out = f"conv_plane {int(args[13])}x{int(args[10])}"
-            return out + (" flip" if args[14] == "true" else "")
+            out += " flip" if args[14] == "true" else ""
+            return out + (f" s{int(args[15])}" if len(args) > 17 and int(args[15]) > 1 else "")
     except (IndexError, ValueError):
         pass
     try:

@@ -383,26 +383,6 @@ def test_grad_output_shape_checked():
         cupy_dwconv.depthwise_conv2d_backward(go, x, w)
 
 
-def test_torch_autograd_agrees():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch has no CUDA device")
-    import torch.nn.functional as F
-
-    import cupy_dwconv
-
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(2, 4, 29, 31, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(8, 1, 3, 5, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(8, device="cuda", dtype=torch.float64, generator=g, requires_grad=True)
-    y = F.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=4)
-    go = torch.randn(y.shape, device="cuda", dtype=torch.float64, generator=g)
-    y.backward(go)
-    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x.detach(), w.detach(), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
-    for ours, theirs in ((gx, x.grad), (gw, w.grad), (gb, b.grad)):
-        assert_close(torch.from_dlpack(ours).cpu().numpy(), theirs.cpu().numpy(), "float64", scale=30.0)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocking", [{}, dict(planes=3, items=5, chunks=2), dict(planes=7, items=1, chunks=3)], ids=str)
 @pytest.mark.parametrize(

@@ -109,9 +109,11 @@ def test_every_family(shape, kind, dtype):
 # conv_plane (whole small planes per block): odd and even plane sizes, more planes than a
 # block holds and batch items that straddle blocks (C = 70), channel multipliers, strides,
 # dilation, asymmetric padding, a kernel wider than the plane, padding beyond the kernel
-# extent (the rotated grad-input problem then crops). rows: the default (whole planes:
-# every row test a constant), 2 and 1 (bands of a plane: run-time row tests and a last
-# band that ends past the plane).
+# extent (the rotated grad-input problem then crops). Variants: the default (whole planes:
+# every row test a constant); rows 2 and 1 (bands of a plane: run-time row tests and a
+# last band that ends past the plane); two stages with a grid of 2 or 3 blocks (each block
+# walks several groups, double-buffered, the last one partial) and 5 planes per block
+# (groups that start and end inside a batch item, weight runs that wrap to channel 0).
 PLANE_SHAPES = [
     # N, C, M, H, W, KH, KW, stride, padding, dilation
     (3, 5, 1, 7, 7, 7, 7, 1, 3, 1),
@@ -125,10 +127,14 @@ PLANE_SHAPES = [
 ]
 
 
+PLANE_VARIANTS = [{}, dict(rows=2), dict(rows=1), dict(stages=2, blocks=2),
+                  dict(stages=2, rows=1, planes=5, blocks=3), dict(stages=1, planes=5)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [None, 2, 1], ids=str)
+@pytest.mark.parametrize("variant", PLANE_VARIANTS, ids=str)
 @pytest.mark.parametrize("shape", PLANE_SHAPES, ids=str)
-def test_plane(shape, rows, dtype):
+def test_plane(shape, variant, dtype):
     """conv_plane, forced, forward and (at stride 1) grad input, against the reference."""
     from gpu_util import forced_forward, forced_grad_input, params, reference_backward, reference_forward, to_gpu
 
@@ -138,12 +144,12 @@ def test_plane(shape, rows, dtype):
     w = random_array(rng, (C * M, 1, KH, KW), dtype)
     b = random_array(rng, (C * M,), dtype)
     p = params(x.shape, w.shape, True, s, pad, d)
-    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "plane", rows=rows)
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "plane", **variant)
     assert out is not None and "conv_plane" in launch.expr
     ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
     assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW), what="forward")
     go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "plane", rows=rows)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "plane", **variant)
     if s != 1:
         assert gx is None  # strided grad input is a gather, not a correlation
         return
@@ -291,41 +297,6 @@ def test_large_tensor_64bit_indices():
     # plus the true bottom/right edges of the plane.
     assert_close(got[..., 1:, 1:], ref[..., 1:, 1:], "float16", scale=3.0)
     del x, out
-
-
-def test_torch_dlpack_roundtrip():
-    torch = pytest.importorskip("torch")
-    import cupy
-
-    import cupy_dwconv
-
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch has no CUDA device")
-    import torch.nn.functional as F
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(2, 6, 33, 47, device="cuda", generator=g)
-    w = torch.randn(12, 1, 3, 5, device="cuda", generator=g)
-    b = torch.randn(12, device="cuda", generator=g)
-    out = cupy_dwconv.depthwise_conv2d(x, w, b, stride=(1, 2), padding=(1, 2), dilation=(2, 1))
-    assert isinstance(out, cupy.ndarray)
-    t = torch.from_dlpack(out)
-    assert t.data_ptr() == out.data.ptr  # shares memory, no copy
-    ref = F.conv2d(x.double(), w.double(), b.double(), stride=(1, 2), padding=(1, 2), dilation=(2, 1), groups=6)
-    assert_close(t.cpu().numpy(), ref.cpu().numpy(), "float32", scale=4.0)
-    # 16-bit tensors go in zero-copy too.
-    xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
-    outb = torch.from_dlpack(cupy_dwconv.depthwise_conv2d(xb, wb, padding="same"))
-    refb = F.conv2d(xb.double(), wb.double(), padding="same", groups=6)
-    assert_close(outb.float().cpu().numpy(), refb.cpu().numpy(), "bfloat16", scale=4.0)
-
-
-def test_cpu_torch_tensor_refused():
-    torch = pytest.importorskip("torch")
-    import cupy_dwconv
-
-    with pytest.raises(TypeError, match="x: .*CPU"):
-        cupy_dwconv.depthwise_conv2d(torch.zeros(1, 2, 5, 5), torch.zeros(2, 1, 3, 3))
 
 
 def test_arrays_on_different_gpus():

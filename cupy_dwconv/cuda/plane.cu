@@ -75,7 +75,7 @@ __device__ __forceinline__ void copy_run(const R* src, R* dst, int count) {
 // Starts copying `count` consecutive elements from global src to shared dst (both with
 // the same remainder modulo 16 bytes), the whole block together. sm_80+: cp.async, 16-byte
 // copies plus element copies at the ends, so every copy of the block is in flight at once
-// and no register holds them; stage_wait() waits for them. Older targets: copy_run.
+// and no register holds them; stage_commit_wait() waits for them. Older targets: copy_run.
 template <class R>
 __device__ __forceinline__ void stage_async(const R* src, R* dst, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -96,61 +96,46 @@ __device__ __forceinline__ void stage_async(const R* src, R* dst, int count) {
 #endif
 }
 
-// Waits for this block's stage_async copies and makes them visible to every thread.
-__device__ __forceinline__ void stage_wait() {
+// Closes this thread's stage_async copies issued since the last call into one group.
+__device__ __forceinline__ void stage_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     cp_async_commit();
-    cp_async_wait<0>();
+#endif
+}
+
+// Closes the copies issued since the last commit into a group, waits until at most
+// PENDING of this thread's groups are still in flight (sm_80+; older targets copied
+// synchronously), then a block barrier makes every thread's finished copies visible.
+template <int PENDING>
+__device__ __forceinline__ void stage_commit_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    cp_async_commit();
+    cp_async_wait<PENDING>();
 #endif
     __syncthreads();
 }
 
-// Starts copying the weight rows of a block's planes: element e of row j (plane j / R,
-// multiplier slot j % R) from weight row ch*R + j % R, where ch = (ch0 + j / R) mod QC
-// (rows are contiguous except where the block crosses a batch item). 4- and 8-byte
-// elements travel by cp.async (waited for by stage_wait); 16-bit ones through registers,
-// U loads in flight before the first store.
-template <int KK, int U, class R>
-__device__ __forceinline__ void stage_weights(const R* w, R* ws, int rows, int R_, int ch0, int QC) {
-    const int total = rows * KK;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (sizeof(R) >= 4) {
-        const unsigned d0 = smem_u32(ws);
-        for (int e = threadIdx.x; e < total; e += blockDim.x) {
-            const int j = e / KK, k = e - j * KK, p = j / R_;
-            const R* src = w + ((i64)((ch0 + p) % QC) * R_ + (j - p * R_)) * KK + k;
-            if constexpr (sizeof(R) == 4) cp_async4(d0 + (unsigned)(e * 4), src, 4);
-            else cp_async8(d0 + (unsigned)(e * 8), src);
-        }
-        return;
-    }
-#endif
-    for (int base = threadIdx.x; base < total; base += U * blockDim.x) {
-        R v[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int e = base + u * blockDim.x;
-            if (e < total) {
-                const int j = e / KK, k = e - j * KK, p = j / R_;
-                v[u] = __ldg(w + ((i64)((ch0 + p) % QC) * R_ + (j - p * R_)) * KK + k);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int e = base + u * blockDim.x;
-            if (e < total) ws[e] = v[u];
-        }
-    }
-}
+// One group of conv_plane: planes [q0, q0 + np) of the output, which read the input
+// planes [in_lo, in_hi) and the weight rows of channels ch0, ch0 + 1, ... (mod QC).
+struct PlaneGroup {
+    i64 q0, in_lo, in_hi;
+    int np, ch0;
+};
 
 // Shared-memory layout of conv_plane (the host sizes it with the same formula,
-// _kernels.plane_smem_bytes): weights [P*R][KH*KW], then the input planes [P*R][IH*IW]
-// and the output planes [P][OH*OW], all in the storage type, each region on a 16-byte
-// boundary with V spare elements, so a run can start at its global address's remainder
-// modulo 16 bytes (vec_phase) and move in 16-byte vectors.
+// _kernels.plane_smem_bytes): NS stages, each the weights of its group [P*R][KH*KW] (two
+// runs, + 2 V elements) and its input planes [P*R][IH*IW] (+ V), then one buffer of
+// output planes [P][OH*OW] (+ V); storage type, every region on a 16-byte boundary. The
+// V spare elements let a run start at its global address's remainder modulo 16 bytes
+// (vec_phase), so it moves in 16-byte vectors.
+//
+// The weights of a group are those of consecutive channels, so they are one contiguous run
+// (channels [ch0, ch0 + nA)) plus, where the group crosses into the next batch item, a
+// second from channel 0 ([0, nB)); each is copied as a run (16-byte vectors), not row by
+// row with a division per element (which cost as many instructions as the FMAs on 7x7).
 
 // conv_plane: thread (p, b) computes output rows [b*ROWS, b*ROWS + ROWS) of plane p of the
-// block (NB = ceil(OH / ROWS) threads per plane; NB == 1 makes every row test a
+// block's group (NB = ceil(OH / ROWS) threads per plane; NB == 1 makes every row test a
 // compile-time constant). Row-outer as conv_tile: input row r of the band's window is read
 // from shared memory once and feeds every (output row t, tap row kh) pair with
 // t*SH + kh*DH == r; columns outside the plane are dropped at compile time, so shared
@@ -159,12 +144,17 @@ __device__ __forceinline__ void stage_weights(const R* w, R* ws, int rows, int R
 // A thread's plane starts IH*IW elements after its neighbour's: an odd plane size puts
 // the 32 lanes of a warp in 32 different banks.
 //
+// Pipeline (NS == 2): a block takes groups blockIdx.x, blockIdx.x + gridDim.x, ... and
+// starts copying group i+1 into the other stage before it computes group i, so the copies
+// of the next group are in flight while this one is computed and stored. NS == 1: copy,
+// compute, store, one group after another (several resident blocks overlap instead).
+//
 // Template arguments: T storage type; KH KW SH SW DH DW kernel geometry; IH IW OH OW PT PL
 // plane geometry and padding (negative PT/PL crop: the rotated grad-input problem);
-// ROWS output rows per thread; FLIP read the kernel rotated by 180 degrees; BLOCK, MINB
-// launch bounds.
+// ROWS output rows per thread; FLIP read the kernel rotated by 180 degrees; NS stages;
+// BLOCK, MINB launch bounds.
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
-          int ROWS, bool FLIP, int BLOCK, int MINB>
+          int ROWS, bool FLIP, int NS, int BLOCK, int MINB>
 __global__ void __launch_bounds__(BLOCK, MINB)
 conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
            const PlaneArgs a) {
@@ -174,37 +164,84 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     constexpr int NB = (OH + ROWS - 1) / ROWS;       // threads per plane
     constexpr int WIN = (ROWS - 1) * SH + (KH - 1) * DH + 1;  // input rows of a band
     static_assert(KK <= 64 && ROWS * OW <= 64 && IW <= 64, "register budget: KH*KW weights, ROWS*OW sums, one row");
+    static_assert(NS == 1 || NS == 2, "one stage, or two (double buffering)");
     const i64 n_planes = a.n_planes, IC = a.IC;
     const int QC = a.QC, DIV = a.DIV, R = a.R, P = a.P;
 
     constexpr int V = 16 / (int)sizeof(T);
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    RT* const ws = reinterpret_cast<RT*>(smem_raw);
-    const int xs_at = round_up(P * R * KK * (int)sizeof(T), 16);
-    RT* const xs0 = reinterpret_cast<RT*>(smem_raw + xs_at);
-    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + xs_at + round_up((P * R * IHW + V) * (int)sizeof(T), 16));
+    const int w_bytes = round_up((P * R * KK + 2 * V) * (int)sizeof(T), 16);
+    const int x_bytes = round_up((P * R * IHW + V) * (int)sizeof(T), 16);
+    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + NS * (w_bytes + x_bytes));
+    auto ws_of = [&](int s) { return reinterpret_cast<RT*>(smem_raw + s * (w_bytes + x_bytes)); };
+    auto xs_of = [&](int s) { return reinterpret_cast<RT*>(smem_raw + s * (w_bytes + x_bytes) + w_bytes); };
+    const RT* const wr_g = reinterpret_cast<const RT*>(w);
+    const int RKK = R * KK;  // weight elements per channel
 
     const int tid = threadIdx.x;
     const int my_p = tid / NB, my_b = tid - my_p * NB;
 
-    for (i64 q0 = (i64)blockIdx.x * P; q0 < n_planes; q0 += (i64)gridDim.x * P) {
-        const int np = (int)min((i64)P, n_planes - q0);
-        // Input planes of the block: one contiguous run (planes n*IC + (ch/DIV)*R + m are
-        // increasing in q, including across batch items).
-        const i64 in_lo = map_plane(q0, QC, IC, DIV, R).in_plane0;
-        const i64 in_hi = map_plane(q0 + np - 1, QC, IC, DIV, R).in_plane0 + R;
-        const RT* const xg = reinterpret_cast<const RT*>(x + in_lo * IHW);
-        RT* const yg = reinterpret_cast<RT*>(y + q0 * OHW);
-        // Plane runs start where their global address's remainder modulo 16 bytes says.
-        RT* const xs = xs0 + vec_phase(xg);
-        RT* const ys = ys0 + vec_phase(yg);
-        __syncthreads();  // the previous group's readers of xs / ys are done
-        stage_async(xg, xs, (int)(in_hi - in_lo) * IHW);
-        stage_weights<KK, 16>(reinterpret_cast<const RT*>(w), ws, np * R, R, map_plane(q0, QC, IC, DIV, R).ch, QC);
-        stage_wait();
+    auto group_at = [&](i64 q0) {
+        PlaneGroup g;
+        g.q0 = q0;
+        g.np = (int)min((i64)P, n_planes - q0);
+        const PlaneMap m0 = map_plane(q0, QC, IC, DIV, R);
+        g.in_lo = m0.in_plane0;
+        g.ch0 = m0.ch;
+        // Input planes n*IC + (ch/DIV)*R + m increase with q, across batch items too: the
+        // group's input is one contiguous run.
+        g.in_hi = map_plane(q0 + g.np - 1, QC, IC, DIV, R).in_plane0 + R;
+        return g;
+    };
+    // Channels of the group's first weight run, and where each run lies in stage s.
+    auto runs = [&](const PlaneGroup& g, int s, RT*& wsA, RT*& wsB) {
+        const int nA = min(g.np, QC - g.ch0);
+        wsA = ws_of(s) + vec_phase(wr_g + (i64)g.ch0 * RKK);
+        const int b = (int)(wsA - ws_of(s)) + nA * RKK;
+        wsB = ws_of(s) + b + ((vec_phase(wr_g) - b) % V + V) % V;
+        return nA;
+    };
+    auto issue = [&](const PlaneGroup& g, int s) {
+        const RT* xg = reinterpret_cast<const RT*>(x + g.in_lo * IHW);
+        stage_async(xg, xs_of(s) + vec_phase(xg), (int)(g.in_hi - g.in_lo) * IHW);
+        RT *wsA, *wsB;
+        const int nA = runs(g, s, wsA, wsB);
+        stage_async(wr_g + (i64)g.ch0 * RKK, wsA, nA * RKK);
+        const int nB = min(g.ch0, g.np - nA);  // all QC channels when the group spans them
+        if (nB > 0) stage_async(wr_g, wsB, nB * RKK);
+    };
 
-        if (my_p < np) {
-            const PlaneMap pm = map_plane(q0 + my_p, QC, IC, DIV, R);
+    i64 q0 = (i64)blockIdx.x * P;
+    if (q0 >= n_planes) return;
+    PlaneGroup cur = group_at(q0);
+    if constexpr (NS == 2) {
+        issue(cur, 0);
+        stage_commit();  // a group of its own: the first wait below must not wait for group 1
+    }
+    for (int it = 0;; ++it) {
+        const int s = NS == 2 ? (it & 1) : 0;
+        const i64 q_next = cur.q0 + (i64)gridDim.x * P;
+        const bool more = q_next < n_planes;
+        PlaneGroup nxt = cur;
+        if constexpr (NS == 2) {
+            // Stage s^1 was last read by the compute of group it-1, which ended before that
+            // iteration's second barrier.
+            if (more) {
+                nxt = group_at(q_next);
+                issue(nxt, s ^ 1);
+            }
+            stage_commit_wait<1>();  // every group but the newest (the next one) has landed
+        } else {
+            issue(cur, 0);  // the previous group's compute ended before its second barrier
+            stage_commit_wait<0>();
+        }
+
+        if (my_p < cur.np) {
+            const PlaneMap pm = map_plane(cur.q0 + my_p, QC, IC, DIV, R);
+            RT *wsA, *wsB;
+            runs(cur, s, wsA, wsB);
+            const RT* const wch = pm.ch >= cur.ch0 ? wsA + (pm.ch - cur.ch0) * RKK : wsB + pm.ch * RKK;
+            const RT* const xs = xs_of(s) + vec_phase(reinterpret_cast<const RT*>(x + cur.in_lo * IHW));
             const A b0 = (!FLIP && bias != nullptr) ? load1(bias + pm.ch) : A(0);
             A acc[ROWS][OW];
 #pragma unroll
@@ -213,8 +250,8 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
                 for (int j = 0; j < OW; ++j) acc[t][j] = b0;
             const int oh0 = my_b * ROWS;
             for (int m = 0; m < R; ++m) {
-                const RT* xp = xs + (pm.in_plane0 + m - in_lo) * IHW;
-                const RT* wt = ws + (my_p * R + m) * KK;
+                const RT* xp = xs + (pm.in_plane0 + m - cur.in_lo) * IHW;
+                const RT* wt = wch + m * KK;
                 A wr[KK];
 #pragma unroll
                 for (int k = 0; k < KK; ++k) wr[k] = smem_elem<T>(wt + (FLIP ? KK - 1 - k : k));
@@ -240,7 +277,8 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
                         }
                 }
             }
-            RT* yp = ys + my_p * OHW;
+            // ys was last read by the previous group's copy-out, before the barrier above.
+            RT* const yp = ys0 + vec_phase(reinterpret_cast<const RT*>(y + cur.q0 * OHW)) + my_p * OHW;
 #pragma unroll
             for (int t = 0; t < ROWS; ++t) {
                 if (NB > 1 && oh0 + t >= OH) break;
@@ -253,7 +291,13 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
             }
         }
         __syncthreads();
-        copy_run<4, false>(ys, yg, np * OHW);  // the block's outputs are one contiguous run too
+        // The group's outputs are one contiguous run too.
+        RT* const yg = reinterpret_cast<RT*>(y + cur.q0 * OHW);
+        copy_run<4, false>(ys0 + vec_phase(yg), yg, cur.np * OHW);
+        // The next compute writes ys only after the next stage_commit_wait's barrier.
+        if (!more) break;
+        if constexpr (NS == 2) cur = nxt;
+        else cur = group_at(q_next);
     }
 }
 
@@ -314,7 +358,7 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
             stage_async(xg, xs_run(g, xg), (c_hi - c_lo) * IHW);
             stage_async(gg, gs_run(g, gg), np * OHW);
         }
-        stage_wait();
+        stage_commit_wait<0>();
         if (active && n0 + my_g < n_end) {
             const RT* xs = xs_run(my_g, x_run(n0 + my_g)) + (o / M - c_lo) * IHW;
             const RT* gs = gs_run(my_g, g_run(n0 + my_g)) + my_p * OHW;
