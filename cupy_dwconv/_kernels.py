@@ -378,6 +378,7 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None)
 
 SMEM_MAX_KW = 64
 SMEM_MAX_THREADS = 512  # conv_smem is compiled with __launch_bounds__(512)
+SMEM_TILE_DESC = 24     # sizeof(SmemTile) in cuda/common.cuh
 
 
 def _smem_geometry(pr, dtype, th, tw, bh, bw):
@@ -392,7 +393,8 @@ def _smem_geometry(pr, dtype, th, tw, bh, bw):
     pitch = _cdiv(pitch, lv) * lv
     if pitch % 32 == 0:
         pitch += lv  # rows one bank group apart
-    per_tile = (tih * pitch + pr.KH * kwp) * acc_size
+    # Staged input tile, weight rows, and the tile's descriptor (SmemTile: 24 bytes).
+    per_tile = (tih * pitch + pr.KH * kwp) * acc_size + SMEM_TILE_DESC
     return pitch, per_tile, rwv, kwp
 
 

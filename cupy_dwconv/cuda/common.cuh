@@ -210,6 +210,20 @@ __device__ __forceinline__ void smem_row(const A* p, A (&v)[N]) {
 }
 
 // ---- index helpers ---------------------------------------------------------------
+// Division by a run-time divisor d >= 1 that stays fixed across a loop, for numerators
+// below 2^31: a multiply-high, an add and a shift instead of the ~20 instructions of an
+// integer division (round-up multiplier: m = floor(2^32 * (2^l - d) / d) + 1 with
+// 2^l >= d; t = mulhi(n, m) <= n, so t + n does not overflow for n < 2^31).
+struct FastDiv {
+    unsigned m;
+    int l;
+    __device__ __forceinline__ explicit FastDiv(int d) {
+        l = 0;
+        while ((1u << l) < (unsigned)d) ++l;
+        m = (unsigned)((((1ull << l) - (unsigned)d) << 32) / (unsigned)d + 1);
+    }
+    __device__ __forceinline__ int operator()(int n) const { return (int)((__umulhi((unsigned)n, m) + (unsigned)n) >> l); }
+};
 __host__ __device__ constexpr int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 __host__ __device__ constexpr int round_up(int a, int b) { return (a + b - 1) / b * b; }
 
@@ -244,6 +258,14 @@ struct SmemArgs {
     i64 n_tiles, IC;
     int IH, IW, OH, OW, pad_t, pad_l, BH, BW, n_tx, n_ty, P, pitch, QC, DIV, R;
 };
+// Where one conv_smem tile reads from (shared memory, one per tile of the block's group):
+// x_plane first input plane (-1: past the last tile), w_row first weight row, ih0 / iw0
+// the input row and column of the staged tile's corner (negative in the padding).
+struct SmemTile {
+    i64 x_plane, w_row;
+    int ih0, iw0;
+};
+static_assert(sizeof(SmemTile) == 24, "the host sizes shared memory with 24 bytes per tile (_kernels.SMEM_TILE_DESC)");
 struct GenericArgs {
     i64 total, IC;
     int IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, pad_t, pad_l, QC, DIV, R;

@@ -195,6 +195,11 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     const int TIW = (BW - 1) * SW + (KW - 1) * DW + 1;  // staged input columns per tile
     const int tile_elems = TIH * pitch;                  // pitch >= TIW + RWV - RW, multiple of LV
     A* const ws = xs + (i64)P * tile_elems;
+    // Where each tile of the group reads from: computed once per group by P threads, so
+    // the staging loops below do no 64-bit division per row or per weight (they did, and
+    // spent as many instructions on it as on the FMAs of a 13x13 kernel on 28x28 planes).
+    // Offset: 16-byte aligned (tile_elems and KWP are multiples of LV).
+    SmemTile* const desc = reinterpret_cast<SmemTile*>(ws + P * KH * KWP);
 
     const int ucg = BW / TW, urt = BH / TH;
     const int units = P * ucg * urt;
@@ -234,12 +239,33 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
             for (int j = 0; j < TW; ++j) acc[t][j] = b0;
 
+        __syncthreads();  // the previous group's readers are done with desc, xs and ws
+        if (tid < P) {
+            const i64 z = tile0 + tid;
+            SmemTile d;
+            d.x_plane = -1;  // past the last tile: staged as zeros, never computed
+            d.w_row = 0;
+            d.ih0 = d.iw0 = 0;
+            if (z < n_tiles) {
+                const i64 zy = z / n_tx;
+                const int tx = (int)(z - zy * n_tx);
+                const i64 q = zy / n_ty;
+                const int ty = (int)(zy - q * n_ty);
+                const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+                d.x_plane = pm.in_plane0;
+                d.w_row = pm.w_row0;
+                d.ih0 = ty * BH * SH - pad_t;
+                d.iw0 = tx * BW * SW - pad_l;
+            }
+            desc[tid] = d;
+        }
         for (int m = 0; m < R; ++m) {
-            __syncthreads();  // previous tile's (or previous m's) readers are done with smem
+            __syncthreads();  // desc is written (m == 0); the previous m's readers are done
             // Stage P input tiles. A warp takes SR staged rows at a time and a lane SC
             // columns of each (128-column chunks): all SR*SC loads are issued before the
             // first store, so each thread keeps up to 16 loads in flight (a load-then-store
-            // loop would wait a full memory latency per element). Divisions happen per row.
+            // loop would wait a full memory latency per element). One 32-bit division per
+            // row (its tile); the rest comes from the tile's descriptor.
             constexpr int SR = 4, SC = 4;
             for (int row0 = warp * SR; row0 < P * TIH; row0 += nwarps * SR) {
                 for (int cb = 0; cb < pitch; cb += 32 * SC) {
@@ -247,22 +273,17 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
                     for (int k = 0; k < SR; ++k) {
                         const int row = row0 + k;
-                        const int p = row / TIH;
+                        const int p = (unsigned)row / (unsigned)TIH;
                         const int i = row - p * TIH;
-                        const i64 z = tile0 + p;
-                        bool ok = row < P * TIH && z < n_tiles;
+                        bool ok = row < P * TIH;
                         const T* src = x;
                         int iw0 = 0;
                         if (ok) {
-                            const i64 zy = z / n_tx;
-                            const int tx = (int)(z - zy * n_tx);
-                            const i64 q = zy / n_ty;
-                            const int ty = (int)(zy - q * n_ty);
-                            const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
-                            const int ih = ty * BH * SH - pad_t + i;
-                            iw0 = tx * BW * SW - pad_l;
-                            ok = (unsigned)ih < (unsigned)IH;
-                            src = x + (pm.in_plane0 + m) * plane_in + (i64)(ok ? ih : 0) * IW;
+                            const SmemTile& d = desc[p];
+                            const int ih = d.ih0 + i;
+                            ok = d.x_plane >= 0 && (unsigned)ih < (unsigned)IH;
+                            iw0 = d.iw0;
+                            src = x + (ok ? (d.x_plane + m) * plane_in + (i64)ih * IW : 0);
                         }
 #pragma unroll
                         for (int j = 0; j < SC; ++j) {
@@ -275,7 +296,7 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     for (int k = 0; k < SR; ++k) {
                         const int row = row0 + k;
                         if (row >= P * TIH) break;
-                        A* dst = xs + (i64)(row / TIH) * tile_elems + (i64)(row % TIH) * pitch;
+                        A* dst = xs + (i64)row * pitch;  // tiles are TIH rows of pitch, back to back
 #pragma unroll
                         for (int j = 0; j < SC; ++j) {
                             const int c = cb + lane + 32 * j;
@@ -288,13 +309,10 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                 const int p = e / (KH * KWP);
                 const int k = e - p * (KH * KWP);
                 const int kh = k / KWP, kw = k - kh * KWP;
-                const i64 z = tile0 + p;
                 A v = A(0);
-                if (kw < KW && z < n_tiles) {
-                    const i64 q = z / ((i64)n_tx * n_ty);
-                    const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
+                if (kw < KW && desc[p].x_plane >= 0) {
                     const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
-                    v = load1(w + (pm.w_row0 + m) * (KH * KW) + sk);
+                    v = load1(w + (desc[p].w_row + m) * (KH * KW) + sk);
                 }
                 ws[e] = v;
             }

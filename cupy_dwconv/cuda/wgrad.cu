@@ -188,6 +188,9 @@ wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
     const int b_lo = (int)((i64)NB * g / G), b_hi = (int)((i64)NB * (g + 1) / G);
     const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
     const int n_per = (N + n_chunks - 1) / n_chunks;
+    // The staging loop divides every element's index by the row pitches (the staged
+    // planes are far below 2^31 elements).
+    const FastDiv xdiv(xpitch), gdiv(gpitch);
 
     for (int o = blockIdx.y; o < CM; o += gridDim.y) {
         A acc[TKH][TKW];
@@ -210,12 +213,12 @@ wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
                     const int e = e0 + k * nthreads;
                     A val = A(0);
                     if (e < xtotal) {
-                        const int r = e / xpitch, c = e - (e / xpitch) * xpitch;
+                        const int r = xdiv(e), c = e - r * xpitch;
                         const int ih = r - pad_t, iw = c - pad_l;
                         if ((unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW) val = load1(xp + (i64)ih * IW + iw);
                     } else if (e < xtotal + gtotal) {
                         const int f = e - xtotal;
-                        const int r = f / gpitch, c = f - (f / gpitch) * gpitch;
+                        const int r = gdiv(f), c = f - r * gpitch;
                         const int oh = r - (TKH - 1);
                         if (oh >= 0 && oh < OH && c < OW) {
                             val = load1(gp + (i64)oh * OW + c);
