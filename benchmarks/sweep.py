@@ -46,8 +46,9 @@ PLANE_VARIANTS = [(None, 1, None, None), (1, 1, None, None), (2, 1, None, None),
 # wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
 WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
                    (32, 8, 4)]
-# grad weight: wgrad_tile (TH, TW) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
-WGRAD_TILE_VARIANTS = [(4, 8), (2, 8), (4, 4), (8, 8)]
+# grad weight: wgrad_tile (TH, TW, chunks; None = the host's rule) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
+WGRAD_TILE_VARIANTS = [(4, 8, None), (2, 8, None), (4, 4, None), (8, 8, None), (4, 8, 2), (2, 8, 2), (2, 8, 4),
+                       (4, 8, 4), (1, 8, 4), (2, 8, 8)]
 WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 32, 2, None), (4, 64, 2, None),
                  (4, 16, 3, None), (4, 32, 3, None), (8, 16, 2, None), (8, 32, 2, None), (8, 64, 2, None),
                  (8, 32, 3, None), (2, 16, 2, 8), (2, 32, 2, 8), (4, None, 2, 4), (4, None, 2, 8), (8, None, 2, 3)]
@@ -175,8 +176,8 @@ def wgrad_variants(p, dtype):
     """[(label, (stage-1 launch, chunks, stage-2 launch))] for the default plan and the
     grad-weight variants that plan."""
     out = [(("default", None), _kernels.plan_wgrad(p, dtype, 0, 0))]
-    for th, tw in WGRAD_TILE_VARIANTS:
-        out.append((("tile", dict(th=th, tw=tw)), None))
+    for th, tw, chunks in WGRAD_TILE_VARIANTS:
+        out.append((("tile", dict(th=th, tw=tw, chunks=chunks)), None))
     for pf in (0, 1):
         out.append((("tile", dict(pf=pf)), None))
     if dtype in _kernels.MMA_DTYPES:

@@ -141,7 +141,7 @@ ARG_STRUCTS = {
                     "QC", "DIV", "R"),
     "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
                   "N", "C", "M", "CM", "n_chunks", "G", "n_tkw", "xpitch", "gpitch"),
-    "ReduceArgs": ("CM", "KK", "n_chunks"),
+    "ReduceArgs": ("CM", "KK", "n_chunks", "OB"),
     "WmmaArgs": ("units", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "C", "M", "CM", "n_chunks", "BH", "n_bands",
                  "NC", "XP", "GOFF", "GP"),
     "PlaneArgs": ("n_planes", "IC", "QC", "DIV", "R", "P"),
@@ -761,6 +761,8 @@ def _wgrad_tile_shape(p, dtype):
         return 2 if taps > 25 else 4, 4
     if p.OW <= 8:
         return 2, 8  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)
+    if p.OH * p.OW <= 400:
+        return 2, 8  # small planes: more units per channel (inception_1x7 sweep, session 6: 4x8 0.0237, 2x8 0.0173)
     if dtype in ("float16", "bfloat16"):
         return (2, 8) if 9 < taps < 49 else (4, 8)  # seed_3x7 0.61 -> 0.40 ms; 7x7 4x8 0.141 vs 2x8 0.151
     if p.SH * p.SW > 1:
@@ -771,10 +773,12 @@ def _wgrad_tile_shape(p, dtype):
         return 2, 8  # seed_3x7 0.456 -> 0.405
     if taps >= 49:
         return 4, 4  # convnext_7x7 0.132 -> 0.123
-    return 4, 8  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098); effnet_5x5 (benchmark: 4x8 0.070, 2x8 0.080)
+    if taps == 25:
+        return 2, 8  # effnet_5x5 (session 6 sweep: 4x8 0.0625, 2x8 0.0543; session 3's benchmark had 4x8 ahead)
+    return 4, 8  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098)
 
 
-def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None):
+def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None, chunks=None):
     taps = p.KH * p.KW
     if taps > TILE_MAX_TAPS:
         return None
@@ -792,7 +796,13 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None
         return None
     n_cg, n_rt = _cdiv(p.OW, tw), _cdiv(p.OH, th)
     units = p.N * n_cg * n_rt
-    chunks = _wgrad_chunks(units, p.CM)
+    if chunks is None:
+        chunks = _wgrad_chunks(units, p.CM)
+        if taps >= 49:
+            # 50 sums per thread make each block's closing tree costly: fewer, longer
+            # blocks (convnext_7x7 sweep, session 6: float16 7 chunks 0.137, 4 chunks 0.122 ms).
+            chunks = min(chunks, 4)
+    chunks = max(1, min(chunks, units, 65535))
     expr = "dw::wgrad_tile<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, th, tw, vin, shift, vgo, minb,
         _wgrad_prefetch(dtype) if pf is None else pf
@@ -818,10 +828,26 @@ def wgrad_generic_launch(p, dtype):
     return Launch("wgrad.cu", expr, grid, (block, 1, 1), 0, (_wgrad_args(p, chunks),)), chunks
 
 
-def reduce_launch(p, dtype, chunks):
+REDUCE_ROUND = 256 * 8      # partials one block copies in one round of loads (8 per thread)
+REDUCE_SMEM = 48 * 1024
+
+
+def reduce_launch(p, dtype, chunks, staged=None, ob=None):
+    """wgrad_reduce: blocks of OB channels whose partials (chunks x (taps + 1) each) are
+    staged in shared memory, OB chosen so a block's run is one round of loads (or `ob`);
+    one thread per output, reading global memory, where one channel's partials exceed the
+    budget (or `staged` is False)."""
     taps = p.KH * p.KW
     expr = f"dw::wgrad_reduce<{CXX_TYPE[dtype]}>"
-    args = pack_args("ReduceArgs", CM=p.CM, KK=taps, n_chunks=chunks)
+    row = chunks * (taps + 1)
+    acc = ITEMSIZE[ACC_DTYPE[dtype]]
+    if staged is None:
+        staged = row * acc <= REDUCE_SMEM
+    if staged:
+        ob = max(1, min(p.CM, REDUCE_ROUND // row)) if ob is None else ob
+        args = pack_args("ReduceArgs", CM=p.CM, KK=taps, n_chunks=chunks, OB=ob)
+        return Launch("wgrad.cu", expr, (_cdiv(p.CM, ob), 1, 1), (256, 1, 1), ob * row * acc, (args,))
+    args = pack_args("ReduceArgs", CM=p.CM, KK=taps, n_chunks=chunks, OB=0)
     return Launch("wgrad.cu", expr, _grid1d(p.CM * (taps + 1), 256), (256, 1, 1), 0, (args,))
 
 

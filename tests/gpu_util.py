@@ -75,16 +75,20 @@ def forced_grad_input(go_g, w_g, p, dtype_name, kind, **kwargs):
     return run_conv_launch(launch, go_g, w_g, None, p.x_shape, go_g.dtype), launch
 
 
-def forced_wgrad(x_g, go_g, p, dtype_name, force=None):
+def forced_wgrad(x_g, go_g, p, dtype_name, force=None, reduce=None):
+    """Both stages of a weight-gradient plan (`force` picks stage 1's family, `reduce` is
+    passed to _kernels.reduce_launch to replace stage 2's plan)."""
     cp = cupy()
     s1, chunks, s2 = _kernels.plan_wgrad(p, dtype_name, x_g.data.ptr, go_g.data.ptr, force=force)
+    if reduce is not None:
+        s2 = _kernels.reduce_launch(p, dtype_name, chunks, **reduce)
     gw = cp.full(p.weight_shape, numpy.nan, dtype=x_g.dtype)
     gb = cp.full((p.CM,), numpy.nan, dtype=x_g.dtype)
     partial = cp.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=_kernels.ACC_DTYPE[dtype_name])
     dev = x_g.device.id
     s1(dev, (x_g, go_g, partial))
     s2(dev, (partial, gw, gb))
-    return gw, gb, s1
+    return gw, gb, s1 if reduce is None else s2
 
 
 @contextlib.contextmanager

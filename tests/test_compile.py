@@ -204,9 +204,9 @@ def test_argument_structs_match_numpy_layout():
 
 
 def test_pack_args_checks_fields_and_ranges():
-    args = _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=4)
+    args = _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=4, OB=1)
     assert (int(args["CM"]), int(args["KK"]), int(args["n_chunks"])) == (3, 9, 4)
     with pytest.raises(TypeError, match="ReduceArgs: fields"):
         _kernels.pack_args("ReduceArgs", CM=3, KK=9)
     with pytest.raises(ValueError, match="n_chunks: expected a value that fits a 32-bit int"):
-        _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=2**31)
+        _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=2**31, OB=1)

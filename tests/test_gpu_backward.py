@@ -265,9 +265,10 @@ def test_grad_input_mma(shape, blocks, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
 
 
-def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1):
+def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1, reduce=None):
     """Weight and bias gradients of a forced plan against the reference on fresh random
-    inputs; returns the stage-1 launch. shape: (N, C, M, H, W, KH, KW, padding)."""
+    inputs; returns the stage-1 launch (the stage-2 launch when `reduce` replaces it).
+    shape: (N, C, M, H, W, KH, KW, padding)."""
     from gpu_util import forced_wgrad, params, reference_backward, to_gpu
 
     N, C, M, H, W, KH, KW, pad = shape
@@ -276,12 +277,21 @@ def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1):
     w = random_array(rng, (C * M, 1, KH, KW), dtype)
     p = params(x.shape, w.shape, False, stride, pad, dilation)
     go = random_array(rng, p.out_shape, dtype)
-    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=force)
+    gw, gb, launch = forced_wgrad(to_gpu(x), to_gpu(go), p, dtype, force=force, reduce=reduce)
     _, rw, rb = reference_backward(go, x, w, stride=stride, padding=pad, dilation=dilation)
     scale = math.sqrt(N * p.OH * p.OW)
     assert_close(gw.get(), rw, dtype, scale=scale, what="grad_weight")
     assert_close(gb.get(), rb, dtype, scale=scale, what="grad_bias")
     return launch
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduce", [dict(staged=True, ob=3), dict(staged=True, ob=1), dict(staged=False)], ids=str)
+def test_wgrad_reduce(reduce, dtype):
+    """Stage 2 both ways: channels staged in blocks of OB (74 channels: the last block of
+    3 holds 2) and one thread per output from global memory."""
+    launch = _check_forced_wgrad((3, 37, 2, 11, 13, 3, 5, 1), dtype, None, 31, reduce=reduce)
+    assert int(launch.scalars[0]["OB"]) == reduce.get("ob", 0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

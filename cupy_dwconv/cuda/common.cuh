@@ -290,7 +290,7 @@ struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };
 struct ReduceArgs {
-    int CM, KK, n_chunks;
+    int CM, KK, n_chunks, OB;  // OB channels per block (0: one thread per output)
 };
 
 // Channel mapping shared by the forward and the grad-input passes.
