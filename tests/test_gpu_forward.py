@@ -71,6 +71,25 @@ def test_suite_like(shape, dtype):
     _case(rng, N, C, H, W, 1, KH, KW, s, pad, d, True, dtype)
 
 
+def _check_forced_forward(shape, dtype, kind, seed, **kwargs):
+    """A forced kernel family's forward (with bias) against the reference on fresh random
+    inputs. shape: (N, C, M, H, W, KH, KW, stride, padding, dilation). Returns (launch,
+    rng, x, w, params), launch None where the family declines the shape (nothing run)."""
+    from gpu_util import forced_forward, params, reference_forward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    rng = numpy.random.default_rng(seed)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    b = random_array(rng, (C * M,), dtype)
+    p = params(x.shape, w.shape, True, s, pad, d)
+    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, kind, **kwargs)
+    if out is not None:
+        ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
+        assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW), what="forward")
+    return launch, rng, x, w, p
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["tile", "smem", "generic"])
 @pytest.mark.parametrize(
@@ -89,21 +108,11 @@ def test_suite_like(shape, dtype):
 def test_every_family(shape, kind, dtype):
     """Each kernel family, forced, on irregular shapes: whatever the heuristic picks
     today, every path stays correct."""
-    from gpu_util import forced_forward, params, reference_forward, to_gpu
-
-    N, C, M, H, W, KH, KW, s, pad, d = shape
-    rng = numpy.random.default_rng(11)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    b = random_array(rng, (C * M,), dtype)
-    p = params(x.shape, w.shape, True, s, pad, d)
     kwargs = dict(th=2, tw=4) if kind == "smem" else {}
-    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, kind, **kwargs)
-    if out is None:
+    launch = _check_forced_forward(shape, dtype, kind, 11, **kwargs)[0]
+    if launch is None:
         pytest.skip(f"{kind} does not take this shape")
     assert kind in launch.expr
-    ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
-    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
 
 
 # conv_plane (whole small planes per block): odd and even plane sizes, more planes than a
@@ -136,18 +145,11 @@ PLANE_VARIANTS = [{}, dict(rows=2), dict(rows=1), dict(stages=2, blocks=2),
 @pytest.mark.parametrize("shape", PLANE_SHAPES, ids=str)
 def test_plane(shape, variant, dtype):
     """conv_plane, forced, forward and (at stride 1) grad input, against the reference."""
-    from gpu_util import forced_forward, forced_grad_input, params, reference_backward, reference_forward, to_gpu
+    from gpu_util import forced_grad_input, reference_backward, to_gpu
 
     N, C, M, H, W, KH, KW, s, pad, d = shape
-    rng = numpy.random.default_rng(23)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    b = random_array(rng, (C * M,), dtype)
-    p = params(x.shape, w.shape, True, s, pad, d)
-    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "plane", **variant)
-    assert out is not None and "conv_plane" in launch.expr
-    ref = reference_forward(x, w, b, stride=s, padding=pad, dilation=d)
-    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW), what="forward")
+    launch, rng, x, w, p = _check_forced_forward(shape, dtype, "plane", 23, **variant)
+    assert launch is not None and "conv_plane" in launch.expr
     go = random_array(rng, p.out_shape, dtype)
     gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "plane", **variant)
     if s != 1:
@@ -190,19 +192,10 @@ MMA_TILES = [None, (1, 1, 2, None), (3, 2, 4, 3)]
 @pytest.mark.parametrize("tile", MMA_TILES, ids=str)
 @pytest.mark.parametrize("shape", MMA_SHAPES, ids=str)
 def test_mma(shape, tile, dtype):
-    from gpu_util import forced_forward, params, reference_forward, to_gpu
-
     N, C, M, H, W, KH, KW, pad = shape
-    rng = numpy.random.default_rng(17)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    b = random_array(rng, (C * M,), dtype)
-    p = params(x.shape, w.shape, True, 1, pad, 1)
     kwargs = {} if tile is None else dict(zip(("wn", "wr", "stages", "blocks"), tile))
-    out, launch = forced_forward(to_gpu(x), to_gpu(w), to_gpu(b), p, dtype, "mma", **kwargs)
-    assert out is not None and "conv_mma" in launch.expr
-    ref = reference_forward(x, w, b, stride=1, padding=pad, dilation=1)
-    assert_close(out.get(), ref, dtype, scale=math.sqrt(KH * KW))
+    launch = _check_forced_forward((N, C, M, H, W, KH, KW, 1, pad, 1), dtype, "mma", 17, **kwargs)[0]
+    assert launch is not None and "conv_mma" in launch.expr
 
 
 @pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])

@@ -21,25 +21,22 @@ __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r
 __device__ __forceinline__ void ldsm_x2(unsigned addr, unsigned& r0, unsigned& r1) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
+// mma.sync m16n8k16 with float32 accumulation, one specialization per 16-bit format; the
+// two differ only in the operand type of the instruction.
 template <class T> struct Mma;
-template <> struct Mma<half_t> {
-    static __device__ __forceinline__ void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                               unsigned b0, unsigned b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
-template <> struct Mma<bf16_t> {
-    static __device__ __forceinline__ void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                               unsigned b0, unsigned b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
+#define DW_MMA_M16N8K16(T, PTX_TYPE)                                                                           \
+    template <> struct Mma<T> {                                                                               \
+        static __device__ __forceinline__ void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,      \
+                                                   unsigned a3, unsigned b0, unsigned b1) {                   \
+            asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 {%0, %1, %2, %3}, "      \
+                "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                                               \
+                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                              \
+                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));                                      \
+        }                                                                                                     \
+    };
+DW_MMA_M16N8K16(half_t, "f16")
+DW_MMA_M16N8K16(bf16_t, "bf16")
+#undef DW_MMA_M16N8K16
 #endif
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
