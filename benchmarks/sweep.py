@@ -54,6 +54,15 @@ WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 3
                  (8, 32, 3, None), (2, 16, 2, 8), (2, 32, 2, 8), (4, None, 2, 4), (4, None, 2, 8), (8, None, 2, 3)]
 
 
+# Fused backward, bwd_tile (TH, TW, MINB, PF, chunks; None = the host's rule), timed
+# against the separate grad-input + grad-weight plans.
+BWD_VARIANTS = [(None, None, None, None, None), (4, 8, 1, None, None), (4, 8, 2, None, None), (2, 8, 1, None, None),
+                (2, 8, 2, None, None), (4, 4, 2, None, None), (2, 4, 2, None, None), (1, 8, 2, None, None),
+                (2, 8, 3, None, None), (4, 8, 2, 0, None), (4, 8, 2, 1, None), (2, 8, 2, 0, None), (2, 8, 2, 1, None),
+                (None, None, None, None, 2), (None, None, None, None, 4), (None, None, None, None, 16),
+                (2, 4, 1, None, None), (4, 4, 1, None, None), (1, 8, 1, None, None)]
+
+
 def _small_width_variants(p, dtype):
     # Narrow planes: a tile as wide as the plane, several heights.
     if p.OW > 16:
@@ -93,7 +102,7 @@ def main(argv=None):
     ap.add_argument("--suite", default=None)
     ap.add_argument("--cases", nargs="*", default=None)
     ap.add_argument("--dtypes", nargs="*", default=None)
-    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight", "backward"])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--json", default=None)
@@ -114,6 +123,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     if args.which == "grad_weight":
         items = [(l.src, l.expr) for _, p, dtype in jobs for _, (l, _c, r) in wgrad_variants(p, dtype) for l in (l, r)]
+    elif args.which == "backward":
+        items = [(l.src, l.expr) for _, p, dtype in jobs for _, ls in backward_variants(p, dtype) for l in ls]
     else:
         items = [(l.src, l.expr) for _, p, dtype in jobs for _, l in variant_launches(p, dtype, args.which)]
     n, errors = prewarm(items, args.workers)
@@ -129,6 +140,8 @@ def main(argv=None):
     for name, p, dtype in jobs:
         if args.which == "grad_weight":
             rows += sweep_wgrad_case(name, p, dtype, dev, args, ceilings, l2)
+        elif args.which == "backward":
+            rows += sweep_backward_case(name, p, dtype, dev, args, ceilings, l2)
         else:
             rows += sweep_case(name, p, dtype, dev, args, ceilings, l2)
     if args.json:
@@ -198,6 +211,90 @@ def wgrad_variants(p, dtype):
         seen.add(key)
         res.append(((kind, kw), plan))
     return res
+
+
+def backward_variants(p, dtype):
+    """[(label, launches)] for the full backward: the separate plans (grad input, then
+    both grad-weight stages) and each fused bwd_tile variant that plans (stage 1, stage 2)."""
+    gi = _kernels.plan_grad_input(p, dtype, 0)
+    s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, 0, 0)
+    out = [(("separate", None), (gi, s1, s2))]
+    seen = set()
+    for th, tw, minb, pf, chunks in BWD_VARIANTS:
+        kw = dict(th=th, tw=tw, minb=minb, pf=pf, chunks=chunks)
+        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
+        if plan is None:
+            continue
+        key = (plan[0].expr, plan[0].grid)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((("fused", {k: v for k, v in kw.items() if v is not None}), (plan[0], plan[2])))
+    return out
+
+
+def sweep_backward_case(name, p, dtype, dev, args, ceilings, l2):
+    """Times the three gradients together: the separate plans against each fused
+    variant; checks each variant's grad_x, grad_weight and grad_bias against the
+    separate plans' (themselves checked by the test suite)."""
+    import cupy
+
+    npdt = bench._np_dtype(dtype)
+    itemsize = numpy.dtype(npdt).itemsize
+    set_bytes = (2 * numpy.prod(p.x_shape) + numpy.prod(p.out_shape)) * itemsize
+    n_sets = bench.rotation_sets(set_bytes, l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, p.x_shape, dtype) for _ in range(n_sets)]
+    gos = [bench._random_gpu(cupy, rs, p.out_shape, dtype) for _ in range(n_sets)]
+    gxs = [cupy.empty(p.x_shape, dtype=npdt) for _ in range(n_sets)]
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    gw = cupy.empty(p.weight_shape, dtype=npdt)
+    gb = cupy.empty((p.CM,), dtype=npdt)
+    null = numpy.uint64(0)
+    rows, ref = [], None
+    for (kind, kw), launches in backward_variants(p, dtype):
+        try:
+            kerns = [launch.kernel(dev) for launch in launches]
+        except Exception as e:
+            print(f"{name:16s} {dtype:9s} {kind} {kw}: compile error {str(e)[:120]}", flush=True)
+            continue
+        chunks = int(launches[-2].scalars[0]["n_chunks"]) if "n_chunks" in launches[-2].scalars[0].dtype.names else 1
+        partial = cupy.empty((p.CM, chunks, p.KH * p.KW + 1), dtype=_kernels.ACC_DTYPE[dtype])
+
+        if kind == "separate":
+            gi, s1, s2 = launches
+
+            def run(i, gi=gi, s1=s1, s2=s2, partial=partial):
+                gi(dev, (gos[i], w, null, gxs[i]))
+                s1(dev, (xs[i], gos[i], partial))
+                s2(dev, (partial, gw, gb))
+        else:
+            s1, s2 = launches
+
+            def run(i, s1=s1, s2=s2, partial=partial):
+                s1(dev, (xs[i], gos[i], w, gxs[i], partial))
+                s2(dev, (partial, gw, gb))
+
+        for a in (gxs[0], gw, gb):
+            a.fill(numpy.nan)
+        run(0)
+        got = [a.astype(cupy.float32).ravel() for a in (gxs[0], gw, gb)]
+        if ref is None:
+            ref = got
+        errs = [float(cupy.linalg.norm(g - r)) / max(float(cupy.linalg.norm(r)), 1e-30) for g, r in zip(got, ref)]
+        ok = all(bool(cupy.isfinite(g).all()) for g in got) and max(errs) < 1e-2
+        ms = bench.time_events(run, n_sets, args.repeats, 5)
+        floor = bench.floor_ms(*bench.pass_cost(p, dtype, "backward"), ceilings, dtype)
+        regs = "/".join(str(k.num_regs) for k in kerns)
+        local = max(k.local_size_bytes for k in kerns)
+        rows.append(dict(case=name, dtype=dtype, kind=kind, variant=" + ".join(l.expr for l in launches), params=kw,
+                         regs=regs, local=local, ms=ms, eff=floor / ms, ok=ok, err=max(errs)))
+        print(f"{name:16s} {dtype:9s} {kind:8s} {str(kw):48s} regs {regs:12s} local {local:4d} {ms:8.4f} ms "
+              f"eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % max(errs)}", flush=True)
+    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
+    if best:
+        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    return rows
 
 
 def sweep_wgrad_case(name, p, dtype, dev, args, ceilings, l2):

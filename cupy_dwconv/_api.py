@@ -199,26 +199,41 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
     gx = gw = gb = None
     with x.device:
         go = _contiguous(cupy, grad_output)
+        arch = _kernels.device_arch(dev)
         if needs[0]:
             gx = _new_output(cupy, p.x_shape, x.dtype)
-            if gx.size:
+        if needs[1]:
+            gw = _new_output(cupy, p.weight_shape, x.dtype)
+        if needs[2]:
+            gb = _new_output(cupy, (p.CM,), x.dtype)
+        want_w = needs[1] or needs[2]
+        if want_w and p.CM and p.N == 0:
+            # Sums over an empty batch.
+            for a in (gw, gb):
+                if a is not None:
+                    a.fill(0)
+            want_w = False
+        elif not p.CM:
+            want_w = False
+        xc = _contiguous(cupy, x) if want_w else None
+        if needs[0] and gx.size and want_w:
+            # All three gradients from one pass over grad_output, where the fused kernel
+            # takes the problem.
+            fused = _kernels.plan_backward(p, dtype, xc.data.ptr, go.data.ptr, *arch)
+            if fused is not None:
+                stage1, chunks, stage2 = fused
                 w = _contiguous(cupy, weight)
-                launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *_kernels.device_arch(dev))
-                launch(dev, (go, w, _NULL, gx))
-        if needs[1] or needs[2]:
-            if needs[1]:
-                gw = _new_output(cupy, p.weight_shape, x.dtype)
-            if needs[2]:
-                gb = _new_output(cupy, (p.CM,), x.dtype)
-            if p.CM and p.N == 0:
-                # Sums over an empty batch.
-                for a in (gw, gb):
-                    if a is not None:
-                        a.fill(0)
-            elif p.CM:
-                xc = _contiguous(cupy, x)
-                stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *_kernels.device_arch(dev))
                 partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
-                stage1(dev, (xc, go, partial))
+                stage1(dev, (xc, go, w, gx, partial))
                 stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))
+                return gx, gw, gb
+        if needs[0] and gx.size:
+            w = _contiguous(cupy, weight)
+            launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *arch)
+            launch(dev, (go, w, _NULL, gx))
+        if want_w:
+            stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *arch)
+            partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
+            stage1(dev, (xc, go, partial))
+            stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))
     return gx, gw, gb

@@ -1088,6 +1088,102 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     return _with_reduce(p, dtype, res)
 
 
+# ---- fused backward (bwd_tile) ---------------------------------------------------------
+
+def _bwd_tile_shape(p, dtype):
+    """(TH, TW, MINB, PF) of bwd_tile, from the backward sweep (benchmarks/NOTES.md,
+    session 7, H100). Registers hold KH*KW weights and KH*KW + 1 tap sums for the whole
+    block, plus the tile's sums, its x values and one window row; occupancy decides most
+    rows (the 16-bit 3x3 tiles gain most from 3 blocks per SM, where bfloat16's
+    conversions spill and a one-row tile serves it better)."""
+    taps = p.KH * p.KW
+    if dtype == "float64":
+        return 2, 4, 1, 0
+    if dtype == "float32":
+        if p.H * p.W <= 400:
+            return 2, 4, 2, 0  # inception_1x7: 2x4 0.0202, 2x8 0.0270 ms
+        return 2, 8, 2, 0  # seed 0.603, mbv2 0.138, effnet 0.0763, convnext 0.157, image 0.296 ms
+    if taps <= 9:
+        if dtype == "float16":
+            return 2, 8, 3, 1  # mbv2 0.0865, image 0.173 ms (4x8 at 2 blocks: 0.110, 0.201)
+        return 1, 8, 2, 1  # bfloat16 mbv2 0.102, image 0.207 ms (2x8 at 3 blocks spills: 0.110, 0.219)
+    if taps < 49 and dtype == "float16":
+        return 4, 8, 2, 0  # seed_3x7 0.534 ms (2x8: 0.592)
+    return 2, 8, 2, 0  # seed_3x7 bfloat16 0.590 (4x8 spills: 0.587-1.01), convnext_7x7 0.147 / 0.173 ms
+
+
+BWD_MIN_UNITS = 1024  # tiles per channel below which the separate kernels serve (4 per thread)
+
+
+def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None):
+    """(bwd_tile launch, chunks) for the fused backward; None where it does not apply:
+    stride 1, multiplier 1, at most TILE_MAX_TAPS taps, top/left padding within the
+    kernel's reach, and tiles of the x plane that also cover the grad_output plane."""
+    taps = p.KH * p.KW
+    if (p.SH, p.SW) != (1, 1) or p.M != 1 or taps > TILE_MAX_TAPS:
+        return None
+    if p.PT > (p.KH - 1) * p.DH or p.PL > (p.KW - 1) * p.DW:
+        return None
+    dth, dtw, dminb, dpf = _bwd_tile_shape(p, dtype)
+    th = dth if th is None else th
+    tw = dtw if tw is None else tw
+    minb = dminb if minb is None else minb
+    pf = dpf if pf is None else pf
+    th, tw = min(th, p.H), min(tw, p.W)
+    n_rt, n_cg = _cdiv(p.H, th), _cdiv(p.W, tw)
+    if n_rt * th < p.OH or n_cg * tw < p.OW:
+        return None
+    vx = _load_width(dtype, p.W, x_ptr, tw)
+    span_w = tw + (p.KW - 1) * p.DW
+    vgo = _load_width(dtype, p.OW, go_ptr, tw)
+    shift = (p.PL - (p.KW - 1) * p.DW) % vgo
+    nb = _cdiv(shift + span_w, vgo) * vgo
+    if nb > 96 or th * tw > 64:
+        return None
+    v = 16 // ITEMSIZE[dtype]
+    vout = p.W % v == 0 and tw % v == 0
+    units = p.N * n_rt * n_cg
+    if chunks is None:
+        chunks = _wgrad_chunks(units, p.C)
+    chunks = max(1, min(chunks, units, 65535))
+    expr = "dw::bwd_tile<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.PT, p.PL, th, tw, vx, vgo, shift, vout, minb, pf) + ">"
+    args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
+    grid = (chunks, min(p.C, 65535), 1)
+    return Launch("bwd.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
+
+
+def _use_bwd_tile(p, dtype):
+    """Whether the full backward (all three gradients wanted) takes the fused kernel: yes
+    wherever it takes the problem and a channel has enough tiles to amortize the block's
+    weights and closing sum. Small planes stay on conv_plane + wgrad_plane
+    (convnext_7x7_s4, 64 x 7x7 tiles per channel: fused 0.048 ms at best, separate 0.0327)."""
+    th, tw, _minb, _pf = _bwd_tile_shape(p, dtype)
+    return p.N * _cdiv(p.H, th) * _cdiv(p.W, tw) >= BWD_MIN_UNITS
+
+
+def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
+    """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
+    grad_weight or grad_bias, or None where the separate grad-input and grad-weight
+    plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials).
+    `force`: None, or keyword arguments of bwd_tile_launch (tests and sweeps; None
+    again where the kernel does not take the problem)."""
+    arch = current_arch() if arch is None else arch
+    sms = current_sms() if sms is None else sms
+    if force is not None:
+        res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, **force)
+        return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
+    return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
+    if not _use_bwd_tile(p, dtype):
+        return None
+    res = bwd_tile_launch(p, dtype, x_ptr, go_ptr)
+    return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
+
+
 # ---------------------------------------------------------------------------------------
 # Every specialization the dispatcher can pick for a list of problems (the CPU compile
 # check and the resource report use this).
@@ -1105,6 +1201,9 @@ def expressions_for(problems, archs=(75, 90)):
             launches.append(plan_grad_input(p, dtype, ptr, arch, 132))
             s1, _, s2 = plan_wgrad(p, dtype, ptr, ptr, arch, 132)
             launches += [s1, s2]
+            fused = plan_backward(p, dtype, ptr, ptr, arch, 132)
+            if fused is not None:
+                launches += [fused[0], fused[2]]
         for launch in launches:
             out.setdefault(launch.src, set()).add(launch.expr)
     return out

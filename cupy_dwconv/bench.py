@@ -700,7 +700,7 @@ def short_kernel_name(expr):
 
     name, args = split_expr(expr)
     # Position of (TH, TW) in each template's argument list (see _kernels).
-    tile_at = {"conv_tile": 8, "conv_smem": 7, "wgrad_tile": 7, "wgrad_smem": 1}
+    tile_at = {"conv_tile": 8, "conv_smem": 7, "wgrad_tile": 7, "wgrad_smem": 1, "bwd_tile": 7}
     try:
         if name in tile_at:
             i = tile_at[name]
@@ -755,6 +755,11 @@ def kernel_label(p, dtype, pass_name, ptr=0):
         launch = _kernels.plan_forward(p, dtype, ptr, *arch)
         return short_kernel_name(launch.expr), {launch.expr}
     parts = []
+    needs = NEEDS[pass_name]
+    if needs[0] and (needs[1] or needs[2]):
+        fused = _kernels.plan_backward(p, dtype, ptr, ptr, *arch)
+        if fused is not None:
+            return short_kernel_name(fused[0].expr), {fused[0].expr, fused[2].expr}
     if NEEDS[pass_name][0]:
         gi = _kernels.plan_grad_input(p, dtype, ptr, *arch)
         parts.append(short_kernel_name(gi.expr))

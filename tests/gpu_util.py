@@ -91,6 +91,25 @@ def forced_wgrad(x_g, go_g, p, dtype_name, force=None, reduce=None):
     return gw, gb, s1 if reduce is None else s2
 
 
+def forced_backward(x_g, go_g, w_g, p, dtype_name, **kwargs):
+    """The fused backward (bwd_tile + wgrad_reduce) with forced launch parameters, into
+    NaN-filled outputs: (grad_x, grad_weight, grad_bias, stage-1 launch), or None where
+    the kernel does not take the problem."""
+    cp = cupy()
+    plan = _kernels.plan_backward(p, dtype_name, x_g.data.ptr, go_g.data.ptr, force=kwargs)
+    if plan is None:
+        return None
+    s1, chunks, s2 = plan
+    gx = cp.full(p.x_shape, numpy.nan, dtype=x_g.dtype)
+    gw = cp.full(p.weight_shape, numpy.nan, dtype=x_g.dtype)
+    gb = cp.full((p.CM,), numpy.nan, dtype=x_g.dtype)
+    partial = cp.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=_kernels.ACC_DTYPE[dtype_name])
+    dev = x_g.device.id
+    s1(dev, (x_g, go_g, w_g, gx, partial))
+    s2(dev, (partial, gw, gb))
+    return gx, gw, gb, s1
+
+
 @contextlib.contextmanager
 def no_launch(monkeypatch):
     """Fail if any kernel plan is requested inside the block."""
@@ -98,7 +117,7 @@ def no_launch(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a kernel was planned for an empty problem")
 
-    for name in ("plan_forward", "plan_grad_input", "plan_wgrad"):
+    for name in ("plan_forward", "plan_grad_input", "plan_wgrad", "plan_backward"):
         monkeypatch.setattr(_kernels, name, boom)
     yield
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from cupy_dwconv import bench
+from cupy_dwconv import _kernels, bench
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "benchmarks" / "suite.json"
@@ -510,6 +510,7 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_generic<float, 0>", "conv_generic"),
         ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, 4, 0, 4>", "wgrad_tile 2x8"),
         ("dw::wgrad_generic<double>", "wgrad_generic"),
+        ("dw::bwd_tile<dw::half_t, 3, 7, 1, 1, 0, 0, 4, 8, 8, 2, 0, true, 2, 0>", "bwd_tile 4x8"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],
@@ -527,7 +528,10 @@ def test_kernel_labels_for_the_suite():
                 label, exprs = bench.kernel_label(p, dtype, pass_name)
                 assert label and "?" not in label and exprs
                 assert len(label) <= 40
-            assert "+" in bench.kernel_label(p, dtype, "backward")[0]
+            # The full backward is one fused kernel where it applies, else grad input + grad weight.
+            fused = _kernels.plan_backward(p, dtype, 0, 0, *bench.plan_arch())
+            label = bench.kernel_label(p, dtype, "backward")[0]
+            assert label.startswith("bwd_tile") if fused is not None else "+" in label
 
 
 # ---------------------------------------------------------------------------------------

@@ -104,3 +104,21 @@ def test_plane_launch_budget():
         assert _kernels.reg_cap(launch.block[0], minb) >= 150
     s1, chunks, _ = _kernels.plan_wgrad(tiny, "float32", 0, 0, 90, 132)
     assert "wgrad_plane" in s1.expr and s1.grid[1] == chunks and s1.grid[0] * int(s1.scalars[0]["P"]) >= 768
+
+
+def test_fused_backward_takes_and_declines():
+    """The fused backward takes stride-1, multiplier-1 problems of at most 64 taps whose
+    padding stays within the kernel's reach; everything else plans None (the separate
+    grad-input and grad-weight kernels serve it)."""
+    seed = params((32, 128, 128, 256), (128, 1, 3, 7), 1, 0, 1)
+    s1, chunks, s2 = _kernels.plan_backward(seed, "float16", 0, 0, 90, 132)
+    assert "bwd_tile" in s1.expr and "wgrad_reduce" in s2.expr
+    assert s1.grid == (chunks, 128, 1) and int(s1.scalars[0]["n_chunks"]) == chunks
+    for x_shape, w_shape, stride, pad in (
+        ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1),   # stride 2
+        ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1),   # channel multiplier 2
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, 3),   # padding past the kernel: grad_output larger than x
+        ((1, 2, 16, 16), (2, 1, 9, 9), 1, 4),   # 81 taps
+    ):
+        p = params(x_shape, w_shape, stride, pad, 1)
+        assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132) is None

@@ -181,9 +181,14 @@ def test_finite_differences_float64(shape):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("shape", [(4, 8, 57, 61, 3, 7, 1, 1), (2, 4, 56, 56, 31, 31, 1, 15), (3, 5, 40, 40, 3, 3, 2, 1)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 8, 57, 61, 3, 7, 1, 1), (2, 4, 56, 56, 31, 31, 1, 15), (3, 5, 40, 40, 3, 3, 2, 1), (8, 4, 64, 64, 3, 3, 1, 1)],
+    ids=str,
+)
 def test_deterministic(shape, dtype):
-    """Two runs on the same inputs give bitwise-identical weight and bias gradients."""
+    """Two runs on the same inputs give bitwise-identical weight and bias gradients
+    (separate kernels, tensor cores, stride 2, and the fused kernel on the last shape)."""
     import cupy
 
     import cupy_dwconv
@@ -197,6 +202,12 @@ def test_deterministic(shape, dtype):
     go = cupy.asarray(random_array(rng, (N, C, OH, OW), dtype))
     r1 = cupy_dwconv.depthwise_conv2d_backward(go, x, w, stride=s, padding=pad)
     r2 = cupy_dwconv.depthwise_conv2d_backward(go, x, w, stride=s, padding=pad)
+    if shape[0] == 8:
+        from cupy_dwconv import _kernels
+        from gpu_util import params
+
+        p = params(x.shape, w.shape, False, s, pad, 1)
+        assert _kernels.plan_backward(p, dtype, x.data.ptr, go.data.ptr) is not None
     for a, b_ in zip(r1, r2):
         assert a.tobytes() == b_.tobytes()
 
@@ -345,10 +356,12 @@ def test_wgrad_mma(shape, kwargs, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_many_channels_past_grid_limits(dtype):
+@pytest.mark.parametrize("C, M", [(34000, 2), (66000, 1)])
+def test_many_channels_past_grid_limits(C, M, dtype):
     """C*M above 65535 (the weight pass loops channels over the grid's y limit) and N*C
-    above 65535 planes for grad input."""
-    _check(numpy.random.default_rng(19), 2, 34000, 4, 5, 2, 3, 3, 1, 1, 1, dtype)
+    above 65535 planes for grad input; M = 1 takes the fused kernel, whose blocks loop
+    channels the same way."""
+    _check(numpy.random.default_rng(19), 2, C, 4, 5, M, 3, 3, 1, 1, 1, dtype)
 
 
 def test_empty_batch(monkeypatch):
@@ -436,3 +449,74 @@ def test_wgrad_smem(shape, dtype):
     multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers."""
     launch = _check_forced_wgrad(shape, dtype, "smem", 15)
     assert "wgrad_smem" in launch.expr
+
+
+BWD_TILE_SHAPES = [
+    # N, C, H, W, KH, KW, padding, dilation: tails in both directions, 'valid' (the
+    # grad_output plane smaller than x), asymmetric and partial padding, a 1xK and a
+    # Kx1 kernel, dilation, a plane narrower than the tile, 49 taps.
+    (2, 3, 19, 21, 3, 3, 1, 1),
+    (2, 3, 18, 26, 3, 7, 0, 1),
+    (1, 4, 13, 40, 3, 5, ((1, 0), (0, 2)), 1),
+    (2, 2, 17, 17, 1, 7, (0, 3), 1),
+    (1, 3, 23, 9, 5, 1, ((2, 1), (0, 0)), 1),
+    (2, 3, 20, 24, 3, 3, 2, 2),
+    (3, 5, 7, 7, 7, 7, 3, 1),
+    (1, 2, 30, 33, 7, 7, 3, 1),
+    (1, 3, 9, 44, 5, 5, "same", (1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "launch",
+    [{}, dict(th=1, tw=8, chunks=1), dict(th=4, tw=4, minb=2, pf=1, chunks=3), dict(th=2, tw=8, pf=0, chunks=7)],
+    ids=str,
+)
+@pytest.mark.parametrize("shape", BWD_TILE_SHAPES, ids=str)
+def test_bwd_tile(shape, launch, dtype):
+    """The fused backward kernel, forced: all three gradients against the reference,
+    with tile shapes whose tails cut the plane both ways, one and several chunks per
+    channel (chunks=1 puts every unit of a channel in one block), with and without the
+    L2 prefetch of the next unit."""
+    from gpu_util import forced_backward, params, reference_backward, to_gpu
+
+    N, C, H, W, KH, KW, pad, dil = shape
+    rng = numpy.random.default_rng(zlib.crc32(repr((shape, launch, dtype)).encode()))
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, dil)
+    go = random_array(rng, p.out_shape, dtype)
+    res = forced_backward(to_gpu(x), to_gpu(go), to_gpu(w), p, dtype, **launch)
+    assert res is not None, "bwd_tile declined a problem it takes"
+    gx, gw, gb, s1 = res
+    assert "bwd_tile" in s1.expr
+    ref = reference_backward(go, x, w, padding=pad, dilation=dil)
+    terms = N * p.OH * p.OW
+    assert_close(gx.get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
+    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("offset", [1, 2, 4])
+def test_bwd_tile_misaligned(offset, dtype):
+    """x and grad_output that start `offset` elements into their allocations: the fused
+    kernel's x and grad_output loads narrow to what the pointers allow."""
+    from gpu_util import forced_backward, params, reference_backward
+
+    N, C, H, W, KH, KW, pad = 2, 3, 12, 40, 3, 5, (1, 2)
+    rng = numpy.random.default_rng(70 + offset)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    import cupy
+
+    gx, gw, gb, s1 = forced_backward(_offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w), p, dtype)
+    ref = reference_backward(go, x, w, padding=pad)
+    terms = N * p.OH * p.OW
+    assert_close(gx.get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
+    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
