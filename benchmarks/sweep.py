@@ -14,7 +14,6 @@ heuristic table in cupy_dwconv/_kernels.py.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -56,8 +55,7 @@ WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 3
 
 
 # Fused backward, bwd_tile (TH, TW, MINB, PF, chunks; None = the host's rule), timed
-# against the separate grad-input + grad-weight plans; each also without and with the
-# interior (unchecked) copy of the unit body.
+# against the separate grad-input + grad-weight plans.
 BWD_VARIANTS = [(None, None, None, None, None), (4, 8, 1, None, None), (4, 8, 2, None, None), (2, 8, 1, None, None),
                 (2, 8, 2, None, None), (4, 4, 2, None, None), (2, 4, 2, None, None), (1, 8, 2, None, None),
                 (2, 8, 3, None, None), (4, 8, 2, 0, None), (4, 8, 2, 1, None), (2, 8, 2, 0, None), (2, 8, 2, 1, None),
@@ -222,8 +220,8 @@ def backward_variants(p, dtype):
     s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, 0, 0)
     out = [(("separate", None), (gi, s1, s2))]
     seen = set()
-    for (th, tw, minb, pf, chunks), interior in itertools.product(BWD_VARIANTS, (None, False, True)):
-        kw = dict(th=th, tw=tw, minb=minb, pf=pf, chunks=chunks, interior=interior)
+    for th, tw, minb, pf, chunks in BWD_VARIANTS:
+        kw = dict(th=th, tw=tw, minb=minb, pf=pf, chunks=chunks)
         plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
         if plan is None:
             continue

@@ -1115,10 +1115,7 @@ def _bwd_tile_shape(p, dtype):
 BWD_MIN_UNITS = 1024  # tiles per channel below which the separate kernels serve (4 per thread)
 
 
-BWD_INTERIOR_MAX_TAPS = 25  # 49-tap tiles spill 700 bytes with the second (interior) copy of the body
-
-
-def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None, interior=None):
+def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None):
     """(bwd_tile launch, chunks) for the fused backward; None where it does not apply:
     stride 1, multiplier 1, at most TILE_MAX_TAPS taps, top/left padding within the
     kernel's reach, and tiles of the x plane that also cover the grad_output plane."""
@@ -1149,10 +1146,8 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     if chunks is None:
         chunks = _wgrad_chunks(units, p.C)
     chunks = max(1, min(chunks, units, 65535))
-    if interior is None:
-        interior = taps <= BWD_INTERIOR_MAX_TAPS
     expr = "dw::bwd_tile<" + _targs(
-        CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.PT, p.PL, th, tw, vx, vgo, shift, vout, minb, pf, interior) + ">"
+        CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.PT, p.PL, th, tw, vx, vgo, shift, vout, minb, pf) + ">"
     args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
     grid = (chunks, min(p.C, 65535), 1)
     return Launch("bwd.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks

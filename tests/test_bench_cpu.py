@@ -510,7 +510,7 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_generic<float, 0>", "conv_generic"),
         ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, 4, 0, 4>", "wgrad_tile 2x8"),
         ("dw::wgrad_generic<double>", "wgrad_generic"),
-        ("dw::bwd_tile<dw::half_t, 3, 7, 1, 1, 0, 0, 4, 8, 8, 2, 0, true, 2, 0, true>", "bwd_tile 4x8"),
+        ("dw::bwd_tile<dw::half_t, 3, 7, 1, 1, 0, 0, 4, 8, 8, 2, 0, true, 2, 0>", "bwd_tile 4x8"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],

@@ -470,8 +470,7 @@ BWD_TILE_SHAPES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "launch",
-    [{}, dict(th=1, tw=8, chunks=1, interior=True), dict(th=4, tw=4, minb=2, pf=1, chunks=3, interior=False),
-     dict(th=2, tw=8, pf=0, chunks=7, interior=True)],
+    [{}, dict(th=1, tw=8, chunks=1), dict(th=4, tw=4, minb=2, pf=1, chunks=3), dict(th=2, tw=8, pf=0, chunks=7)],
     ids=str,
 )
 @pytest.mark.parametrize("shape", BWD_TILE_SHAPES, ids=str)
@@ -479,8 +478,7 @@ def test_bwd_tile(shape, launch, dtype):
     """The fused backward kernel, forced: all three gradients against the reference,
     with tile shapes whose tails cut the plane both ways, one and several chunks per
     channel (chunks=1 puts every unit of a channel in one block), with and without the
-    L2 prefetch of the next unit, with and without the unchecked copy of the unit body
-    for interior tiles (each shape has both interior and border tiles)."""
+    L2 prefetch of the next unit."""
     from gpu_util import forced_backward, params, reference_backward, to_gpu
 
     N, C, H, W, KH, KW, pad, dil = shape

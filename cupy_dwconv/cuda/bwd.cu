@@ -27,52 +27,11 @@
 
 namespace dw {
 
-// One unit's loads and FMAs: the tile's x values, then the grad_output window row by row
-// (grad_x sums into acc, tap and bias sums into dw). CHECK false: the caller has proved
-// that the window and the tile lie inside their planes, so loads skip the bounds tests.
-template <class T, int KH, int KW, int DH, int DW, int PT, int PL, int TH, int TW, int VX, int VGO, int SOFF,
-          int NB, bool CHECK>
-__device__ __forceinline__ void bwd_unit(const T* __restrict__ xp, const T* __restrict__ gp, int i0, int j0, int r0,
-                                         int c0, int IH, int IW, int OH, int OW,
-                                         const typename Traits<T>::acc (&wr)[KH * KW],
-                                         typename Traits<T>::acc (&acc)[TH][TW],
-                                         typename Traits<T>::acc (&dw)[KH * KW + 1]) {
-    typedef typename Traits<T>::acc A;
-    typedef Axis<1, KH, 1, DH, TH, 0> AH;  // grad-input geometry at stride 1 (no stride phases)
-    typedef Axis<1, KW, 1, DW, TW, 0> AW;
-    constexpr int KK = KH * KW;
-    constexpr int BR = (KH - 1) * DH - PT, BC = (KW - 1) * DW - PL;  // the tile's own positions in the window
-    // The tile's own x values (zero past the plane's edge: they pair with nothing).
-    A xt[TH][TW];
-#pragma unroll
-    for (int t = 0; t < TH; ++t) load_row<T, VX, TW, TW, CHECK>(xp, i0 + t, j0, IH, IW, xt[t]);
-#pragma unroll
-    for (int t = 0; t < TH; ++t)
-#pragma unroll
-        for (int j = 0; j < TW; ++j) acc[t][j] = A(0);
-#pragma unroll
-    for (int r = 0; r < AH::SPAN; ++r) {
-        A buf[NB];
-        load_row<T, VGO, NB, AW::SPAN, CHECK>(gp, r0 + r, c0, OH, OW, buf);
-        if (r >= BR && r < BR + TH) {
-#pragma unroll
-            for (int j = 0; j < TW; ++j) dw[KK] += buf[SOFF + BC + j];
-        }
-        for_each_tap_in_row<AH, AW, TH, TW, KH, KW>(r, [&](int t, int kh, int kw, int j, int ci) {
-            const A g = buf[SOFF + ci];
-            acc[t][j] = fma(g, wr[kh * KW + kw], acc[t][j]);
-            dw[kh * KW + kw] = fma(g, xt[t][j], dw[kh * KW + kw]);
-        });
-    }
-}
-
 // Template arguments: T storage type; KH KW DH DW kernel geometry; PT PL top and left
 // padding (compile-time so that the bias positions below fold into the unrolled loops);
 // TH TW tile of grad_x; VX elements per x load; VGO elements per grad_output load and
 // SHIFT = (first window column) mod VGO; VOUT 16-byte grad_x stores; MINB blocks of 256
-// threads per SM the registers must allow; PF: ask L2 for the next unit's rows (0: off);
-// INTERIOR: a second copy of the unit body without bounds tests for tiles inside both
-// planes (fewer instructions; the host leaves it out where the two copies spill).
+// threads per SM the registers must allow; PF: ask L2 for the next unit's rows (0: off).
 //
 // Bias: each thread sums the grad_output positions with its own tile's coordinates,
 // [i0, i0 + TH) x [j0, j0 + TW): tiles partition the x plane, and the host checks that they
@@ -80,7 +39,7 @@ __device__ __forceinline__ void bwd_unit(const T* __restrict__ xp, const T* __re
 // the window (rows BR .. BR+TH-1, columns BC .. BC+TW-1) when PT <= (KH-1)*DH and
 // PL <= (KW-1)*DW; positions past the plane's edge were loaded as zeros.
 template <class T, int KH, int KW, int DH, int DW, int PT, int PL, int TH, int TW, int VX, int VGO, int SHIFT,
-          bool VOUT, int MINB, int PF, bool INTERIOR>
+          bool VOUT, int MINB, int PF>
 __global__ void __launch_bounds__(256, MINB)
 bwd_tile(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
          typename Traits<T>::acc* __restrict__ partial, const WgradArgs a) {
@@ -93,7 +52,8 @@ bwd_tile(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
     constexpr int KK = KH * KW;
     constexpr int SOFF = VGO > 1 ? SHIFT : 0;
     constexpr int NB = round_up(SOFF + AW::SPAN, VGO);
-    static_assert((KH - 1) * DH >= PT && (KW - 1) * DW >= PL, "the bias positions must lie in the grad_output window");
+    constexpr int BR = (KH - 1) * DH - PT, BC = (KW - 1) * DW - PL;  // the tile's own positions in the window
+    static_assert(BR >= 0 && BC >= 0, "the bias positions must lie in the grad_output window");
     static_assert(KK <= 64 && TH * TW <= 64 && NB <= 96, "register budget");
     static_assert(VX >= 1 && V % VX == 0 && TW % VX == 0, "x loads: whole vectors per tile row");
     static_assert(VGO >= 1 && V % VGO == 0 && (VGO == 1 || SHIFT < VGO), "grad_output loads: a power-of-two part of 16 bytes");
@@ -132,18 +92,34 @@ bwd_tile(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
             const T* xp = x + q * plane_in;
             const T* gp = go + q * plane_out;
             const int i0 = rt * TH, j0 = cg * TW;
+            // The tile's own x values (zero past the plane's edge: they pair with nothing).
+            A xt[TH][TW];
+#pragma unroll
+            for (int t = 0; t < TH; ++t) load_row<T, VX, TW, TW>(xp, i0 + t, j0, IH, IW, xt[t]);
+            A acc[TH][TW];
+#pragma unroll
+            for (int t = 0; t < TH; ++t)
+#pragma unroll
+                for (int j = 0; j < TW; ++j) acc[t][j] = A(0);
             // Window row r is grad_output row i0 + PT + AH::LO + r; column SOFF + ci of buf is
             // grad_output column j0 + PL + AW::LO + ci (zero outside the plane: that is the
             // padding).
             const int r0 = i0 + PT + AH::LO;
             const int c0 = j0 + PL + AW::LO - SOFF;
-            A acc[TH][TW];
-            if (INTERIOR && window_inside<AH::SPAN, NB>(r0, c0, OH, OW) && window_inside<TH, TW>(i0, j0, IH, IW))
-                bwd_unit<T, KH, KW, DH, DW, PT, PL, TH, TW, VX, VGO, SOFF, NB, false>(xp, gp, i0, j0, r0, c0, IH, IW,
-                                                                                    OH, OW, wr, acc, dw);
-            else
-                bwd_unit<T, KH, KW, DH, DW, PT, PL, TH, TW, VX, VGO, SOFF, NB, true>(xp, gp, i0, j0, r0, c0, IH, IW,
-                                                                                   OH, OW, wr, acc, dw);
+#pragma unroll
+            for (int r = 0; r < AH::SPAN; ++r) {
+                A buf[NB];
+                load_row<T, VGO, NB, AW::SPAN>(gp, r0 + r, c0, OH, OW, buf);
+                if (r >= BR && r < BR + TH) {
+#pragma unroll
+                    for (int j = 0; j < TW; ++j) dw[KK] += buf[SOFF + BC + j];
+                }
+                for_each_tap_in_row<AH, AW, TH, TW, KH, KW>(r, [&](int t, int kh, int kw, int j, int ci) {
+                    const A g = buf[SOFF + ci];
+                    acc[t][j] = fma(g, wr[kh * KW + kw], acc[t][j]);
+                    dw[kh * KW + kw] = fma(g, xt[t][j], dw[kh * KW + kw]);
+                });
+            }
             T* yp = gx + q * plane_in + j0;
 #pragma unroll
             for (int t = 0; t < TH; ++t) {

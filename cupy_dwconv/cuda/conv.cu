@@ -19,7 +19,7 @@ namespace dw {
 // window feeds every (output row t, tap row kh) pair with AH::at(t, kh) == r, all resolved
 // at compile time, so the unrolled body is FMAs on registers).
 template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
-          int PTR, int PLR, int VIN, int SOFF, int NB, bool CHECK = true>
+          int PTR, int PLR, int VIN, int SOFF, int NB>
 __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const typename Traits<T>::acc (&wr)[KH * KW],
                                                 int r0, int c0, int IH, int IW,
                                                 typename Traits<T>::acc (&acc)[TH][TW]) {
@@ -29,7 +29,7 @@ __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const 
 #pragma unroll
     for (int r = 0; r < AH::SPAN; ++r) {
         A buf[NB];
-        load_row<T, VIN, NB, AW::SPAN, CHECK>(xp, r0 + r, c0, IH, IW, buf);
+        load_row<T, VIN, NB, AW::SPAN>(xp, r0 + r, c0, IH, IW, buf);
         for_each_tap_in_row<AH, AW, TH, TW, KH, KW>(r, [&](int t, int kh, int kw, int j, int ci) {
             acc[t][j] = fma(buf[SOFF + ci], wr[kh * KW + kw], acc[t][j]);
         });
@@ -109,12 +109,7 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
                 for (int j = 0; j < TW; ++j) acc[t][j] = b0;
             if (R == 1) {
-                // Interior tiles (most of them) read their window without bounds tests.
-                if (window_inside<AH::SPAN, NB>(r0, c0, IH, IW))
-                    tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB, false>(
-                        xp0, wr, r0, c0, IH, IW, acc);
-                else
-                    tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(xp0, wr, r0, c0, IH, IW, acc);
+                tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(xp0, wr, r0, c0, IH, IW, acc);
             } else {
                 for (int m = 0; m < R; ++m) {
                     const T* wp = w + (pm.w_row0 + m) * (KH * KW);

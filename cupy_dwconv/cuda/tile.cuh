@@ -29,20 +29,10 @@ struct Axis {
 // L: elements per load (1: scalar; 2, 4, 8: vectors of 4, 8 or 16 bytes). The host picks
 // the widest L that divides IW and the plane base's alignment, so an aligned vector lies
 // wholly inside or wholly outside the row and one bounds test per vector suffices.
-// CHECK false: the caller has proved that the NB elements from column c0 of row ih lie
-// inside the plane (an interior tile), so the loads go without tests and without the
-// zero fill; ncu counted those tests and moves as a quarter of the 16-bit tile's
-// instructions.
-template <class T, int L, int NB, int RW, bool CHECK = true>
+template <class T, int L, int NB, int RW>
 __device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, int c0, int IH, int IW,
                                          typename Traits<T>::acc (&buf)[NB]) {
     typedef typename Traits<T>::acc A;
-    if constexpr (!CHECK) {
-        const T* rp = plane + (i64)ih * IW + c0;  // 64-bit row offset: a plane can pass 2^31 elements
-#pragma unroll
-        for (int k = 0; k < (L > 1 ? NB / L : RW); ++k) load_n<L>(rp + k * L, &buf[k * L]);
-        return;
-    }
     const bool row_ok = (unsigned)ih < (unsigned)IH;
     // 64-bit row offset: a plane can hold more than 2^31 elements.
     const T* rp = plane + (i64)(row_ok ? ih : 0) * IW;
@@ -65,13 +55,6 @@ __device__ __forceinline__ void load_row(const T* __restrict__ plane, int ih, in
             buf[e] = (row_ok && (unsigned)c < (unsigned)IW) ? load1(rp + c) : A(0);
         }
     }
-}
-
-// Whether rows [r0, r0 + ROWS) and columns [c0, c0 + COLS) lie inside an IH x IW plane
-// (the window of an interior tile: load_row<..., false> may read it without tests).
-template <int ROWS, int COLS>
-__device__ __forceinline__ bool window_inside(int r0, int c0, int IH, int IW) {
-    return r0 >= 0 && r0 + ROWS <= IH && c0 >= 0 && c0 + COLS <= IW;
 }
 
 // Asks L2 to fetch rows [ih, ih + ROWS) of a tile's window ahead of their loads (no
