@@ -1115,7 +1115,24 @@ def _bwd_tile_shape(p, dtype):
 BWD_MIN_UNITS = 1024  # tiles per channel below which the separate kernels serve (4 per thread)
 
 
-def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None):
+def _bwd_chunks(units, channels, minb, taps, sms=132):
+    """Chunks per channel of bwd_tile (backward sweep, benchmarks/NOTES.md session 7).
+    Where two or more chunks per channel put every block of the grid on the GPU at once
+    (within 10 % of its MINB x SMs slots) there is no tail wave: take that count
+    (seed_3x7, 128 channels: 2 chunks 0.564 ms, 9 chunks 0.602). One chunk per channel
+    measured mixed (effnet_5x5 0.070 against 0.077, dilated_3x3_d2 0.161 against 0.148),
+    so it is not taken. Else the grad-weight rule; 49-tap blocks close with a 50-value
+    sum, so at most 4 chunks (convnext_7x7: 4 chunks 0.147 ms, 11 chunks 0.157)."""
+    slots = sms * minb
+    one_wave = slots // max(channels, 1)
+    if one_wave >= 2 and one_wave * channels * 10 >= slots * 9:
+        chunks = one_wave
+    else:
+        chunks = _wgrad_chunks(units, channels, sms)
+    return min(chunks, 4) if taps >= 49 else chunks
+
+
+def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None, sms=132):
     """(bwd_tile launch, chunks) for the fused backward; None where it does not apply:
     stride 1, multiplier 1, at most TILE_MAX_TAPS taps, top/left padding within the
     kernel's reach, and tiles of the x plane that also cover the grad_output plane."""
@@ -1144,7 +1161,7 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     vout = p.W % v == 0 and tw % v == 0
     units = p.N * n_rt * n_cg
     if chunks is None:
-        chunks = _wgrad_chunks(units, p.C)
+        chunks = _bwd_chunks(units, p.C, minb, taps, sms)
     chunks = max(1, min(chunks, units, 65535))
     expr = "dw::bwd_tile<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.PT, p.PL, th, tw, vx, vgo, shift, vout, minb, pf) + ">"
@@ -1171,7 +1188,7 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:
-        res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, **force)
+        res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force)
         return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
     return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
 
@@ -1180,7 +1197,7 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
 def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
     if not _use_bwd_tile(p, dtype):
         return None
-    res = bwd_tile_launch(p, dtype, x_ptr, go_ptr)
+    res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms)
     return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
 
 
