@@ -6,7 +6,7 @@ the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
 Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`,
-`_use_wgrad_mma`, `_wgrad_tile_shape`) rather than
+`_use_wgrad_mma`, `_wgrad_tile_shape`, `_use_bwd_tile`, `_bwd_tile_shape`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
 its bits, must not depend on timing noise), costs nothing on first use, and was set from
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
