@@ -214,6 +214,14 @@ def wgrad_variants(p, dtype):
     return res
 
 
+def _print_best(name, dtype, rows):
+    """One line naming the fastest correct variant of a case."""
+    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
+    if best:
+        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%",
+              flush=True)
+
+
 def backward_variants(p, dtype):
     """[(label, launches)] for the full backward: the separate plans (grad input, then
     both grad-weight stages) and each fused bwd_tile variant that plans (stage 1, stage 2)."""
@@ -292,9 +300,7 @@ def sweep_backward_case(name, p, dtype, dev, args, ceilings, l2):
                          regs=regs, local=local, ms=ms, eff=floor / ms, ok=ok, err=max(errs)))
         print(f"{name:16s} {dtype:9s} {kind:8s} {str(kw):48s} regs {regs:12s} local {local:4d} {ms:8.4f} ms "
               f"eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % max(errs)}", flush=True)
-    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
-    if best:
-        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    _print_best(name, dtype, rows)
     return rows
 
 
@@ -349,9 +355,7 @@ def sweep_wgrad_case(name, p, dtype, dev, args, ceilings, l2):
         print(f"{name:16s} {dtype:9s} {kind:7s} {str(kw):48s} regs {kern.num_regs:3d} local {kern.local_size_bytes:4d} "
               f"grid {str(s1.grid):16s} {ms:8.4f} ms eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % err}",
               flush=True)
-    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
-    if best:
-        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    _print_best(name, dtype, rows)
     return rows
 
 
@@ -407,9 +411,7 @@ def sweep_case(name, p, dtype, dev, args, ceilings, l2):
         rows.append(row)
         print(f"{name:16s} {dtype:9s} {kind:7s} {str(kw):40s} regs {kern.num_regs:3d} local {kern.local_size_bytes:4d} "
               f"{ms:8.4f} ms eff {100 * floor / ms:5.1f}% {'ok' if ok else 'WRONG %.1e' % err}", flush=True)
-    best = min((r for r in rows if r.get("ok")), key=lambda r: r["ms"], default=None)
-    if best:
-        print(f"{name:16s} {dtype:9s} BEST {best['kind']} {best['params']} {best['ms']:.4f} ms eff {100 * best['eff']:.1f}%", flush=True)
+    _print_best(name, dtype, rows)
     return rows
 
 
