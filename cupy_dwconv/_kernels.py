@@ -6,7 +6,7 @@ the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
 Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`,
-`_use_wgrad_mma`, `_wgrad_tile_shape`, `_use_bwd_tile`, `_bwd_tile_shape`) rather than
+`_use_wgrad_mma`, `_wgrad_tile_shape`, `_bwd_tile_shape`, `_bwd_chunks`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
 its bits, must not depend on timing noise), costs nothing on first use, and was set from
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
@@ -1132,10 +1132,12 @@ def _bwd_chunks(units, channels, minb, taps, sms=132):
     return min(chunks, 4) if taps >= 49 else chunks
 
 
-def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None, sms=132):
+def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None, sms=132,
+                    min_units=0):
     """(bwd_tile launch, chunks) for the fused backward; None where it does not apply:
     stride 1, multiplier 1, at most TILE_MAX_TAPS taps, top/left padding within the
-    kernel's reach, and tiles of the x plane that also cover the grad_output plane."""
+    kernel's reach, tiles of the x plane that also cover the grad_output plane, and at
+    least `min_units` tiles per channel."""
     taps = p.KH * p.KW
     if (p.SH, p.SW) != (1, 1) or p.M != 1 or taps > TILE_MAX_TAPS:
         return None
@@ -1160,6 +1162,8 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     v = 16 // ITEMSIZE[dtype]
     vout = p.W % v == 0 and tw % v == 0
     units = p.N * n_rt * n_cg
+    if units < min_units:
+        return None
     if chunks is None:
         chunks = _bwd_chunks(units, p.C, minb, taps, sms)
     chunks = max(1, min(chunks, units, 65535))
@@ -1168,15 +1172,6 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     args = _wgrad_args(p, chunks, n_cg=n_cg, n_rt=n_rt)
     grid = (chunks, min(p.C, 65535), 1)
     return Launch("bwd.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
-
-
-def _use_bwd_tile(p, dtype):
-    """Whether the full backward (all three gradients wanted) takes the fused kernel: yes
-    wherever it takes the problem and a channel has enough tiles to amortize the block's
-    weights and closing sum. Small planes stay on conv_plane + wgrad_plane
-    (convnext_7x7_s4, 64 x 7x7 tiles per channel: fused 0.048 ms at best, separate 0.0327)."""
-    th, tw, _minb, _pf = _bwd_tile_shape(p, dtype)
-    return p.N * _cdiv(p.H, th) * _cdiv(p.W, tw) >= BWD_MIN_UNITS
 
 
 def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
@@ -1188,17 +1183,21 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:
-        res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force)
-        return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
+        return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
     return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+
+
+def _fused_with_reduce(p, dtype, res):
+    return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
-    if not _use_bwd_tile(p, dtype):
-        return None
-    res = bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms)
-    return None if res is None else (res[0], res[1], reduce_launch(p, dtype, res[1]))
+    # The fused kernel serves wherever it takes the problem and a channel has enough tiles
+    # to amortize the block's weights and closing sum. Small planes stay on conv_plane +
+    # wgrad_plane (convnext_7x7_s4, 64 x 7x7 tiles per channel: fused 0.048 ms at best,
+    # separate 0.0327).
+    return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, min_units=BWD_MIN_UNITS))
 
 
 # ---------------------------------------------------------------------------------------
