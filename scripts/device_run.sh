@@ -15,6 +15,13 @@ export PYTHONPATH=.
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 commit="${CUPY_DWCONV_COMMIT:-unknown}"
+# Results are named by the GPU they were measured on (benchmarks/results/h200.json, ...).
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+case "$gpu_name" in
+  *H200*) result="${RESULT:-h200}" ;;
+  *H100*) result="${RESULT:-h100}" ;;
+  *) result="${RESULT:-gpu}" ;;
+esac
 limit() { timeout --signal=TERM --kill-after=10 "$@"; }
 summary="$out/summary.txt"
 : > "$summary"
@@ -40,9 +47,9 @@ for stage in $stages; do
       mkdir -p benchmarks/results
       extra=""; [ "$stage" = bench_bwd ] && extra="--backward"
       limit "${BENCH_LIMIT:-300}" python3 -m cupy_dwconv.bench --commit "$commit" $extra ${BENCH_ARGS:-} \
-        --json benchmarks/results/h100.json --plot benchmarks/results/h100.png > "$out/bench.log" 2>&1
+        --json "benchmarks/results/$result.json" --plot "benchmarks/results/$result.png" > "$out/bench.log" 2>&1
       rc=$?
-      cp benchmarks/results/h100.json benchmarks/results/h100.png "$out/" 2>/dev/null ;;
+      cp "benchmarks/results/$result.json" "benchmarks/results/$result.png" "$out/" 2>/dev/null ;;
     ncu)
       # Hardware counters for a few kernels (clocks left as they are).
       for spec in ${NCU_CASES:-seed_3x7:float32:forward seed_3x7:float16:forward replk_31x31:float32:forward}; do
@@ -65,5 +72,5 @@ for stage in $stages; do
   echo "stage $stage rc=$rc seconds=$(( $(date +%s) - start ))" | tee -a "$summary"
 done
 cp "$summary" "$final/summary.txt"
-[ -f "$out/h100.json" ] && cp "$out/h100.json" "$out/h100.png" "$final/" 2>/dev/null
+[ -f "$out/$result.json" ] && cp "$out/$result.json" "$out/$result.png" "$final/" 2>/dev/null
 tar czf "$final/logs.tgz" -C "$out" . && rm -rf "$out"
