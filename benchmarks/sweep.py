@@ -43,6 +43,11 @@ PLANE_VARIANTS = [(None, 1, None, None), (1, 1, None, None), (2, 1, None, None),
                   (4, 1, None, None), (None, 2, None, None), (None, 2, 32, None), (None, 2, 64, 264),
                   (None, 2, 32, 528), (None, 2, 96, None), (None, 1, 32, None), (3, 2, None, None),
                   (None, 2, 16, None)]
+# conv_rows (V columns per lane, PF rows ahead, MINB, RB rows per band; None = the
+# host's rule), stride-1 problems.
+ROWS_VARIANTS = [(v, pf, 2, None) for v in (8, 4, 2, 1) for pf in (1, 2, 3)] + [
+    (None, None, 1, None), (None, None, 3, None), (None, None, 2, 8), (None, None, 2, 16), (None, None, 2, 32),
+    (None, 3, 1, None)]
 # wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
 WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
                    (32, 8, 4)]
@@ -107,6 +112,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--families", nargs="*", default=None,
+                    help="forward / grad input: only these families' variants (plus the default plan and the "
+                         "dispatcher without conv_rows)")
     args = ap.parse_args(argv)
 
     import time
@@ -127,7 +135,8 @@ def main(argv=None):
     elif args.which == "backward":
         items = [(l.src, l.expr) for _, p, dtype in jobs for _, ls in backward_variants(p, dtype) for l in ls]
     else:
-        items = [(l.src, l.expr) for _, p, dtype in jobs for _, l in variant_launches(p, dtype, args.which)]
+        items = [(l.src, l.expr) for _, p, dtype in jobs
+                 for _, l in variant_launches(p, dtype, args.which, args.families)]
     n, errors = prewarm(items, args.workers)
     print(f"compiled {n} specializations in {time.perf_counter() - t0:.1f} s with {args.workers} processes", flush=True)
     for e in errors:
@@ -151,11 +160,16 @@ def main(argv=None):
     return 0
 
 
-def variant_launches(p, dtype, which):
-    """[(label, Launch)] for the default plan and every variant that plans."""
+def variant_launches(p, dtype, which, families=None):
+    """[(label, Launch)] for the default plan and every variant that plans (only the
+    listed families' variants when `families` is given)."""
     pr = _kernels.forward_problem(p) if which == "forward" else _kernels.grad_input_problem(p)
     default = _kernels.plan_forward(p, dtype, 0) if which == "forward" else _kernels.plan_grad_input(p, dtype, 0)
-    out = [(("default", None), default)]
+    out = [(("default", None), default), (("auto-norows", {}), None)]
+    if (p.SH, p.SW) == (1, 1):
+        for v, pf, mb, rb in ROWS_VARIANTS:
+            if v is None or v <= 16 // _kernels.ITEMSIZE[dtype]:
+                out.append((("rows", dict(v=v, pf=pf, minb=mb, rb=rb)), None))
     if pr.KH * pr.KW <= _kernels.TILE_MAX_TAPS:
         for th, tw, mb, nt in TILE_VARIANTS[dtype] + _small_width_variants(p, dtype):
             if which == "grad_input" and (th % p.SH or tw % p.SW):
@@ -172,6 +186,8 @@ def variant_launches(p, dtype, which):
     if pr.KH * pr.KW >= 7 or p.OH * p.OW <= 400:
         for th, tw in SMEM_VARIANTS:
             out.append((("smem", dict(th=th, tw=tw)), None))
+    if families is not None:
+        out = [(label, launch) for label, launch in out if label[0] in ("default", "auto-norows", *families)]
     res, seen = [], set()
     for (kind, kw), launch in out:
         if launch is None:
@@ -388,7 +404,7 @@ def sweep_case(name, p, dtype, dev, args, ceilings, l2):
     ref_norm = float(cupy.linalg.norm(ref))
 
     rows = []
-    for (kind, kw), launch in variant_launches(p, dtype, args.which):
+    for (kind, kw), launch in variant_launches(p, dtype, args.which, args.families):
         try:
             kern = launch.kernel(dev)
         except Exception as e:  # a variant the compiler rejects is reported, not fatal

@@ -147,6 +147,7 @@ ARG_STRUCTS = {
     "PlaneArgs": ("n_planes", "IC", "QC", "DIV", "R", "P"),
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
+    "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
 }
 ARG_DTYPES = {
     name: numpy.dtype([(f, numpy.int64 if f in _I64_FIELDS else numpy.int32) for f in fields], align=True)
@@ -659,6 +660,114 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     return Launch("mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,))
 
 
+# ---- conv_rows (stride 1: a segment of lanes sweeps a band of rows) ----------------------
+
+ROWS_MAX_TAPS = 64   # weights live in registers
+ROWS_MAX_SUMS = 64   # the ring of Q x V output sums
+ROWS_MAX_PAD = 32    # left padding is a template constant; the halo is at most 32 columns
+ROWS_BLOCK = 256
+
+
+def _rows_regs(pr, dtype, v, pf):
+    """Registers conv_rows needs (32-bit), estimated from what holds values: the ring of
+    Q x V sums, the weights, the raw rows in flight (the lane's columns and the halo
+    columns an edge lane loads; ptxas hoists loads across the U unrolled rows, so more
+    rows are live than PF + 1). Coefficients fitted to the ptxas report of 108
+    specializations (3x3 to 7x7, dilation 2, V 1-8, PF 1-3; float32 and float16), plus a
+    margin of 20 over the fit; float64 values take two registers."""
+    q = (pr.KH - 1) * pr.DH + 1
+    u = q * ((pf + q) // q)
+    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
+    halo = jhi - jlo - v
+    words = v // 2 if ITEMSIZE[dtype] == 2 and v > 1 else v
+    scale = 2 if ITEMSIZE[dtype] == 8 else 1
+    raw = words + halo
+    return scale * (1.6 * q * v + 1.45 * pr.KH * pr.KW + 1.2 * (pf + 1) * raw + 0.3 * u * raw) + 45
+
+
+ROWS_REGS = 128  # __launch_bounds__(256, 2)
+
+
+def _rows_shape(pr, dtype):
+    """(V, PF): columns per lane and rows in flight. The widest V (one 16-byte vector: 8
+    16-bit, 4 float32, 2 float64 values) and then the deepest PF (2, else 1) whose
+    registers fit 2 blocks per SM; 7x7 float32 takes 2 columns and 1 row ahead."""
+    v = 16 // ITEMSIZE[dtype]
+    while v >= 1:
+        for pf in (2, 1):
+            if _rows_regs(pr, dtype, v, pf) <= ROWS_REGS:
+                return v, pf
+        v //= 2
+    return 1, 1
+
+
+def _rows_segment(ow, v):
+    """Lanes per segment: the fewest power of two whose columns cover the row, at most a
+    warp (56-column planes: 7 of 8 lanes busy in 16-bit, 14 of 16 in float32)."""
+    s = 1
+    while s < 32 and s * v < ow:
+        s *= 2
+    return s
+
+
+def _rows_bands(pr, units_per_band, q, resident, rb=None):
+    """(RB, bands): output rows per band. The persistent segments each take
+    ceil(units / resident) units of RB + Q - 1 input rows; the band height minimizes that
+    (more bands fill the segments more evenly, each adds Q - 1 rows read twice)."""
+    if rb is not None:
+        rb = max(1, min(rb, pr.OH))
+        return rb, _cdiv(pr.OH, rb)
+    best = None
+    for bands in range(1, pr.OH + 1):
+        rb = _cdiv(pr.OH, bands)
+        if _cdiv(pr.OH, rb) != bands:
+            continue
+        cost = _cdiv(units_per_band * bands, resident) * (rb + q - 1)
+        if best is None or cost < best[0]:
+            best = (cost, rb, bands)
+    return best[1], best[2]
+
+
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
+    """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
+    one input plane per output plane); None where the shape does not fit its limits."""
+    if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
+            or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
+        return None
+    dv, dpf = _rows_shape(pr, dtype)
+    v = dv if v is None else v
+    pf = dpf if pf is None else pf
+    q = (pr.KH - 1) * pr.DH + 1
+    jlo = min(0, -pr.PL)
+    jhi = max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
+    if q * v > ROWS_MAX_SUMS or jhi - jlo - v > 32:
+        return None
+    minb = 2 if minb is None else minb
+    vl = _load_width(dtype, pr.IW, x_ptr, v)
+    vs = _load_width(dtype, pr.OW, 0, v)  # outputs are fresh, 256-byte aligned buffers
+    s = _rows_segment(pr.OW, v)
+    n_cs = _cdiv(pr.OW, s * v)
+    segs = ROWS_BLOCK // s
+    units_per_band = pr.planes * n_cs
+    rb, bands = _rows_bands(pr, units_per_band, q, sms * minb * segs, rb)
+    units = units_per_band * bands
+    if n_cs * bands > INT32_MAX or pr.IW + 64 > INT32_MAX or pr.OH + q > INT32_MAX:
+        return None
+    grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
+    expr = "dw::conv_rows<" + _targs(
+        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb
+    ) + ">"
+    args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
+                     RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)
+    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), 0, (args,))
+
+
+def _use_rows(pr, dtype):
+    """Whether the dispatcher takes conv_rows for a problem it accepts (float64 only up
+    to 9 taps: wider float64 kernels leave one column per lane and spill)."""
+    return dtype != "float64" or pr.KH * pr.KW <= 9
+
+
 # ---- conv_generic -----------------------------------------------------------------------
 
 def generic_launch(pr, dtype):
@@ -670,9 +779,12 @@ def generic_launch(pr, dtype):
 
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
-    """The launch for a plane-to-plane problem: whole small planes per block, tensor cores
-    (16-bit, stride 1, dilation 1, sm_80+), then tile, then smem, then generic. `arch` (compute capability as an int,
-    90 for sm_90) defaults to the current device's."""
+    """The launch for a plane-to-plane problem: whole small planes per block, row sweeps
+    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+), then tile, then
+    smem, then generic. `arch` (compute capability as an int, 90 for sm_90) defaults to
+    the current device's. `force` = (kind, kwargs) plans one family (None where it
+    declines the problem); kind "auto-norows" is the dispatcher without conv_rows (the
+    sweep's comparison point)."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     q = _flipped_problem(pr) if pr.mode == 1 and (pr.SH, pr.SW) == (1, 1) else pr
@@ -686,8 +798,18 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
+        if kind == "rows":
+            return rows_launch(q, dtype, x_ptr, sms=sms, **kwargs)
+        if kind == "auto-norows":
+            return _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=False)
         return generic_launch(pr, dtype)
+    return _auto_plan(pr, q, dtype, x_ptr, arch, sms)
+
+
+def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q) else None
+    if launch is None and rows and _use_rows(q, dtype):
+        launch = rows_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and _use_mma(q, dtype):
         launch = mma_launch(q, dtype, x_ptr, arch, sms)
     if launch is None:

@@ -3,7 +3,7 @@
 # with its own time limit so a slow stage cannot starve the rest. Logs go to $OUT
 # (or ./device-out). Usage:
 #   bash scripts/device_run.sh "tests sweep bench"  [sweep args...]
-# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, dispatch, main.
+# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, dispatch, main, cache_out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final="${OUT:-device-out}"
@@ -14,6 +14,9 @@ shift || true
 export PYTHONPATH=.
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# CuPy's kernel cache lives in the checkout (.cupy_cache, ignored by git): a run can
+# carry back the binaries of the previous one (stage cache_out packs it into $OUT).
+export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-$PWD/.cupy_cache}"
 commit="${CUPY_DWCONV_COMMIT:-unknown}"
 # Results are named by the GPU they were measured on (benchmarks/results/h200.json, ...).
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
@@ -65,6 +68,9 @@ for stage in $stages; do
       rc=$? ;;
     main)
       limit 120 python3 -m cupy_dwconv > "$out/main.log" 2>&1
+      rc=$? ;;
+    cache_out)
+      tar czf "$final/cupy_cache.tgz" -C "$CUPY_CACHE_DIR" . 2>/dev/null
       rc=$? ;;
     *)
       echo "unknown stage $stage" >> "$summary"; continue ;;

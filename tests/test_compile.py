@@ -40,6 +40,8 @@ FAMILIES = (
     "conv_mma flip=true",
     "conv_plane flip=false",
     "conv_plane flip=true",
+    "conv_rows flip=false",
+    "conv_rows flip=true",
     "conv_generic mode 0",
     "conv_generic mode 1",
     "wgrad_tile",
@@ -122,6 +124,8 @@ def _family(expr):
         name += f" flip={args[8]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"
+    elif name == "conv_rows":
+        name += f" flip={args[11]}"
     return name, _DTYPE_OF_CXX[args[0]]
 
 

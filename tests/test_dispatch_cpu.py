@@ -36,21 +36,26 @@ def _args(expr):
     return _kernels.split_expr(expr)[1]
 
 
+def _tile(pr, dtype, ptr):
+    """The conv_tile plan of a problem (the tile rules, wherever the dispatcher sends it)."""
+    return _kernels.plan_conv(pr, dtype, ptr, force=("tile", {}), arch=90, sms=132)
+
+
 def test_load_width_follows_rows_and_pointers():
     """Tile loads: 16-byte vectors where rows and pointer allow, else 8 or 4 bytes, else
     single elements (conv_tile's VIN is its 13th template argument, wgrad_tile's VIN and
     VGO its 10th and 12th)."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)           # x rows 256, grad_output rows 250
     back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
-    fwd = lambda dtype, ptr: int(_args(_kernels.plan_forward(seed, dtype, ptr, 90, 132).expr)[12])
+    fwd = lambda dtype, ptr: int(_args(_tile(_kernels.forward_problem(seed), dtype, ptr).expr)[12])
     assert [fwd("float32", ptr) for ptr in (0, 8, 4, 2)] == [4, 2, 1, 1]
     assert [fwd("float16", ptr) for ptr in (0, 8, 4, 2)] == [8, 4, 2, 1]
-    gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr  # reads grad_output rows of 250
+    gi = _tile(_kernels.grad_input_problem(back), "float32", 0).expr  # reads grad_output rows of 250
     assert "conv_tile" in gi and int(_args(gi)[12]) == 2
     wg = _args(_kernels.plan_wgrad(back, "float16", 0, 0, 90, 132)[0].expr)
     assert (int(wg[9]), int(wg[11])) == (8, 2)
     odd = params((2, 4, 31, 17), (4, 1, 1, 7), 1, (0, 3), 1)  # rows of 17: single elements
-    assert int(_args(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[12]) == 1
+    assert int(_args(_tile(_kernels.forward_problem(odd), "float32", 0).expr)[12]) == 1
 
 
 def test_prefetch_rules():
@@ -59,9 +64,9 @@ def test_prefetch_rules():
     big = params((2, 4, 256, 256), (4, 1, 3, 3), 1, 1, 1)
     small = params((2, 4, 56, 56), (4, 1, 3, 3), 1, 1, 1)
     last = lambda expr: int(_args(expr)[-1])
-    assert last(_kernels.plan_forward(big, "float16", 0, 90, 132).expr) == 2
-    assert last(_kernels.plan_forward(small, "bfloat16", 0, 90, 132).expr) == 1
-    assert last(_kernels.plan_forward(big, "float32", 0, 90, 132).expr) == 0
+    assert last(_tile(_kernels.forward_problem(big), "float16", 0).expr) == 2
+    assert last(_tile(_kernels.forward_problem(small), "bfloat16", 0).expr) == 1
+    assert last(_tile(_kernels.forward_problem(big), "float32", 0).expr) == 0
     assert last(_kernels.plan_wgrad(small, "float32", 0, 0, 90, 132)[0].expr) == 0
     assert last(_kernels.plan_wgrad(small, "float16", 0, 0, 90, 132)[0].expr) == 1
 
@@ -122,3 +127,30 @@ def test_fused_backward_takes_and_declines():
     ):
         p = params(x_shape, w_shape, stride, pad, 1)
         assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132) is None
+
+
+def test_rows_dispatch_and_widths():
+    """conv_rows takes stride-1 problems of one input plane per output plane (forward with
+    any multiplier; grad input with the rotated kernel at multiplier 1); strided problems,
+    the grad input of a multiplier and float64 kernels past 9 taps go elsewhere. Its loads
+    (VL, 3rd template argument) follow the input rows and pointer, its stores (VS, 4th)
+    the output rows; S (10th) is the fewest lanes whose columns cover a row, up to 32."""
+    seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)
+    back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
+    fwd = _kernels.plan_forward(seed, "float16", 0, 90, 132).expr
+    assert "conv_rows" in fwd
+    v, vl, vs, s = (int(a) for a in (_args(fwd)[i] for i in (1, 2, 3, 9)))
+    assert (vl, vs, s) == (v, 2, 32)  # rows of 256 in, 250 (4-byte stores) out
+    assert int(_args(_kernels.plan_forward(seed, "float16", 4, 90, 132).expr)[2]) == 2
+    gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr
+    assert "conv_rows" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
+    mbv2 = params((2, 4, 56, 56), (8, 1, 3, 3), 1, 1, 1)
+    f16 = _args(_kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr)
+    assert "conv_rows" in _kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr and f16[9] == "8"
+    mback = _params.backward_params(mbv2.out_shape, mbv2.x_shape, mbv2.weight_shape, 1, 1, 1)
+    assert "conv_rows" not in _kernels.plan_grad_input(mback, "float32", 0, 90, 132).expr  # multiplier 2
+    strided = params((2, 4, 56, 56), (4, 1, 3, 3), 2, 1, 1)
+    assert "conv_rows" not in _kernels.plan_forward(strided, "float32", 0, 90, 132).expr
+    wide64 = params((2, 4, 56, 56), (4, 1, 5, 5), 1, 2, 1)
+    assert "conv_rows" not in _kernels.plan_forward(wide64, "float64", 0, 90, 132).expr
+    assert "conv_rows" in _kernels.plan_forward(wide64, "float32", 0, 90, 132).expr

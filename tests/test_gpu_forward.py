@@ -160,6 +160,73 @@ def test_plane(shape, variant, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M), what="grad_x")
 
 
+# conv_rows (stride 1, a segment of lanes sweeps a band of rows): asymmetric and 'same'
+# padding with an even kernel, dilation, a channel multiplier (forward only: its grad
+# input gathers M planes), rows of several column segments (halo columns loaded by the
+# edge lanes of each segment), 250-column rows (narrow stores), padding beyond the
+# kernel (the rotated grad-input problem crops), planes narrower than one lane's
+# columns, 1xK and Kx1 kernels. Variants: the default plan; one column per lane; two
+# columns with three rows in flight; no rows ahead and one-row bands (every band a tail);
+# 3-row bands at one block per SM; wider lanes with 5-row bands.
+ROWS_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (2, 3, 1, 19, 37, 3, 7, 1, ((1, 0), (3, 2)), 1),
+    (1, 2, 2, 23, 41, 5, 3, 1, 2, 1),
+    (2, 2, 1, 30, 30, 3, 3, 1, 1, (2, 1)),
+    (1, 3, 1, 13, 67, 2, 4, 1, "same", 1),
+    (1, 2, 1, 9, 300, 3, 3, 1, 1, 1),
+    (1, 1, 1, 20, 256, 3, 7, 1, 0, 1),
+    (1, 2, 1, 6, 6, 5, 5, 1, 6, 1),
+    (3, 5, 1, 7, 8, 7, 7, 1, 3, 1),
+    (1, 2, 1, 5, 3, 3, 3, 1, 0, 1),
+    (2, 3, 1, 17, 18, 1, 7, 1, (0, 3), 1),
+    (1, 2, 1, 21, 12, 7, 1, 1, (3, 0), 1),
+]
+ROWS_VARIANTS = [{}, dict(v=1), dict(v=2, pf=3), dict(pf=0, rb=1), dict(rb=3, minb=1), dict(v=8, pf=1, rb=5)]
+
+
+@pytest.mark.parametrize(
+    "dtype,variant",
+    [(d, v) for d in ("float32", "float16") for v in ROWS_VARIANTS] + [("bfloat16", {}), ("float64", {})],
+    ids=str,
+)
+@pytest.mark.parametrize("shape", ROWS_SHAPES, ids=str)
+def test_rows(shape, dtype, variant):
+    """conv_rows, forced, forward and (multiplier 1) grad input, against the reference."""
+    from gpu_util import forced_grad_input, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    launch, rng, x, w, p = _check_forced_forward(shape, dtype, "rows", 37, **variant)
+    assert launch is not None and "conv_rows" in launch.expr
+    go = random_array(rng, p.out_shape, dtype)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "rows", **variant)
+    if M != 1:
+        assert gx is None
+        return
+    assert gx is not None and "conv_rows" in launch.expr
+    ref = reference_backward(go, x, w, stride=s, padding=pad, dilation=d, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW), what="grad_x")
+
+
+def test_rows_persistent_segments_walk_many_units():
+    """Few persistent blocks (sms=1): every segment takes many (plane, band, column
+    segment) units, the last warp's segments partly past the end."""
+    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
+    from cupy_dwconv import _kernels
+
+    rng = numpy.random.default_rng(41)
+    x = random_array(rng, (3, 7, 29, 45), "float32")
+    w = random_array(rng, (7, 1, 3, 5), "float32")
+    b = random_array(rng, (7,), "float32")
+    p = params(x.shape, w.shape, True, 1, (1, 2), 1)
+    xg = to_gpu(x)
+    launch = _kernels.rows_launch(_kernels.forward_problem(p), "float32", xg.data.ptr % 16, rb=4, sms=1)
+    assert launch.grid[0] == 2 and int(launch.scalars[0]["n_units"]) > 64 * launch.grid[0]
+    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=(1, 2), dilation=1), "float32",
+                 scale=math.sqrt(15))
+
+
 # conv_mma (tensor cores): every staging shift (pad_l mod 8) with 16-byte copies (widths
 # that are multiples of 8), both shifts with 4-byte copies (even widths), checked loads
 # (odd widths); one to three k-steps (KW 7, 9, 10, 26, 31); tiles that do not divide the

@@ -289,6 +289,10 @@ struct PlaneArgs {
 struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };
+struct RowsArgs {
+    i64 n_units, IC;  // units: (plane, band, column segment)
+    int IH, IW, OH, OW, PT, RB, n_bands, n_cs, QC, DIV;  // RB output rows per band
+};
 struct ReduceArgs {
     int CM, KK, n_chunks, OB;  // OB channels per block (0: one thread per output)
 };
