@@ -689,16 +689,23 @@ ROWS_REGS = 128  # __launch_bounds__(256, 2)
 
 
 def _rows_shape(pr, dtype):
-    """(V, PF): columns per lane and rows in flight. The widest V (one 16-byte vector: 8
-    16-bit, 4 float32, 2 float64 values) and then the deepest PF (2, else 1) whose
-    registers fit 2 blocks per SM; 7x7 float32 takes 2 columns and 1 row ahead."""
+    """(V, PF, MINB): columns per lane, rows in flight, blocks per SM.
+
+    The dispatched shapes (16-bit, up to 21 taps, Q <= 3) from the sweep (H200, session
+    9, benchmarks/NOTES.md): 16-byte lanes (V = 8); 3x3 at 3 blocks per SM with 2 rows
+    ahead (mbv2_3x3 fp16 0.0472 ms against 0.0512 at 2 blocks and 3 rows ahead), 3x7 at
+    2 blocks with 1 row ahead (seed_3x7 fp16 0.211 ms; 2 rows: 0.214, 3 rows spill).
+    Elsewhere (forced plans): the widest V, then the deepest PF (2, else 1), whose
+    estimated registers fit 2 blocks per SM."""
+    if dtype in MMA_DTYPES and pr.KH * pr.KW <= 21 and (pr.KH - 1) * pr.DH + 1 <= 3:
+        return (8, 2, 3) if pr.KH * pr.KW <= 9 else (8, 1, 2)
     v = 16 // ITEMSIZE[dtype]
     while v >= 1:
         for pf in (2, 1):
             if _rows_regs(pr, dtype, v, pf) <= ROWS_REGS:
-                return v, pf
+                return v, pf, 2
         v //= 2
-    return 1, 1
+    return 1, 1, 2
 
 
 def _rows_segment(ow, v):
@@ -734,15 +741,15 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
-    dv, dpf = _rows_shape(pr, dtype)
+    dv, dpf, dminb = _rows_shape(pr, dtype)
     v = dv if v is None else v
     pf = dpf if pf is None else pf
+    minb = dminb if minb is None else minb
     q = (pr.KH - 1) * pr.DH + 1
     jlo = min(0, -pr.PL)
     jhi = max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
     if q * v > ROWS_MAX_SUMS or jhi - jlo - v > 32:
         return None
-    minb = 2 if minb is None else minb
     vl = _load_width(dtype, pr.IW, x_ptr, v)
     vs = _load_width(dtype, pr.OW, 0, v)  # outputs are fresh, 256-byte aligned buffers
     s = _rows_segment(pr.OW, v)
@@ -763,9 +770,15 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
 
 
 def _use_rows(pr, dtype):
-    """Whether the dispatcher takes conv_rows for a problem it accepts (float64 only up
-    to 9 taps: wider float64 kernels leave one column per lane and spill)."""
-    return dtype != "float64" or pr.KH * pr.KW <= 9
+    """Whether the dispatcher takes conv_rows for a problem it accepts: 16-bit data,
+    kernels up to 21 taps feeding at most 3 output rows per input row (3x3, 3x7). Sweep
+    (H200, session 9, ms, conv_rows against the previous plan; forward / grad input):
+    seed_3x7 fp16 0.211 / 0.210 against 0.237 / 0.283, mbv2_3x3 0.047 / 0.047 against
+    0.055 / 0.054, image_3x3 0.082 / 0.082 against 0.092 / 0.126. float32 measured
+    slower or equal (seed_3x7 0.337 against 0.310, mbv2_3x3 0.070 against 0.068,
+    effnet_5x5 0.046 against 0.044, image_3x3 0.153 against 0.156), and 7x7 slower
+    everywhere (the ring and the weights spill: convnext_7x7 fp16 0.106 against 0.071)."""
+    return dtype in MMA_DTYPES and pr.KH * pr.KW <= 21 and (pr.KH - 1) * pr.DH + 1 <= 3
 
 
 # ---- conv_generic -----------------------------------------------------------------------

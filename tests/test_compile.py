@@ -55,6 +55,9 @@ FAMILIES = (
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
+# The dispatcher sends only 16-bit problems to conv_rows (its float32 and float64 plans
+# exist for the forced GPU tests and the sweep).
+FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
 _DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
 
 

@@ -130,9 +130,10 @@ def test_fused_backward_takes_and_declines():
 
 
 def test_rows_dispatch_and_widths():
-    """conv_rows takes stride-1 problems of one input plane per output plane (forward with
-    any multiplier; grad input with the rotated kernel at multiplier 1); strided problems,
-    the grad input of a multiplier and float64 kernels past 9 taps go elsewhere. Its loads
+    """conv_rows takes 16-bit stride-1 problems of up to 21 taps and 3 ring rows, one
+    input plane per output plane (forward with any multiplier; grad input with the rotated
+    kernel at multiplier 1); float32, strided problems, the grad input of a multiplier,
+    dilated rows and wider kernels go elsewhere. Its loads
     (VL, 3rd template argument) follow the input rows and pointer, its stores (VS, 4th)
     the output rows; S (10th) is the fewest lanes whose columns cover a row, up to 32."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)
@@ -142,15 +143,16 @@ def test_rows_dispatch_and_widths():
     v, vl, vs, s = (int(a) for a in (_args(fwd)[i] for i in (1, 2, 3, 9)))
     assert (vl, vs, s) == (v, 2, 32)  # rows of 256 in, 250 (4-byte stores) out
     assert int(_args(_kernels.plan_forward(seed, "float16", 4, 90, 132).expr)[2]) == 2
-    gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr
+    assert "conv_rows" not in _kernels.plan_forward(seed, "float32", 0, 90, 132).expr
+    gi = _kernels.plan_grad_input(back, "bfloat16", 0, 90, 132).expr
     assert "conv_rows" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
     mbv2 = params((2, 4, 56, 56), (8, 1, 3, 3), 1, 1, 1)
     f16 = _args(_kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr)
     assert "conv_rows" in _kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr and f16[9] == "8"
     mback = _params.backward_params(mbv2.out_shape, mbv2.x_shape, mbv2.weight_shape, 1, 1, 1)
-    assert "conv_rows" not in _kernels.plan_grad_input(mback, "float32", 0, 90, 132).expr  # multiplier 2
+    assert "conv_rows" not in _kernels.plan_grad_input(mback, "float16", 0, 90, 132).expr  # multiplier 2
     strided = params((2, 4, 56, 56), (4, 1, 3, 3), 2, 1, 1)
-    assert "conv_rows" not in _kernels.plan_forward(strided, "float32", 0, 90, 132).expr
-    wide64 = params((2, 4, 56, 56), (4, 1, 5, 5), 1, 2, 1)
-    assert "conv_rows" not in _kernels.plan_forward(wide64, "float64", 0, 90, 132).expr
-    assert "conv_rows" in _kernels.plan_forward(wide64, "float32", 0, 90, 132).expr
+    assert "conv_rows" not in _kernels.plan_forward(strided, "float16", 0, 90, 132).expr
+    for shape, dilation in (((4, 1, 5, 5), 1), ((4, 1, 3, 3), 2), ((4, 1, 7, 7), 1)):
+        assert "conv_rows" not in _kernels.plan_forward(params((2, 4, 56, 56), shape, 1, 2, dilation), "float16", 0,
+                                                        90, 132).expr

@@ -406,7 +406,8 @@ def test_dispatch_paths_cover_families():
     # Tensor cores for 16-bit large kernels at stride 1 on sm_80+, not before that.
     assert "conv_mma" in _kernels.plan_forward(large, "bfloat16", 0, 80).expr
     assert "conv_smem" in _kernels.plan_forward(large, "bfloat16", 0, 75).expr
-    assert "conv_tile" in _kernels.plan_forward(small, "bfloat16", 0, 90).expr
+    assert "conv_rows" in _kernels.plan_forward(small, "bfloat16", 0, 90).expr
+    assert "conv_tile" in _kernels.plan_forward(params((2, 4, 56, 56), (4, 1, 3, 3), True, 2, 1, 1), "bfloat16", 0, 90).expr
     _case(numpy.random.default_rng(2), 1, 2, 8, 300, 1, 1, 101, 1, 0, 1, True, "float32")
 
 
