@@ -1,6 +1,6 @@
 """Render BENCHMARKS.md from a benchmark JSON (python -m cupy_dwconv.bench --json FILE).
 
-    python benchmarks/report.py benchmarks/results/h100.json > BENCHMARKS.md
+    python benchmarks/report.py benchmarks/results/h200.json > BENCHMARKS.md
 
 The table and summary lines are the benchmark's own formatting; this script only adds
 the header (GPU, versions, commit, command, ceilings) and lists the rows that miss
@@ -60,7 +60,7 @@ def render(doc, json_path):
 
 
 def main(argv):
-    path = argv[0] if argv else "benchmarks/results/h100.json"
+    path = argv[0] if argv else "benchmarks/results/h200.json"
     with open(path) as f:
         doc = json.load(f)
     sys.stdout.write(render(doc, path))
