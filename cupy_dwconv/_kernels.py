@@ -668,6 +668,14 @@ ROWS_MAX_PAD = 32    # left padding is a template constant; the halo is at most 
 ROWS_BLOCK = 256
 
 
+def _rows_window(pr, v):
+    """(Q, halo): the output rows one input row feeds (the ring), and the halo columns
+    of a lane of V columns (from its neighbours, or loaded by an edge lane); mirrors Q,
+    JLO and JHI in cuda/rows.cu."""
+    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
+    return (pr.KH - 1) * pr.DH + 1, jhi - jlo - v
+
+
 def _rows_regs(pr, dtype, v, pf):
     """Registers conv_rows needs (32-bit), estimated from what holds values: the ring of
     Q x V sums, the weights, the raw rows in flight (the lane's columns and the halo
@@ -675,10 +683,8 @@ def _rows_regs(pr, dtype, v, pf):
     rows are live than PF + 1). Coefficients fitted to the ptxas report of 108
     specializations (3x3 to 7x7, dilation 2, V 1-8, PF 1-3; float32 and float16), plus a
     margin of 20 over the fit; float64 values take two registers."""
-    q = (pr.KH - 1) * pr.DH + 1
+    q, halo = _rows_window(pr, v)
     u = q * ((pf + q) // q)
-    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
-    halo = jhi - jlo - v
     words = v // 2 if ITEMSIZE[dtype] == 2 and v > 1 else v
     scale = 2 if ITEMSIZE[dtype] == 8 else 1
     raw = words + halo
@@ -697,7 +703,7 @@ def _rows_shape(pr, dtype):
     2 blocks with 1 row ahead (seed_3x7 fp16 0.211 ms; 2 rows: 0.214, 3 rows spill).
     Elsewhere (forced plans): the widest V, then the deepest PF (2, else 1), whose
     estimated registers fit 2 blocks per SM."""
-    if dtype in MMA_DTYPES and pr.KH * pr.KW <= 21 and (pr.KH - 1) * pr.DH + 1 <= 3:
+    if _use_rows(pr, dtype):
         return (8, 2, 3) if pr.KH * pr.KW <= 9 else (8, 1, 2)
     v = 16 // ITEMSIZE[dtype]
     while v >= 1:
@@ -745,10 +751,8 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
-    q = (pr.KH - 1) * pr.DH + 1
-    jlo = min(0, -pr.PL)
-    jhi = max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
-    if q * v > ROWS_MAX_SUMS or jhi - jlo - v > 32:
+    q, halo = _rows_window(pr, v)
+    if q * v > ROWS_MAX_SUMS or halo > 32:
         return None
     vl = _load_width(dtype, pr.IW, x_ptr, v)
     vs = _load_width(dtype, pr.OW, 0, v)  # outputs are fresh, 256-byte aligned buffers
