@@ -14,9 +14,13 @@ shift || true
 export PYTHONPATH=.
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-# CuPy's kernel cache lives in the checkout (.cupy_cache, ignored by git): a run can
-# carry back the binaries of the previous one (stage cache_out packs it into $OUT).
+# CuPy's kernel cache lives in the checkout (.cupy_cache, ignored by git). Stage
+# cache_out packs it into $OUT/cupy_cache.tgz; carried into the next run as
+# .cupy_cache.tgz, it is unpacked here, so that run loads the binaries it can reuse.
 export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-$PWD/.cupy_cache}"
+if [ -f .cupy_cache.tgz ] && [ ! -d "$CUPY_CACHE_DIR" ]; then
+  mkdir -p "$CUPY_CACHE_DIR" && tar xzf .cupy_cache.tgz -C "$CUPY_CACHE_DIR"
+fi
 commit="${CUPY_DWCONV_COMMIT:-unknown}"
 # Results are named by the GPU they were measured on (benchmarks/results/h200.json, ...).
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)

@@ -144,18 +144,26 @@ PLANE_VARIANTS = [{}, dict(rows=2), dict(rows=1), dict(stages=2, blocks=2),
 @pytest.mark.parametrize("variant", PLANE_VARIANTS, ids=str)
 @pytest.mark.parametrize("shape", PLANE_SHAPES, ids=str)
 def test_plane(shape, variant, dtype):
-    """conv_plane, forced, forward and (at stride 1) grad input, against the reference."""
+    """conv_plane, forced, forward and (at stride 1) grad input, against the reference.
+    Strided grad input is a gather, not a correlation: conv_plane declines it."""
+    _check_forced_both_passes(shape, dtype, "plane", 23, variant, grad_input_declined=shape[7] != 1)
+
+
+def _check_forced_both_passes(shape, dtype, kind, seed, variant, grad_input_declined):
+    """A forced correlation family (conv_plane, conv_rows): its forward, then its grad
+    input (the rotated problem), each against the reference; where
+    `grad_input_declined`, the family must decline the grad input."""
     from gpu_util import forced_grad_input, reference_backward, to_gpu
 
     N, C, M, H, W, KH, KW, s, pad, d = shape
-    launch, rng, x, w, p = _check_forced_forward(shape, dtype, "plane", 23, **variant)
-    assert launch is not None and "conv_plane" in launch.expr
+    launch, rng, x, w, p = _check_forced_forward(shape, dtype, kind, seed, **variant)
+    assert launch is not None and f"conv_{kind}" in launch.expr
     go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "plane", **variant)
-    if s != 1:
-        assert gx is None  # strided grad input is a gather, not a correlation
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, kind, **variant)
+    if grad_input_declined:
+        assert gx is None
         return
-    assert gx is not None and "conv_plane" in launch.expr
+    assert gx is not None and f"conv_{kind}" in launch.expr
     ref = reference_backward(go, x, w, stride=s, padding=pad, dilation=d, needs=(True, False, False))[0]
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M), what="grad_x")
 
@@ -192,20 +200,9 @@ ROWS_VARIANTS = [{}, dict(v=1), dict(v=2, pf=3), dict(pf=0, rb=1), dict(rb=3, mi
 )
 @pytest.mark.parametrize("shape", ROWS_SHAPES, ids=str)
 def test_rows(shape, dtype, variant):
-    """conv_rows, forced, forward and (multiplier 1) grad input, against the reference."""
-    from gpu_util import forced_grad_input, reference_backward, to_gpu
-
-    N, C, M, H, W, KH, KW, s, pad, d = shape
-    launch, rng, x, w, p = _check_forced_forward(shape, dtype, "rows", 37, **variant)
-    assert launch is not None and "conv_rows" in launch.expr
-    go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "rows", **variant)
-    if M != 1:
-        assert gx is None
-        return
-    assert gx is not None and "conv_rows" in launch.expr
-    ref = reference_backward(go, x, w, stride=s, padding=pad, dilation=d, needs=(True, False, False))[0]
-    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW), what="grad_x")
+    """conv_rows, forced, forward and (multiplier 1) grad input, against the reference.
+    The grad input of a multiplier gathers M planes: conv_rows declines it."""
+    _check_forced_both_passes(shape, dtype, "rows", 37, variant, grad_input_declined=shape[2] != 1)
 
 
 def test_rows_persistent_segments_walk_many_units():
