@@ -48,6 +48,11 @@ PLANE_VARIANTS = [(None, 1, None, None), (1, 1, None, None), (2, 1, None, None),
 ROWS_VARIANTS = [(v, pf, 2, None) for v in (8, 4, 2, 1) for pf in (1, 2, 3)] + [
     (None, None, 1, None), (None, None, 3, None), (None, None, 2, 8), (None, None, 2, 16), (None, None, 2, 32),
     (None, 3, 1, None)]
+# conv_rows_async (rows staged in shared memory by cp.async): (bytes per lane, PF rows
+# ahead, MINB, RB; None = the host's rule). Session 10: 4 blocks per SM always spilled
+# and lost, 1 row ahead always lost.
+ROWS_ASYNC_VARIANTS = [(16, pf, mb, None) for mb in (2, 3) for pf in (2, 3, 4, 6)] + [
+    (16, 4, 2, 32), (16, 4, 2, 64), (16, 4, 3, 16), (8, 4, 2, None), (8, 4, 3, None), (8, 6, 2, None)]
 # wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
 WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
                    (32, 8, 4)]
@@ -114,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--families", nargs="*", default=None,
                     help="forward / grad input: only these families' variants (plus the default plan and the "
-                         "dispatcher without conv_rows)")
+                         "dispatcher without conv_rows); rowsa = conv_rows_async")
     args = ap.parse_args(argv)
 
     import time
@@ -170,6 +175,8 @@ def variant_launches(p, dtype, which, families=None):
         for v, pf, mb, rb in ROWS_VARIANTS:
             if v is None or v <= 16 // _kernels.ITEMSIZE[dtype]:
                 out.append((("rows", dict(v=v, pf=pf, minb=mb, rb=rb)), None))
+        for vb, pf, mb, rb in ROWS_ASYNC_VARIANTS:
+            out.append((("rowsa", dict(v=vb // _kernels.ITEMSIZE[dtype], pf=pf, minb=mb, rb=rb, staged=True)), None))
     if pr.KH * pr.KW <= _kernels.TILE_MAX_TAPS:
         for th, tw, mb, nt in TILE_VARIANTS[dtype] + _small_width_variants(p, dtype):
             if which == "grad_input" and (th % p.SH or tw % p.SW):
@@ -191,7 +198,7 @@ def variant_launches(p, dtype, which, families=None):
     res, seen = [], set()
     for (kind, kw), launch in out:
         if launch is None:
-            launch = _kernels.plan_conv(pr, dtype, 0, force=(kind, kw))
+            launch = _kernels.plan_conv(pr, dtype, 0, force=("rows" if kind == "rowsa" else kind, kw))
         if launch is None:
             continue
         key = (launch.expr, launch.grid, launch.block, launch.shared_mem)

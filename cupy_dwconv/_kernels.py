@@ -714,6 +714,26 @@ def _rows_shape(pr, dtype):
     return 1, 1, 2
 
 
+def _rows_async_shape(pr, dtype):
+    """(V, PF, MINB) of conv_rows_async, from the sweep (H200, session 10, ms; forward /
+    grad input where both were measured; benchmarks/NOTES.md):
+    - 3x3 and 3x7 (up to 21 taps): 8-byte lanes. 16-bit 3x3 at 3 blocks per SM, 4 rows
+      ahead (mbv2_3x3 0.042, 2 blocks 0.049; image_3x3 0.081); otherwise 2 blocks, 6
+      rows ahead (seed_3x7 fp16 0.190, 16-byte lanes 0.205; dilated_3x3_d2 fp32 0.077 /
+      0.076; image_3x3 fp32 0.152).
+    - 5x5 and 7x7: 4 float32 (16 bytes) or 16-bit (8 bytes) per lane, 2 blocks, 4 rows
+      ahead (effnet_5x5 fp32 0.038, convnext_7x7 fp32 0.067, fp16 0.070 / 0.070): the
+      ring and the weights take 96-128 registers.
+    Lanes are narrower where the plane is (16 bytes at most)."""
+    taps = pr.KH * pr.KW
+    if taps <= 21:
+        v = 8 // ITEMSIZE[dtype]
+        pf, minb = (4, 3) if dtype in MMA_DTYPES and taps <= 9 else (6, 2)
+    else:
+        v, pf, minb = 4, 4, 2
+    return max(1, min(v, 16 // ITEMSIZE[dtype])), pf, minb
+
+
 def _rows_segment(ow, v):
     """Lanes per segment: the fewest power of two whose columns cover the row, at most a
     warp (56-column planes: 7 of 8 lanes busy in 16-bit, 14 of 16 in float32)."""
@@ -741,13 +761,22 @@ def _rows_bands(pr, units_per_band, q, resident, rb=None):
     return best[1], best[2]
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
+def _rows_chunks(pr, v):
+    """(NL, NR): the chunks of V columns left and right of a segment that conv_rows_async
+    stages with it (its halo, rounded up to whole chunks); mirrors cuda/rows.cu."""
+    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
+    return _cdiv(-jlo, v), _cdiv(jhi - v, v)
+
+
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
-    one input plane per output plane); None where the shape does not fit its limits."""
+    one input plane per output plane); None where the shape does not fit its limits.
+    `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
+    copies of 4, 8 or 16 bytes)."""
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
-    dv, dpf, dminb = _rows_shape(pr, dtype)
+    dv, dpf, dminb = _rows_async_shape(pr, dtype) if staged else _rows_shape(pr, dtype)
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
@@ -757,6 +786,18 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
     vl = _load_width(dtype, pr.IW, x_ptr, v)
     vs = _load_width(dtype, pr.OW, 0, v)  # outputs are fresh, 256-byte aligned buffers
     s = _rows_segment(pr.OW, v)
+    smem = 0
+    if staged:
+        nl, nr = _rows_chunks(pr, v)
+        if (arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4
+                or nl + nr > 32):
+            return None
+        while s < nl + nr:
+            s *= 2  # lanes below NL + NR copy the neighbour chunks
+        u = q * ((pf + q) // q)
+        smem = (ROWS_BLOCK // s) * u * (s + nl + nr) * v * ITEMSIZE[dtype]
+        if smem > SM_SMEM // minb - 1024:
+            return None
     n_cs = _cdiv(pr.OW, s * v)
     segs = ROWS_BLOCK // s
     units_per_band = pr.planes * n_cs
@@ -765,12 +806,39 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132):
     if n_cs * bands > INT32_MAX or pr.IW + 64 > INT32_MAX or pr.OH + q > INT32_MAX:
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
-    expr = "dw::conv_rows<" + _targs(
+    expr = ("dw::conv_rows_async<" if staged else "dw::conv_rows<") + _targs(
         CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb
     ) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)
-    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), 0, (args,))
+    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,))
+
+
+def _use_rows_async(pr, dtype, x_ptr):
+    """Whether the dispatcher takes conv_rows_async for a problem it accepts (stride 1,
+    copies of at least 8 bytes):
+    - 16-bit 3x3 and 3x7 (what conv_rows takes): seed_3x7 0.190 ms against 0.213
+      (conv_rows), grad input (rows of 250: 4-byte copies) stays on conv_rows; mbv2_3x3
+      0.042 against 0.050; image_3x3 0.081 against 0.082;
+    - kernels of 25 to 49 taps at dilation 1, float32 and 16-bit: effnet_5x5 fp32 0.038
+      against 0.044 (conv_tile), convnext_7x7 fp32 0.067 against 0.088, fp16 0.070 against
+      0.070 (conv_mma; grad input 0.070 against 0.074);
+    - float32 dilated kernels up to 21 taps, where a register tile reads a wider halo:
+      dilated_3x3_d2 0.077 against 0.083 (conv_tile).
+    Not taken: float32 3x3 and 3x7 at dilation 1 (conv_tile: seed_3x7 0.310 against 0.316,
+    mbv2_3x3 0.069 against 0.070; image_3x3 0.158 against 0.152 is within the run-to-run
+    spread of a rule change), float64."""
+    if dtype not in ("float32", *MMA_DTYPES) or (pr.SH, pr.SW) != (1, 1):
+        return False
+    v = _rows_async_shape(pr, dtype)[0]
+    if _load_width(dtype, pr.IW, x_ptr, v) * ITEMSIZE[dtype] < 8:
+        return False
+    taps, dilated = pr.KH * pr.KW, (pr.DH, pr.DW) != (1, 1)
+    if 25 <= taps <= 49 and not dilated:
+        return True
+    if dtype in MMA_DTYPES:
+        return _use_rows(pr, dtype)
+    return dilated and taps <= 21 and (pr.KH - 1) * pr.DH + 1 <= 7
 
 
 def _use_rows(pr, dtype):
@@ -816,7 +884,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
         if kind == "rows":
-            return rows_launch(q, dtype, x_ptr, sms=sms, **kwargs)
+            return rows_launch(q, dtype, x_ptr, sms=sms, arch=arch, **kwargs)
         if kind == "auto-norows":
             return _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=False)
         return generic_launch(pr, dtype)
@@ -825,6 +893,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q) else None
+    if launch is None and rows and _use_rows_async(q, dtype, x_ptr):
+        launch = rows_launch(q, dtype, x_ptr, sms=sms, staged=True, arch=arch)
     if launch is None and rows and _use_rows(q, dtype):
         launch = rows_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and _use_mma(q, dtype):

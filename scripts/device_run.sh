@@ -63,7 +63,8 @@ for stage in $stages; do
         IFS=: read -r c_name c_dtype c_pass <<< "$spec"
         limit 120 ncu --clock-control none -k regex:"${NCU_KERNEL:-conv_}" --launch-skip 2 --launch-count 1 \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-          --section LaunchStats --section ComputeWorkloadAnalysis \
+          --section LaunchStats --section ComputeWorkloadAnalysis --section SchedulerStats \
+          --section InstructionStats --section SourceCounters \
           python3 benchmarks/profile_case.py "$c_name" "$c_dtype" "$c_pass" > "$out/ncu_${c_name}_${c_dtype}_${c_pass}.txt" 2>&1
       done
       rc=$? ;;

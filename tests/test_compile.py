@@ -42,6 +42,8 @@ FAMILIES = (
     "conv_plane flip=true",
     "conv_rows flip=false",
     "conv_rows flip=true",
+    "conv_rows_async flip=false",
+    "conv_rows_async flip=true",
     "conv_generic mode 0",
     "conv_generic mode 1",
     "wgrad_tile",
@@ -55,9 +57,10 @@ FAMILIES = (
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
-# The dispatcher sends only 16-bit problems to conv_rows (its float32 and float64 plans
-# exist for the forced GPU tests and the sweep).
+# The dispatcher sends only 16-bit problems to conv_rows, and no float64 problem to
+# conv_rows_async (those plans exist for the forced GPU tests and the sweep).
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
+FAMILY_DTYPES.update({f"conv_rows_async flip={b}": ("float32", "float16", "bfloat16") for b in ("false", "true")})
 _DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
 
 
@@ -127,7 +130,7 @@ def _family(expr):
         name += f" flip={args[8]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"
-    elif name == "conv_rows":
+    elif name in ("conv_rows", "conv_rows_async"):
         name += f" flip={args[11]}"
     return name, _DTYPE_OF_CXX[args[0]]
 

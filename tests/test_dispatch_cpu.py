@@ -130,29 +130,47 @@ def test_fused_backward_takes_and_declines():
 
 
 def test_rows_dispatch_and_widths():
-    """conv_rows takes 16-bit stride-1 problems of up to 21 taps and 3 ring rows, one
-    input plane per output plane (forward with any multiplier; grad input with the rotated
-    kernel at multiplier 1); float32, strided problems, the grad input of a multiplier,
-    dilated rows and wider kernels go elsewhere. Its loads
-    (VL, 3rd template argument) follow the input rows and pointer, its stores (VS, 4th)
-    the output rows; S (10th) is the fewest lanes whose columns cover a row, up to 32."""
+    """The row sweeps take stride-1 problems with one input plane per output plane
+    (forward with any multiplier; grad input with the rotated kernel at multiplier 1).
+    conv_rows_async (rows staged by cp.async, sm_80+) where copies of 8 bytes or more fit
+    the input rows and pointer: 16-bit 3x3 and 3x7, kernels of 25 to 49 taps (float32 and
+    16-bit), float32 dilated 3x3; conv_rows (rows in registers) for the 16-bit 3x3 and 3x7
+    whose rows only allow narrower copies, or before sm_80. float32 3x3 and 3x7 at
+    dilation 1, strided problems, the grad input of a multiplier, 16-bit dilated kernels
+    and wider kernels go elsewhere. Template arguments: V (2nd) columns per lane, VL (3rd)
+    elements per load or copy, following the input rows and pointer, VS (4th) per store,
+    following the output rows, S (10th) the fewest lanes whose columns cover a row (up
+    to 32), PF (11th) rows ahead, MINB (13th) blocks per SM."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)
     back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
     fwd = _kernels.plan_forward(seed, "float16", 0, 90, 132).expr
-    assert "conv_rows" in fwd
-    v, vl, vs, s = (int(a) for a in (_args(fwd)[i] for i in (1, 2, 3, 9)))
-    assert (vl, vs, s) == (v, 2, 32)  # rows of 256 in, 250 (4-byte stores) out
-    assert int(_args(_kernels.plan_forward(seed, "float16", 4, 90, 132).expr)[2]) == 2
+    assert "conv_rows_async" in fwd
+    v, vl, vs, s, pf, minb = (int(_args(fwd)[i]) for i in (1, 2, 3, 9, 10, 12))
+    assert (v, vl, vs, s, pf, minb) == (4, 4, 2, 32, 6, 2)  # rows of 256 in, 250 (4-byte stores) out
+    # A 4-byte aligned pointer: 4-byte loads in registers, not 4-byte copies; before sm_80
+    # the same rows in registers, with 16-byte loads.
+    for ptr, arch in ((4, 90), (0, 75)):
+        e = _kernels.plan_forward(seed, "float16", ptr, arch, 132).expr
+        assert "conv_rows<" in e and int(_args(e)[2]) == (2 if ptr else 8)
     assert "conv_rows" not in _kernels.plan_forward(seed, "float32", 0, 90, 132).expr
     gi = _kernels.plan_grad_input(back, "bfloat16", 0, 90, 132).expr
-    assert "conv_rows" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
+    assert "conv_rows<" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
     mbv2 = params((2, 4, 56, 56), (8, 1, 3, 3), 1, 1, 1)
-    f16 = _args(_kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr)
-    assert "conv_rows" in _kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr and f16[9] == "8"
+    f16 = _kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr
+    assert "conv_rows_async" in f16 and [int(_args(f16)[i]) for i in (1, 9, 10, 12)] == [4, 16, 4, 3]
     mback = _params.backward_params(mbv2.out_shape, mbv2.x_shape, mbv2.weight_shape, 1, 1, 1)
     assert "conv_rows" not in _kernels.plan_grad_input(mback, "float16", 0, 90, 132).expr  # multiplier 2
     strided = params((2, 4, 56, 56), (4, 1, 3, 3), 2, 1, 1)
     assert "conv_rows" not in _kernels.plan_forward(strided, "float16", 0, 90, 132).expr
-    for shape, dilation in (((4, 1, 5, 5), 1), ((4, 1, 3, 3), 2), ((4, 1, 7, 7), 1)):
-        assert "conv_rows" not in _kernels.plan_forward(params((2, 4, 56, 56), shape, 1, 2, dilation), "float16", 0,
-                                                        90, 132).expr
+    for dtype, shape, dilation, expect in (
+        ("float16", (4, 1, 5, 5), 1, [4, 4, 2]), ("bfloat16", (4, 1, 7, 7), 1, [4, 4, 2]),
+        ("float32", (4, 1, 5, 5), 1, [4, 4, 2]), ("float32", (4, 1, 7, 7), 1, [4, 4, 2]),
+        ("float32", (4, 1, 3, 3), 2, [2, 6, 2]), ("float32", (4, 1, 3, 7), (1, 2), [2, 6, 2]),
+        ("float16", (4, 1, 3, 3), 2, None), ("float32", (4, 1, 3, 3), 1, None), ("float64", (4, 1, 7, 7), 1, None),
+        ("float32", (4, 1, 9, 9), 1, None),
+    ):
+        e = _kernels.plan_forward(params((2, 4, 56, 56), shape, 1, 2, dilation), dtype, 0, 90, 132).expr
+        if expect is None:
+            assert "conv_rows" not in e, (dtype, shape, dilation)
+        else:
+            assert "conv_rows_async" in e and [int(_args(e)[i]) for i in (1, 10, 12)] == expect, (dtype, shape, e)

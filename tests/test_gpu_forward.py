@@ -205,6 +205,43 @@ def test_rows(shape, dtype, variant):
     _check_forced_both_passes(shape, dtype, "rows", 37, variant, grad_input_declined=shape[2] != 1)
 
 
+# conv_rows_async (the same sweep, rows staged in shared memory by cp.async): every
+# conv_rows shape in 4- and 8-byte types; in 16-bit types (copies of 4 bytes and more),
+# shapes whose input and output rows are both of even width, so that forward and grad
+# input both plan. Variants: the default; one row ahead; four rows ahead with 3-row
+# bands; two columns per lane (4-byte chunks) at one block per SM and one-row bands.
+ROWS_EVEN_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (2, 3, 1, 19, 36, 3, 7, 1, ((1, 0), (2, 2)), 1),
+    (1, 2, 2, 23, 40, 5, 3, 1, 2, 1),
+    (2, 2, 1, 30, 30, 3, 3, 1, 1, (2, 1)),
+    (1, 3, 1, 13, 66, 2, 4, 1, "same", 1),
+    (1, 2, 1, 9, 300, 3, 3, 1, 1, 1),
+    (1, 1, 1, 20, 256, 3, 7, 1, 0, 1),
+    (1, 2, 1, 6, 6, 5, 5, 1, 6, 1),
+    (1, 2, 1, 5, 4, 3, 3, 1, 0, 1),
+    (2, 3, 1, 17, 18, 1, 7, 1, (0, 3), 1),
+    (1, 2, 1, 21, 12, 7, 1, 1, (3, 0), 1),
+]
+ROWS_ASYNC_VARIANTS = [dict(staged=True), dict(staged=True, pf=1), dict(staged=True, pf=4, rb=3),
+                       dict(staged=True, v=2, pf=2, minb=1, rb=1)]
+
+
+@pytest.mark.parametrize("variant", ROWS_ASYNC_VARIANTS, ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(s, d) for d in ("float32", "float64") for s in ROWS_SHAPES]
+    + [(s, d) for d in ("float16", "bfloat16") for s in ROWS_EVEN_SHAPES],
+    ids=str,
+)
+def test_rows_async(shape, dtype, variant):
+    """conv_rows_async, forced, forward and (multiplier 1) grad input, against the
+    reference."""
+    if dtype == "float64" and variant.get("v") == 2:
+        variant = dict(variant, v=1)  # 16-byte chunks at most: one float64 column
+    _check_forced_both_passes(shape, dtype, "rows", 43, variant, grad_input_declined=shape[2] != 1)
+
+
 def test_rows_persistent_segments_walk_many_units():
     """Few persistent blocks (sms=1): every segment takes many (plane, band, column
     segment) units, the last warp's segments partly past the end."""

@@ -15,7 +15,7 @@
 //
 // Instructions per output row of V outputs: KH * KW * V FMAs, one load, one shuffle and
 // one select per halo column, V conversions, one store.
-#include "common.cuh"
+#include "tc.cuh"
 
 namespace dw {
 
@@ -82,6 +82,36 @@ DW_RAW16(half_t)
 DW_RAW16(bf16_t)
 #undef DW_RAW16
 
+// Staged rows (conv_rows_async) are read from shared memory as 32-bit words: CW words of
+// one chunk in one access (16, 8 or 4 bytes), and element e of a window of words.
+template <int CW> __device__ __forceinline__ void lds_words(const unsigned char* p, unsigned* d) {
+    if constexpr (CW == 4) {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+    } else if constexpr (CW == 2) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        d[0] = v.x; d[1] = v.y;
+    } else {
+        static_assert(CW == 1, "chunk of 4, 8 or 16 bytes");
+        d[0] = *reinterpret_cast<const unsigned*>(p);
+    }
+}
+template <class T> struct SmemElem;
+template <> struct SmemElem<float> {
+    __device__ __forceinline__ static float get(const unsigned* r, int e) { return __uint_as_float(r[e]); }
+};
+template <> struct SmemElem<double> {
+    __device__ __forceinline__ static double get(const unsigned* r, int e) {
+        return __hiloint2double((int)r[2 * e + 1], (int)r[2 * e]);
+    }
+};
+template <> struct SmemElem<half_t> {
+    __device__ __forceinline__ static float get(const unsigned* r, int e) { return RawCvt<half_t, 2>::get(r, e); }
+};
+template <> struct SmemElem<bf16_t> {
+    __device__ __forceinline__ static float get(const unsigned* r, int e) { return RawCvt<bf16_t, 2>::get(r, e); }
+};
+
 // VS consecutive results stored with one access (VS * sizeof(T) is 16, 8 or 4 bytes and
 // aligned, or VS == 1).
 template <class T, int VS, class A>
@@ -91,6 +121,59 @@ __device__ __forceinline__ void store_n(T* p, const A* v) {
     else if constexpr (B == 16) store_vec(p, v);
     else if constexpr (B == 8) store_8b(p, v);
     else { static_assert(B == 4, "store width"); store_4b(p, v); }
+}
+
+// Input columns a lane of V columns needs, relative to its first column: [JLO, JHI), and
+// the output rows one input row feeds (the ring), Q. Mirrored by _kernels._rows_window.
+template <int V, int KH, int KW, int DH, int DW, int PL> struct RowsWindow {
+    static constexpr int Q = (KH - 1) * DH + 1;
+    static constexpr int JLO = -PL < 0 ? -PL : 0;
+    static constexpr int JHI = V - PL + (KW - 1) * DW > V ? V - PL + (KW - 1) * DW : V;
+    static constexpr int NH = JHI - JLO - V;  // halo columns
+};
+
+// Input row i of a band, converted (xs: the lane's columns JLO..JHI-1), into the ring:
+// row i feeds output row i - kh * DH through tap row kh, ring slot (u - kh * DH) mod Q
+// (a constant: the caller's row loop is unrolled by a multiple of Q). Row i is the first
+// input row of output row i (tap row 0), so that slot starts from the bias in its first
+// FMA (no reset instructions). Then output row r = i - (Q - 1), which has had its last
+// tap row, is stored.
+template <int V, int KH, int KW, int DH, int DW, int PL, class A>
+__device__ __forceinline__ void ring_fma(int u, A (&acc)[RowsWindow<V, KH, KW, DH, DW, PL>::Q][V],
+                                         const A (&xs)[RowsWindow<V, KH, KW, DH, DW, PL>::JHI -
+                                                       RowsWindow<V, KH, KW, DH, DW, PL>::JLO],
+                                         const A (&wr)[KH * KW], A b0) {
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q, JLO = Win::JLO;
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+        const int s = ((u - kh * DH) % Q + Q) % Q;
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+            for (int v = 0; v < V; ++v)
+                acc[s][v] = fma(xs[v - PL + kw * DW - JLO], wr[kh * KW + kw], kh == 0 && kw == 0 ? b0 : acc[s][v]);
+    }
+}
+
+template <class T, int V, int VS, int KH, int KW, int DH, int DW, int PL, class A>
+__device__ __forceinline__ void ring_row(int u, int i, A (&acc)[RowsWindow<V, KH, KW, DH, DW, PL>::Q][V],
+                                         const A (&xs)[RowsWindow<V, KH, KW, DH, DW, PL>::JHI -
+                                                       RowsWindow<V, KH, KW, DH, DW, PL>::JLO],
+                                         const A (&wr)[KH * KW], A b0, bool unit_ok, int oh0, int RB, int OH, int OW,
+                                         int o0, T* yp) {
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q, JLO = Win::JLO;
+    ring_fma<V, KH, KW, DH, DW, PL>(u, acc, xs, wr, b0);
+    const int r = i - (Q - 1);
+    const int sc = (u + 1) % Q;
+    const int oh = oh0 + r;
+    if (unit_ok && r >= 0 && r < RB && oh < OH) {
+        T* op = yp + (i64)oh * OW + o0;
+#pragma unroll
+        for (int k = 0; k < V / VS; ++k)
+            if (o0 + k * VS < OW) store_n<T, VS>(op + k * VS, &acc[sc][k * VS]);
+    }
 }
 
 // Template arguments: T storage type; V columns per lane (outputs per row); VL elements
@@ -107,13 +190,12 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
           const RowsArgs a) {
     typedef typename Traits<T>::acc A;
     typedef typename Raw<T>::word W;
-    constexpr int Q = (KH - 1) * DH + 1;  // output rows one input row feeds: the ring
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q;              // output rows one input row feeds: the ring
     constexpr int U = Q * ((PF + Q) / Q);  // unroll: a multiple of Q above PF, so every
                                            // ring slot and buffer index is a constant
-    // Input columns a lane needs, relative to its first column: [JLO, JHI).
-    constexpr int JLO = -PL < 0 ? -PL : 0;
-    constexpr int JHI = V - PL + (KW - 1) * DW > V ? V - PL + (KW - 1) * DW : V;
-    constexpr int NH = JHI - JLO - V;  // halo columns (shuffled, or loaded at segment edges)
+    constexpr int JLO = Win::JLO, JHI = Win::JHI;
+    constexpr int NH = Win::NH;  // halo columns (shuffled, or loaded at segment edges)
     constexpr int EPW = (Raw<T>::PACK == 2 && VL >= 2) ? 2 : 1;
     constexpr int NWM = V / EPW;       // raw words of the lane's own columns
     constexpr int SEGS = 256 / S;
@@ -206,33 +288,180 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     const bool edge = d < 0 ? lane < -d : lane >= S - d;
                     xs[j - JLO] = edge ? RawCvt<T, 1>::get(hb[u], h) : from;
                 }
-                // Row i feeds output row i - kh * DH through tap row kh: ring slot
-                // (u - kh * DH) mod Q, a constant since U is a multiple of Q.
-#pragma unroll
-                for (int kh = 0; kh < KH; ++kh) {
-                    const int s = ((u - kh * DH) % Q + Q) % Q;
-#pragma unroll
-                    for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                        for (int v = 0; v < V; ++v)
-                            acc[s][v] = fma(xs[v - PL + kw * DW - JLO], wr[kh * KW + kw], acc[s][v]);
-                }
-                // Output row r = i - (Q - 1) has had its last tap row: store it, and its
-                // slot starts row r + Q from the bias.
-                const int r = i - (Q - 1);
-                const int sc = (u + 1) % Q;
-                const int oh = oh0 + r;
-                if (unit_ok && r >= 0 && r < RB && oh < OH) {
-                    T* op = yp + (i64)oh * OW + o0;
-#pragma unroll
-                    for (int k = 0; k < V / VS; ++k)
-                        if (o0 + k * VS < OW) store_n<T, VS>(op + k * VS, &acc[sc][k * VS]);
-                }
-#pragma unroll
-                for (int v = 0; v < V; ++v) acc[sc][v] = b0;
+                ring_row<T, V, VS, KH, KW, DH, DW, PL>(u, i, acc, xs, wr, b0, unit_ok, oh0, RB, OH, OW, o0, yp);
             }
         }
     }
+}
+
+// ---- conv_rows_async: the same sweep, input rows staged in shared memory -------------
+//
+// Why: conv_rows holds its rows in flight in registers, so the ring, the weights and the
+// rows ahead compete for them. On 3x7 at two blocks per SM (128 registers) one row fits
+// ahead: 16 warps x 512 bytes per SM in flight, a third of what the copy bandwidth needs
+// over the memory latency (seed_3x7 fp16 reached 58 % of the copy floor). Here the rows
+// ahead travel by cp.async into a ring of U row slots in shared memory and hold no
+// registers, so PF rows ahead cost only shared memory (U x (S + NL + NR) x 16 bytes per
+// segment). A lane reads its columns and its halo straight from the staged row, so the
+// halo needs no shuffles and no edge loads. Each staged row has S + NL + NR chunks of V
+// columns: the segment's own, NL to its left and NR to its right (out of the plane:
+// zero-filled by the copy); lane l copies chunk l, and lanes below NL + NR also chunk
+// S + l. Bytes per output unchanged: one input element, one output element.
+//
+// Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
+template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
+          int MINB>
+__global__ void __launch_bounds__(256, MINB)
+conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+                const RowsArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    typedef typename Traits<T>::acc A;
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q;
+    constexpr int U = Q * ((PF + Q) / Q);  // row slots: every slot index a constant, U > PF
+    constexpr int JLO = Win::JLO, JHI = Win::JHI;
+    constexpr int NL = (-JLO + V - 1) / V;         // neighbour chunks on the left
+    constexpr int NR = (JHI - V + V - 1) / V;      // and on the right
+    constexpr int NC = S + NL + NR;                // chunks per staged row
+    constexpr int CB = V * (int)sizeof(T);         // bytes per chunk
+    constexpr int CW = CB / 4;                     // 32-bit words per chunk
+    constexpr int PB = VL * (int)sizeof(T);        // bytes per copy
+    constexpr int ROWB = NC * CB;                  // bytes per staged row
+    constexpr int SEGS = 256 / S;
+    static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0, "a segment is a power-of-two part of a warp");
+    static_assert(V % VL == 0 && V % VS == 0, "copies and stores split the lane's columns evenly");
+    static_assert(PB == 4 || PB == 8 || PB == 16, "cp.async copies 4, 8 or 16 bytes");
+    static_assert(CB % 4 == 0 && CB <= 16, "a chunk is whole 32-bit words, at most one 16-byte read");
+    static_assert(NL + NR <= S, "lanes below NL + NR copy the neighbour chunks");
+    static_assert(KH * KW <= 64 && Q * V <= 64, "register budget");
+    static_assert(PF >= 1, "at least one row ahead");
+    extern __shared__ __align__(16) unsigned char rows_smem[];
+
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, RB = a.RB;
+    const int lane = threadIdx.x & (S - 1);
+    const int total = RB + Q - 1;
+    const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
+    const i64 seg_step = (i64)gridDim.x * SEGS;
+    const unsigned seg_base = smem_u32(rows_smem) + (unsigned)((threadIdx.x / S) * U * ROWB);
+    const unsigned char* seg_ptr = rows_smem + (threadIdx.x / S) * U * ROWB;
+    constexpr int NX = NL + NR > 0 ? 2 : 1;  // chunks a lane may copy (its own, a neighbour)
+    constexpr int NP = V / VL;               // copies per chunk
+    // Warp-uniform unit loop, as in conv_rows: __syncwarp below needs the whole warp.
+    const i64 warp_seg0 = (i64)blockIdx.x * SEGS + (threadIdx.x & ~31) / S;
+    for (i64 g0 = warp_seg0; g0 < a.n_units; g0 += seg_step) {
+        const i64 g = g0 + (threadIdx.x & 31) / S;
+        const bool unit_ok = g < a.n_units;
+        i64 q = 0;
+        int band = 0, cs = 0;
+        if (unit_ok) split_unit(g, a.n_units, a.n_cs, a.n_bands, q, band, cs);
+        const PlaneMap pm = map_plane(q, a.QC, a.IC, a.DIV, 1);
+        const int c0 = cs * S * V;   // the segment's first column
+        const int o0 = c0 + lane * V;
+        const int oh0 = band * RB;
+        const int ih0 = oh0 - a.PT;
+        const T* xp = x + pm.in_plane0 * plane_in;
+
+        A wr[KH * KW];
+        {
+            const T* wp = w + pm.w_row0 * (KH * KW);
+#pragma unroll
+            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + (FLIP ? KH * KW - 1 - i : i));
+        }
+        const A b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
+        A acc[Q][V];
+#pragma unroll
+        for (int s = 0; s < Q; ++s)
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[s][v] = b0;
+
+        // Per unit, what the row loop only advances: each copy's source address (band
+        // row 0; a byte address, so that a row step is one 64-bit add), whether its
+        // columns are in the plane, and whether the lane copies that chunk at all (the
+        // second chunk: lanes below NL + NR). Rows and columns outside the plane are
+        // zero-filled: source size 0, so the address, outside the plane there, is never
+        // read. Rows past the band and segments past the last unit copy nothing.
+        const char* src[NX];
+        bool col_ok[NX][NP], copies[NX];
+#pragma unroll
+        for (int rep = 0; rep < NX; ++rep) {
+            const int col = c0 + (lane + rep * S - NL) * V;
+            src[rep] = reinterpret_cast<const char*>(xp) + ((i64)ih0 * IW + col) * (i64)sizeof(T);
+            copies[rep] = unit_ok && (rep == 0 || lane < NL + NR);
+#pragma unroll
+            for (int k = 0; k < NP; ++k) col_ok[rep][k] = (unsigned)(col + k * VL) < (unsigned)IW;
+        }
+        const i64 row_bytes = (i64)IW * (i64)sizeof(T);
+        int ih_next = ih0;  // the row the next stage_row copies
+        // Copy the next input row of the band into `slot` (one cp.async group per row:
+        // an empty group past the band keeps the count per row). Branch-free: predicated
+        // copies.
+        auto stage_row = [&](bool in_band, int slot) {
+            const bool row_ok = (unsigned)ih_next < (unsigned)IH;
+#pragma unroll
+            for (int rep = 0; rep < NX; ++rep) {
+                const unsigned dst = seg_base + (unsigned)(slot * ROWB + (lane + rep * S) * CB);
+#pragma unroll
+                for (int k = 0; k < NP; ++k)
+                    cp_async_pred<PB>(dst + k * PB, src[rep] + k * PB, row_ok && col_ok[rep][k], in_band && copies[rep]);
+                src[rep] += row_bytes;
+            }
+            ++ih_next;
+            cp_async_commit();
+        };
+        // Output rows: the lane's offset at band row -(Q - 1) (the row stored at step 0,
+        // none), advanced by one row per step; rows below rlim are stored.
+        i64 dst_off = q * plane_out + (i64)(oh0 - (Q - 1)) * OW + o0;
+        const int rlim = unit_ok ? min(RB, OH - oh0) : 0;
+        bool st_ok[V / VS];
+#pragma unroll
+        for (int k = 0; k < V / VS; ++k) st_ok[k] = o0 + k * VS < OW;
+
+        __syncwarp();  // the previous unit's reads of the slots are done
+#pragma unroll
+        for (int k = 0; k < PF; ++k) stage_row(k < total, k);
+        for (int i0 = 0; i0 < total; i0 += U) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int i = i0 + u;
+                if (i >= total) break;  // uniform across the warp
+                // Row i has landed for this lane's copies; after the barrier, for every
+                // lane's, and every lane is done reading row i - 1, whose slot (i + PF)
+                // mod U takes the copy issued next (U > PF).
+                cp_async_wait<PF - 1>();
+                __syncwarp();
+                stage_row(i + PF < total, (u + PF) % U);
+                // The lane's window: its chunk and the neighbour chunks' needed words,
+                // a whole chunk in one read when it needs more than one word.
+                unsigned win[(NL + 1 + NR) * CW];
+                const unsigned char* rowp = seg_ptr + u * ROWB + lane * CB;
+#pragma unroll
+                for (int ch = 0; ch < NL + 1 + NR; ++ch) {
+                    const int lo = (ch - NL) * V > JLO ? (ch - NL) * V : JLO;        // needed columns
+                    const int hi = (ch - NL + 1) * V < JHI ? (ch - NL + 1) * V : JHI;  // of this chunk
+                    const int wlo = (lo - (ch - NL) * V) * (int)sizeof(T) / 4;
+                    const int whi = ((hi - (ch - NL) * V) * (int)sizeof(T) + 3) / 4;
+                    if (whi - wlo > 1) lds_words<CW>(rowp + ch * CB, &win[ch * CW]);
+                    else win[ch * CW + wlo] = *reinterpret_cast<const unsigned*>(rowp + ch * CB + 4 * wlo);
+                }
+                A xs[JHI - JLO];
+#pragma unroll
+                for (int j = JLO; j < JHI; ++j) xs[j - JLO] = SmemElem<T>::get(win, j + NL * V);
+                ring_fma<V, KH, KW, DH, DW, PL>(u, acc, xs, wr, b0);
+                // Output row i - (Q - 1) has had its last tap row.
+                const int sc = (u + 1) % Q;
+                if ((unsigned)(i - (Q - 1)) < (unsigned)rlim) {
+#pragma unroll
+                    for (int k = 0; k < V / VS; ++k)
+                        if (st_ok[k]) store_n<T, VS>(y + dst_off + k * VS, &acc[sc][k * VS]);
+                }
+                dst_off += OW;
+            }
+        }
+        cp_async_wait<0>();  // no copy outlives its unit
+    }
+#else
+    __trap();  // the host plans this kernel for sm_80+ only
+#endif
 }
 
 }  // namespace dw

@@ -49,6 +49,17 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int byt
 __device__ __forceinline__ void cp_async8(unsigned dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" :: "r"(dst), "l"(src));
 }
+// One copy of B bytes (4, 8 or 16) issued only where `on` (a predicated instruction, not
+// a branch), zero-filled in shared memory when !ok (src unread).
+template <int B> __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, bool ok, bool on) {
+    static_assert(B == 4 || B == 8 || B == 16, "cp.async sizes");
+    if constexpr (B == 16)
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global [%0], [%1], 16, %2; }"
+                     :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on));
+    else
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global [%0], [%1], %4, %2; }"
+                     :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
