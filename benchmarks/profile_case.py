@@ -2,6 +2,9 @@
 
     ncu --clock-control none -k regex:conv_ --launch-skip 2 --launch-count 1 \
         python3 benchmarks/profile_case.py seed_3x7 float16 [forward|backward]
+
+DWCONV_FORCE=KIND:K=V,... runs a forced forward plan instead (the sweep's families and
+keyword arguments, integers; staged=1).
 """
 
 from __future__ import annotations
@@ -28,6 +31,21 @@ def main(argv):
     w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
     b = bench._random_gpu(cupy, rs, (p.CM,), dtype)
     kw = dict(stride=(p.SH, p.SW), padding=p.padding, dilation=(p.DH, p.DW))
+    force = os.environ.get("DWCONV_FORCE")  # e.g. "rows:v=8,pf=4,minb=2,staged=1"
+    if force and which == "forward":
+        from cupy_dwconv import _kernels
+
+        kind, _, spec = force.partition(":")
+        fkw = {k: int(v) for k, v in (item.split("=") for item in spec.split(",") if item)}
+        if "staged" in fkw:
+            fkw["staged"] = bool(fkw["staged"])
+        launch = _kernels.plan_conv(_kernels.forward_problem(p), dtype, x.data.ptr, force=(kind, fkw))
+        y = cupy.empty(p.out_shape, dtype=x.dtype)
+        print("forced", launch.expr, flush=True)
+        for _ in range(3):
+            launch(x.device.id, (x, w, b, y))
+        cupy.cuda.get_current_stream().synchronize()
+        return 0
     for _ in range(3):  # launches 0-1 warm up (compile, caches), launch 2 is the profiled one
         if which == "forward":
             cupy_dwconv.depthwise_conv2d(x, w, b, **kw)

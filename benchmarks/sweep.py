@@ -74,6 +74,12 @@ BWD_VARIANTS = [(None, None, None, None, None), (4, 8, 1, None, None), (4, 8, 2,
                 (2, 4, 1, None, None), (4, 4, 1, None, None), (1, 8, 1, None, None)]
 
 
+# Fused backward, bwd_rows (bytes per lane, PF, MINB, RB, chunks; None = the host's rule).
+BWD_ROWS_VARIANTS = [(8, 4, 2, None, None), (8, 2, 2, None, None), (8, 6, 2, None, None), (8, 4, 1, None, None),
+                     (4, 4, 2, None, None), (16, 4, 2, None, None), (16, 4, 1, None, None), (8, 4, 2, None, 1),
+                     (8, 4, 2, None, 4), (8, 4, 2, 32, None), (8, 3, 3, None, None)]
+
+
 def _small_width_variants(p, dtype):
     # Narrow planes: a tile as wide as the plane, several heights.
     if p.OW > 16:
@@ -262,6 +268,16 @@ def backward_variants(p, dtype):
             continue
         seen.add(key)
         out.append((("fused", {k: v for k, v in kw.items() if v is not None}), (plan[0], plan[2])))
+    for vb, pf, minb, rb, chunks in BWD_ROWS_VARIANTS:
+        kw = dict(family="rows", v=vb // _kernels.ITEMSIZE[dtype] or None, pf=pf, minb=minb, rb=rb, chunks=chunks)
+        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
+        if plan is None:
+            continue
+        key = (plan[0].expr, plan[0].grid, plan[0].scalars[0].tobytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((("rows", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
     return out
 
 

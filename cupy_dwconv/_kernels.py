@@ -148,6 +148,7 @@ ARG_STRUCTS = {
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
+    "BwdRowsArgs": ("units", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "N", "C", "n_chunks"),
 }
 ARG_DTYPES = {
     name: numpy.dtype([(f, numpy.int64 if f in _I64_FIELDS else numpy.int32) for f in fields], align=True)
@@ -717,18 +718,20 @@ def _rows_shape(pr, dtype):
 def _rows_async_shape(pr, dtype):
     """(V, PF, MINB) of conv_rows_async, from the sweep (H200, session 10, ms; forward /
     grad input where both were measured; benchmarks/NOTES.md):
-    - 3x3 and 3x7 (up to 21 taps): 8-byte lanes. 16-bit 3x3 at 3 blocks per SM, 4 rows
-      ahead (mbv2_3x3 0.042, 2 blocks 0.049; image_3x3 0.081); otherwise 2 blocks, 6
-      rows ahead (seed_3x7 fp16 0.190, 16-byte lanes 0.205; dilated_3x3_d2 fp32 0.077 /
-      0.076; image_3x3 fp32 0.152).
-    - 5x5 and 7x7: 4 float32 (16 bytes) or 16-bit (8 bytes) per lane, 2 blocks, 4 rows
-      ahead (effnet_5x5 fp32 0.038, convnext_7x7 fp32 0.067, fp16 0.070 / 0.070): the
-      ring and the weights take 96-128 registers.
+    - 3x3 (up to 9 taps): 8-byte lanes; 16-bit at 3 blocks per SM, 4 rows ahead
+      (mbv2_3x3 0.043, at 2 blocks 0.050; image_3x3 0.081); float32 at 2 blocks, 6 rows
+      ahead (dilated_3x3_d2 0.077 / 0.076).
+    - 3x7 (up to 21 taps): 16-byte lanes, 2 blocks; 16-bit 3 rows ahead (seed_3x7 0.166;
+      8-byte lanes 0.206 and more), float32 6 (seed_3x7 0.299 / 0.291).
+    - 5x5 and 7x7: 4 columns per lane (16 bytes in float32, 8 in 16-bit), 2 blocks, 4
+      rows ahead (effnet_5x5 fp32 0.038, convnext_7x7 fp32 0.067, fp16 0.070 / 0.070):
+      the ring and the weights take 96-128 registers.
     Lanes are narrower where the plane is (16 bytes at most)."""
-    taps = pr.KH * pr.KW
-    if taps <= 21:
-        v = 8 // ITEMSIZE[dtype]
-        pf, minb = (4, 3) if dtype in MMA_DTYPES and taps <= 9 else (6, 2)
+    taps, half = pr.KH * pr.KW, dtype in MMA_DTYPES
+    if taps <= 9:
+        v, (pf, minb) = 8 // ITEMSIZE[dtype], ((4, 3) if half else (6, 2))
+    elif taps <= 21:
+        v, pf, minb = 16 // ITEMSIZE[dtype], (3 if half else 6), 2
     else:
         v, pf, minb = 4, 4, 2
     return max(1, min(v, 16 // ITEMSIZE[dtype])), pf, minb
@@ -795,7 +798,8 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         while s < nl + nr:
             s *= 2  # lanes below NL + NR copy the neighbour chunks
         u = q * ((pf + q) // q)
-        smem = (ROWS_BLOCK // s) * u * (s + nl + nr) * v * ITEMSIZE[dtype]
+        out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
+        smem = (ROWS_BLOCK // s) * (u * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
         if smem > SM_SMEM // minb - 1024:
             return None
     n_cs = _cdiv(pr.OW, s * v)
@@ -816,25 +820,25 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
 
 def _use_rows_async(pr, dtype, x_ptr):
     """Whether the dispatcher takes conv_rows_async for a problem it accepts (stride 1,
-    copies of at least 8 bytes):
-    - 16-bit 3x3 and 3x7 (what conv_rows takes): seed_3x7 0.190 ms against 0.213
-      (conv_rows), grad input (rows of 250: 4-byte copies) stays on conv_rows; mbv2_3x3
-      0.042 against 0.050; image_3x3 0.081 against 0.082;
-    - kernels of 25 to 49 taps at dilation 1, float32 and 16-bit: effnet_5x5 fp32 0.038
-      against 0.044 (conv_tile), convnext_7x7 fp32 0.067 against 0.088, fp16 0.070 against
-      0.070 (conv_mma; grad input 0.070 against 0.074);
+    copies of at least 4 bytes in 16-bit, 8 in float32). Sweep (H200, session 10, ms, against the previous plan;
+    forward / grad input):
+    - 16-bit 3x3 and 3x7 (what conv_rows takes): seed_3x7 0.166 against 0.213
+      (conv_rows), its grad input (rows of 250: 4-byte copies) 0.194 against 0.204;
+      mbv2_3x3 0.043 / 0.042 against 0.050; image_3x3 0.081 / 0.080 against 0.082;
+    - kernels of 10 to 49 taps at dilation 1: effnet_5x5 fp32 0.038 against 0.044
+      (conv_tile), convnext_7x7 fp32 0.067 against 0.088, fp16 0.070 / 0.070 against
+      0.070 / 0.074 (conv_mma), seed_3x7 fp32 0.299 / 0.289 against 0.310 / 0.319;
     - float32 dilated kernels up to 21 taps, where a register tile reads a wider halo:
       dilated_3x3_d2 0.077 against 0.083 (conv_tile).
-    Not taken: float32 3x3 and 3x7 at dilation 1 (conv_tile: seed_3x7 0.310 against 0.316,
-    mbv2_3x3 0.069 against 0.070; image_3x3 0.158 against 0.152 is within the run-to-run
-    spread of a rule change), float64."""
+    Not taken: float32 3x3 at dilation 1 (conv_tile: mbv2_3x3 0.069 against 0.070;
+    image_3x3 0.158 against 0.152, within reach of its target either way), float64."""
     if dtype not in ("float32", *MMA_DTYPES) or (pr.SH, pr.SW) != (1, 1):
         return False
     v = _rows_async_shape(pr, dtype)[0]
-    if _load_width(dtype, pr.IW, x_ptr, v) * ITEMSIZE[dtype] < 8:
+    if _load_width(dtype, pr.IW, x_ptr, v) * ITEMSIZE[dtype] < (4 if dtype in MMA_DTYPES else 8):
         return False
     taps, dilated = pr.KH * pr.KW, (pr.DH, pr.DW) != (1, 1)
-    if 25 <= taps <= 49 and not dilated:
+    if 10 <= taps <= 49 and not dilated and (dtype == "float32" or taps >= 25):
         return True
     if dtype in MMA_DTYPES:
         return _use_rows(pr, dtype)
@@ -1383,15 +1387,120 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     return Launch("bwd.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
 
 
+BWD_ROWS_MAX_TAPS = 25  # the ring, its x rows, the tap sums and the weights in registers
+
+
+BWD_ROWS_UNIT_ROWS = 8  # a unit's fixed cost (filling its copy pipeline), in rows swept
+
+
+def _bwd_rows_split(p, n_cs, q, segs, resident, rb=None, chunks=None):
+    """(RB, bands, chunks) of bwd_rows: the band height and chunks per channel that
+    minimize the rows a segment sweeps, waves x (units per segment) x (RB + Q - 1 +
+    BWD_ROWS_UNIT_ROWS), with C x chunks blocks of `segs` segments, `resident` blocks at
+    a time; ties go to fewer chunks (a shorter reduction), then fewer bands (fewer rows
+    read twice). The unit cost is from the sweep (H200, session 10): mbv2_3x3 fp16, bands
+    of 14 rows in 16 chunks 0.090 ms, of 28 rows in 8 chunks 0.075."""
+    best = None
+    band_counts = [_cdiv(p.H, rb)] if rb is not None else range(1, min(p.H, 64) + 1)
+    for bands in band_counts:
+        h = _cdiv(p.H, bands)
+        if _cdiv(p.H, h) != bands:
+            continue
+        units = p.N * bands * n_cs
+        for ch in ([chunks] if chunks is not None else range(1, 65)):
+            ch = max(1, min(ch, units, 65535))
+            waves = _cdiv(p.C * ch, resident)
+            cost = (waves * _cdiv(_cdiv(units, ch), segs) * (h + q - 1 + BWD_ROWS_UNIT_ROWS), ch, bands)
+            if best is None or cost < best[0]:
+                best = (cost, h, bands, ch)
+    return best[1], best[2], best[3]
+
+
+def _bwd_rows_lanes(taps, dtype):
+    """Columns per lane of bwd_rows (sweep, H200, session 10, ms): 8 bytes up to 21 taps
+    (seed_3x7 fp16 8 / 4 / 16 bytes 0.362 / 0.442 / 0.360 with spills; image_3x3 fp16
+    0.122 / 0.164 / 0.147), 4 columns for 25 (effnet_5x5 fp32 0.064 against 0.073 at 2;
+    in 16-bit 8 columns would hold a ring of 40 sums). 2 blocks per SM and 4 rows ahead
+    everywhere (2 rows: seed 0.351, image 0.133; 6 rows: 0.374, 0.120)."""
+    size = ITEMSIZE[dtype]
+    return max(1, 8 // size) if taps <= 21 else max(1, min(4, 16 // size))
+
+
+def _use_bwd_rows(p, dtype):
+    """Whether the fused backward is the row sweep (bwd_rows) rather than bwd_tile, where
+    it takes the problem. Sweep (H200, session 10, ms, the three gradients): 16-bit 3x3
+    and 3x7, seed_3x7 fp16 / bf16 0.362 / 0.387 against 0.465 / 0.563, mbv2_3x3 0.075 /
+    0.073 against 0.079 / 0.102, image_3x3 0.122 / 0.120 against 0.155 / 0.209; 5x5,
+    effnet_5x5 fp32 0.064 against 0.072. float32 3x3 and 3x7 stay on bwd_tile (seed_3x7
+    0.428 against 0.417, mbv2_3x3 0.105 against 0.101, image_3x3 0.214 against 0.207,
+    dilated_3x3_d2 0.110 against 0.108; inception_1x7's 17-column planes 0.022 against
+    0.018)."""
+    taps = p.KH * p.KW
+    if dtype in MMA_DTYPES:
+        return taps <= BWD_ROWS_MAX_TAPS
+    return dtype == "float32" and 22 <= taps <= BWD_ROWS_MAX_TAPS
+
+
+def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None, chunks=None, sms=132, arch=90):
+    """(bwd_rows launch, chunks) for the fused backward as a row sweep; None where it does
+    not apply: stride 1, multiplier 1, sm_80+, up to BWD_ROWS_MAX_TAPS taps, padding
+    within the kernel's reach on the top, left and bottom (every grad_output row is some
+    band's own), grad_output columns within the segments' (every column some lane's),
+    and copies of 4 bytes or more."""
+    taps = p.KH * p.KW
+    reach_h, reach_w = (p.KH - 1) * p.DH, (p.KW - 1) * p.DW
+    if ((p.SH, p.SW) != (1, 1) or p.M != 1 or arch < 80 or taps > BWD_ROWS_MAX_TAPS or p.PT > reach_h
+            or p.PB > reach_h or p.PL > reach_w or min(p.OH, p.OW, p.H, p.W) < 1):
+        return None
+    size = ITEMSIZE[dtype]
+    v = _bwd_rows_lanes(taps, dtype) if v is None else v
+    v = max(1, min(v, 16 // size))
+    pf = 4 if pf is None else pf
+    minb = 2 if minb is None else minb
+    q = reach_h + 1
+    plr = reach_w - p.PL  # the rotated problem's left padding
+    jlo, jhi = min(0, -plr), max(v, v - plr + reach_w)
+    nl, nr = _cdiv(-jlo, v), _cdiv(jhi - v, v)
+    vl = _load_width(dtype, p.OW, go_ptr, v)
+    vx = _load_width(dtype, p.W, x_ptr, v)
+    vs = _load_width(dtype, p.W, 0, v)
+    if pf < 1 or q * v > 32 or (v * size) % 4 or v * size > 16 or vl * size < 4 or vx * size < 4 or nl + nr > 32:
+        return None
+    s = _rows_segment(p.W, v)
+    while s < nl + nr:
+        s *= 2
+    n_cs = _cdiv(p.W, s * v)
+    if p.OW > n_cs * s * v:
+        return None
+    segs = ROWS_BLOCK // s
+    u = q * ((pf + q) // q)
+    smem = segs * (u * (2 * s + nl + nr) + (s if vs < v else 0)) * v * size
+    if smem > SM_SMEM // minb - 1024 - (256 // 32) * (taps + 1) * ITEMSIZE[ACC_DTYPE[dtype]]:
+        return None
+    rb, bands, chunks = _bwd_rows_split(p, n_cs, q, segs, sms * minb, rb, chunks)
+    units = p.N * bands * n_cs
+    if n_cs * bands > INT32_MAX or p.W + 64 > INT32_MAX or p.H + q > INT32_MAX:
+        return None
+    expr = "dw::bwd_rows<" + _targs(CXX_TYPE[dtype], v, vl, vx, vs, p.KH, p.KW, p.DH, p.DW, plr, s, pf, minb) + ">"
+    args = pack_args("BwdRowsArgs", units=units, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, PT=p.PT, RB=rb, n_bands=bands,
+                     n_cs=n_cs, N=p.N, C=p.C, n_chunks=chunks)
+    grid = (chunks, min(p.C, 65535), 1)
+    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,)), chunks
+
+
 def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
     grad_weight or grad_bias, or None where the separate grad-input and grad-weight
     plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials).
-    `force`: None, or keyword arguments of bwd_tile_launch (tests and sweeps; None
-    again where the kernel does not take the problem)."""
+    `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
+    family="rows" (tests and sweeps; None again where the kernel does not take the
+    problem)."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:
+        force = dict(force)
+        if force.pop("family", "tile") == "rows":
+            return _fused_with_reduce(p, dtype, bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
     return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
 
@@ -1402,10 +1511,15 @@ def _fused_with_reduce(p, dtype, res):
 
 @functools.lru_cache(maxsize=4096)
 def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
-    # The fused kernel serves wherever it takes the problem and a channel has enough tiles
+    # The row sweep where _use_bwd_rows says so and it takes the problem; else bwd_tile,
+    # wherever it takes the problem and a channel has enough tiles
     # to amortize the block's weights and closing sum. Small planes stay on conv_plane +
     # wgrad_plane (convnext_7x7_s4, 64 x 7x7 tiles per channel: fused 0.048 ms at best,
     # separate 0.0327).
+    if _use_bwd_rows(p, dtype):
+        fused = bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch)
+        if fused is not None:
+            return _fused_with_reduce(p, dtype, fused)
     return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, min_units=BWD_MIN_UNITS))
 
 

@@ -693,7 +693,8 @@ def ceilings_line(ceilings):
 
 def short_kernel_name(expr):
     """'dw::conv_tile<float, 0, 3, 7, 1, 1, 1, 1, 4, 8, ...>' -> 'conv_tile 4x8' (micro-tile of
-    outputs; for wgrad_smem the tap tile)."""
+    outputs; for wgrad_smem the tap tile); the row sweeps by columns per lane and rows
+    ahead ('conv_rows_async v8 pf3')."""
     if not expr:
         return "?"
     from ._kernels import split_expr
@@ -721,6 +722,14 @@ def short_kernel_name(expr):
         if name == "conv_mma":  # block tile 16*WR x 8*WN
             out = f"conv_mma {16 * int(args[4])}x{8 * int(args[3])}"
             return out + (" flip" if args[8] == "true" else "")
+    except (IndexError, ValueError):
+        pass
+    try:
+        if name in ("conv_rows", "conv_rows_async"):  # columns per lane, rows ahead
+            out = f"{name} v{int(args[1])} pf{int(args[10])}"
+            return out + (" flip" if args[11] == "true" else "")
+        if name == "bwd_rows":
+            return f"bwd_rows v{int(args[1])} pf{int(args[11])}"
     except (IndexError, ValueError):
         pass
     if name in ("wgrad_mma", "wgrad_plane"):

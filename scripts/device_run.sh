@@ -65,6 +65,7 @@ for stage in $stages; do
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
           --section LaunchStats --section ComputeWorkloadAnalysis --section SchedulerStats \
           --section InstructionStats --section SourceCounters \
+          --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,lts__t_sectors_srcunit_tex_op_write.sum,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_requests_srcunit_tex_op_write.sum" \
           python3 benchmarks/profile_case.py "$c_name" "$c_dtype" "$c_pass" > "$out/ncu_${c_name}_${c_dtype}_${c_pass}.txt" 2>&1
       done
       rc=$? ;;

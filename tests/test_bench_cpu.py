@@ -511,6 +511,9 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, 4, 0, 4>", "wgrad_tile 2x8"),
         ("dw::wgrad_generic<double>", "wgrad_generic"),
         ("dw::bwd_tile<dw::half_t, 3, 7, 1, 1, 0, 0, 4, 8, 8, 2, 0, true, 2, 0>", "bwd_tile 4x8"),
+        ("dw::conv_rows<dw::half_t, 8, 2, 8, 3, 7, 1, 1, 6, 32, 1, true, 2>", "conv_rows v8 pf1 flip"),
+        ("dw::conv_rows_async<float, 4, 4, 2, 3, 7, 1, 1, 0, 32, 6, false, 2>", "conv_rows_async v4 pf6"),
+        ("dw::bwd_rows<dw::bf16_t, 4, 2, 4, 4, 3, 7, 1, 1, 6, 32, 4, 2>", "bwd_rows v4 pf4"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],
@@ -531,7 +534,7 @@ def test_kernel_labels_for_the_suite():
             # The full backward is one fused kernel where it applies, else grad input + grad weight.
             fused = _kernels.plan_backward(p, dtype, 0, 0, *bench.plan_arch())
             label = bench.kernel_label(p, dtype, "backward")[0]
-            assert label.startswith("bwd_tile") if fused is not None else "+" in label
+            assert label.startswith(("bwd_tile", "bwd_rows")) if fused is not None else "+" in label
 
 
 # ---------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ FAMILIES = (
     "wgrad_generic",
     "wgrad_reduce",
     "bwd_tile",
+    "bwd_rows",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
@@ -61,6 +62,7 @@ FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 # conv_rows_async (those plans exist for the forced GPU tests and the sweep).
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
 FAMILY_DTYPES.update({f"conv_rows_async flip={b}": ("float32", "float16", "bfloat16") for b in ("false", "true")})
+FAMILY_DTYPES["bwd_rows"] = ("float32", "float16", "bfloat16")
 _DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
 
 

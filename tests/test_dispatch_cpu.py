@@ -114,11 +114,20 @@ def test_plane_launch_budget():
 def test_fused_backward_takes_and_declines():
     """The fused backward takes stride-1, multiplier-1 problems of at most 64 taps whose
     padding stays within the kernel's reach; everything else plans None (the separate
-    grad-input and grad-weight kernels serve it)."""
+    grad-input and grad-weight kernels serve it). The row sweep (bwd_rows) for 16-bit
+    kernels up to 25 taps and float32 5x5 on sm_80+, bwd_tile for the rest: float32 3x3
+    and 3x7, 7x7, and before sm_80."""
     seed = params((32, 128, 128, 256), (128, 1, 3, 7), 1, 0, 1)
-    s1, chunks, s2 = _kernels.plan_backward(seed, "float16", 0, 0, 90, 132)
-    assert "bwd_tile" in s1.expr and "wgrad_reduce" in s2.expr
-    assert s1.grid == (chunks, 128, 1) and int(s1.scalars[0]["n_chunks"]) == chunks
+    for dtype, arch, family in (("float16", 90, "bwd_rows"), ("bfloat16", 80, "bwd_rows"), ("float16", 75, "bwd_tile"),
+                                ("float32", 90, "bwd_tile")):
+        s1, chunks, s2 = _kernels.plan_backward(seed, dtype, 0, 0, arch, 132)
+        assert family in s1.expr and "wgrad_reduce" in s2.expr
+        assert s1.grid == (chunks, 128, 1) and int(s1.scalars[0]["n_chunks"]) == chunks
+    for dtype, w_shape, family in (("float32", (4, 1, 5, 5), "bwd_rows"), ("float16", (4, 1, 5, 5), "bwd_rows"),
+                                   ("float32", (4, 1, 7, 7), "bwd_tile"), ("bfloat16", (4, 1, 7, 7), "bwd_tile"),
+                                   ("float32", (4, 1, 3, 3), "bwd_tile")):
+        p = params((32, 4, 56, 56), w_shape, 1, "same", 1)
+        assert family in _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0].expr, (dtype, w_shape)
     for x_shape, w_shape, stride, pad in (
         ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1),   # stride 2
         ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1),   # channel multiplier 2
@@ -132,12 +141,12 @@ def test_fused_backward_takes_and_declines():
 def test_rows_dispatch_and_widths():
     """The row sweeps take stride-1 problems with one input plane per output plane
     (forward with any multiplier; grad input with the rotated kernel at multiplier 1).
-    conv_rows_async (rows staged by cp.async, sm_80+) where copies of 8 bytes or more fit
-    the input rows and pointer: 16-bit 3x3 and 3x7, kernels of 25 to 49 taps (float32 and
-    16-bit), float32 dilated 3x3; conv_rows (rows in registers) for the 16-bit 3x3 and 3x7
-    whose rows only allow narrower copies, or before sm_80. float32 3x3 and 3x7 at
-    dilation 1, strided problems, the grad input of a multiplier, 16-bit dilated kernels
-    and wider kernels go elsewhere. Template arguments: V (2nd) columns per lane, VL (3rd)
+    conv_rows_async (rows staged by cp.async, sm_80+) where copies of 4 bytes or more (16-bit)
+    or 8 (float32) fit the input rows and pointer: 16-bit 3x3 and 3x7, kernels of 25 to 49
+    taps (float32 and 16-bit), float32 3x7 and dilated 3x3; conv_rows (rows in registers)
+    for the 16-bit 3x3 and 3x7 whose rows only allow narrower copies, or before sm_80.
+    float32 3x3 at dilation 1, strided problems, the grad input of a multiplier, 16-bit
+    dilated kernels and wider kernels go elsewhere. Template arguments: V (2nd) columns per lane, VL (3rd)
     elements per load or copy, following the input rows and pointer, VS (4th) per store,
     following the output rows, S (10th) the fewest lanes whose columns cover a row (up
     to 32), PF (11th) rows ahead, MINB (13th) blocks per SM."""
@@ -146,15 +155,17 @@ def test_rows_dispatch_and_widths():
     fwd = _kernels.plan_forward(seed, "float16", 0, 90, 132).expr
     assert "conv_rows_async" in fwd
     v, vl, vs, s, pf, minb = (int(_args(fwd)[i]) for i in (1, 2, 3, 9, 10, 12))
-    assert (v, vl, vs, s, pf, minb) == (4, 4, 2, 32, 6, 2)  # rows of 256 in, 250 (4-byte stores) out
-    # A 4-byte aligned pointer: 4-byte loads in registers, not 4-byte copies; before sm_80
-    # the same rows in registers, with 16-byte loads.
-    for ptr, arch in ((4, 90), (0, 75)):
+    assert (v, vl, vs, s, pf, minb) == (8, 8, 2, 32, 3, 2)  # rows of 256 in, 250 (4-byte stores) out
+    # A 4-byte aligned pointer: 4-byte copies; a 2-byte aligned one: 2-byte loads in
+    # registers; before sm_80 rows in registers, with 16-byte loads.
+    for ptr, arch, family, vl in ((4, 90, "conv_rows_async<", 2), (2, 90, "conv_rows<", 1), (0, 75, "conv_rows<", 8)):
         e = _kernels.plan_forward(seed, "float16", ptr, arch, 132).expr
-        assert "conv_rows<" in e and int(_args(e)[2]) == (2 if ptr else 8)
-    assert "conv_rows" not in _kernels.plan_forward(seed, "float32", 0, 90, 132).expr
+        assert family in e and int(_args(e)[2]) == vl, (ptr, arch, e)
+    f32 = _kernels.plan_forward(seed, "float32", 0, 90, 132).expr
+    assert "conv_rows_async" in f32 and [int(_args(f32)[i]) for i in (1, 10, 12)] == [4, 6, 2]
+    assert "conv_rows" not in _kernels.plan_forward(seed, "float32", 4, 90, 132).expr  # 4-byte float32 copies
     gi = _kernels.plan_grad_input(back, "bfloat16", 0, 90, 132).expr
-    assert "conv_rows<" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
+    assert "conv_rows_async" in gi and _args(gi)[11] == "true" and int(_args(gi)[2]) == 2  # grad_output rows of 250
     mbv2 = params((2, 4, 56, 56), (8, 1, 3, 3), 1, 1, 1)
     f16 = _kernels.plan_forward(mbv2, "float16", 0, 90, 132).expr
     assert "conv_rows_async" in f16 and [int(_args(f16)[i]) for i in (1, 9, 10, 12)] == [4, 16, 4, 3]
@@ -165,7 +176,8 @@ def test_rows_dispatch_and_widths():
     for dtype, shape, dilation, expect in (
         ("float16", (4, 1, 5, 5), 1, [4, 4, 2]), ("bfloat16", (4, 1, 7, 7), 1, [4, 4, 2]),
         ("float32", (4, 1, 5, 5), 1, [4, 4, 2]), ("float32", (4, 1, 7, 7), 1, [4, 4, 2]),
-        ("float32", (4, 1, 3, 3), 2, [2, 6, 2]), ("float32", (4, 1, 3, 7), (1, 2), [2, 6, 2]),
+        ("float32", (4, 1, 3, 3), 2, [2, 6, 2]), ("float32", (4, 1, 3, 7), (1, 2), [4, 6, 2]),
+        ("float32", (4, 1, 3, 5), 1, [4, 6, 2]), ("float32", (4, 1, 1, 7), 1, None),
         ("float16", (4, 1, 3, 3), 2, None), ("float32", (4, 1, 3, 3), 1, None), ("float64", (4, 1, 7, 7), 1, None),
         ("float32", (4, 1, 9, 9), 1, None),
     ):

@@ -498,6 +498,78 @@ def test_bwd_tile(shape, launch, dtype):
     assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
 
 
+BWD_ROWS_SHAPES = [
+    # N, C, H, W, KH, KW, padding, dilation: even widths of x and grad_output (16-bit
+    # rows copy in 4 bytes and more); 'valid' (grad_output smaller than x), asymmetric
+    # and partial padding, a 1xK and a Kx1 kernel, dilation, rows of several column
+    # segments, a plane narrower than one lane's columns, 25 taps.
+    (2, 3, 19, 22, 3, 3, 1, 1),
+    (2, 3, 18, 26, 3, 7, 0, 1),
+    (1, 4, 13, 40, 3, 5, ((1, 0), (0, 2)), 1),
+    (2, 2, 17, 18, 1, 7, (0, 3), 1),
+    (1, 3, 23, 10, 5, 1, ((2, 1), (0, 0)), 1),
+    (2, 3, 20, 24, 3, 3, 2, 2),
+    (1, 3, 9, 44, 5, 5, "same", (1, 2)),
+    (2, 2, 30, 300, 3, 3, 1, 1),
+    (1, 2, 6, 4, 3, 3, 1, 1),
+    (2, 3, 12, 28, 5, 5, 2, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "launch",
+    [{}, dict(pf=1, chunks=1), dict(v=2, pf=2, rb=3, chunks=3), dict(minb=1, rb=1, chunks=7)],
+    ids=str,
+)
+@pytest.mark.parametrize("shape", BWD_ROWS_SHAPES, ids=str)
+def test_bwd_rows(shape, launch, dtype):
+    """The row-sweep fused backward, forced: all three gradients against the reference
+    (one band, or bands of 3 rows or 1 row whose overlap rows must not count twice in the
+    bias; one to seven chunks per channel; one to four rows ahead), and the weight and
+    bias gradients bitwise equal over two runs."""
+    from gpu_util import forced_backward, params, reference_backward, to_gpu
+
+    N, C, H, W, KH, KW, pad, dil = shape
+    if dtype == "float64" and launch.get("v") == 2:
+        launch = dict(launch, v=1)  # 16-byte chunks at most
+    rng = numpy.random.default_rng(zlib.crc32(repr((shape, launch, dtype, "rows")).encode()))
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, dil)
+    go = random_array(rng, p.out_shape, dtype)
+    xg, gog, wg = to_gpu(x), to_gpu(go), to_gpu(w)
+    res = forced_backward(xg, gog, wg, p, dtype, family="rows", **launch)
+    assert res is not None, "bwd_rows declined a problem it takes"
+    gx, gw, gb, s1 = res
+    assert "bwd_rows" in s1.expr
+    ref = reference_backward(go, x, w, padding=pad, dilation=dil)
+    terms = N * p.OH * p.OW
+    assert_close(gx.get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
+    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+    _, gw2, gb2, _ = forced_backward(xg, gog, wg, p, dtype, family="rows", **launch)
+    assert (gw2.view("u1") == gw.view("u1")).all() and (gb2.view("u1") == gb.view("u1")).all()
+
+
+def test_bwd_rows_declines():
+    """bwd_rows declines what its sweep cannot cover: a multiplier, a stride, padding past
+    the kernel's reach below (grad_output rows no band owns), more than 25 taps, 16-bit
+    rows of odd width (2-byte copies)."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    for shape, w_shape, stride, pad, dtype in (
+        ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1, "float32"),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1, "float32"),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, ((0, 3), (1, 1)), "float32"),
+        ((1, 2, 16, 16), (2, 1, 7, 7), 1, 3, "float32"),
+        ((1, 2, 16, 17), (2, 1, 3, 3), 1, 1, "float16"),
+    ):
+        p = params(shape, w_shape, False, stride, pad, 1)
+        assert _kernels.plan_backward(p, dtype, 0, 0, 90, 132, force=dict(family="rows")) is None, (shape, w_shape)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("offset", [1, 2, 4])
 def test_bwd_tile_misaligned(offset, dtype):

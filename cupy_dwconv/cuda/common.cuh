@@ -293,6 +293,10 @@ struct RowsArgs {
     i64 n_units, IC;  // units: (plane, band, column segment)
     int IH, IW, OH, OW, PT, RB, n_bands, n_cs, QC, DIV;  // RB output rows per band
 };
+struct BwdRowsArgs {
+    i64 units;  // per channel: (n, band, column segment)
+    int IH, IW, OH, OW, PT, RB, n_bands, n_cs, N, C, n_chunks;  // PT: the forward's top padding
+};
 struct ReduceArgs {
     int CM, KK, n_chunks, OB;  // OB channels per block (0: one thread per output)
 };

@@ -16,6 +16,7 @@
 // Instructions per output row of V outputs: KH * KW * V FMAs, one load, one shuffle and
 // one select per halo column, V conversions, one store.
 #include "tc.cuh"
+#include "blocksum.cuh"
 
 namespace dw {
 
@@ -121,6 +122,17 @@ __device__ __forceinline__ void store_n(T* p, const A* v) {
     else if constexpr (B == 16) store_vec(p, v);
     else if constexpr (B == 8) store_8b(p, v);
     else { static_assert(B == 4, "store width"); store_4b(p, v); }
+}
+
+// B bytes (2, 4, 8 or 16, aligned) from s to d in one access each way.
+template <int B> __device__ __forceinline__ void copy_bytes(void* d, const void* s) {
+    if constexpr (B == 16) *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(s);
+    else if constexpr (B == 8) *reinterpret_cast<uint2*>(d) = *reinterpret_cast<const uint2*>(s);
+    else if constexpr (B == 4) *reinterpret_cast<unsigned*>(d) = *reinterpret_cast<const unsigned*>(s);
+    else {
+        static_assert(B == 2, "copy width");
+        *reinterpret_cast<unsigned short*>(d) = *reinterpret_cast<const unsigned short*>(s);
+    }
 }
 
 // Input columns a lane of V columns needs, relative to its first column: [JLO, JHI), and
@@ -327,6 +339,12 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     constexpr int CW = CB / 4;                     // 32-bit words per chunk
     constexpr int PB = VL * (int)sizeof(T);        // bytes per copy
     constexpr int ROWB = NC * CB;                  // bytes per staged row
+    // Output rows whose alignment allows only stores narrower than a lane's chunk (VS <
+    // V: rows of 250 16-bit values take 4-byte stores) go through a row buffer in shared
+    // memory, so that each store instruction writes consecutive words across the lanes
+    // (whole 32-byte sectors) instead of a word every V elements.
+    constexpr bool OST = VS < V;
+    constexpr int SEGB = U * ROWB + (OST ? S * CB : 0);  // bytes per segment
     constexpr int SEGS = 256 / S;
     static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0, "a segment is a power-of-two part of a warp");
     static_assert(V % VL == 0 && V % VS == 0, "copies and stores split the lane's columns evenly");
@@ -342,8 +360,9 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     const int total = RB + Q - 1;
     const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
     const i64 seg_step = (i64)gridDim.x * SEGS;
-    const unsigned seg_base = smem_u32(rows_smem) + (unsigned)((threadIdx.x / S) * U * ROWB);
-    const unsigned char* seg_ptr = rows_smem + (threadIdx.x / S) * U * ROWB;
+    const unsigned seg_base = smem_u32(rows_smem) + (unsigned)((threadIdx.x / S) * SEGB);
+    const unsigned char* seg_ptr = rows_smem + (threadIdx.x / S) * SEGB;
+    T* out_buf = reinterpret_cast<T*>(rows_smem + (threadIdx.x / S) * SEGB + U * ROWB);
     constexpr int NX = NL + NR > 0 ? 2 : 1;  // chunks a lane may copy (its own, a neighbour)
     constexpr int NP = V / VL;               // copies per chunk
     // Warp-uniform unit loop, as in conv_rows: __syncwarp below needs the whole warp.
@@ -408,9 +427,9 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
             ++ih_next;
             cp_async_commit();
         };
-        // Output rows: the lane's offset at band row -(Q - 1) (the row stored at step 0,
-        // none), advanced by one row per step; rows below rlim are stored.
-        i64 dst_off = q * plane_out + (i64)(oh0 - (Q - 1)) * OW + o0;
+        // Output rows: the segment's offset at band row -(Q - 1) (the row stored at step
+        // 0, none), advanced by one row per step; rows below rlim are stored.
+        i64 dst_off = q * plane_out + (i64)(oh0 - (Q - 1)) * OW + c0;
         const int rlim = unit_ok ? min(RB, OH - oh0) : 0;
         bool st_ok[V / VS];
 #pragma unroll
@@ -449,15 +468,248 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
                 ring_fma<V, KH, KW, DH, DW, PL>(u, acc, xs, wr, b0);
                 // Output row i - (Q - 1) has had its last tap row.
                 const int sc = (u + 1) % Q;
-                if ((unsigned)(i - (Q - 1)) < (unsigned)rlim) {
+                const bool row_st = (unsigned)(i - (Q - 1)) < (unsigned)rlim;
+                if constexpr (OST) {
+                    // The buffer's previous row was read before this step's barrier.
+                    store_n<T, V>(out_buf + lane * V, &acc[sc][0]);
+                    __syncwarp();
+                    if (row_st) {
+#pragma unroll
+                        for (int k = 0; k < V / VS; ++k) {
+                            const int m = (lane + S * k) * VS;  // the piece's first column
+                            if (c0 + m < OW) copy_bytes<VS * (int)sizeof(T)>(y + dst_off + m, out_buf + m);
+                        }
+                    }
+                } else if (row_st) {
 #pragma unroll
                     for (int k = 0; k < V / VS; ++k)
-                        if (st_ok[k]) store_n<T, VS>(y + dst_off + k * VS, &acc[sc][k * VS]);
+                        if (st_ok[k]) store_n<T, VS>(y + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
                 }
                 dst_off += OW;
             }
         }
         cp_async_wait<0>();  // no copy outlives its unit
+    }
+#else
+    __trap();  // the host plans this kernel for sm_80+ only
+#endif
+}
+
+// ---- bwd_rows: the whole backward pass (stride 1, multiplier 1) as one row sweep --------
+//
+// grad_x is conv_rows_async on the rotated problem: grad_output rows in, grad_x rows out,
+// the kernel rotated by 180 degrees (PL here is the rotated problem's left padding). Each
+// FMA of that sweep pairs one grad_output value g with the grad_x position (r, c) it
+// feeds through one tap, and the weight gradient is exactly the sum of g * x[r, c] over
+// those pairs (the identity bwd.cu uses). So the lane also keeps the x values of the Q
+// rows in its ring (staged with the grad_output row of the step that starts each row) and
+// adds one FMA per pair into KH*KW tap sums. grad_output and x are read once, grad_x is
+// written once: per grad_x element, three elements of traffic, the floor of the three
+// gradients. The bias sum takes each grad_output element once: the rows a band owns
+// (bands overlap by Q - 1 rows, which only feed its ring) and the lane's own columns.
+//
+// Grid (chunks, channels), as bwd_tile: a block owns one channel (weights in registers;
+// its partial row is written by one fixed-order block sum, and wgrad_reduce adds the
+// chunks in order: deterministic). The channel's units (n, band, column segment) split
+// evenly over its chunks; the block's segments walk them, warp-uniform.
+//
+// Template arguments as conv_rows_async, plus VX: elements per x copy (x rows: the
+// segment's own chunks only). The host checks that bands and segments cover the
+// grad_output plane (top and bottom padding within the kernel's reach, OW within the
+// segments' columns), so that every grad_output element is some band's and lane's own.
+template <class T, int V, int VL, int VX, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF,
+          int MINB>
+__global__ void __launch_bounds__(256, MINB)
+bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
+         typename Traits<T>::acc* __restrict__ partial, const BwdRowsArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    typedef typename Traits<T>::acc A;
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q;
+    constexpr int U = Q * ((PF + Q) / Q);
+    constexpr int JLO = Win::JLO, JHI = Win::JHI;
+    constexpr int NL = (-JLO + V - 1) / V;
+    constexpr int NR = (JHI - V + V - 1) / V;
+    constexpr int NC = S + NL + NR;                // grad_output chunks per staged row
+    constexpr int CB = V * (int)sizeof(T);
+    constexpr int CW = CB / 4;
+    constexpr int PB = VL * (int)sizeof(T);        // bytes per grad_output copy
+    constexpr int XB = VX * (int)sizeof(T);        // bytes per x copy
+    constexpr int GROWB = NC * CB;                 // staged grad_output row
+    constexpr int ROWB = GROWB + S * CB;           // and the x row beside it
+    constexpr bool OST = VS < V;
+    constexpr int SEGB = U * ROWB + (OST ? S * CB : 0);
+    constexpr int SEGS = 256 / S;
+    constexpr int KK = KH * KW;
+    constexpr int NX = NL + NR > 0 ? 2 : 1;
+    constexpr int NP = V / VL, NPX = V / VX;
+    static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0, "a segment is a power-of-two part of a warp");
+    static_assert(V % VL == 0 && V % VX == 0 && V % VS == 0, "copies and stores split the lane's columns evenly");
+    static_assert((PB == 4 || PB == 8 || PB == 16) && (XB == 4 || XB == 8 || XB == 16), "cp.async sizes");
+    static_assert(CB % 4 == 0 && CB <= 16, "a chunk is whole 32-bit words, at most one 16-byte read");
+    static_assert(NL + NR <= S, "lanes below NL + NR copy the neighbour chunks");
+    static_assert(KK <= 64 && Q * V <= 32, "register budget");
+    static_assert(PF >= 1, "at least one row ahead");
+    extern __shared__ __align__(16) unsigned char rows_smem[];
+    __shared__ A red[(256 / 32) * (KK + 1)];
+
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, RB = a.RB, C = a.C, n_chunks = a.n_chunks;
+    const int PTR = (KH - 1) * DH - a.PT;  // the rotated problem's top padding
+    const int lane = threadIdx.x & (S - 1);
+    const int total = RB + Q - 1;
+    const i64 plane_x = (i64)IH * IW, plane_go = (i64)OH * OW;
+    const unsigned seg_base = smem_u32(rows_smem) + (unsigned)((threadIdx.x / S) * SEGB);
+    const unsigned char* seg_ptr = rows_smem + (threadIdx.x / S) * SEGB;
+    T* out_buf = reinterpret_cast<T*>(rows_smem + (threadIdx.x / S) * SEGB + U * ROWB);
+    const int seg_in_block = (threadIdx.x & ~31) / S;  // the warp's first segment
+
+    for (int o = blockIdx.y; o < C; o += gridDim.y) {
+        A wr[KK];
+#pragma unroll
+        for (int i = 0; i < KK; ++i) wr[i] = load1(w + (i64)o * KK + (KK - 1 - i));  // rotated
+        A dwf[KK + 1];  // tap sums in rotated order, then the bias sum
+#pragma unroll
+        for (int k = 0; k <= KK; ++k) dwf[k] = A(0);
+        const i64 begin = a.units * blockIdx.x / n_chunks, end = a.units * (blockIdx.x + 1) / n_chunks;
+        for (i64 g0 = begin + seg_in_block; g0 < end; g0 += SEGS) {
+            const i64 g = g0 + (threadIdx.x & 31) / S;
+            const bool unit_ok = g < end;
+            i64 n = 0;
+            int band = 0, cs = 0;
+            if (unit_ok) split_unit(g, a.units, a.n_cs, a.n_bands, n, band, cs);
+            const i64 qp = n * C + o;  // the plane, in x, grad_output and grad_x
+            const int c0 = cs * S * V;
+            const int o0 = c0 + lane * V;
+            const int oh0 = band * RB;          // first grad_x row of the band
+            const int ih0 = oh0 - PTR;          // grad_output row of step 0
+            const bool first_band = band == 0, last_band = band == a.n_bands - 1;
+
+            A acc[Q][V], xr[Q][V];
+#pragma unroll
+            for (int s = 0; s < Q; ++s)
+#pragma unroll
+                for (int v = 0; v < V; ++v) acc[s][v] = xr[s][v] = A(0);
+
+            // Copies (as conv_rows_async). Segments past the last unit copy zeros
+            // (source size 0) rather than nothing: their lanes take part in the tap sums,
+            // which must see zeros, not stale rows.
+            const char* src[NX];
+            bool col_ok[NX][NP], copies[NX];
+#pragma unroll
+            for (int rep = 0; rep < NX; ++rep) {
+                const int col = c0 + (lane + rep * S - NL) * V;
+                src[rep] = reinterpret_cast<const char*>(go + qp * plane_go) + ((i64)ih0 * OW + col) * (i64)sizeof(T);
+                copies[rep] = rep == 0 || lane < NL + NR;
+#pragma unroll
+                for (int k = 0; k < NP; ++k) col_ok[rep][k] = unit_ok && (unsigned)(col + k * VL) < (unsigned)OW;
+            }
+            const char* xsrc = reinterpret_cast<const char*>(x + qp * plane_x) + ((i64)oh0 * IW + o0) * (i64)sizeof(T);
+            bool xcol_ok[NPX];
+#pragma unroll
+            for (int k = 0; k < NPX; ++k) xcol_ok[k] = unit_ok && (unsigned)(o0 + k * VX) < (unsigned)IW;
+            const i64 go_row_bytes = (i64)OW * (i64)sizeof(T), x_row_bytes = (i64)IW * (i64)sizeof(T);
+            int t_next = 0;  // the step whose rows the next stage_row copies
+            // Step t's rows: grad_output row ih0 + t (zero outside the plane), and x row
+            // oh0 + t (zero past the band or the plane: its taps pair with nothing here).
+            auto stage_row = [&](int slot) {
+                const bool in_band = t_next < total;
+                const int ih = ih0 + t_next;
+                const bool row_ok = (unsigned)ih < (unsigned)OH;
+#pragma unroll
+                for (int rep = 0; rep < NX; ++rep) {
+                    const unsigned dst = seg_base + (unsigned)(slot * ROWB + (lane + rep * S) * CB);
+#pragma unroll
+                    for (int k = 0; k < NP; ++k)
+                        cp_async_pred<PB>(dst + k * PB, src[rep] + k * PB, row_ok && col_ok[rep][k], in_band && copies[rep]);
+                    src[rep] += go_row_bytes;
+                }
+                const bool xrow_ok = t_next < RB && oh0 + t_next < IH;
+                const unsigned xdst = seg_base + (unsigned)(slot * ROWB + GROWB + lane * CB);
+#pragma unroll
+                for (int k = 0; k < NPX; ++k)
+                    cp_async_pred<XB>(xdst + k * XB, xsrc + k * XB, xrow_ok && xcol_ok[k], in_band);
+                xsrc += x_row_bytes;
+                ++t_next;
+                cp_async_commit();
+            };
+            i64 dst_off = qp * plane_x + (i64)(oh0 - (Q - 1)) * IW + c0;
+            const int rlim = unit_ok ? min(RB, IH - oh0) : 0;
+
+            __syncwarp();  // the previous unit's reads of the slots are done
+#pragma unroll
+            for (int k = 0; k < PF; ++k) stage_row(k);
+            for (int i0 = 0; i0 < total; i0 += U) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int t = i0 + u;
+                    if (t >= total) break;  // uniform across the warp
+                    cp_async_wait<PF - 1>();
+                    __syncwarp();
+                    stage_row((u + PF) % U);
+                    const unsigned char* rowp = seg_ptr + u * ROWB + lane * CB;
+                    unsigned win[(NL + 1 + NR) * CW];
+#pragma unroll
+                    for (int ch = 0; ch < NL + 1 + NR; ++ch) {
+                        const int lo = (ch - NL) * V > JLO ? (ch - NL) * V : JLO;
+                        const int hi = (ch - NL + 1) * V < JHI ? (ch - NL + 1) * V : JHI;
+                        const int wlo = (lo - (ch - NL) * V) * (int)sizeof(T) / 4;
+                        const int whi = ((hi - (ch - NL) * V) * (int)sizeof(T) + 3) / 4;
+                        if (whi - wlo > 1) lds_words<CW>(rowp + ch * CB, &win[ch * CW]);
+                        else win[ch * CW + wlo] = *reinterpret_cast<const unsigned*>(rowp + ch * CB + 4 * wlo);
+                    }
+                    A xs[JHI - JLO];
+#pragma unroll
+                    for (int j = JLO; j < JHI; ++j) xs[j - JLO] = SmemElem<T>::get(win, j + NL * V);
+                    // The x row of grad_x row t (band-relative) starts its ring slot.
+                    unsigned xw[CW];
+                    lds_words<CW>(seg_ptr + u * ROWB + GROWB + lane * CB, xw);
+#pragma unroll
+                    for (int v = 0; v < V; ++v) xr[u % Q][v] = SmemElem<T>::get(xw, v);
+                    // Bias: the grad_output rows this band owns, the lane's own columns.
+                    if ((t >= Q - 1 || first_band) && (t < Q - 1 + RB || last_band)) {
+#pragma unroll
+                        for (int v = 0; v < V; ++v) dwf[KK] += xs[v - JLO];
+                    }
+#pragma unroll
+                    for (int kh = 0; kh < KH; ++kh) {
+                        const int s = ((u - kh * DH) % Q + Q) % Q;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                            for (int v = 0; v < V; ++v) {
+                                const A gv = xs[v - PL + kw * DW - JLO];
+                                acc[s][v] = fma(gv, wr[kh * KW + kw], kh == 0 && kw == 0 ? A(0) : acc[s][v]);
+                                dwf[kh * KW + kw] = fma(gv, xr[s][v], dwf[kh * KW + kw]);
+                            }
+                    }
+                    const int sc = (u + 1) % Q;
+                    const bool row_st = (unsigned)(t - (Q - 1)) < (unsigned)rlim;
+                    if constexpr (OST) {
+                        store_n<T, V>(out_buf + lane * V, &acc[sc][0]);
+                        __syncwarp();
+                        if (row_st) {
+#pragma unroll
+                            for (int k = 0; k < V / VS; ++k) {
+                                const int m = (lane + S * k) * VS;
+                                if (c0 + m < IW) copy_bytes<VS * (int)sizeof(T)>(gx + dst_off + m, out_buf + m);
+                            }
+                        }
+                    } else if (row_st) {
+#pragma unroll
+                        for (int k = 0; k < V / VS; ++k)
+                            if (o0 + k * VS < IW) store_n<T, VS>(gx + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
+                    }
+                    dst_off += IW;
+                }
+            }
+            cp_async_wait<0>();
+        }
+        // Tap sums back to the kernel's own order; one fixed-order block sum.
+        A out[KK + 1];
+#pragma unroll
+        for (int k = 0; k < KK; ++k) out[k] = dwf[KK - 1 - k];
+        out[KK] = dwf[KK];
+        block_sum_to<A, KK + 1>(out, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
     }
 #else
     __trap();  // the host plans this kernel for sm_80+ only
