@@ -825,9 +825,11 @@ def _use_rows_async(pr, dtype, x_ptr):
     - 16-bit 3x3 and 3x7 (what conv_rows takes): seed_3x7 0.166 against 0.213
       (conv_rows), its grad input (rows of 250: 4-byte copies) 0.194 against 0.204;
       mbv2_3x3 0.043 / 0.042 against 0.050; image_3x3 0.081 / 0.080 against 0.082;
-    - kernels of 10 to 49 taps at dilation 1: effnet_5x5 fp32 0.038 against 0.044
-      (conv_tile), convnext_7x7 fp32 0.067 against 0.088, fp16 0.070 / 0.070 against
-      0.070 / 0.074 (conv_mma), seed_3x7 fp32 0.299 / 0.289 against 0.310 / 0.319;
+    - float32 kernels of 10 to 49 taps at dilation 1 (benchmark, ms): effnet_5x5 0.047
+      against 0.048 (conv_tile), convnext_7x7 0.070 against 0.088, seed_3x7 0.297 / 0.303
+      against 0.310 / 0.363. 16-bit 5x5 and 7x7 stay on conv_mma (benchmark at 472be0b:
+      convnext_7x7 fp16 0.0744 / 0.0744 against 0.0710 / 0.0756 at c7d3d67; the sweep
+      had them even);
     - float32 dilated kernels up to 21 taps, where a register tile reads a wider halo:
       dilated_3x3_d2 0.077 against 0.083 (conv_tile).
     Not taken: float32 3x3 at dilation 1 (conv_tile: mbv2_3x3 0.069 against 0.070;
@@ -838,7 +840,7 @@ def _use_rows_async(pr, dtype, x_ptr):
     if _load_width(dtype, pr.IW, x_ptr, v) * ITEMSIZE[dtype] < (4 if dtype in MMA_DTYPES else 8):
         return False
     taps, dilated = pr.KH * pr.KW, (pr.DH, pr.DW) != (1, 1)
-    if 10 <= taps <= 49 and not dilated and (dtype == "float32" or taps >= 25):
+    if 10 <= taps <= 49 and not dilated and dtype == "float32":
         return True
     if dtype in MMA_DTYPES:
         return _use_rows(pr, dtype)
