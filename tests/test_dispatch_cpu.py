@@ -148,9 +148,9 @@ def test_rows_dispatch_and_widths():
     16-bit 5x5 and 7x7 (tensor cores), strided problems, the grad input of a multiplier,
     16-bit dilated kernels and wider kernels go elsewhere. Template arguments: V (2nd)
     columns per lane, VL (3rd) elements per load or copy, following the input rows and
-    pointer, VS (4th) per store,
-    following the output rows, S (10th) the fewest lanes whose columns cover a row (up
-    to 32), PF (11th) rows ahead, MINB (13th) blocks per SM."""
+    pointer, VS (4th) per store, following the output rows, S (10th) the fewest lanes
+    whose columns cover a row (up to 32), PF (11th) rows ahead, MINB (13th) blocks per
+    SM."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)
     back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
     fwd = _kernels.plan_forward(seed, "float16", 0, 90, 132).expr
