@@ -848,9 +848,11 @@ def _use_rows_async(pr, dtype, x_ptr):
 
 
 def _use_rows(pr, dtype):
-    """Whether the dispatcher takes conv_rows for a problem it accepts: 16-bit data,
-    kernels up to 21 taps feeding at most 3 output rows per input row (3x3, 3x7). Sweep
-    (H200, session 9, ms, conv_rows against the previous plan; forward / grad input):
+    """Whether a row sweep serves a 16-bit problem the dispatcher accepts: kernels up to
+    21 taps feeding at most 3 output rows per input row (3x3, 3x7). conv_rows_async takes
+    them where its copies fit (sm_80+, see _use_rows_async); conv_rows (rows in
+    registers) the rest. Sweep of conv_rows (H200, session 9, ms, against the previous
+    plan; forward / grad input):
     seed_3x7 fp16 0.211 / 0.210 against 0.237 / 0.283, mbv2_3x3 0.047 / 0.047 against
     0.055 / 0.054, image_3x3 0.082 / 0.082 against 0.092 / 0.126. float32 measured
     slower or equal (seed_3x7 0.337 against 0.310, mbv2_3x3 0.070 against 0.068,
