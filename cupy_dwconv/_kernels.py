@@ -669,12 +669,23 @@ ROWS_MAX_PAD = 32    # left padding is a template constant; the halo is at most 
 ROWS_BLOCK = 256
 
 
+def _rows_columns(pl, kw, dw, v):
+    """(JLO, JHI): the input columns a lane of V columns reads, relative to its first,
+    for left padding `pl` and a kernel KW wide at dilation DW (RowsWindow in cuda/rows.cu)."""
+    return min(0, -pl), max(v, v - pl + (kw - 1) * dw)
+
+
 def _rows_window(pr, v):
     """(Q, halo): the output rows one input row feeds (the ring), and the halo columns
     of a lane of V columns (from its neighbours, or loaded by an edge lane); mirrors Q,
     JLO and JHI in cuda/rows.cu."""
-    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
+    jlo, jhi = _rows_columns(pr.PL, pr.KW, pr.DW, v)
     return (pr.KH - 1) * pr.DH + 1, jhi - jlo - v
+
+
+def _rows_slots(q, pf):
+    """U: the rows a sweep unrolls (and conv_rows_async stages), a multiple of Q above PF."""
+    return q * ((pf + q) // q)
 
 
 def _rows_regs(pr, dtype, v, pf):
@@ -685,7 +696,7 @@ def _rows_regs(pr, dtype, v, pf):
     specializations (3x3 to 7x7, dilation 2, V 1-8, PF 1-3; float32 and float16), plus a
     margin of 20 over the fit; float64 values take two registers."""
     q, halo = _rows_window(pr, v)
-    u = q * ((pf + q) // q)
+    u = _rows_slots(q, pf)
     words = v // 2 if ITEMSIZE[dtype] == 2 and v > 1 else v
     scale = 2 if ITEMSIZE[dtype] == 8 else 1
     raw = words + halo
@@ -764,11 +775,17 @@ def _rows_bands(pr, units_per_band, q, resident, rb=None):
     return best[1], best[2]
 
 
-def _rows_chunks(pr, v):
-    """(NL, NR): the chunks of V columns left and right of a segment that conv_rows_async
-    stages with it (its halo, rounded up to whole chunks); mirrors cuda/rows.cu."""
-    jlo, jhi = min(0, -pr.PL), max(v, v - pr.PL + (pr.KW - 1) * pr.DW)
-    return _cdiv(-jlo, v), _cdiv(jhi - v, v)
+def _staged_segment(ow, v, pl, kw, dw):
+    """(S, NL, NR) of a staged row sweep (conv_rows_async, bwd_rows): lanes per segment,
+    and the chunks of V columns left and right of the segment that it stages with its own
+    (its halo, rounded up to whole chunks; mirrors cuda/rows.cu). Lanes below NL + NR copy
+    those, so a segment has at least NL + NR lanes."""
+    jlo, jhi = _rows_columns(pl, kw, dw, v)
+    nl, nr = _cdiv(-jlo, v), _cdiv(jhi - v, v)
+    s = _rows_segment(ow, v)
+    while s < nl + nr:
+        s *= 2
+    return s, nl, nr
 
 
 def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90):
@@ -791,15 +808,11 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
     s = _rows_segment(pr.OW, v)
     smem = 0
     if staged:
-        nl, nr = _rows_chunks(pr, v)
-        if (arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4
-                or nl + nr > 32):
+        s, nl, nr = _staged_segment(pr.OW, v, pr.PL, pr.KW, pr.DW)
+        if arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4 or nl + nr > 32:
             return None
-        while s < nl + nr:
-            s *= 2  # lanes below NL + NR copy the neighbour chunks
-        u = q * ((pf + q) // q)
         out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
-        smem = (ROWS_BLOCK // s) * (u * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
+        smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
         if smem > SM_SMEM // minb - 1024:
             return None
     n_cs = _cdiv(pr.OW, s * v)
@@ -820,8 +833,8 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
 
 def _use_rows_async(pr, dtype, x_ptr):
     """Whether the dispatcher takes conv_rows_async for a problem it accepts (stride 1,
-    copies of at least 4 bytes in 16-bit, 8 in float32). Sweep (H200, session 10, ms, against the previous plan;
-    forward / grad input):
+    copies of at least 4 bytes in 16-bit, 8 in float32). Sweep (H200, session 10, ms,
+    against the previous plan; forward / grad input):
     - 16-bit 3x3 and 3x7 (what conv_rows takes): seed_3x7 0.166 against 0.213
       (conv_rows), its grad input (rows of 250: 4-byte copies) 0.194 against 0.204;
       mbv2_3x3 0.043 / 0.042 against 0.050; image_3x3 0.081 / 0.080 against 0.082;
@@ -1392,8 +1405,6 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
 
 
 BWD_ROWS_MAX_TAPS = 25  # the ring, its x rows, the tap sums and the weights in registers
-
-
 BWD_ROWS_UNIT_ROWS = 8  # a unit's fixed cost (filling its copy pipeline), in rows swept
 
 
@@ -1463,22 +1474,18 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     minb = 2 if minb is None else minb
     q = reach_h + 1
     plr = reach_w - p.PL  # the rotated problem's left padding
-    jlo, jhi = min(0, -plr), max(v, v - plr + reach_w)
-    nl, nr = _cdiv(-jlo, v), _cdiv(jhi - v, v)
+    s, nl, nr = _staged_segment(p.W, v, plr, p.KW, p.DW)
     vl = _load_width(dtype, p.OW, go_ptr, v)
     vx = _load_width(dtype, p.W, x_ptr, v)
     vs = _load_width(dtype, p.W, 0, v)
     if pf < 1 or q * v > 32 or (v * size) % 4 or v * size > 16 or vl * size < 4 or vx * size < 4 or nl + nr > 32:
         return None
-    s = _rows_segment(p.W, v)
-    while s < nl + nr:
-        s *= 2
     n_cs = _cdiv(p.W, s * v)
     if p.OW > n_cs * s * v:
         return None
     segs = ROWS_BLOCK // s
-    u = q * ((pf + q) // q)
-    smem = segs * (u * (2 * s + nl + nr) + (s if vs < v else 0)) * v * size
+    # Each slot: the grad_output row (S + NL + NR chunks) and the x row (S chunks).
+    smem = segs * (_rows_slots(q, pf) * (2 * s + nl + nr) + (s if vs < v else 0)) * v * size
     if smem > SM_SMEM // minb - 1024 - (256 // 32) * (taps + 1) * ITEMSIZE[ACC_DTYPE[dtype]]:
         return None
     rb, bands, chunks = _bwd_rows_split(p, n_cs, q, segs, sms * minb, rb, chunks)
