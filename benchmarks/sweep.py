@@ -273,7 +273,7 @@ def backward_variants(p, dtype):
         plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
         if plan is None:
             continue
-        key = (plan[0].expr, plan[0].grid, plan[0].scalars[0].tobytes())
+        key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))  # fields, not padding bytes
         if key in seen:
             continue
         seen.add(key)
