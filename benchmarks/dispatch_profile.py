@@ -39,14 +39,19 @@ def main():
     p = _params.conv_params(x.shape, w.shape, b.shape, 1, 1, 1)
     launch = _kernels.plan_forward(p, "float32", x.data.ptr)
     kern = launch.kernel(x.device.id)
+    cupy_dwconv.depthwise_conv2d(x, w, b, padding=1)  # fills the call cache (and _forward_key's type)
     out = cupy.empty(p.out_shape, cupy.float32)
     empty_src = r'extern "C" __global__ void k4(const float* a, const float* b, const float* c, float* d) {}'
     k4 = cupy.RawKernel(empty_src, "k4")
     rows = [
         ("cupy.empty", lambda: cupy.empty(p.out_shape, cupy.float32)),
+        ("cupy.ndarray", lambda: cupy.ndarray(p.out_shape, cupy.float32)),
         ("empty kernel, 4 pointer args", lambda: k4((1,), (32,), (x, w, b, out))),
         (f"library kernel, {4 + len(launch.scalars)} args", lambda: kern(launch.grid, launch.block, (x, w, b, out) + launch.scalars)),
+        ("get_current_stream().ptr", lambda: cupy.cuda.get_current_stream().ptr),
+        ("getDevice + ctxGetCurrent", lambda: (cupy.cuda.runtime.getDevice(), cupy.cuda.driver.ctxGetCurrent())),
         ("_forward_key", lambda: _api._forward_key(x, w, b, 1, 1, 1)),
+        ("_forward_key + cache lookup", lambda: _api._FORWARD_CACHE.get(_api._forward_key(x, w, b, 1, 1, 1))),
         ("depthwise_conv2d (cached)", lambda: cupy_dwconv.depthwise_conv2d(x, w, b, padding=1)),
         ("depthwise_conv2d, list padding (checked path)", lambda: cupy_dwconv.depthwise_conv2d(x, w, b, padding=[1, 1])),
     ]

@@ -14,7 +14,11 @@ _NULL = numpy.uint64(0)  # a null `const T*` kernel argument (pointers are 8 byt
 _DLPACK_GPU_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
+_cupy_module = None  # CuPy, once imported
+
+
 def _cupy():
+    global _cupy_module
     try:
         import cupy
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -22,6 +26,7 @@ def _cupy():
             "cupy_dwconv needs CuPy for its GPU functions: pip install 'cupy_dwconv[cuda13]' "
             "(or [cuda12]); the NumPy reference cupy_dwconv.reference works without it"
         ) from e
+    _cupy_module = cupy
     return cupy
 
 
@@ -60,8 +65,9 @@ def _same_device(device_id, **arrays):
 
 def _new_output(cupy, shape, dtype):
     """Every buffer a kernel writes is allocated here (the tests swap in a NaN-filling
-    allocator to prove that every element gets written)."""
-    return cupy.empty(shape, dtype=dtype)
+    allocator to prove that every element gets written). cupy.ndarray is cupy.empty
+    without its Python wrapper (C order, uninitialized)."""
+    return cupy.ndarray(shape, dtype)
 
 
 def _contiguous(cupy, a):
@@ -91,18 +97,31 @@ _ndarray = None
 
 
 def _forward_key(x, weight, bias, stride, padding, dilation):
-    if type(x) is not _ndarray or type(weight) is not _ndarray or (bias is not None and type(bias) is not _ndarray):
+    """The call cache's key, or None where the call must take the checked path.
+
+    Layout enters as (shape, strides): an entry is only made for C-contiguous arrays
+    (`_remember` in depthwise_conv2d), and arrays of equal shape and strides have the same
+    layout, so a hit is contiguous without asking CuPy for its flags (a flags object per
+    array was most of the key's cost). Both devices enter, so a weight on another GPU
+    misses and gets the checked path's error.
+    """
+    nd = _ndarray
+    if type(x) is not nd or type(weight) is not nd:
         return None
-    s, p, d = _exact_key(stride), _exact_key(padding), _exact_key(dilation)
+    s = stride if type(stride) is int else _exact_key(stride)
+    p = padding if type(padding) is int else _exact_key(padding)
+    d = dilation if type(dilation) is int else _exact_key(dilation)
     if s is None or p is None or d is None:
         return None
-    if not (x.flags.c_contiguous and weight.flags.c_contiguous and (bias is None or bias.flags.c_contiguous)):
+    xd = x.data
+    if bias is None:
+        b = None
+    elif type(bias) is nd:
+        b = (bias.shape, bias.strides, bias.dtype, bias.data.device_id)
+    else:
         return None
-    dev = x.data.device_id
-    if weight.data.device_id != dev or (bias is not None and bias.data.device_id != dev):
-        return None
-    return (x.shape, x.dtype, weight.shape, weight.dtype, None if bias is None else (bias.shape, bias.dtype),
-            s, p, d, x.data.ptr & 15, dev)
+    return (x.shape, x.strides, x.dtype, weight.shape, weight.strides, weight.dtype, b, s, p, d, xd.ptr & 15,
+            xd.device_id, weight.data.device_id)
 
 
 def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -131,11 +150,11 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     key = _forward_key(x, weight, bias, stride, padding, dilation)
     hit = _FORWARD_CACHE.get(key) if key is not None else None
     if hit is not None:
-        cupy = _cupy()
+        cupy = _cupy_module or _cupy()
         out_shape, kern, grid, block, smem, scalars = hit
         out = _new_output(cupy, out_shape, x.dtype)
         if kern is not None:
-            dev = key[-1]
+            dev = key[-2]  # x's device (a hit has weight and bias there too)
             args = (x, weight, _NULL if bias is None else bias, out) + scalars
             if cupy.cuda.runtime.getDevice() == dev:
                 kern(grid, block, args, shared_mem=smem)
@@ -157,13 +176,16 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
         if out.size == 0:
             _remember(key, (p.out_shape, None, None, None, 0, ()))
             return out
+        contiguous = x.flags.c_contiguous and weight.flags.c_contiguous and (bias is None or bias.flags.c_contiguous)
         x = _contiguous(cupy, x)
         weight = _contiguous(cupy, weight)
         if bias is not None:
             bias = _contiguous(cupy, bias)
         launch = _kernels.plan_forward(p, dtype, x.data.ptr, *_kernels.device_arch(dev))
         launch(dev, (x, weight, _NULL if bias is None else bias, out))
-        _remember(key, (p.out_shape, launch.kernel(dev), launch.grid, launch.block, launch.shared_mem, launch.scalars))
+        if contiguous:
+            _remember(key, (p.out_shape, launch.kernel(dev), launch.grid, launch.block, launch.shared_mem,
+                            launch.scalars))
     return out
 
 

@@ -1404,7 +1404,7 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     return Launch("bwd.cu", expr, grid, (256, 1, 1), 0, (args,)), chunks
 
 
-BWD_ROWS_MAX_TAPS = 25  # the ring, its x rows, the tap sums and the weights in registers
+BWD_ROWS_MAX_TAPS = 49  # the ring, its x rows, the tap sums and the weights in registers
 BWD_ROWS_UNIT_ROWS = 8  # a unit's fixed cost (filling its copy pipeline), in rows swept
 
 
@@ -1432,28 +1432,40 @@ def _bwd_rows_split(p, n_cs, q, segs, resident, rb=None, chunks=None):
 
 
 def _bwd_rows_lanes(taps, dtype):
-    """Columns per lane of bwd_rows (sweep, H200, session 10, ms): 8 bytes up to 21 taps
-    (seed_3x7 fp16 8 / 4 / 16 bytes 0.362 / 0.442 / 0.360 with spills; image_3x3 fp16
-    0.122 / 0.164 / 0.147), 4 columns for 25 (effnet_5x5 fp32 0.064 against 0.073 at 2;
-    in 16-bit 8 columns would hold a ring of 40 sums). 2 blocks per SM and 4 rows ahead
-    everywhere (2 rows: seed 0.351, image 0.133; 6 rows: 0.374, 0.120)."""
-    size = ITEMSIZE[dtype]
-    return max(1, 8 // size) if taps <= 21 else max(1, min(4, 16 // size))
+    """Columns per lane of bwd_rows: 4 (sweep, H200, ms). Session 10: seed_3x7 fp16 8 /
+    4 / 16 bytes 0.362 / 0.442 / 0.360 with spills, effnet_5x5 fp32 0.064 against 0.073
+    at 2 columns; session 11, with whole-vector stores: seed_3x7 fp32 16 / 8 bytes 0.411
+    / 0.431, convnext_7x7 fp32 0.130 (16 bytes, one block per SM). In 16-bit 8 columns
+    would hold a ring of 40 sums."""
+    return max(1, min(4, 16 // ITEMSIZE[dtype]))
+
+
+def _bwd_rows_minb(taps):
+    """Blocks per SM of bwd_rows: 2 up to 25 taps (4 rows ahead everywhere: 2 rows seed
+    0.351, image 0.133; 6 rows 0.374, 0.120); 1 beyond, where 49 tap sums and 49
+    weights beside the ring need more than 128 registers (convnext_7x7 fp32 / fp16 /
+    bf16 at 2 blocks spill: 0.240 / 0.207 / 0.637 ms against 0.130 / 0.138 / 0.135)."""
+    return 2 if taps <= 25 else 1
 
 
 def _use_bwd_rows(p, dtype):
     """Whether the fused backward is the row sweep (bwd_rows) rather than bwd_tile, where
-    it takes the problem. Sweep (H200, session 10, ms, the three gradients): 16-bit 3x3
+    it takes the problem. Sweep (H200, ms, the three gradients). Session 10: 16-bit 3x3
     and 3x7, seed_3x7 fp16 / bf16 0.362 / 0.387 against 0.465 / 0.563, mbv2_3x3 0.075 /
     0.073 against 0.079 / 0.102, image_3x3 0.122 / 0.120 against 0.155 / 0.209; 5x5,
-    effnet_5x5 fp32 0.064 against 0.072. float32 3x3 and 3x7 stay on bwd_tile (seed_3x7
-    0.428 against 0.417, mbv2_3x3 0.105 against 0.101, image_3x3 0.214 against 0.207,
-    dilated_3x3_d2 0.110 against 0.108; inception_1x7's 17-column planes 0.022 against
-    0.018)."""
+    effnet_5x5 fp32 0.064 against 0.072. Session 11, after bwd_rows' grad_x stores became
+    whole vectors (they had been split into 4-byte stores): seed_3x7 fp32 0.411 against
+    0.484; 7x7 on planes of 28 columns or more, convnext_7x7 fp32 / fp16 / bf16 0.130 /
+    0.138 / 0.135 against 0.142 / 0.142 / 0.167 (small planes keep conv_plane +
+    wgrad_plane: convnext_7x7_s4). float32 kernels under 21 taps stay on bwd_tile (session
+    10: mbv2_3x3 0.105 against 0.101, image_3x3 0.214 against 0.207, dilated_3x3_d2 0.110
+    against 0.108; inception_1x7's 17-column planes 0.022 against 0.018)."""
     taps = p.KH * p.KW
+    if taps > BWD_ROWS_MAX_TAPS or (taps > 25 and p.W < 28):
+        return False
     if dtype in MMA_DTYPES:
-        return taps <= BWD_ROWS_MAX_TAPS
-    return dtype == "float32" and 22 <= taps <= BWD_ROWS_MAX_TAPS
+        return True
+    return dtype == "float32" and taps >= 21
 
 
 def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None, chunks=None, sms=132, arch=90):
@@ -1471,7 +1483,7 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     v = _bwd_rows_lanes(taps, dtype) if v is None else v
     v = max(1, min(v, 16 // size))
     pf = 4 if pf is None else pf
-    minb = 2 if minb is None else minb
+    minb = _bwd_rows_minb(taps) if minb is None else minb
     q = reach_h + 1
     plr = reach_w - p.PL  # the rotated problem's left padding
     s, nl, nr = _staged_segment(p.W, v, plr, p.KW, p.DW)

@@ -114,20 +114,26 @@ def test_plane_launch_budget():
 def test_fused_backward_takes_and_declines():
     """The fused backward takes stride-1, multiplier-1 problems of at most 64 taps whose
     padding stays within the kernel's reach; everything else plans None (the separate
-    grad-input and grad-weight kernels serve it). The row sweep (bwd_rows) for 16-bit
-    kernels up to 25 taps and float32 5x5 on sm_80+, bwd_tile for the rest: float32 3x3
-    and 3x7, 7x7, and before sm_80."""
+    grad-input and grad-weight kernels serve it). The row sweep (bwd_rows) on sm_80+ for
+    16-bit kernels up to 49 taps and float32 kernels of 21 to 49 taps, those over 25 taps
+    on planes of 28 columns or more and at one block per SM; bwd_tile for the rest:
+    float32 3x3, 7x7 on small planes, and before sm_80."""
     seed = params((32, 128, 128, 256), (128, 1, 3, 7), 1, 0, 1)
     for dtype, arch, family in (("float16", 90, "bwd_rows"), ("bfloat16", 80, "bwd_rows"), ("float16", 75, "bwd_tile"),
-                                ("float32", 90, "bwd_tile")):
+                                ("float32", 90, "bwd_rows"), ("float32", 75, "bwd_tile")):
         s1, chunks, s2 = _kernels.plan_backward(seed, dtype, 0, 0, arch, 132)
         assert family in s1.expr and "wgrad_reduce" in s2.expr
         assert s1.grid == (chunks, 128, 1) and int(s1.scalars[0]["n_chunks"]) == chunks
-    for dtype, w_shape, family in (("float32", (4, 1, 5, 5), "bwd_rows"), ("float16", (4, 1, 5, 5), "bwd_rows"),
-                                   ("float32", (4, 1, 7, 7), "bwd_tile"), ("bfloat16", (4, 1, 7, 7), "bwd_tile"),
-                                   ("float32", (4, 1, 3, 3), "bwd_tile")):
-        p = params((32, 4, 56, 56), w_shape, 1, "same", 1)
-        assert family in _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0].expr, (dtype, w_shape)
+    for dtype, w_shape, width, family, minb in (
+            ("float32", (4, 1, 5, 5), 56, "bwd_rows", "2"), ("float16", (4, 1, 5, 5), 56, "bwd_rows", "2"),
+            ("float32", (4, 1, 7, 7), 56, "bwd_rows", "1"), ("bfloat16", (4, 1, 7, 7), 28, "bwd_rows", "1"),
+            ("float32", (4, 1, 7, 7), 27, "bwd_tile", None), ("float16", (4, 1, 7, 7), 14, "bwd_tile", None),
+            ("float32", (4, 1, 3, 3), 56, "bwd_tile", None)):
+        p = params((32, 4, 56, width), w_shape, 1, "same", 1)
+        s1 = _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0]
+        assert family in s1.expr, (dtype, w_shape, width)
+        if minb is not None:
+            assert _args(s1.expr)[-1] == minb and _args(s1.expr)[1] == "4", s1.expr  # blocks per SM, columns per lane
     for x_shape, w_shape, stride, pad in (
         ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1),   # stride 2
         ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1),   # channel multiplier 2

@@ -515,7 +515,7 @@ BWD_ROWS_SHAPES = [
     # N, C, H, W, KH, KW, padding, dilation: even widths of x and grad_output (16-bit
     # rows copy in 4 bytes and more); 'valid' (grad_output smaller than x), asymmetric
     # and partial padding, a 1xK and a Kx1 kernel, dilation, rows of several column
-    # segments, a plane narrower than one lane's columns, 25 taps.
+    # segments, a plane narrower than one lane's columns, 25 and 49 taps.
     (2, 3, 19, 22, 3, 3, 1, 1),
     (2, 3, 18, 26, 3, 7, 0, 1),
     (1, 4, 13, 40, 3, 5, ((1, 0), (0, 2)), 1),
@@ -526,6 +526,7 @@ BWD_ROWS_SHAPES = [
     (2, 2, 30, 300, 3, 3, 1, 1),
     (1, 2, 6, 4, 3, 3, 1, 1),
     (2, 3, 12, 28, 5, 5, 2, 1),
+    (2, 2, 13, 30, 7, 7, 3, 1),
 ]
 
 
@@ -551,7 +552,7 @@ def test_bwd_rows(shape, launch, dtype):
 
 def test_bwd_rows_declines():
     """bwd_rows declines what its sweep cannot cover: a multiplier, a stride, padding past
-    the kernel's reach below (grad_output rows no band owns), more than 25 taps, 16-bit
+    the kernel's reach below (grad_output rows no band owns), more than 49 taps, 16-bit
     rows of odd width (2-byte copies)."""
     from cupy_dwconv import _kernels
     from gpu_util import params
@@ -560,7 +561,7 @@ def test_bwd_rows_declines():
         ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1, "float32"),
         ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1, "float32"),
         ((1, 2, 16, 16), (2, 1, 3, 3), 1, ((0, 3), (1, 1)), "float32"),
-        ((1, 2, 16, 16), (2, 1, 7, 7), 1, 3, "float32"),
+        ((1, 2, 16, 16), (2, 1, 9, 9), 1, 4, "float32"),
         ((1, 2, 16, 17), (2, 1, 3, 3), 1, 1, "float16"),
     ):
         p = params(shape, w_shape, False, stride, pad, 1)

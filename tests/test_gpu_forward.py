@@ -426,6 +426,49 @@ def test_current_stream_and_device():
     assert_close(cupy.asnumpy(out), reference_forward(x, w, None, padding=2), "float32", scale=5.0)
 
 
+def test_cached_calls_from_threads_and_streams():
+    """Repeated calls take the call cache: from several threads at once, each on its own
+    stream, with and without bias, every result is the convolution of its own inputs."""
+    import threading
+
+    import cupy
+
+    import cupy_dwconv
+    from cupy_dwconv import _api
+    from gpu_util import reference_forward
+
+    shape, wshape, pad = (2, 6, 20, 33), (6, 1, 3, 5), (1, 2)
+    rng = numpy.random.default_rng(11)
+    jobs = [(t, random_array(rng, shape, "float32"), random_array(rng, wshape, "float32"),
+             random_array(rng, (6,), "float32") if k % 2 else None) for t in range(4) for k in range(6)]
+    for b in (jobs[1][3], None):  # fill the cache from this thread
+        cupy_dwconv.depthwise_conv2d(cupy.asarray(jobs[0][1]), cupy.asarray(jobs[0][2]),
+                                     None if b is None else cupy.asarray(b), padding=pad)
+    results, errors = {}, []
+
+    def worker(t):
+        try:
+            s = cupy.cuda.Stream(non_blocking=True)
+            with s:
+                for i, (owner, x, w, b) in enumerate(jobs):
+                    if owner == t:
+                        results[i] = cupy_dwconv.depthwise_conv2d(
+                            cupy.asarray(x), cupy.asarray(w), None if b is None else cupy.asarray(b), padding=pad)
+            s.synchronize()
+        except Exception as e:  # re-raised below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for i, (_, x, w, b) in enumerate(jobs):
+        assert_close(results[i].get(), reference_forward(x, w, b, padding=pad), "float32", scale=math.sqrt(15))
+    assert sum(e[1] is not None for e in _api._FORWARD_CACHE.values()) >= 2  # hits launched
+
+
 def test_dispatch_paths_cover_families():
     """The dispatcher keeps a general path and picks the specialized kernels by shape."""
     from cupy_dwconv import _kernels

@@ -124,6 +124,43 @@ __device__ __forceinline__ void store_n(T* p, const A* v) {
     else { static_assert(B == 4, "store width"); store_4b(p, v); }
 }
 
+// Results as 32-bit words in memory order (16-bit values packed two per word).
+template <class T, int N, class A> struct Words;
+template <int N> struct Words<float, N, float> {
+    __device__ __forceinline__ static unsigned get(const float* v, int i) { return __float_as_uint(v[i]); }
+};
+template <int N> struct Words<double, N, double> {
+    __device__ __forceinline__ static unsigned get(const double* v, int i) {
+        return (i & 1) ? (unsigned)__double2hiint(v[i >> 1]) : (unsigned)__double2loint(v[i >> 1]);
+    }
+};
+template <int N> struct Words<half_t, N, float> {
+    __device__ __forceinline__ static unsigned get(const float* v, int i) { return pack_h(v[2 * i], v[2 * i + 1]); }
+};
+template <int N> struct Words<bf16_t, N, float> {
+    __device__ __forceinline__ static unsigned get(const float* v, int i) { return pack_b(v[2 * i], v[2 * i + 1]); }
+};
+
+// store_n for global memory, the 8- and 16-byte accesses written as PTX. Why: NVVM split
+// most vector stores of the unrolled row loops into 4-byte stores (the PTX of effnet_5x5
+// float32 had 16 st.global.f32 beside one st.global.v4.f32; mbv2_3x3 float16 8 st.u32
+// beside 2 st.v2.u32), which multiplies the store instructions and the L2 write requests
+// by the vector width. p must point to global memory.
+template <class T, int VS, class A>
+__device__ __forceinline__ void stg_n(T* p, const A* v) {
+    constexpr int B = VS * (int)sizeof(T);
+    if constexpr (VS == 1 || B == 4) {
+        store_n<T, VS>(p, v);
+    } else if constexpr (B == 8) {
+        asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(Words<T, VS, A>::get(v, 0)),
+                     "r"(Words<T, VS, A>::get(v, 1)));
+    } else {
+        static_assert(B == 16, "store width");
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(Words<T, VS, A>::get(v, 0)),
+                     "r"(Words<T, VS, A>::get(v, 1)), "r"(Words<T, VS, A>::get(v, 2)), "r"(Words<T, VS, A>::get(v, 3)));
+    }
+}
+
 // B bytes (2, 4, 8 or 16, aligned) from s to d in one access each way.
 template <int B> __device__ __forceinline__ void copy_bytes(void* d, const void* s) {
     if constexpr (B == 16) *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(s);
@@ -184,7 +221,7 @@ __device__ __forceinline__ void ring_row(int u, int i, A (&acc)[RowsWindow<V, KH
         T* op = yp + (i64)oh * OW + o0;
 #pragma unroll
         for (int k = 0; k < V / VS; ++k)
-            if (o0 + k * VS < OW) store_n<T, VS>(op + k * VS, &acc[sc][k * VS]);
+            if (o0 + k * VS < OW) stg_n<T, VS>(op + k * VS, &acc[sc][k * VS]);
     }
 }
 
@@ -483,7 +520,7 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
                 } else if (row_st) {
 #pragma unroll
                     for (int k = 0; k < V / VS; ++k)
-                        if (st_ok[k]) store_n<T, VS>(y + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
+                        if (st_ok[k]) stg_n<T, VS>(y + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
                 }
                 dst_off += OW;
             }
@@ -697,7 +734,7 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
                     } else if (row_st) {
 #pragma unroll
                         for (int k = 0; k < V / VS; ++k)
-                            if (o0 + k * VS < IW) store_n<T, VS>(gx + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
+                            if (o0 + k * VS < IW) stg_n<T, VS>(gx + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
                     }
                     dst_off += IW;
                 }
