@@ -466,7 +466,13 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         };
         // Output rows: the segment's offset at band row -(Q - 1) (the row stored at step
         // 0, none), advanced by one row per step; rows below rlim are stored.
-        i64 dst_off = q * plane_out + (i64)(oh0 - (Q - 1)) * OW + c0;
+        // As an integer address, so that a row step is one 64-bit add and each store
+        // uses it with a constant offset (the start, row -(Q - 1), may lie before the
+        // array: unsigned arithmetic wraps it back on the first stored row).
+        const unsigned long long out_row = (unsigned long long)OW * sizeof(T);
+        unsigned long long dst = reinterpret_cast<unsigned long long>(y) +
+                                 (unsigned long long)((q * plane_out + (i64)(oh0 - (Q - 1)) * OW + c0 +
+                                                       (OST ? lane * VS : lane * V)) * (i64)sizeof(T));
         const int rlim = unit_ok ? min(RB, OH - oh0) : 0;
         bool st_ok[V / VS];
 #pragma unroll
@@ -514,15 +520,16 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 #pragma unroll
                         for (int k = 0; k < V / VS; ++k) {
                             const int m = (lane + S * k) * VS;  // the piece's first column
-                            if (c0 + m < OW) copy_bytes<VS * (int)sizeof(T)>(y + dst_off + m, out_buf + m);
+                            if (c0 + m < OW)
+                                copy_bytes<VS * (int)sizeof(T)>(reinterpret_cast<T*>(dst) + S * k * VS, out_buf + m);
                         }
                     }
                 } else if (row_st) {
 #pragma unroll
                     for (int k = 0; k < V / VS; ++k)
-                        if (st_ok[k]) stg_n<T, VS>(y + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
+                        if (st_ok[k]) stg_n<T, VS>(reinterpret_cast<T*>(dst) + k * VS, &acc[sc][k * VS]);
                 }
-                dst_off += OW;
+                dst += out_row;
             }
         }
         cp_async_wait<0>();  // no copy outlives its unit
@@ -669,7 +676,11 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
                 ++t_next;
                 cp_async_commit();
             };
-            i64 dst_off = qp * plane_x + (i64)(oh0 - (Q - 1)) * IW + c0;
+            // An integer address advanced by one row per step (as conv_rows_async).
+            const unsigned long long gx_row = (unsigned long long)IW * sizeof(T);
+            unsigned long long dst = reinterpret_cast<unsigned long long>(gx) +
+                                     (unsigned long long)((qp * plane_x + (i64)(oh0 - (Q - 1)) * IW + c0 +
+                                                           (OST ? lane * VS : lane * V)) * (i64)sizeof(T));
             const int rlim = unit_ok ? min(RB, IH - oh0) : 0;
 
             __syncwarp();  // the previous unit's reads of the slots are done
@@ -728,15 +739,16 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
 #pragma unroll
                             for (int k = 0; k < V / VS; ++k) {
                                 const int m = (lane + S * k) * VS;
-                                if (c0 + m < IW) copy_bytes<VS * (int)sizeof(T)>(gx + dst_off + m, out_buf + m);
+                                if (c0 + m < IW)
+                                    copy_bytes<VS * (int)sizeof(T)>(reinterpret_cast<T*>(dst) + S * k * VS, out_buf + m);
                             }
                         }
                     } else if (row_st) {
 #pragma unroll
                         for (int k = 0; k < V / VS; ++k)
-                            if (o0 + k * VS < IW) stg_n<T, VS>(gx + dst_off + lane * V + k * VS, &acc[sc][k * VS]);
+                            if (o0 + k * VS < IW) stg_n<T, VS>(reinterpret_cast<T*>(dst) + k * VS, &acc[sc][k * VS]);
                     }
-                    dst_off += IW;
+                    dst += gx_row;
                 }
             }
             cp_async_wait<0>();
