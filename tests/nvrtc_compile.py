@@ -111,3 +111,24 @@ def parse_resources(log):
         if m:
             current["stack"] = int(m.group(1))
     return out
+
+
+def ptx_of(src_name, expr, arch):
+    """The PTX of one specialization of cuda/<src_name> for compute_<arch> (NVRTC, the
+    library's options)."""
+    from cuda.bindings import nvrtc
+
+    code = _kernels.source(src_name).encode()
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(code, src_name.encode(), 0, [], []), what="create")
+    try:
+        _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), what=f"name expression {expr}")
+        opts = [o.encode() for o in _kernels.NVRTC_OPTIONS] + [f"--gpu-architecture=compute_{arch}".encode()]
+        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
+        if int(err) != 0:
+            raise RuntimeError(f"NVRTC compile of {expr} failed: {err}\n{_log(prog)}")
+        (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), prog, "PTX size")
+        buf = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, buf), prog, "PTX")
+        return buf.decode(errors="replace").rstrip("\x00")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)

@@ -7,6 +7,9 @@ aligned widths, 'same' and asymmetric padding, the generic fall-backs). Each (so
 file, architecture) pair is compiled as one NVRTC program holding all its name
 expressions; the independent programs run in parallel in two worker processes.
 
+The PTX of a few row-sweep plans is also read: their output stores must stay whole
+vectors (test_row_sweeps_store_whole_vectors).
+
 NVRTC comes from the `test` extra (cuda-bindings + nvidia-cuda-nvrtc). Where it is
 missing the compile test is skipped, unless CUPY_DWCONV_REQUIRE_NVRTC=1 (set by CI),
 which turns the skip into a failure.
@@ -19,6 +22,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -223,3 +227,34 @@ def test_pack_args_checks_fields_and_ranges():
         _kernels.pack_args("ReduceArgs", CM=3, KK=9)
     with pytest.raises(ValueError, match="n_chunks: expected a value that fits a 32-bit int"):
         _kernels.pack_args("ReduceArgs", CM=3, KK=9, n_chunks=2**31, OB=1)
+
+
+# Row-sweep plans whose output rows allow whole-vector stores: (x shape, weight shape,
+# padding, dtype, pass).
+VECTOR_STORE_PLANS = [
+    ((2, 8, 28, 28), (8, 1, 5, 5), 2, "float32", "forward"),  # conv_rows_async, 16-byte stores
+    ((2, 8, 56, 56), (8, 1, 3, 3), 1, "float16", "forward"),  # 8-byte stores
+    ((2, 8, 28, 28), (8, 1, 5, 5), 2, "float32", "backward"),  # bwd_rows grad_x
+    ((2, 8, 56, 56), (8, 1, 3, 3), 1, "bfloat16", "backward"),
+]
+
+
+@pytest.mark.parametrize("plan", VECTOR_STORE_PLANS, ids=str)
+def test_row_sweeps_store_whole_vectors(plan):
+    """NVVM split most vector stores of the unrolled row loops into 4-byte stores (4x
+    the store instructions and L2 write requests; effnet_5x5's forward lost 18 %), so
+    rows.cu writes them as PTX (stg_n). These plans' output rows must leave the kernel
+    as st.global.v2 / v4 only; bwd_rows also writes its two scalar partial sums."""
+    if not nvrtc_compile.nvrtc_available():
+        if REQUIRE_NVRTC:
+            pytest.fail("NVRTC is required (CUPY_DWCONV_REQUIRE_NVRTC=1) but cannot be loaded")
+        pytest.skip("NVRTC (cuda-bindings + nvidia-cuda-nvrtc) is not available")
+    x_shape, w_shape, pad, dtype, which = plan
+    p = _params.conv_params(x_shape, w_shape, None, 1, pad, 1)
+    launch = (_kernels.plan_forward(p, dtype, 0, 90, 132) if which == "forward"
+              else _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0])
+    assert "rows" in launch.expr, launch.expr
+    stores = re.findall(r"st\.global(\.[a-z0-9.]+)", nvrtc_compile.ptx_of(launch.src, launch.expr, 90))
+    vector = [s for s in stores if s.startswith(".v")]
+    scalar = [s for s in stores if not s.startswith(".v")]
+    assert len(vector) >= 3 and len(scalar) <= (0 if which == "forward" else 2), (launch.expr, stores)
