@@ -1,0 +1,94 @@
+"""A/B timing of forced forward or grad-input plans on one GPU, for drafts the sweep's
+variant lists do not cover. Each plan's output is checked against the default plan's
+(max abs difference printed), then timed as the sweep and the benchmark time (CUDA
+events, median, inputs rotated past L2).
+
+    python benchmarks/ab.py convnext_7x7 float16 "mma:gran=16" "mma:gran=4"
+    python benchmarks/ab.py replk_13x13 float32 --pass grad_input "smem:maxr=128" "smem:maxr=96"
+
+A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, rows; rowsa is
+rows with staged=True); values are ints, true/false or none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy  # noqa: E402
+
+from cupy_dwconv import _kernels, bench  # noqa: E402
+
+
+def parse_spec(spec):
+    """'rowsa:v=4,pf=2' -> ('rows', {'v': 4, 'pf': 2, 'staged': True})."""
+    kind, _, rest = spec.partition(":")
+    values = {"true": True, "false": False, "none": None}
+    kw = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        kw[k.strip()] = values[v.strip().lower()] if v.strip().lower() in values else int(v)
+    if kind == "rowsa":
+        kind, kw = "rows", dict(kw, staged=True)
+    return kind, kw
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("case")
+    ap.add_argument("dtype")
+    ap.add_argument("specs", nargs="+")
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input"])
+    ap.add_argument("--repeats", type=int, default=50)
+    args = ap.parse_args(argv)
+
+    import cupy
+
+    cases, _ = bench.load_suite(bench.default_suite_path())
+    p = next(c for c in cases if c.name == args.case).params()
+    dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
+    arch, sms = _kernels.device_arch(dev)
+    fwd = args.which == "forward"
+    pr = _kernels.forward_problem(p) if fwd else _kernels.grad_input_problem(p)
+    in_shape, out_shape = (p.x_shape, p.out_shape) if fwd else (p.out_shape, p.x_shape)
+    l2 = cupy.cuda.Device(dev).attributes["L2CacheSize"]
+    set_bytes = (numpy.prod(in_shape) + numpy.prod(out_shape)) * _kernels.ITEMSIZE[dtype]
+    k_sets = bench.rotation_sets(set_bytes, l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, in_shape, dtype) for _ in range(k_sets)]
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    b = bench._random_gpu(cupy, rs, (p.CM,), dtype) if fwd else None
+    outs = [cupy.empty(out_shape, xs[0].dtype) for _ in range(k_sets)]
+    null = numpy.uint64(0)
+    default = (_kernels.plan_forward(p, dtype, xs[0].data.ptr, arch, sms) if fwd
+               else _kernels.plan_grad_input(p, dtype, xs[0].data.ptr, arch, sms))
+    launches = [("default", default)]
+    for spec in args.specs:
+        launches.append((spec, _kernels.plan_conv(pr, dtype, xs[0].data.ptr, force=parse_spec(spec), arch=arch, sms=sms)))
+    ref = None
+    for label, launch in launches:
+        if launch is None:
+            print(f"{label:32s} declined", flush=True)
+            continue
+        kern = launch.kernel(dev)
+
+        def run(i, launch=launch):
+            launch(dev, (xs[i], w, null if b is None else b, outs[i]))
+
+        outs[0].fill(numpy.nan)
+        run(0)
+        got = outs[0].astype(cupy.float32)
+        if ref is None:
+            ref = got.copy()
+        diff = float(cupy.abs(got - ref).max())
+        ms = bench.time_events(run, k_sets, args.repeats, 5)
+        print(f"{label:32s} {launch.expr[:70]:70s} regs {kern.num_regs:3d} local {kern.local_size_bytes:3d} "
+              f"{ms * 1e3:8.2f} us  max diff {diff:.2e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
