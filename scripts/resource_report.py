@@ -1,6 +1,8 @@
 """ptxas resource report (registers, spills, stack, shared memory) of every kernel
-specialization the dispatcher picks for the benchmark suite: all passes, the suite's
-dtypes, 16-byte-aligned buffers, sm_90. Needs NVRTC (the `test` extra), no GPU.
+specialization the dispatcher picks for the benchmark suite: all passes (the fused
+backward's two kernels included), the suite's dtypes, 16-byte-aligned buffers, sm_90.
+Needs NVRTC (the `test` extra), no GPU. ptxas versions allocate differently: read the
+report of the NVRTC the GPU machine uses where it matters.
 
     python scripts/resource_report.py [--suite FILE] [--arch 90] [--spills-only]
 """
@@ -34,6 +36,10 @@ def planned(cases, arch, sms=132):
             "grad_input": _kernels.plan_grad_input(p, dtype, 0, arch, sms),
             "grad_weight": _kernels.plan_wgrad(p, dtype, 0, 0, arch, sms)[0],
         }
+        fused = _kernels.plan_backward(p, dtype, 0, 0, arch, sms)  # all three gradients in one pass
+        if fused is not None:
+            launches["backward"] = fused[0]
+            launches["backward reduce"] = fused[2]
         for pass_name, launch in launches.items():
             out.setdefault(launch.src, {}).setdefault(launch.expr, []).append((case.name, dtype, pass_name))
     return out
