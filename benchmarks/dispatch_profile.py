@@ -48,8 +48,6 @@ def main():
         ("cupy.ndarray", lambda: cupy.ndarray(p.out_shape, cupy.float32)),
         ("empty kernel, 4 pointer args", lambda: k4((1,), (32,), (x, w, b, out))),
         (f"library kernel, {4 + len(launch.scalars)} args", lambda: kern(launch.grid, launch.block, (x, w, b, out) + launch.scalars)),
-        ("get_current_stream().ptr", lambda: cupy.cuda.get_current_stream().ptr),
-        ("getDevice + ctxGetCurrent", lambda: (cupy.cuda.runtime.getDevice(), cupy.cuda.driver.ctxGetCurrent())),
         ("_forward_key", lambda: _api._forward_key(x, w, b, 1, 1, 1)),
         ("_forward_key + cache lookup", lambda: _api._FORWARD_CACHE.get(_api._forward_key(x, w, b, 1, 1, 1))),
         ("depthwise_conv2d (cached)", lambda: cupy_dwconv.depthwise_conv2d(x, w, b, padding=1)),

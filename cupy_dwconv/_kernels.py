@@ -1431,7 +1431,7 @@ def _bwd_rows_split(p, n_cs, q, segs, resident, rb=None, chunks=None):
     return best[1], best[2], best[3]
 
 
-def _bwd_rows_lanes(taps, dtype):
+def _bwd_rows_lanes(dtype):
     """Columns per lane of bwd_rows: 4 (sweep, H200, ms). Session 10: seed_3x7 fp16 8 /
     4 / 16 bytes 0.362 / 0.442 / 0.360 with spills, effnet_5x5 fp32 0.064 against 0.073
     at 2 columns; session 11, with whole-vector stores: seed_3x7 fp32 16 / 8 bytes 0.411
@@ -1480,7 +1480,7 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
             or p.PB > reach_h or p.PL > reach_w or min(p.OH, p.OW, p.H, p.W) < 1):
         return None
     size = ITEMSIZE[dtype]
-    v = _bwd_rows_lanes(taps, dtype) if v is None else v
+    v = _bwd_rows_lanes(dtype) if v is None else v
     v = max(1, min(v, 16 // size))
     pf = 4 if pf is None else pf
     minb = _bwd_rows_minb(taps) if minb is None else minb

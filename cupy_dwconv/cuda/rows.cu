@@ -125,19 +125,19 @@ __device__ __forceinline__ void store_n(T* p, const A* v) {
 }
 
 // Results as 32-bit words in memory order (16-bit values packed two per word).
-template <class T, int N, class A> struct Words;
-template <int N> struct Words<float, N, float> {
+template <class T, class A> struct Words;
+template <> struct Words<float, float> {
     __device__ __forceinline__ static unsigned get(const float* v, int i) { return __float_as_uint(v[i]); }
 };
-template <int N> struct Words<double, N, double> {
+template <> struct Words<double, double> {
     __device__ __forceinline__ static unsigned get(const double* v, int i) {
         return (i & 1) ? (unsigned)__double2hiint(v[i >> 1]) : (unsigned)__double2loint(v[i >> 1]);
     }
 };
-template <int N> struct Words<half_t, N, float> {
+template <> struct Words<half_t, float> {
     __device__ __forceinline__ static unsigned get(const float* v, int i) { return pack_h(v[2 * i], v[2 * i + 1]); }
 };
-template <int N> struct Words<bf16_t, N, float> {
+template <> struct Words<bf16_t, float> {
     __device__ __forceinline__ static unsigned get(const float* v, int i) { return pack_b(v[2 * i], v[2 * i + 1]); }
 };
 
@@ -152,12 +152,12 @@ __device__ __forceinline__ void stg_n(T* p, const A* v) {
     if constexpr (VS == 1 || B == 4) {
         store_n<T, VS>(p, v);
     } else if constexpr (B == 8) {
-        asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(Words<T, VS, A>::get(v, 0)),
-                     "r"(Words<T, VS, A>::get(v, 1)));
+        asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(Words<T, A>::get(v, 0)),
+                     "r"(Words<T, A>::get(v, 1)));
     } else {
         static_assert(B == 16, "store width");
-        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(Words<T, VS, A>::get(v, 0)),
-                     "r"(Words<T, VS, A>::get(v, 1)), "r"(Words<T, VS, A>::get(v, 2)), "r"(Words<T, VS, A>::get(v, 3)));
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(Words<T, A>::get(v, 0)),
+                     "r"(Words<T, A>::get(v, 1)), "r"(Words<T, A>::get(v, 2)), "r"(Words<T, A>::get(v, 3)));
     }
 }
 
