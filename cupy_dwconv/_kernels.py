@@ -622,17 +622,27 @@ def _use_mma(pr, dtype):
     return taps >= 25 or (pr.flip and (taps > 9 or pr.OH * pr.OW >= 16384))
 
 
-def _mma_staging(pr, x_ptr):
-    """(GRAN, SHIFT): the widest cp.async copy the input rows allow (16 or 4 bytes; 2 =
-    checked loads), and the columns the staged tile starts before the first one read."""
+def _mma_staging(pr, x_ptr, gran=None):
+    """(GRAN, SHIFT): the cp.async copy width of the input rows (16 or 4 bytes; 2 =
+    checked loads) and the columns the staged tile starts before the first one read.
+
+    Of the widths the rows and pointer allow, the one with the fewest k-steps, then the
+    widest: SHIFT (the staged tile starts on a GRAN boundary) enters the k-steps, KS =
+    ceil((SHIFT + 7 + KW) / 16). convnext_7x7 (pad 3): 16-byte copies need SHIFT 5 and 2
+    k-steps, 4-byte copies SHIFT 1 and 1 k-step, half the MMAs and ldmatrix chunks.
+    `gran` forces a width (None where the rows or pointer do not allow it)."""
+    options = []
     if pr.IW % 8 == 0 and x_ptr % 16 == 0:
-        return 16, (-pr.PL) % 8
+        options.append((16, (-pr.PL) % 8))
     if pr.IW % 2 == 0 and x_ptr % 4 == 0:
-        return 4, (-pr.PL) % 2
-    return 2, 0
+        options.append((4, (-pr.PL) % 2))
+    options.append((2, 0))
+    if gran is not None:
+        return next((o for o in options if o[0] == gran), None)
+    return min(options, key=lambda o: ((o[1] + 7 + pr.KW + 15) // 16, -o[0]))
 
 
-def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, minb=None, blocks=None):
+def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, minb=None, blocks=None, gran=None):
     """conv_mma plan (MODE 0 correlations, optionally with the flipped kernel); None when
     the problem is not one it takes. `blocks` caps the persistent grid (tests use it to
     run many items per block)."""
@@ -644,7 +654,10 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     wr = dwr if wr is None else wr
     stages = dst if stages is None else stages
     minb = max(1, 16 // wr) if minb is None else minb  # 512 threads per SM: <= 128 registers
-    gran, shift = _mma_staging(pr, x_ptr)
+    staging = _mma_staging(pr, x_ptr, gran)
+    if staging is None:
+        return None
+    gran, shift = staging
     ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr, shift, stages)
     if ks > 4 or smem > SM_SMEM:
         return None
