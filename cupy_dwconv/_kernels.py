@@ -696,9 +696,11 @@ def _rows_window(pr, v):
     return (pr.KH - 1) * pr.DH + 1, jhi - jlo - v
 
 
-def _rows_slots(q, pf):
-    """U: the rows a sweep unrolls (and conv_rows_async stages), a multiple of Q above PF."""
-    return q * ((pf + q) // q)
+def _rows_slots(q, pf, rp=1):
+    """U: the rows a sweep unrolls (and conv_rows_async stages): a multiple of lcm(Q, RP)
+    of at least PF + RP (RP rows per copy wait, conv_rows_async)."""
+    ql = q if q % rp == 0 else q * rp
+    return ql * ((pf + rp + ql - 1) // ql)
 
 
 def _rows_regs(pr, dtype, v, pf):
@@ -801,7 +803,7 @@ def _staged_segment(ow, v, pl, kw, dw):
     return s, nl, nr
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90):
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=1):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
     one input plane per output plane); None where the shape does not fit its limits.
     `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
@@ -825,7 +827,9 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         if arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4 or nl + nr > 32:
             return None
         out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
-        smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
+        if rp not in (1, 2) or pf < rp or (rp > 1 and out_rows):
+            return None
+        smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
         if smem > SM_SMEM // minb - 1024:
             return None
     n_cs = _cdiv(pr.OW, s * v)
@@ -837,7 +841,7 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
     expr = ("dw::conv_rows_async<" if staged else "dw::conv_rows<") + _targs(
-        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb
+        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb, *((rp,) if staged else ())
     ) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)

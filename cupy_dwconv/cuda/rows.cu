@@ -359,7 +359,7 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 //
 // Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
 template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
-          int MINB>
+          int MINB, int RP>
 __global__ void __launch_bounds__(256, MINB)
 conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 const RowsArgs a) {
@@ -367,7 +367,14 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     typedef typename Traits<T>::acc A;
     typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
     constexpr int Q = Win::Q;
-    constexpr int U = Q * ((PF + Q) / Q);  // row slots: every slot index a constant, U > PF
+    // RP rows per wait: the copy wait and the barrier come every RP rows, so the
+    // compiler can interleave RP rows' reads, conversions and FMAs (SASS of mbv2 16-bit:
+    // the barrier costs ~6 issue slots a row, and "wait" stalls followed each row's
+    // LDS -> HADD2.F32 -> FFMA chain). Row slots: a multiple of lcm(Q, RP) (every slot
+    // and ring index a constant, every group of RP rows starts at an even slot) of at
+    // least PF + RP (the RP copies issued at a group's start miss the group's rows).
+    constexpr int QL = (Q % RP == 0) ? Q : Q * RP;
+    constexpr int U = QL * ((PF + RP + QL - 1) / QL);
     constexpr int JLO = Win::JLO, JHI = Win::JHI;
     constexpr int NL = (-JLO + V - 1) / V;         // neighbour chunks on the left
     constexpr int NR = (JHI - V + V - 1) / V;      // and on the right
@@ -389,7 +396,8 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     static_assert(CB % 4 == 0 && CB <= 16, "a chunk is whole 32-bit words, at most one 16-byte read");
     static_assert(NL + NR <= S, "lanes below NL + NR copy the neighbour chunks");
     static_assert(KH * KW <= 64 && Q * V <= 64, "register budget");
-    static_assert(PF >= 1, "at least one row ahead");
+    static_assert(PF >= RP && (RP == 1 || RP == 2), "at least one group of rows ahead");
+    static_assert(RP == 1 || !OST, "the output row buffer relies on a barrier every row");
     extern __shared__ __align__(16) unsigned char rows_smem[];
 
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, RB = a.RB;
@@ -489,12 +497,16 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
             for (int u = 0; u < U; ++u) {
                 const int i = i0 + u;
                 if (i >= total) break;  // uniform across the warp
-                // Row i has landed for this lane's copies; after the barrier, for every
-                // lane's, and every lane is done reading row i - 1, whose slot (i + PF)
-                // mod U takes the copy issued next (U > PF).
-                cp_async_wait<PF - 1>();
-                __syncwarp();
-                stage_row(i + PF < total, (u + PF) % U);
+                // Rows i .. i + RP - 1 have landed for this lane's copies; after the
+                // barrier, for every lane's, and every lane is done reading the rows
+                // before i, whose slots (i + PF + r) mod U take the copies issued next
+                // (U >= PF + RP).
+                if (u % RP == 0) {
+                    cp_async_wait<PF - RP>();
+                    __syncwarp();
+#pragma unroll
+                    for (int r = 0; r < RP; ++r) stage_row(i + PF + r < total, (u + PF + r) % U);
+                }
                 // The lane's window: its chunk and the neighbour chunks' needed words,
                 // a whole chunk in one read when it needs more than one word.
                 unsigned win[(NL + 1 + NR) * CW];
