@@ -763,6 +763,18 @@ def _rows_async_shape(pr, dtype):
     return max(1, min(v, 16 // ITEMSIZE[dtype])), pf, minb
 
 
+def _rows_pairs(pr, pf, out_rows):
+    """RP of conv_rows_async: 2 rows per copy wait and barrier where at least 2 rows are
+    ahead, no output-row buffer (it needs a barrier every row) and at most 25 taps.
+    Measured against RP 1 (H200, benchmarks/ab.py, us; forward / grad input): mbv2_3x3
+    16-bit 41.4 -> 40.2 / 41.8 -> 40.7, bf16 41.8 -> 40.8, effnet_5x5 float32 37.2 ->
+    36.2 / 37.5 -> 36.0, dilated_3x3_d2 75.9 -> 75.6, image_3x3 16-bit 80.2 -> 79.9,
+    seed_3x7 grad input 16-bit 190.9 -> 188.0, float32 288.5 -> 289.0 (even); mbv2_3x3 and
+    image_3x3 float32 (conv_rows_async, not their default plan) even; convnext_7x7 float32
+    (49 taps) spills 8 bytes with RP 2 and loses, 66.3 -> 81.4."""
+    return 2 if pf >= 2 and not out_rows and pr.KH * pr.KW <= 25 else 1
+
+
 def _rows_segment(ow, v):
     """Lanes per segment: the fewest power of two whose columns cover the row, at most a
     warp (56-column planes: 7 of 8 lanes busy in 16-bit, 14 of 16 in float32)."""
@@ -803,11 +815,11 @@ def _staged_segment(ow, v, pl, kw, dw):
     return s, nl, nr
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=1):
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
     one input plane per output plane); None where the shape does not fit its limits.
     `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
-    copies of 4, 8 or 16 bytes)."""
+    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default)."""
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
@@ -827,6 +839,7 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         if arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4 or nl + nr > 32:
             return None
         out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
+        rp = _rows_pairs(pr, pf, out_rows) if rp is None else rp
         if rp not in (1, 2) or pf < rp or (rp > 1 and out_rows):
             return None
         smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
