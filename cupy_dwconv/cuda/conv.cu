@@ -305,16 +305,31 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     }
                 }
             }
-            for (int e = tid; e < P * KH * KWP; e += nthreads) {
-                const int p = e / (KH * KWP);
-                const int k = e - p * (KH * KWP);
-                const int kh = k / KWP, kw = k - kh * KWP;
-                A v = A(0);
-                if (kw < KW && desc[p].x_plane >= 0) {
-                    const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
-                    v = load1(w + (desc[p].w_row + m) * (KH * KW) + sk);
+            // Weight rows, zero-padded to KWP: a thread's WB loads are all issued before
+            // its stores, so the loop waits one memory latency per WB weights instead of
+            // one per weight (replk_13x13 float32: 146 -> 143 us).
+            constexpr int WB = 8;
+            for (int e0 = tid; e0 < P * KH * KWP; e0 += WB * nthreads) {
+                A v[WB];
+#pragma unroll
+                for (int u = 0; u < WB; ++u) {
+                    const int e = e0 + u * nthreads;
+                    v[u] = A(0);
+                    if (e < P * KH * KWP) {
+                        const int p = e / (KH * KWP);
+                        const int k = e - p * (KH * KWP);
+                        const int kh = k / KWP, kw = k - kh * KWP;
+                        if (kw < KW && desc[p].x_plane >= 0) {
+                            const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+                            v[u] = load1(w + (desc[p].w_row + m) * (KH * KW) + sk);
+                        }
+                    }
                 }
-                ws[e] = v;
+#pragma unroll
+                for (int u = 0; u < WB; ++u) {
+                    const int e = e0 + u * nthreads;
+                    if (e < P * KH * KWP) ws[e] = v[u];
+                }
             }
             __syncthreads();
 

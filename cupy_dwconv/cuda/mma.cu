@@ -156,19 +156,34 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
             const int ih0 = it.oh0 - pad_t, c0 = it.ow0 - pad_l - SHIFT;
             const int slot = (int)(k % STAGES);
             const unsigned dst = xs_addr + (unsigned)(slot * G::XS_BYTES);
-            if constexpr (GRAN == 16) {
-                for (int u = tid; u < TIH * NCH; u += NT) {
-                    const int i = u / NCH, c = u - (u / NCH) * NCH;
-                    const int ih = ih0 + i, col = c0 + 8 * c;
+            if constexpr (GRAN == 16 || GRAN == 4) {
+                // U copies per staged row, E elements each. Thread tid takes units tid,
+                // tid + NT, ...: its (row, unit) and its source row pointer advance by a
+                // fixed step (DQ rows and DR units, wrapping into the next row), so a copy
+                // costs a few integer adds instead of a division and a 64-bit multiply
+                // (which were ~25 instructions per copy, a quarter of an item's issue).
+                constexpr int E = GRAN / 2, U = TIW / E, DQ = NT / U, DR = NT % U;
+                int i = tid / U, c = tid % U;
+                const unsigned short* rp = xp + (i64)(ih0 + i) * IW;
+                unsigned d = dst + (unsigned)((i * PITCH + E * c) * 2);
+#pragma unroll 4
+                for (int u = tid; u < TIH * U; u += NT) {
+                    const int ih = ih0 + i, col = c0 + E * c;
                     const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
-                    cp_async16(dst + (unsigned)((i * PITCH + 8 * c) * 2), ok ? xp + (i64)ih * IW + col : xp, ok ? 16 : 0);
-                }
-            } else if constexpr (GRAN == 4) {
-                for (int u = tid; u < TIH * NCH * 4; u += NT) {
-                    const int i = u / (4 * NCH), c = u - (u / (4 * NCH)) * (4 * NCH);
-                    const int ih = ih0 + i, col = c0 + 2 * c;
-                    const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
-                    cp_async4(dst + (unsigned)((i * PITCH + 2 * c) * 2), ok ? xp + (i64)ih * IW + col : xp, ok ? 4 : 0);
+                    if constexpr (GRAN == 16)
+                        cp_async16(d, ok ? rp + col : xp, ok ? 16 : 0);
+                    else
+                        cp_async4(d, ok ? rp + col : xp, ok ? 4 : 0);
+                    i += DQ;
+                    c += DR;
+                    rp += (i64)DQ * IW;
+                    d += (unsigned)((DQ * PITCH + E * DR) * 2);
+                    if (DR != 0 && c >= U) {
+                        c -= U;
+                        ++i;
+                        rp += IW;
+                        d += (unsigned)((PITCH - E * U) * 2);
+                    }
                 }
             } else {
                 unsigned short* xs = reinterpret_cast<unsigned short*>(smem_raw + slot * G::XS_BYTES);
@@ -291,10 +306,10 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
                 for (int hlf = 0; hlf < 2; ++hlf)
                     ob[(g + 8 * hlf) * G::OPW + 4 * j + t4] = pack2(T(), acc[j][2 * hlf], acc[j][2 * hlf + 1]);
             __syncwarp();
-            unsigned short* const yp = reinterpret_cast<unsigned short*>(y) + it.q * plane_out;
+            // The row pointer advances by OW per row (no 64-bit multiply per row).
+            unsigned short* rp = reinterpret_cast<unsigned short*>(y) + it.q * plane_out + (i64)(it.oh0 + 16 * warp) * OW;
             const int rows = min(16, OH - (it.oh0 + 16 * warp));
-            for (int r = 0; r < rows; ++r) {
-                unsigned short* const rp = yp + (i64)(it.oh0 + 16 * warp + r) * OW;
+            for (int r = 0; r < rows; ++r, rp += OW) {
 #pragma unroll
                 for (int c0 = 0; c0 < G::BW / 2; c0 += 32) {
                     const int c = c0 + lane;
