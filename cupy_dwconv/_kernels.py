@@ -600,7 +600,7 @@ def mma_geometry(kh, kw, wn, wr, shift, stages):
     pitch = tiw if nch % 2 else tiw + 8
     entries = kh * ks * 32
     wpre = entries <= 2 * 32 * wr
-    out = wr * 16 * (4 * wn + 4) * 4  # per-warp output staging
+    out = wr * 16 * 4 * (wn if wn % 2 else wn + 1) * 4  # per-warp output staging (MmaTile::OPW words a row)
     return ks, stages * tih * pitch * 2 + (2 if wpre else 1) * entries * 8 + out
 
 

@@ -56,9 +56,11 @@ struct MmaTile {
     static constexpr bool WPRE = WT_ENTRIES <= 2 * NT;
     static constexpr int WPT = WPRE ? (WT_ENTRIES + NT - 1) / NT : 1;
     static constexpr int WT_BYTES = WT_ENTRIES * 8;
-    // Output staging, one 16 x BW buffer per warp: rows padded by 4 words, so fragment
-    // writes (8 rows x 4 words per instruction) hit 32 different banks.
-    static constexpr int OPW = BW / 2 + 4;                 // 32-bit words per staged output row
+    // Output staging, one 16 x BW buffer per warp. A fragment write puts 4 words in each of
+    // 8 rows; they hit 32 different banks when the row pitch is an odd multiple of 4 words
+    // (BW / 2 = 4 WN words, padded by 4 when WN is even). An even multiple serializes the
+    // write 8 ways: the earlier fixed +4 made WN = 7 (56-column planes) a 32-word pitch.
+    static constexpr int OPW = 4 * (WN % 2 ? WN : WN + 1);  // 32-bit words per staged output row
     static constexpr int OUT_OFF = STAGES * XS_BYTES + (WPRE ? 2 : 1) * WT_BYTES;
     static constexpr int SMEM = OUT_OFF + WR * 16 * OPW * 4;
 };
