@@ -136,7 +136,7 @@ ARG_STRUCTS = {
     "TileArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "off_h", "off_w", "n_cg", "n_rs", "n_rt", "NT",
                  "QC", "DIV", "R"),
     "SmemArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "BH", "BW", "n_tx", "n_ty", "P",
-                 "pitch", "QC", "DIV", "R"),
+                 "pitch", "QC", "DIV", "R", "RTF"),
     "GenericArgs": ("total", "IC", "IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l",
                     "QC", "DIV", "R"),
     "WgradArgs": ("IH", "IW", "OH", "OW", "KH", "KW", "SH", "SW", "DH", "DW", "pad_t", "pad_l", "n_cg", "n_rt",
@@ -395,9 +395,35 @@ def _smem_geometry(pr, dtype, th, tw, bh, bw):
     pitch = _cdiv(pitch, lv) * lv
     if pitch % 32 == 0:
         pitch += lv  # rows one bank group apart
+    # Thread layout (SmemArgs.RTF): micro-tiles numbered along the row (0) or down the
+    # column (1) of tiles, whichever puts fewer of a quarter-warp's 16-byte row reads in
+    # one bank group. replk_13x13 float32 (7x4 tiles, pitch 40) along the row: 2
+    # wavefronts for 1 in most quarter-warps (ncu); down the column: none.
+    shape = (tih, th * pr.SH, tw * pr.SW, bw // tw, bh // th, acc_size)
+    rtf = min((0, 1), key=lambda f: (_smem_row_wavefronts(pitch, *shape, rtf=f), f))
     # Staged input tile, weight rows, and the tile's descriptor (SmemTile: 24 bytes).
     per_tile = (tih * pitch + pr.KH * kwp) * acc_size + SMEM_TILE_DESC
-    return pitch, per_tile, rwv, kwp
+    return pitch, per_tile, rwv, kwp, rtf
+
+
+def _smem_row_wavefronts(pitch, tih, row_step, col_step, ucg, urt, acc_size, rtf=0, threads=512):
+    """Shared-memory wavefronts of one 16-byte read per thread at its micro-tile's row
+    (conv_smem's thread layout, cuda/conv.cu: tile p, then row tile rt and column tile
+    cg, cg fastest, or rt fastest when rtf), over the first `threads` threads: a warp's
+    16-byte reads go in 4 phases of 8 threads, each phase as many wavefronts as the most
+    distinct 16-byte units in one bank group (of 8)."""
+    per_tile = ucg * urt
+    total = 0
+    for w0 in range(0, threads, 32):
+        for q0 in range(w0, w0 + 32, 8):
+            groups = {}
+            for t in range(q0, q0 + 8):
+                p, rem = divmod(t, per_tile)
+                cg, rt = divmod(rem, urt) if rtf else divmod(rem, ucg)[::-1]
+                unit = ((p * tih + rt * row_step) * pitch + cg * col_step) * acc_size // 16
+                groups.setdefault(unit % 8, set()).add(unit)
+            total += max(len(u) for u in groups.values())
+    return total
 
 
 SMEM_SHAPES = ((7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (2, 4), (1, 8), (1, 4))
@@ -417,7 +443,7 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
         # Whole planes when they are small, else 32 x 64 output tiles.
         bh = min(_cdiv(pr.OH, th) * th, max(th, (32 // th) * th))
         bw = min(_cdiv(pr.OW, tw) * tw, max(tw, (64 // tw) * tw))
-    pitch, per_tile, rwv, kwp = _smem_geometry(pr, dtype, th, tw, bh, bw)
+    pitch, per_tile, rwv, kwp, rtf = _smem_geometry(pr, dtype, th, tw, bh, bw)
     # Two input rows in flight, a weight row and the accumulators must fit 128 registers
     # (ptxas report: 31-wide kernels spill with TW = 8, fit with TW = 4).
     if th * tw + 2 * rwv + kwp > 132 or th * tw > 64:
@@ -437,7 +463,7 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
         warps = blocks_per_sm * block // 32
         score = (threads / block) * useful_outputs * min(1.0, warps / 16) * (1.0 if th * tw >= 16 else 0.85)
         if best is None or score > best[0] + 1e-9:
-            best = (score, dict(th=th, tw=tw, bh=bh, bw=bw, tiles_per_block=tp, pitch=pitch, per_tile=per_tile,
+            best = (score, dict(th=th, tw=tw, bh=bh, bw=bw, tiles_per_block=tp, pitch=pitch, per_tile=per_tile, rtf=rtf,
                                 n_tx=n_tx, n_ty=n_ty, n_tiles=n_tiles, block=block))
     return best
 
@@ -458,7 +484,7 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     ) + ">"
     args = pack_args("SmemArgs", n_tiles=cfg["n_tiles"], IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT,
                      pad_l=pr.PL, BH=cfg["bh"], BW=cfg["bw"], n_tx=cfg["n_tx"], n_ty=cfg["n_ty"],
-                     P=cfg["tiles_per_block"], pitch=cfg["pitch"], **_channel_fields(pr))
+                     P=cfg["tiles_per_block"], pitch=cfg["pitch"], RTF=cfg["rtf"], **_channel_fields(pr))
     grid = (max(1, min(_cdiv(cfg["n_tiles"], cfg["tiles_per_block"]), INT32_MAX)), 1, 1)
     return Launch("conv.cu", expr, grid, (cfg["block"], 1, 1), smem, (args,))
 

@@ -257,6 +257,7 @@ struct TileArgs {
 struct SmemArgs {
     i64 n_tiles, IC;
     int IH, IW, OH, OW, pad_t, pad_l, BH, BW, n_tx, n_ty, P, pitch, QC, DIV, R;
+    int RTF;  // thread layout: micro-tiles numbered down the column of tiles (1) or along the row (0)
 };
 // Where one conv_smem tile reads from (shared memory, one per tile of the block's group):
 // x_plane first input plane (-1: past the last tile), w_row first weight row, ih0 / iw0

@@ -208,8 +208,9 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     // This thread's micro-tile: (tile p, row tile, column tile).
     const int my_p = tid / (ucg * urt);
     const int my_rem = tid - my_p * (ucg * urt);
-    const int my_rt = my_rem / ucg;
-    const int my_cg = my_rem - my_rt * ucg;
+    // The host picks the numbering whose row reads have fewer bank conflicts (SmemArgs.RTF).
+    const int my_rt = a.RTF ? my_rem % urt : my_rem / ucg;
+    const int my_cg = a.RTF ? my_rem / urt : my_rem - my_rt * ucg;
     const bool active = tid < units;
 
     const i64 plane_in = (i64)IH * IW;

@@ -123,13 +123,21 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     // at that rate.
     auto item = [&](i64 k) {
         Item it;
-        const i64 t = k / R;
+        const i64 t = R == 1 ? k : k / R;
         it.m = (int)(k - t * R);
         const i64 z = blockIdx.x + t * gridDim.x;
-        const i64 zy = z / n_tx;
-        const int tx = (int)(z - zy * n_tx);
-        it.q = zy / n_ty;
-        const int ty = (int)(zy - it.q * n_ty);
+        int tx, ty;
+        if (z <= 0xffffffffLL) {  // 32-bit divisions in the common case (warp 0's decode delays the item barrier)
+            const unsigned zz = (unsigned)z, y32 = zz / (unsigned)n_tx, q32 = y32 / (unsigned)n_ty;
+            tx = (int)(zz - y32 * (unsigned)n_tx);
+            ty = (int)(y32 - q32 * (unsigned)n_ty);
+            it.q = q32;
+        } else {
+            const i64 zy = z / n_tx;
+            tx = (int)(z - zy * n_tx);
+            it.q = zy / n_ty;
+            ty = (int)(zy - it.q * n_ty);
+        }
         it.ow0 = tx * G::BW;
         it.oh0 = ty * G::BH;
         it.pm = map_plane(it.q, QC, IC, DIV, R);
@@ -311,14 +319,18 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
             // The row pointer advances by OW per row (no 64-bit multiply per row).
             unsigned short* rp = reinterpret_cast<unsigned short*>(y) + it.q * plane_out + (i64)(it.oh0 + 16 * warp) * OW;
             const int rows = min(16, OH - (it.oh0 + 16 * warp));
+#pragma unroll 4
             for (int r = 0; r < rows; ++r, rp += OW) {
+                // ow is even, so a pair is 4-byte aligned exactly when its row is: one
+                // warp-uniform test per row (per-pair tests made the loop divergent).
+                const bool aligned = (reinterpret_cast<unsigned long long>(rp) & 3) == 0;
 #pragma unroll
                 for (int c0 = 0; c0 < G::BW / 2; c0 += 32) {
                     const int c = c0 + lane;
                     const int ow = it.ow0 + 2 * c;
                     if (c < G::BW / 2 && ow < OW) {
                         const unsigned v = ob[r * G::OPW + c];
-                        if (ow + 1 < OW && (reinterpret_cast<unsigned long long>(rp + ow) & 3) == 0) {
+                        if (aligned && ow + 1 < OW) {
                             *reinterpret_cast<unsigned*>(rp + ow) = v;
                         } else {
                             rp[ow] = (unsigned short)(v & 0xffffu);
