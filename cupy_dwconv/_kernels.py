@@ -655,7 +655,8 @@ def _mma_staging(pr, x_ptr, gran=None):
     Of the widths the rows and pointer allow, the one with the fewest k-steps, then the
     widest: SHIFT (the staged tile starts on a GRAN boundary) enters the k-steps, KS =
     ceil((SHIFT + 7 + KW) / 16). convnext_7x7 (pad 3): 16-byte copies need SHIFT 5 and 2
-    k-steps, 4-byte copies SHIFT 1 and 1 k-step, half the MMAs and ldmatrix chunks.
+    k-steps, 4-byte copies SHIFT 1 and 1 k-step, half the MMAs and ldmatrix chunks
+    (measured, H200: fp16 forward 70.5 -> 64.5 us, grad input 74.6 -> 65.0).
     `gran` forces a width (None where the rows or pointer do not allow it)."""
     options = []
     if pr.IW % 8 == 0 and x_ptr % 16 == 0:

@@ -193,3 +193,53 @@ def test_rows_dispatch_and_widths():
             assert "conv_rows" not in e, (dtype, shape, dilation)
         else:
             assert "conv_rows_async" in e and [int(_args(e)[i]) for i in (1, 10, 12)] == expect, (dtype, shape, e)
+
+
+def test_rows_pairs_rule():
+    """conv_rows_async waits for two rows at a time up to 25 taps with rows ahead and no
+    output-row buffer; 7x7 float32 (spills with it) and buffered outputs take one."""
+    mbv2 = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 3, 3), 1, 1, 1))
+    convnext = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 7, 7), 1, 3, 1))
+    seed = _kernels.forward_problem(params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1))
+    assert _args(_kernels.plan_conv(mbv2, "float16", 0, arch=90, sms=132).expr)[-1] == "2"
+    assert _args(_kernels.plan_conv(convnext, "float32", 0, arch=90, sms=132).expr)[-1] == "1"
+    seed_plan = _kernels.plan_conv(seed, "float16", 0, arch=90, sms=132)
+    assert "conv_rows_async" in seed_plan.expr and _args(seed_plan.expr)[-1] == "1"  # output rows buffered
+    assert _kernels.rows_launch(seed, "float16", 0, staged=True, rp=2) is None
+
+
+def test_mma_staging_takes_fewest_k_steps():
+    """convnext_7x7 16-bit (pad 3): 4-byte copies start the tile 1 column early and need
+    one k-step; 16-byte copies (5 columns early) would need two."""
+    pr = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 7, 7), 1, 3, 1))
+    assert _kernels._mma_staging(pr, 0) == (4, 1)
+    assert _kernels._mma_staging(pr, 0, gran=16) == (16, 5)
+    assert _kernels.mma_geometry(7, 7, 7, 4, 1, 2)[0] == 1 and _kernels.mma_geometry(7, 7, 7, 4, 5, 2)[0] == 2
+    assert _kernels._mma_staging(pr, 2) == (2, 0)  # a pointer off 4 bytes: checked loads
+    wide = _kernels.forward_problem(params((1, 2, 64, 64), (2, 1, 31, 31), 1, 15, 1))
+    assert _kernels._mma_staging(wide, 0) == (16, 1)  # both need 3 k-steps: the wider copy
+
+
+def test_smem_thread_layout_avoids_bank_conflicts():
+    """conv_smem numbers its micro-tiles down the column where that makes the row reads
+    conflict-free (replk 7x4 tiles), and the choice is never worse than the other."""
+    for x_shape, k, pad in (((2, 4, 28, 28), 13, 6), ((1, 4, 56, 56), 31, 15), ((2, 4, 30, 50), 9, 4)):
+        pr = _kernels.forward_problem(params(x_shape, (x_shape[1], 1, k, k), 1, pad, 1))
+        for dtype in ("float32", "float64"):
+            for th, tw in _kernels.SMEM_SHAPES:
+                c = _kernels._smem_candidate(pr, dtype, th, tw)
+                if c is None:
+                    continue
+                cfg = c[1]
+                tih = cfg["bh"] - 1 + k
+                shape = (tih, th, tw, cfg["bw"] // tw, cfg["bh"] // th, _kernels.ITEMSIZE[dtype])
+                costs = [_kernels._smem_row_wavefronts(cfg["pitch"], *shape, rtf=f) for f in (0, 1)]
+                assert costs[cfg["rtf"]] == min(costs)
+    replk = _kernels.forward_problem(params((2, 4, 28, 28), (4, 1, 13, 13), 1, 6, 1))
+    launch = _kernels.plan_conv(replk, "float32", 0, arch=90, sms=132)
+    assert "conv_smem<float, 13, 13, 1, 1, 1, 1, 7, 4," in launch.expr and launch.scalars[0]["RTF"] == 1
+    # 7 column tiles of 4 floats, rows 40 floats apart: along the row, thread 7 (row tile
+    # 1, column 0) shares a bank group with thread 6, and every quarter-warp takes 2
+    # wavefronts; down the column, only the quarter-warps that cross into the next tile.
+    assert _kernels._smem_row_wavefronts(40, 40, 7, 4, 7, 4, 4, rtf=0) == 128
+    assert _kernels._smem_row_wavefronts(40, 40, 7, 4, 7, 4, 4, rtf=1) == 73

@@ -512,3 +512,46 @@ def test_argument_struct_layouts_on_device():
     out = cupy.full(len(expected), -1, dtype=cupy.int64)
     kern((1,), (1,), (out,))
     assert out.get().tolist() == expected
+
+
+# (N, C, H, W, KH, KW, stride, padding, dilation, dtype): a direct kernel of each family
+# and the tensor-core path (16-bit, 25+ taps).
+NAN_CASES = [
+    (2, 3, 20, 30, 3, 3, 1, 1, 1, "float32"),
+    (2, 3, 56, 56, 7, 7, 1, 3, 1, "float32"),
+    (1, 2, 28, 28, 13, 13, 1, 6, 1, "float32"),
+    (2, 3, 30, 30, 5, 5, 2, 2, 1, "float64"),
+    (1, 2, 20, 20, 3, 3, 1, 3, 3, "float32"),
+    (2, 3, 56, 56, 7, 7, 1, 3, 1, "float16"),
+    (1, 2, 28, 28, 13, 13, 1, 6, 1, "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("case", NAN_CASES, ids=str)
+def test_nan_input_propagation(case):
+    """One NaN input: every output whose window holds it is NaN. The direct kernels make
+    exactly those outputs NaN (as the reference does); the tensor-core path (README,
+    "Numerics") may also make NaN other outputs of the same plane and rows, never of
+    another plane or row."""
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, to_gpu
+
+    N, C, H, W, KH, KW, stride, padding, dilation, dtype = case
+    rng = numpy.random.default_rng(11)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    x[N - 1, C - 1, H // 2, W // 3] = numpy.nan
+    xg, wg = to_gpu(x), to_gpu(w)
+    p = params(x.shape, w.shape, False, stride, padding, dilation)
+    tensor_cores = "conv_mma" in _kernels.plan_forward(p, dtype, xg.data.ptr).expr
+    out = numpy.isnan(cupy_dwconv.depthwise_conv2d(xg, wg, stride=stride, padding=padding, dilation=dilation).get())
+    ref = numpy.isnan(reference_forward(x, w, None, stride=stride, padding=padding, dilation=dilation))
+    assert ref.any() and ref[N - 1, C - 1].sum() == ref.sum()
+    assert out[ref].all(), "an output whose window holds the NaN is not NaN"
+    if not tensor_cores:
+        assert numpy.array_equal(out, ref), f"{numpy.count_nonzero(out & ~ref)} NaN outputs outside the NaN's window"
+    else:
+        rows = ref[N - 1, C - 1].any(axis=1)
+        extra = out & ~ref
+        assert extra.sum() == extra[N - 1, C - 1][rows].sum(), "NaN outside the plane and rows of the NaN's window"
