@@ -233,12 +233,41 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         return (!FLIP && bias != nullptr && k < n_items) ? load1(bias + ring_at(k).pm.ch) : 0.f;
     };
     unsigned wreg[G::WPT][4];  // WPRE: the next item's table entries, loaded one item ahead
+    // WPRE: which weights this thread's entries read does not depend on the item, so it is
+    // worked out once: per entry, the offset of its first weight (+16, to stay positive)
+    // and in the top 4 bits which of its 4 weights lie inside the kernel; the others are
+    // base + {1, 8, 9} (base - ... for FLIP). Recomputing it per item cost ~75
+    // instructions per entry (convnext_7x7: a fifth of an item's issue).
+    unsigned wmeta[G::WPT];
+#pragma unroll
+    for (int r = 0; r < G::WPT; ++r) {
+        const int e = tid + r * NT;
+        wmeta[r] = 0;
+        if (G::WPRE && e < G::WT_ENTRIES) {
+            const int ln = e & 31, kk = e >> 5;
+            const int kh = kk / KS, s = kk - (kk / KS) * KS;
+            const int d = 16 * s + 2 * (ln & 3) - (ln >> 2) - SHIFT;  // >= -14
+            unsigned mask = 0;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int kw = d + (i & 1) + 8 * (i >> 1);
+                if (kw >= 0 && kw < KW) mask |= 1u << i;
+            }
+            const int base = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - d) : kh * KW + d;
+            wmeta[r] = (unsigned)(base + 16) | (mask << 28);
+        }
+    }
     auto w_load = [&](i64 k) {
         const unsigned short* wp = w_row(k);
 #pragma unroll
         for (int r = 0; r < G::WPT; ++r) {
-            const int e = tid + r * NT;
-            if (e < G::WT_ENTRIES) w_entry(wp, e, wreg[r]);
+            const unsigned m = wmeta[r];
+            const int base = (int)(m & 0x0fffffffu) - 16;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int o = (i & 1) + 8 * (i >> 1);
+                wreg[r][i] = ((m >> (28 + i)) & 1u) ? (unsigned)__ldg(wp + (FLIP ? base - o : base + o)) : 0u;
+            }
         }
     };
 
