@@ -469,6 +469,32 @@ def test_cached_calls_from_threads_and_streams():
     assert sum(e[1] is not None for e in _api._FORWARD_CACHE.values()) >= 2  # hits launched
 
 
+def test_cache_hit_needs_the_same_layout():
+    """The call cache keys on shape and strides: after contiguous calls, an x or weight
+    of the same shape in another layout (transposed planes, a slice of a larger array)
+    must not reuse the contiguous launch; every result is right."""
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import reference_forward
+
+    rng = numpy.random.default_rng(21)
+    x = random_array(rng, (2, 4, 20, 24), "float32")
+    w = random_array(rng, (4, 1, 3, 5), "float32")
+    ref = reference_forward(x, w, None, padding=(1, 2))
+    xg, wg = cupy.asarray(x), cupy.asarray(w)
+    for _ in range(2):  # the second call is a cache hit
+        assert_close(cupy_dwconv.depthwise_conv2d(xg, wg, padding=(1, 2)).get(), ref, "float32", scale=math.sqrt(15))
+    x_t = cupy.asarray(numpy.ascontiguousarray(x.transpose(0, 1, 3, 2))).transpose(0, 1, 3, 2)
+    x_big = cupy.asarray(random_array(rng, (2, 4, 23, 29), "float32"))
+    x_big[:, :, 1:21, 2:26] = xg
+    w_t = cupy.asarray(numpy.ascontiguousarray(w.transpose(0, 1, 3, 2))).transpose(0, 1, 3, 2)
+    for xa, wa in ((x_t, wg), (x_big[:, :, 1:21, 2:26], wg), (xg, w_t), (xg, wg)):
+        assert xa.shape == xg.shape and wa.shape == wg.shape
+        got = cupy_dwconv.depthwise_conv2d(xa, wa, padding=(1, 2))
+        assert_close(got.get(), ref, "float32", scale=math.sqrt(15))
+
+
 def test_dispatch_paths_cover_families():
     """The dispatcher keeps a general path and picks the specialized kernels by shape."""
     from cupy_dwconv import _kernels
