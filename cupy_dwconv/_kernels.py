@@ -406,24 +406,23 @@ def _smem_geometry(pr, dtype, th, tw, bh, bw):
     return pitch, per_tile, rwv, kwp, rtf
 
 
+@functools.lru_cache(maxsize=1024)
 def _smem_row_wavefronts(pitch, tih, row_step, col_step, ucg, urt, acc_size, rtf=0, threads=512):
     """Shared-memory wavefronts of one 16-byte read per thread at its micro-tile's row
     (conv_smem's thread layout, cuda/conv.cu: tile p, then row tile rt and column tile
     cg, cg fastest, or rt fastest when rtf), over the first `threads` threads: a warp's
     16-byte reads go in 4 phases of 8 threads, each phase as many wavefronts as the most
-    distinct 16-byte units in one bank group (of 8)."""
-    per_tile = ucg * urt
-    total = 0
-    for w0 in range(0, threads, 32):
-        for q0 in range(w0, w0 + 32, 8):
-            groups = {}
-            for t in range(q0, q0 + 8):
-                p, rem = divmod(t, per_tile)
-                cg, rt = divmod(rem, urt) if rtf else divmod(rem, ucg)[::-1]
-                unit = ((p * tih + rt * row_step) * pitch + cg * col_step) * acc_size // 16
-                groups.setdefault(unit % 8, set()).add(unit)
-            total += max(len(u) for u in groups.values())
-    return total
+    distinct 16-byte units in one bank group (of 8). Vectorized and memoized: planning
+    calls it for every candidate tile shape and both layouts."""
+    t = numpy.arange(threads // 8 * 8, dtype=numpy.int64)
+    p, rem = t // (ucg * urt), t % (ucg * urt)
+    rt, cg = (rem % urt, rem // urt) if rtf else (rem // ucg, rem % ucg)
+    units = numpy.sort((((p * tih + rt * row_step) * pitch + cg * col_step) * acc_size // 16).reshape(-1, 8), axis=1)
+    first = numpy.ones(units.shape, dtype=bool)
+    first[:, 1:] = units[:, 1:] != units[:, :-1]  # a unit read by several threads is one read
+    per_group = numpy.zeros((units.shape[0], 8), dtype=numpy.int64)
+    numpy.add.at(per_group, (numpy.arange(units.shape[0])[:, None].repeat(8, 1)[first], (units % 8)[first]), 1)
+    return int(per_group.max(axis=1).sum())
 
 
 SMEM_SHAPES = ((7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (2, 4), (1, 8), (1, 4))
