@@ -211,15 +211,44 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     // Toeplitz entry e = (kh * KS + s) * 32 + lane: this lane's B fragment of k-step s,
     // b0 = (B[k][n], B[k+1][n]), b1 = (B[k+8][n], B[k+9][n]) with k = 16 s + 2 (lane % 4),
     // n = lane / 4 and B[k][n] = w[kh][k - n - SHIFT] (zero outside the kernel).
-    auto w_entry = [&](const unsigned short* wp, int e, unsigned (&h)[4]) {
+    auto w_pos = [&](int e, int& kh, int& d) {  // entry e: tap row, and d = k - n - SHIFT of its b0
         const int ln = e & 31, kk = e >> 5;
-        const int kh = kk / KS, s = kk - (kk / KS) * KS;
-        const int d = 16 * s + 2 * (ln & 3) - (ln >> 2) - SHIFT;
+        kh = kk / KS;
+        d = 16 * (kk - kh * KS) + 2 * (ln & 3) - (ln >> 2) - SHIFT;  // >= -14
+    };
+    auto w_entry = [&](const unsigned short* wp, int e, unsigned (&h)[4]) {
+        int kh, d;
+        w_pos(e, kh, d);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int kw = d + (i & 1) + 8 * (i >> 1);
             const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
             h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
+        }
+    };
+    // Which weights an entry reads does not depend on the item. w_meta packs the offset of
+    // its first weight (+16, to stay positive) and, in the top 4 bits, which of its 4
+    // weights lie inside the kernel; the others are base + {1, 8, 9} (base - ... for
+    // FLIP). w_fetch loads them for an item: the tables prefetched through registers
+    // (WPRE) keep their metadata per thread, so that per item only the loads remain.
+    auto w_meta = [&](int e) {
+        int kh, d;
+        w_pos(e, kh, d);
+        unsigned mask = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int kw = d + (i & 1) + 8 * (i >> 1);
+            if (kw >= 0 && kw < KW) mask |= 1u << i;
+        }
+        const int base = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - d) : kh * KW + d;
+        return (unsigned)(base + 16) | (mask << 28);
+    };
+    auto w_fetch = [&](const unsigned short* wp, unsigned m, unsigned (&h)[4]) {
+        const int base = (int)(m & 0x0fffffffu) - 16;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int o = (i & 1) + 8 * (i >> 1);
+            h[i] = ((m >> (28 + i)) & 1u) ? (unsigned)__ldg(wp + (FLIP ? base - o : base + o)) : 0u;
         }
     };
     auto w_row = [&](i64 k) {
@@ -233,42 +262,18 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         return (!FLIP && bias != nullptr && k < n_items) ? load1(bias + ring_at(k).pm.ch) : 0.f;
     };
     unsigned wreg[G::WPT][4];  // WPRE: the next item's table entries, loaded one item ahead
-    // WPRE: which weights this thread's entries read does not depend on the item, so it is
-    // worked out once: per entry, the offset of its first weight (+16, to stay positive)
-    // and in the top 4 bits which of its 4 weights lie inside the kernel; the others are
-    // base + {1, 8, 9} (base - ... for FLIP). Recomputing it per item cost ~75
-    // instructions per entry (convnext_7x7: a fifth of an item's issue).
+    // WPRE: this thread's entries' metadata, worked out once (per item it cost ~75
+    // instructions per entry: convnext_7x7, a fifth of an item's issue).
     unsigned wmeta[G::WPT];
 #pragma unroll
     for (int r = 0; r < G::WPT; ++r) {
         const int e = tid + r * NT;
-        wmeta[r] = 0;
-        if (G::WPRE && e < G::WT_ENTRIES) {
-            const int ln = e & 31, kk = e >> 5;
-            const int kh = kk / KS, s = kk - (kk / KS) * KS;
-            const int d = 16 * s + 2 * (ln & 3) - (ln >> 2) - SHIFT;  // >= -14
-            unsigned mask = 0;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int kw = d + (i & 1) + 8 * (i >> 1);
-                if (kw >= 0 && kw < KW) mask |= 1u << i;
-            }
-            const int base = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - d) : kh * KW + d;
-            wmeta[r] = (unsigned)(base + 16) | (mask << 28);
-        }
+        wmeta[r] = (G::WPRE && e < G::WT_ENTRIES) ? w_meta(e) : 0u;  // mask 0: nothing loaded
     }
     auto w_load = [&](i64 k) {
         const unsigned short* wp = w_row(k);
 #pragma unroll
-        for (int r = 0; r < G::WPT; ++r) {
-            const unsigned m = wmeta[r];
-            const int base = (int)(m & 0x0fffffffu) - 16;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int o = (i & 1) + 8 * (i >> 1);
-                wreg[r][i] = ((m >> (28 + i)) & 1u) ? (unsigned)__ldg(wp + (FLIP ? base - o : base + o)) : 0u;
-            }
-        }
+        for (int r = 0; r < G::WPT; ++r) w_fetch(wp, wmeta[r], wreg[r]);
     };
 
     for (int s = 0; s < STAGES; ++s) publish(s);
