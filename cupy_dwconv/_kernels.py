@@ -368,7 +368,7 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None)
         return None
     expr = "dw::conv_tile<" + _targs(
         CXX_TYPE[dtype], mode, pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, th, tw, ptr, plr, vin, shift, vout, minb,
-        _tile_prefetch(pr, dtype) if pf is None else pf
+        _tile_prefetch(pr, dtype) if pf is None else pf, pr.R > 1
     ) + ">"
     block = 256
     args = pack_args("TileArgs", n_units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, off_h=off_h, off_w=off_w,

@@ -213,6 +213,29 @@ def suite_dtypes(case, half_precision):
     return ("float32",) + (HALF_DTYPES if case.name in half_precision else ())
 
 
+def suite_launches(pairs, arch, sms=132):
+    """{src: {expr: [(case name, dtype, pass)]}}: every kernel specialization the
+    dispatcher picks for (case, dtype) pairs on 16-byte-aligned buffers, all passes (the
+    fused backward's two kernels included). Host planning only; no GPU needed."""
+    from . import _kernels
+
+    out = {}
+    for case, dtype in pairs:
+        p = case.params()
+        launches = {
+            "forward": _kernels.plan_forward(p, dtype, 0, arch, sms),
+            "grad_input": _kernels.plan_grad_input(p, dtype, 0, arch, sms),
+            "grad_weight": _kernels.plan_wgrad(p, dtype, 0, 0, arch, sms)[0],
+        }
+        fused = _kernels.plan_backward(p, dtype, 0, 0, arch, sms)  # all three gradients in one pass
+        if fused is not None:
+            launches["backward"] = fused[0]
+            launches["backward reduce"] = fused[2]
+        for pass_name, launch in launches.items():
+            out.setdefault(launch.src, {}).setdefault(launch.expr, []).append((case.name, dtype, pass_name))
+    return out
+
+
 def _dtype_arg(text):
     name = DTYPE_ALIASES.get(text.lower(), text.lower())
     if name not in DTYPES:

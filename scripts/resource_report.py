@@ -26,25 +26,6 @@ _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _USED = re.compile(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?")
 
 
-def planned(cases, arch, sms=132):
-    """{src: {expr: [(case, dtype, pass)]}} for the suite's cases."""
-    out = {}
-    for case, dtype in cases:
-        p = case.params()
-        launches = {
-            "forward": _kernels.plan_forward(p, dtype, 0, arch, sms),
-            "grad_input": _kernels.plan_grad_input(p, dtype, 0, arch, sms),
-            "grad_weight": _kernels.plan_wgrad(p, dtype, 0, 0, arch, sms)[0],
-        }
-        fused = _kernels.plan_backward(p, dtype, 0, 0, arch, sms)  # all three gradients in one pass
-        if fused is not None:
-            launches["backward"] = fused[0]
-            launches["backward reduce"] = fused[2]
-        for pass_name, launch in launches.items():
-            out.setdefault(launch.src, {}).setdefault(launch.expr, []).append((case.name, dtype, pass_name))
-    return out
-
-
 def parse(log):
     """[(mangled name, registers, stack, spill stores, spill loads, static smem)] from a
     ptxas -v log (one entry per compiled function, in log order)."""
@@ -78,7 +59,7 @@ def main(argv=None):
     cases, half = bench.load_suite(suite_path)
     pairs = [(c, dt) for c in cases for dt in bench.suite_dtypes(c, half)]
     total = spilling = 0
-    for src, exprs in sorted(planned(pairs, args.arch).items()):
+    for src, exprs in sorted(bench.suite_launches(pairs, args.arch).items()):
         names = sorted(exprs)
         log = compile_expressions(src, names, args.arch, resource_report=True)
         rows = {r[0]: r for r in parse(log)}

@@ -49,9 +49,12 @@ __device__ __forceinline__ void tile_accumulate(const T* __restrict__ xp, const 
 // VIN, known on the host; VOUT 16-byte stores on
 // rows known to be aligned (otherwise store_row picks the widest aligned access);
 // MINB blocks of 256 threads per SM the registers must allow (2: <= 128 registers);
-// PF: how many tiles ahead along the strip the input rows are prefetched into L2 (0: off).
+// PF: how many tiles ahead along the strip the input rows are prefetched into L2 (0: off);
+// MULTI: a.R may exceed 1 (the grad input of a channel multiplier gathers R planes). The
+// host passes false whenever R == 1, so the R-plane loop is not compiled: its second copy
+// of the unrolled tile cost the 80-register 3x3 tiles 8-100 bytes of spills.
 template <class T, int MODE, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW,
-          int PTR, int PLR, int VIN, int SHIFT, bool VOUT, int MINB, int PF>
+          int PTR, int PLR, int VIN, int SHIFT, bool VOUT, int MINB, int PF, bool MULTI>
 __global__ void __launch_bounds__(256, MINB)
 conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
           const TileArgs a) {
@@ -88,7 +91,7 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
         const int rt_end = min(n_rt, (rs + 1) * NT);
 
         A wr[KH * KW];
-        if (R == 1) {
+        if (!MULTI || R == 1) {
             const T* wp = w + pm.w_row0 * (KH * KW);
 #pragma unroll
             for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + i);
@@ -108,7 +111,7 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
             for (int t = 0; t < TH; ++t)
 #pragma unroll
                 for (int j = 0; j < TW; ++j) acc[t][j] = b0;
-            if (R == 1) {
+            if (!MULTI || R == 1) {
                 tile_accumulate<T, MODE, KH, KW, SH, SW, DH, DW, TH, TW, PTR, PLR, VIN, SOFF, NB>(xp0, wr, r0, c0, IH, IW, acc);
             } else {
                 for (int m = 0; m < R; ++m) {
