@@ -274,13 +274,22 @@ def _tile_shape(pr, dtype):
       stride 2 with 5x5: 4x4 (79 %).
     - 16-bit: one 16-byte vector wide (8 elements), 2 rows, 3 blocks/SM; 4 rows for 7x7.
     - Narrow planes (OW <= 8): one row of the whole width per thread; small planes: 2 rows.
-    NT None lets _strip_length pick the strip.
+    NT None lets _strip_length pick the strip; a float NT is the grid it aims for, in
+    waves of resident threads (the nearest strip length to that).
+    Strips, float32 (H200, session 13, us; benchmarks/NOTES.md): 3x3 tiles at ~10 waves,
+    mbv2_3x3 70.8 -> 65.2 (2 tiles), image_3x3 152.7 -> 140.6 (4; grad input 150.9 ->
+    140.1), mbv2_3x3_s2 95.5 (1 tile; 2 tiles 97.9); stride-2 5x5 at one wave,
+    effnet_5x5_s2 47.8 -> 42.6 (7 tiles, the whole column of tiles). Strided grad input
+    at 3 blocks per SM: mbv2_3x3_s2 112.8 -> 102.7 (1 tile; 2 at 2 blocks 103.7),
+    effnet_5x5_s2 50.6 -> 47.1 (3 tiles, ~6 waves; 2 tiles 48.0, 7 48.5).
     """
     if pr.mode == 1 and (pr.SH, pr.SW) != (1, 1):
         # Tiles start on a stride phase: multiples of the stride. (At stride 1 the
         # grad-input gather has the forward's shape of work and uses its table.)
         th = pr.SH * max(1, 4 // pr.SH)
         tw = pr.SW * max(1, (4 if dtype in ("float32", "float64") else 8) // pr.SW)
+        if dtype == "float32":
+            return th, tw, 3, (1 if pr.KH * pr.KW <= 9 else 6.0)
         return th, tw, 2, None
     taps = pr.KH * pr.KW
     if dtype == "float64":
@@ -289,9 +298,9 @@ def _tile_shape(pr, dtype):
         return 1, pr.OW, 2, None
     if dtype == "float32":
         if taps <= 9 and pr.DH == 1 and pr.DW == 1:
-            th, tw, minb, nt = 4, 4, 3, 1
+            th, tw, minb, nt = 4, 4, 3, 10.0
         elif pr.SW > 1:
-            th, tw, minb, nt = 4, 4, 2, None
+            th, tw, minb, nt = 4, 4, 2, 1.0
         else:
             th, tw, minb, nt = 4, 8, 2, None
     else:
@@ -301,11 +310,12 @@ def _tile_shape(pr, dtype):
     return min(th, pr.OH), tw, minb, nt
 
 
-def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 * 2048 * 2):
+def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 * 2048 * 2, nearest=False):
     """Micro-tiles per thread along H: as many as possible (amortizes per-thread setup)
-    while the grid keeps about `target_threads` threads."""
-    nt = max(1, min(tiles_per_thread_max, n_rt, (n_rt * other_units) // target_threads))
-    return nt
+    while the grid keeps about `target_threads` threads (rounded down, or to the nearest
+    strip length with `nearest`)."""
+    want = n_rt * other_units / target_threads if nearest else (n_rt * other_units) // target_threads
+    return max(1, min(tiles_per_thread_max, n_rt, int(round(want)) if nearest else want))
 
 
 def _tile_prefetch(pr, dtype):
@@ -329,7 +339,7 @@ def _wgrad_prefetch(dtype):
     return 1 if dtype in ("float16", "bfloat16") else 0
 
 
-def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None):
+def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None, sms=132):
     """conv_tile plan for small kernels; None when the shape does not fit its limits."""
     if pr.KH * pr.KW > TILE_MAX_TAPS:
         return None
@@ -362,6 +372,8 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None)
     n_rt = _cdiv(pr.OH, th)
     if nt is None:
         nt = _strip_length(n_rt, pr.planes * n_cg)
+    elif isinstance(nt, float):  # waves of resident threads (256-thread blocks, MINB per SM)
+        nt = _strip_length(n_rt, pr.planes * n_cg, target_threads=nt * sms * 256 * minb, nearest=True)
     n_rs = _cdiv(n_rt, nt)
     units = pr.planes * n_rs * n_cg
     if n_cg * n_rt > INT32_MAX:
@@ -953,7 +965,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
     if force is not None:
         kind, kwargs = force
         if kind == "tile":
-            return tile_launch(pr, dtype, x_ptr, **kwargs)
+            return tile_launch(pr, dtype, x_ptr, sms=sms, **kwargs)
         if kind == "smem":
             return smem_launch(q, dtype, **kwargs)
         if kind == "mma":
@@ -977,7 +989,7 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     if launch is None and _use_mma(q, dtype):
         launch = mma_launch(q, dtype, x_ptr, arch, sms)
     if launch is None:
-        launch = tile_launch(pr, dtype, x_ptr)
+        launch = tile_launch(pr, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0:
         launch = smem_launch(q, dtype)
     return launch if launch is not None else generic_launch(pr, dtype)

@@ -59,16 +59,54 @@ def test_load_width_follows_rows_and_pointers():
 
 
 def test_prefetch_rules():
-    """L2 prefetch distance (last template argument): on for 16-bit tiles, two tiles ahead
-    on large planes; off for float32 3x3 forward tiles and float32 grad-weight tiles."""
+    """L2 prefetch distance (conv_tile's 17th template argument, wgrad_tile's last): on for
+    16-bit tiles, two tiles ahead on large planes; off for float32 3x3 forward tiles and
+    float32 grad-weight tiles."""
     big = params((2, 4, 256, 256), (4, 1, 3, 3), 1, 1, 1)
     small = params((2, 4, 56, 56), (4, 1, 3, 3), 1, 1, 1)
     last = lambda expr: int(_args(expr)[-1])
-    assert last(_tile(_kernels.forward_problem(big), "float16", 0).expr) == 2
-    assert last(_tile(_kernels.forward_problem(small), "bfloat16", 0).expr) == 1
-    assert last(_tile(_kernels.forward_problem(big), "float32", 0).expr) == 0
+    pf = lambda expr: int(_args(expr)[16])
+    assert pf(_tile(_kernels.forward_problem(big), "float16", 0).expr) == 2
+    assert pf(_tile(_kernels.forward_problem(small), "bfloat16", 0).expr) == 1
+    assert pf(_tile(_kernels.forward_problem(big), "float32", 0).expr) == 0
     assert last(_kernels.plan_wgrad(small, "float32", 0, 0, 90, 132)[0].expr) == 0
     assert last(_kernels.plan_wgrad(small, "float16", 0, 0, 90, 132)[0].expr) == 1
+
+
+def test_tile_strip_rules():
+    """conv_tile strips (tiles per thread down a column, TileArgs.NT): float32 3x3 tiles
+    aim at ~10 waves of resident threads (mbv2_3x3: 2 tiles, image_3x3: 4, mbv2_3x3_s2:
+    1), stride-2 5x5 at one wave (effnet_5x5_s2: the whole column of 7 tiles); the
+    strided grad input runs 3 blocks per SM, one tile per thread for 3x3."""
+    def nt(launch):
+        return int(launch.scalars[0]["NT"])
+
+    mbv2 = params((64, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1)
+    image = params((8, 32, 512, 512), (32, 1, 3, 3), 1, 1, 1)
+    mbv2_s2 = params((64, 96, 112, 112), (96, 1, 3, 3), 2, 1, 1)
+    effnet_s2 = params((64, 144, 56, 56), (144, 1, 5, 5), 2, 2, 1)
+    for p, want in ((mbv2, 2), (image, 4), (mbv2_s2, 1), (effnet_s2, 7)):
+        launch = _kernels.plan_forward(p, "float32", 0, 90, 132)
+        assert "conv_tile" in launch.expr and nt(launch) == want
+    gi = _kernels.plan_grad_input(mbv2_s2, "float32", 0, 90, 132)
+    assert "conv_tile" in gi.expr and _args(gi.expr)[15] == "3" and nt(gi) == 1
+    # Fewer multiprocessors hold fewer threads: longer strips keep the waves (at most 8).
+    assert nt(_kernels.plan_forward(mbv2, "float32", 0, 90, 66)) == 4
+    assert nt(_kernels.plan_forward(image, "float32", 0, 90, 16)) == 8
+
+
+def test_tile_multi_plane_loop_only_where_needed():
+    """conv_tile compiles its loop over R input planes (MULTI, the last template argument)
+    only for a grad input that gathers several planes (channel multiplier > 1)."""
+    def multi(p, grad):
+        launch = (_kernels.plan_grad_input if grad else _kernels.plan_forward)(p, "float32", 0, 90, 132)
+        assert "conv_tile" in launch.expr
+        return _args(launch.expr)[-1]
+
+    one = params((2, 4, 30, 30), (4, 1, 3, 3), 2, 1, 1)
+    three = params((2, 4, 30, 30), (12, 1, 3, 3), 2, 1, 1)
+    assert (multi(one, False), multi(one, True), multi(three, False), multi(three, True)) == (
+        "false", "false", "false", "true")
 
 
 def test_plane_dispatch():
