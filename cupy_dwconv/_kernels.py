@@ -660,18 +660,21 @@ def _use_mma(pr, dtype):
 
 
 def _mma_staging(pr, x_ptr, gran=None):
-    """(GRAN, SHIFT): the cp.async copy width of the input rows (16 or 4 bytes; 2 =
+    """(GRAN, SHIFT): the cp.async copy width of the input rows (16, 8 or 4 bytes; 2 =
     checked loads) and the columns the staged tile starts before the first one read.
 
     Of the widths the rows and pointer allow, the one with the fewest k-steps, then the
     widest: SHIFT (the staged tile starts on a GRAN boundary) enters the k-steps, KS =
     ceil((SHIFT + 7 + KW) / 16). convnext_7x7 (pad 3): 16-byte copies need SHIFT 5 and 2
-    k-steps, 4-byte copies SHIFT 1 and 1 k-step, half the MMAs and ldmatrix chunks
-    (measured, H200: fp16 forward 70.5 -> 64.5 us, grad input 74.6 -> 65.0).
+    k-steps, 8- and 4-byte copies SHIFT 1 and 1 k-step, half the MMAs and ldmatrix chunks
+    (measured, H200: fp16 forward 70.5 -> 64.5 us, grad input 74.6 -> 65.0 with 4-byte
+    copies; 8-byte copies, half as many: 47.7 -> 45.3, 48.0 -> 44.9).
     `gran` forces a width (None where the rows or pointer do not allow it)."""
     options = []
     if pr.IW % 8 == 0 and x_ptr % 16 == 0:
         options.append((16, (-pr.PL) % 8))
+    if pr.IW % 4 == 0 and x_ptr % 8 == 0:
+        options.append((8, (-pr.PL) % 4))
     if pr.IW % 2 == 0 and x_ptr % 4 == 0:
         options.append((4, (-pr.PL) % 2))
     options.append((2, 0))
@@ -680,10 +683,15 @@ def _mma_staging(pr, x_ptr, gran=None):
     return min(options, key=lambda o: ((o[1] + 7 + pr.KW + 15) // 16, -o[0]))
 
 
-def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, minb=None, blocks=None, gran=None):
+def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, minb=None, blocks=None, gran=None,
+               direct=None):
     """conv_mma plan (MODE 0 correlations, optionally with the flipped kernel); None when
     the problem is not one it takes. `blocks` caps the persistent grid (tests use it to
-    run many items per block)."""
+    run many items per block). `direct`: accumulator pairs stored straight from the
+    fragments (DIRECT; default wherever OW is even, which keeps every pair 4-byte
+    aligned), else through the per-warp shared-memory rows. Measured (H200, us, forward /
+    grad input): convnext_7x7 fp16 45.3 -> 36.9 / 34.9 with 8-byte copies, bf16 -> 36.7;
+    replk_31x31 fp16 158.8 -> 147.4 (benchmarks/NOTES.md, session 13)."""
     if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or pr.mode != 0
             or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1)):
         return None
@@ -706,7 +714,9 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     # Persistent blocks: as many as can be resident at once (registers allow MINB).
     per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wr)))
     grid = (max(1, min(n_tiles, sms * per_sm, blocks or INT32_MAX, INT32_MAX)), 1, 1)
-    expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, gran, stages, pr.flip, minb) + ">"
+    direct = pr.OW % 2 == 0 and (direct is None or bool(direct))
+    expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, gran, stages, pr.flip, minb,
+                                    direct) + ">"
     args = pack_args("MmaArgs", n_tiles=n_tiles, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT, pad_l=pr.PL,
                      n_tx=n_tx, n_ty=n_ty, **_channel_fields(pr))
     return Launch("mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,))

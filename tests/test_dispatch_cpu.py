@@ -247,15 +247,29 @@ def test_rows_pairs_rule():
 
 
 def test_mma_staging_takes_fewest_k_steps():
-    """convnext_7x7 16-bit (pad 3): 4-byte copies start the tile 1 column early and need
-    one k-step; 16-byte copies (5 columns early) would need two."""
+    """convnext_7x7 16-bit (pad 3): 8-byte copies start the tile 1 column early and need
+    one k-step (as 4-byte copies, twice as many); 16-byte copies (5 columns early) would
+    need two. Rows of a width that is not a multiple of 4 take 4-byte copies."""
     pr = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 7, 7), 1, 3, 1))
-    assert _kernels._mma_staging(pr, 0) == (4, 1)
+    assert _kernels._mma_staging(pr, 0) == (8, 1)
+    assert _kernels._mma_staging(pr, 0, gran=4) == (4, 1)
+    assert _kernels._mma_staging(pr, 8) == (8, 1)  # a pointer 8 bytes past a 16-byte boundary
+    assert _kernels._mma_staging(_kernels.forward_problem(params((1, 2, 20, 50), (2, 1, 7, 7), 1, 3, 1)), 0) == (4, 1)
     assert _kernels._mma_staging(pr, 0, gran=16) == (16, 5)
     assert _kernels.mma_geometry(7, 7, 7, 4, 1, 2)[0] == 1 and _kernels.mma_geometry(7, 7, 7, 4, 5, 2)[0] == 2
     assert _kernels._mma_staging(pr, 2) == (2, 0)  # a pointer off 4 bytes: checked loads
     wide = _kernels.forward_problem(params((1, 2, 64, 64), (2, 1, 31, 31), 1, 15, 1))
     assert _kernels._mma_staging(wide, 0) == (16, 1)  # both need 3 k-steps: the wider copy
+
+
+def test_mma_direct_stores_need_even_rows():
+    """conv_mma stores accumulator pairs straight from the fragments (DIRECT, its last
+    template argument) exactly where OW is even, so that every pair is 4-byte aligned."""
+    for w, want in ((56, "true"), (38, "true"), (37, "false"), (7, "false")):
+        pr = _kernels.forward_problem(params((1, 2, 20, w), (2, 1, 3, 3), 1, 1, 1))
+        launch = _kernels.mma_launch(pr, "float16", 0, 90)
+        assert _args(launch.expr)[-1] == want
+        assert _args(_kernels.mma_launch(pr, "float16", 0, 90, direct=False).expr)[-1] == "false"
 
 
 def test_smem_thread_layout_avoids_bank_conflicts():

@@ -26,7 +26,9 @@
 //      fragment of block j, k-step s is chunks j + 2s and j + 2s + 1: neighbouring output
 //      blocks share chunks, so each chunk is read once per tap row), then issues WN * KS
 //      MMAs into WN float32 accumulator fragments.
-//   4. Accumulators are rounded to 16 bits and stored two columns per lane.
+//   4. Accumulators are rounded to 16 bits and stored two columns per lane: straight
+//      from the fragments where OW is even (DIRECT; 2 WN 4-byte stores per lane), else
+//      through shared memory, one output row at a time.
 //
 // Bytes per output: one input element read (plus halo, served by L2) and one output
 // element written, 2 + 2 bytes; shared-memory traffic is KH * (WN + 2KS - 1) * 256 bytes
@@ -67,18 +69,19 @@ struct MmaTile {
 
 // Template arguments: T half_t or bf16_t; KH KW kernel; WN 8-column output blocks per warp
 // (BW = 8 WN); WR warps per block (BH = 16 WR); SHIFT as in MmaTile; GRAN staging copy
-// width in bytes: 16 or 4 (cp.async; the host sets it only when IW and the plane base
+// width in bytes: 16, 8 or 4 (cp.async; the host sets it only when IW and the plane base
 // allow it, so every aligned copy lies wholly inside or outside a row) or 2 (checked
 // 16-bit loads through registers); STAGES input tiles in flight per block; FLIP reads the
 // kernel rotated by 180 degrees (grad input at stride 1); MINB blocks per SM the
-// registers must allow.
+// registers must allow; DIRECT stores the accumulator pairs straight from the fragments
+// (the host sets it only for even OW), else through per-warp shared-memory rows.
 //
 // Blocks are persistent: block b takes tiles b, b + gridDim.x, ...; with R > 1 input
 // planes per output plane (grad input with a channel multiplier) an *item* is one (tile,
 // plane) pair. Items flow through a STAGES-deep ring of shared-memory tiles filled by
 // cp.async, so the loads of the next STAGES - 1 items are in flight while one is
 // computed, with one barrier per item.
-template <class T, int KH, int KW, int WN, int WR, int SHIFT, int GRAN, int STAGES, bool FLIP, int MINB>
+template <class T, int KH, int KW, int WN, int WR, int SHIFT, int GRAN, int STAGES, bool FLIP, int MINB, bool DIRECT>
 __global__ void __launch_bounds__(32 * WR, MINB)
 conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
          const MmaArgs a) {
@@ -87,7 +90,8 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     typedef MmaTile<KH, KW, WN, WR, SHIFT, STAGES, NT> G;
     static_assert(G::KS <= 4 && WN >= 1 && WN <= 16 && WR >= 1 && WR <= 8, "geometry");
     static_assert(STAGES >= 2 && STAGES <= 4, "ring depth");
-    static_assert((GRAN == 16 && SHIFT < 8) || (GRAN == 4 && SHIFT < 2) || (GRAN == 2 && SHIFT == 0), "staging");
+    static_assert((GRAN == 16 && SHIFT < 8) || (GRAN == 8 && SHIFT < 4) || (GRAN == 4 && SHIFT < 2) ||
+                  (GRAN == 2 && SHIFT == 0), "staging");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int KS = G::KS, NCH = G::NCH, PITCH = G::PITCH, TIH = G::TIH, TIW = G::TIW;
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
@@ -166,7 +170,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
             const int ih0 = it.oh0 - pad_t, c0 = it.ow0 - pad_l - SHIFT;
             const int slot = (int)(k % STAGES);
             const unsigned dst = xs_addr + (unsigned)(slot * G::XS_BYTES);
-            if constexpr (GRAN == 16 || GRAN == 4) {
+            if constexpr (GRAN == 16 || GRAN == 8 || GRAN == 4) {
                 // U copies per staged row, E elements each. Thread tid takes units tid,
                 // tid + NT, ...: its (row, unit) and its source row pointer advance by a
                 // fixed step (DQ rows and DR units, wrapping into the next row), so a copy
@@ -182,6 +186,8 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
                     const bool ok = (unsigned)ih < (unsigned)IH && (unsigned)col < (unsigned)IW;
                     if constexpr (GRAN == 16)
                         cp_async16(d, ok ? rp + col : xp, ok ? 16 : 0);
+                    else if constexpr (GRAN == 8)
+                        cp_async8(d, ok ? rp + col : xp, ok ? 8 : 0);
                     else
                         cp_async4(d, ok ? rp + col : xp, ok ? 4 : 0);
                     i += DQ;
@@ -337,7 +343,23 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
                                 b[s].x, b[s].y);
         }
 
-        if (it.m == R - 1) {
+        if (DIRECT && it.m == R - 1) {
+            // DIRECT (the host checks that OW is even): each lane stores its fragment pairs
+            // straight to global memory, rows g and g + 8 of the warp, columns 2 (lane % 4)
+            // and +1 of each block: 4-byte aligned, since OW, ow0 and the column are even.
+            // 2 WN stores per lane and item, no shared-memory pass and no row loop.
+            unsigned short* const yp = reinterpret_cast<unsigned short*>(y) + it.q * plane_out;
+#pragma unroll
+            for (int hlf = 0; hlf < 2; ++hlf) {
+                const int oh = it.oh0 + 16 * warp + g + 8 * hlf;
+                if (oh < OH) {
+                    unsigned* const rp = reinterpret_cast<unsigned*>(yp + (i64)oh * OW + it.ow0 + 2 * t4);
+#pragma unroll
+                    for (int j = 0; j < WN; ++j)
+                        if (it.ow0 + 8 * j + 2 * t4 < OW) rp[4 * j] = pack2(T(), acc[j][2 * hlf], acc[j][2 * hlf + 1]);
+                }
+            }
+        } else if (it.m == R - 1) {
             // The lane holds rows g and g + 8, columns 2 (lane % 4) and +1 of each block:
             // 16-byte pieces of 8 rows per instruction, which would split most 32-byte
             // sectors between instructions (output rows rarely start on a sector). The warp

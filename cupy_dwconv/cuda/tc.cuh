@@ -46,8 +46,8 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int by
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(bytes));
 }
-__device__ __forceinline__ void cp_async8(unsigned dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" :: "r"(dst), "l"(src));
+__device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int bytes = 8) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"(dst), "l"(src), "r"(bytes));
 }
 // One copy of B bytes (4, 8 or 16) issued only where `on` (a predicated instruction, not
 // a branch), zero-filled in shared memory when !ok (src unread).
