@@ -261,10 +261,12 @@ def test_rows_persistent_segments_walk_many_units():
                  scale=math.sqrt(15))
 
 
-# conv_mma (tensor cores): every staging shift (pad_l mod 8) with 16-byte copies (widths
-# that are multiples of 8), both shifts with 4-byte copies (even widths), checked loads
-# (odd widths); one to three k-steps (KW 7, 9, 10, 26, 31); tiles that do not divide the
-# output, tiny planes, several tiles per plane, a channel multiplier.
+# conv_mma (tensor cores): 16-byte copies (widths that are multiples of 8), every shift
+# of 8-byte copies (pad_l mod 4, where they save a k-step), both shifts of 4-byte copies
+# (even widths), checked loads (odd widths); one to three k-steps (KW 7, 9, 10, 26, 31);
+# outputs stored straight from the fragments (even OW) and through shared memory (odd
+# OW: 81, 33, 7 columns); tiles that do not divide the output, tiny planes, several tiles
+# per plane, a channel multiplier.
 MMA_SHAPES = [
     # N, C, M, H, W, KH, KW, padding
     (2, 3, 1, 19, 37, 3, 7, ((1, 0), (3, 2))),
