@@ -3,8 +3,8 @@
     ncu --clock-control none -k regex:conv_ --launch-skip 2 --launch-count 1 \
         python3 benchmarks/profile_case.py seed_3x7 float16 [forward|backward]
 
-DWCONV_FORCE=KIND:K=V,... runs a forced forward plan instead (the sweep's families and
-keyword arguments, integers; staged=1).
+DWCONV_FORCE=KIND:K=V,... runs a forced forward plan instead (a spec as benchmarks/ab.py
+reads it: plan_conv's families and keyword arguments, rowsa = rows with staged=True).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cupy  # noqa: E402
 
@@ -31,15 +32,13 @@ def main(argv):
     w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
     b = bench._random_gpu(cupy, rs, (p.CM,), dtype)
     kw = dict(stride=(p.SH, p.SW), padding=p.padding, dilation=(p.DH, p.DW))
-    force = os.environ.get("DWCONV_FORCE")  # e.g. "rows:v=8,pf=4,minb=2,staged=1"
+    force = os.environ.get("DWCONV_FORCE")  # e.g. "rowsa:v=8,pf=4,minb=2"
     if force and which == "forward":
+        from ab import parse_spec
+
         from cupy_dwconv import _kernels
 
-        kind, _, spec = force.partition(":")
-        fkw = {k: int(v) for k, v in (item.split("=") for item in spec.split(",") if item)}
-        if "staged" in fkw:
-            fkw["staged"] = bool(fkw["staged"])
-        launch = _kernels.plan_conv(_kernels.forward_problem(p), dtype, x.data.ptr, force=(kind, fkw))
+        launch = _kernels.plan_conv(_kernels.forward_problem(p), dtype, x.data.ptr, force=parse_spec(force))
         y = cupy.empty(p.out_shape, dtype=x.dtype)
         print("forced", launch.expr, flush=True)
         for _ in range(3):
