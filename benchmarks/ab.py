@@ -5,6 +5,10 @@ events, median, inputs rotated past L2).
 
     python benchmarks/ab.py convnext_7x7 float16 "mma:gran=16" "mma:gran=4"
     python benchmarks/ab.py replk_13x13 float32 --pass grad_input "smem:maxr=128" "smem:maxr=96"
+    python benchmarks/ab.py convnext_7x7 float16 --shape 32 96 112 56 "mma:wr=7"
+
+--shape N C H W replaces the case's input shape (kernel, stride, padding and dilation
+stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane.
 
 A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, rows; rowsa is
 rows with staged=True); values are ints, true/false or none.
@@ -13,6 +17,7 @@ rows with staged=True); values are ints, true/false or none.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -43,12 +48,16 @@ def main(argv=None):
     ap.add_argument("specs", nargs="+")
     ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input"])
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     args = ap.parse_args(argv)
 
     import cupy
 
     cases, _ = bench.load_suite(bench.default_suite_path())
-    p = next(c for c in cases if c.name == args.case).params()
+    case = next(c for c in cases if c.name == args.case)
+    if args.shape:
+        case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
+    p = case.params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
     fwd = args.which == "forward"

@@ -56,9 +56,11 @@ ROWS_ASYNC_VARIANTS = [(16, pf, mb, None) for mb in (2, 3) for pf in (2, 3, 4, 6
 # wgrad_plane (planes per block, batch items per step, chunks; None = the host's rule).
 WPLANE_VARIANTS = [(None, None, None), (32, 4, 16), (32, 4, 8), (16, 8, 8), (64, 2, 16), (32, 2, 32), (16, 4, 16),
                    (32, 8, 4)]
-# grad weight: wgrad_tile (TH, TW, chunks; None = the host's rule) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
-WGRAD_TILE_VARIANTS = [(4, 8, None), (2, 8, None), (4, 4, None), (8, 8, None), (4, 8, 2), (2, 8, 2), (2, 8, 4),
-                       (4, 8, 4), (1, 8, 4), (2, 8, 8)]
+# grad weight: wgrad_tile (TH, TW, chunks, MINB; None = the host's rule) and wgrad_mma (WR, BH, STAGES, MINB; BH None = the host's rule).
+WGRAD_TILE_VARIANTS = [(4, 8, None, 1), (2, 8, None, 1), (4, 4, None, 1), (8, 8, None, 1), (4, 8, 2, 1), (2, 8, 2, 1),
+                       (2, 8, 4, 1), (4, 8, 4, 1), (1, 8, 4, 1), (2, 8, 8, 1), (4, 4, None, 2), (2, 8, None, 2),
+                       (2, 8, None, 3), (2, 4, None, 2), (2, 4, None, 3), (2, 4, 8, 2), (2, 4, 4, 2), (2, 4, 14, 2),
+                       (4, 2, None, 2), (1, 8, None, 2), (1, 4, None, 3), (4, 4, 8, 1), (3, 4, None, 2)]
 WMMA_VARIANTS = [(4, None, 2, None), (4, None, 3, None), (4, 16, 2, None), (4, 32, 2, None), (4, 64, 2, None),
                  (4, 16, 3, None), (4, 32, 3, None), (8, 16, 2, None), (8, 32, 2, None), (8, 64, 2, None),
                  (8, 32, 3, None), (2, 16, 2, 8), (2, 32, 2, 8), (4, None, 2, 4), (4, None, 2, 8), (8, None, 2, 3)]
@@ -219,8 +221,8 @@ def wgrad_variants(p, dtype):
     """[(label, (stage-1 launch, chunks, stage-2 launch))] for the default plan and the
     grad-weight variants that plan."""
     out = [(("default", None), _kernels.plan_wgrad(p, dtype, 0, 0))]
-    for th, tw, chunks in WGRAD_TILE_VARIANTS:
-        out.append((("tile", dict(th=th, tw=tw, chunks=chunks)), None))
+    for th, tw, chunks, minb in WGRAD_TILE_VARIANTS:
+        out.append((("tile", dict(th=th, tw=tw, chunks=chunks, minb=minb)), None))
     for pf in (0, 1):
         out.append((("tile", dict(pf=pf)), None))
     if dtype in _kernels.MMA_DTYPES:

@@ -628,16 +628,17 @@ MMA_DTYPES = ("float16", "bfloat16")
 MMA_MIN_ARCH = 80  # mma.sync m16n8k16 with bf16 inputs
 
 
-def mma_geometry(kh, kw, wn, wr, shift, stages):
+def mma_geometry(kh, kw, wn, wr, shift, stages, direct=False):
     """(k-steps, shared-memory bytes) of conv_mma; mirrors MmaTile in cuda/mma.cu (the
-    kernel traps if it is given less shared memory than its own formula says)."""
+    kernel traps if it is given less shared memory than its own formula says). `direct`:
+    accumulators stored from the fragments, no output staging rows."""
     ks = (shift + 7 + kw + 15) // 16
     nch = wn + 2 * ks - 1
     tih, tiw = 16 * wr + kh - 1, 8 * nch
     pitch = tiw if nch % 2 else tiw + 8
     entries = kh * ks * 32
     wpre = entries <= 2 * 32 * wr
-    out = wr * 16 * 4 * (wn if wn % 2 else wn + 1) * 4  # per-warp output staging (MmaTile::OPW words a row)
+    out = 0 if direct else wr * 16 * 4 * (wn if wn % 2 else wn + 1) * 4  # per-warp output staging (MmaTile::OPW words a row)
     return ks, stages * tih * pitch * 2 + (2 if wpre else 1) * entries * 8 + out
 
 
@@ -704,7 +705,8 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     if staging is None:
         return None
     gran, shift = staging
-    ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr, shift, stages)
+    direct = pr.OW % 2 == 0 and (direct is None or bool(direct))
+    ks, smem = mma_geometry(pr.KH, pr.KW, wn, wr, shift, stages, direct)
     if ks > 4 or smem > SM_SMEM:
         return None
     n_tx, n_ty = _cdiv(pr.OW, 8 * wn), _cdiv(pr.OH, 16 * wr)
@@ -714,7 +716,6 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     # Persistent blocks: as many as can be resident at once (registers allow MINB).
     per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wr)))
     grid = (max(1, min(n_tiles, sms * per_sm, blocks or INT32_MAX, INT32_MAX)), 1, 1)
-    direct = pr.OW % 2 == 0 and (direct is None or bool(direct))
     expr = "dw::conv_mma<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, wr, shift, gran, stages, pr.flip, minb,
                                     direct) + ">"
     args = pack_args("MmaArgs", n_tiles=n_tiles, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT, pad_l=pr.PL,
@@ -1060,41 +1061,49 @@ def _wgrad_chunks(units_per_channel, channels, sms=132):
 
 
 def _wgrad_tile_shape(p, dtype):
-    """(TH, TW) grad_output tile per thread of wgrad_tile, from the grad-weight sweep and
-    the benchmark (benchmarks/NOTES.md, session 3, H100; where the two disagreed on small
-    problems the benchmark decided): register pressure is KH*KW tap sums plus the tile,
-    so wider kernels take smaller tiles; dilated 3x3 reuses an 8x8 tile's input rows."""
+    """(TH, TW, MINB): grad_output tile per thread of wgrad_tile and blocks per SM its
+    registers must allow, from the grad-weight sweep and the benchmark (benchmarks/NOTES.md,
+    sessions 3 and 6 on the H100, 14 on the H200; where the sweep and the benchmark
+    disagreed on small problems the benchmark decided): register pressure is KH*KW tap
+    sums plus the tile, so wider kernels take smaller tiles; dilated 3x3 reuses an 8x8
+    tile's input rows. MINB 1 lets a thread keep whole tiles' loads in flight; strided
+    problems read more x per tap and want the warps instead (2-3 blocks per SM)."""
     taps = p.KH * p.KW
     if dtype == "float64":
-        return 2 if taps > 25 else 4, 4
+        return (2 if taps > 25 else 4), 4, 1
     if p.OW <= 8:
-        return 2, 8  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)
+        return 2, 8, 1  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)
     if p.OH * p.OW <= 400:
-        return 2, 8  # small planes: more units per channel (inception_1x7 sweep, session 6: 4x8 0.0237, 2x8 0.0173)
+        return 2, 8, 1  # small planes: more units per channel (inception_1x7 sweep, session 6: 4x8 0.0237, 2x8 0.0173)
     if dtype in ("float16", "bfloat16"):
-        return (2, 8) if 9 < taps < 49 else (4, 8)  # seed_3x7 0.61 -> 0.40 ms; 7x7 4x8 0.141 vs 2x8 0.151
+        return ((2, 8) if 9 < taps < 49 else (4, 8)) + (1,)  # seed_3x7 0.61 -> 0.40 ms; 7x7 4x8 0.141 vs 2x8 0.151
     if p.SH * p.SW > 1:
-        return (4, 4) if taps > 9 else (2, 8)  # effnet_5x5_s2 0.096 -> 0.082, mbv2_3x3_s2 2x8 = 4x8
+        # H200 sweep, session 14 (ms): effnet_5x5_s2 4x4 at 1 block per SM 0.0696, 3x4 at 2
+        # 0.0559 (4x4 at 2 spills); mbv2_3x3_s2 2x8 at 1 0.1244, 1x4 at 3 0.0991, 4x4 at 2 0.1005.
+        return (3, 4, 2) if taps > 9 else (1, 4, 3)
     if p.DH * p.DW > 1:
-        return (8, 8) if taps <= 9 else (2, 8)  # dilated_3x3_d2 0.115 -> 0.104
+        return ((8, 8) if taps <= 9 else (2, 8)) + (1,)  # dilated_3x3_d2 0.115 -> 0.104
     if 9 < taps < 25:
-        return 2, 8  # seed_3x7 0.456 -> 0.405
+        return 2, 8, 1  # seed_3x7 0.456 -> 0.405
     if taps >= 49:
-        return 4, 4  # convnext_7x7 0.132 -> 0.123
+        return 4, 4, 1  # convnext_7x7 0.132 -> 0.123
     if taps == 25:
-        return 2, 8  # effnet_5x5 (session 6 sweep: 4x8 0.0625, 2x8 0.0543; session 3's benchmark had 4x8 ahead)
-    return 4, 8  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098)
+        return 2, 8, 1  # effnet_5x5 (session 6 sweep: 4x8 0.0625, 2x8 0.0543; session 3's benchmark had 4x8 ahead)
+    return 4, 8, 1  # mbv2_3x3 (sweep: 4x8 0.092, 2x8 0.098)
 
 
-def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=1, pf=None, chunks=None):
+def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=None, chunks=None):
     taps = p.KH * p.KW
     if taps > TILE_MAX_TAPS:
         return None
+    rule_th, rule_tw, rule_minb = _wgrad_tile_shape(p, dtype)
     if th is None:
-        th, tw = _wgrad_tile_shape(p, dtype)
+        th, tw = rule_th, rule_tw
         if p.OW < tw:
             tw = max(1, p.OW)
         th = min(th, p.OH)
+    if minb is None:
+        minb = rule_minb
     span_w = (tw - 1) * p.SW + (p.KW - 1) * p.DW + 1
     vin = _load_width(dtype, p.W, x_ptr, tw * p.SW)
     shift = (-p.PL) % vin

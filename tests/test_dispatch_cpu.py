@@ -73,6 +73,25 @@ def test_prefetch_rules():
     assert last(_kernels.plan_wgrad(small, "float16", 0, 0, 90, 132)[0].expr) == 1
 
 
+def test_wgrad_tile_blocks_per_sm():
+    """wgrad_tile's tile and MINB (its 8th, 9th and 13th template arguments): strided
+    float32 problems run 2-3 blocks per SM on small tiles (effnet_5x5_s2: 3x4 at 2,
+    mbv2_3x3_s2: 1x4 at 3); stride-1 and 16-bit ones keep one block per SM."""
+    def shape(p, dtype):
+        a = _args(_kernels.plan_wgrad(p, dtype, 0, 0, 90, 132)[0].expr)
+        assert a[0] == _kernels.CXX_TYPE[dtype]
+        return int(a[7]), int(a[8]), int(a[12])
+
+    effnet_s2 = params((64, 144, 56, 56), (144, 1, 5, 5), 2, 2, 1)
+    mbv2_s2 = params((64, 96, 112, 112), (96, 1, 3, 3), 2, 1, 1)
+    mbv2 = params((64, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1)
+    assert shape(effnet_s2, "float32") == (3, 4, 2)
+    assert shape(mbv2_s2, "float32") == (1, 4, 3)
+    assert shape(mbv2, "float32") == (4, 8, 1)
+    assert shape(mbv2_s2, "float16") == (4, 8, 1)
+    assert shape(effnet_s2, "float64") == (4, 4, 1)
+
+
 def test_tile_strip_rules():
     """conv_tile strips (tiles per thread down a column, TileArgs.NT): float32 3x3 tiles
     aim at ~10 waves of resident threads (mbv2_3x3: 2 tiles, image_3x3: 4, mbv2_3x3_s2:
@@ -264,12 +283,18 @@ def test_mma_staging_takes_fewest_k_steps():
 
 def test_mma_direct_stores_need_even_rows():
     """conv_mma stores accumulator pairs straight from the fragments (DIRECT, its last
-    template argument) exactly where OW is even, so that every pair is 4-byte aligned."""
+    template argument) exactly where OW is even, so that every pair is 4-byte aligned;
+    only the staged path reserves the per-warp output rows (16 x 4 * WN' words a warp,
+    WN' = WN rounded up to odd)."""
     for w, want in ((56, "true"), (38, "true"), (37, "false"), (7, "false")):
         pr = _kernels.forward_problem(params((1, 2, 20, w), (2, 1, 3, 3), 1, 1, 1))
         launch = _kernels.mma_launch(pr, "float16", 0, 90)
         assert _args(launch.expr)[-1] == want
-        assert _args(_kernels.mma_launch(pr, "float16", 0, 90, direct=False).expr)[-1] == "false"
+        staged = _kernels.mma_launch(pr, "float16", 0, 90, direct=False)
+        assert _args(staged.expr)[-1] == "false"
+        wn, wr = int(_args(staged.expr)[3]), int(_args(staged.expr)[4])
+        rows = wr * 16 * 4 * (wn | 1) * 4
+        assert staged.shared_mem - launch.shared_mem == (rows if want == "true" else 0)
 
 
 def test_smem_thread_layout_avoids_bank_conflicts():

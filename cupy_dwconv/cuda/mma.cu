@@ -41,7 +41,7 @@ namespace dw {
 // formulas (_kernels.mma_geometry); the kernel checks the shared memory it was given.
 // Staged column 0 is input column (ow0 - pad_l - SHIFT), on a GRAN-byte boundary, so
 // output column n of a block reads staged columns n + SHIFT .. n + SHIFT + KW - 1.
-template <int KH, int KW, int WN, int WR, int SHIFT, int STAGES, int NT>
+template <int KH, int KW, int WN, int WR, int SHIFT, int STAGES, int NT, bool DIRECT>
 struct MmaTile {
     static constexpr int KS = (SHIFT + 7 + KW + 15) / 16;  // k-steps: 8 outputs need SHIFT + 7 + KW columns
     static constexpr int BH = 16 * WR, BW = 8 * WN;        // output tile
@@ -58,13 +58,14 @@ struct MmaTile {
     static constexpr bool WPRE = WT_ENTRIES <= 2 * NT;
     static constexpr int WPT = WPRE ? (WT_ENTRIES + NT - 1) / NT : 1;
     static constexpr int WT_BYTES = WT_ENTRIES * 8;
-    // Output staging, one 16 x BW buffer per warp. A fragment write puts 4 words in each of
-    // 8 rows; they hit 32 different banks when the row pitch is an odd multiple of 4 words
-    // (BW / 2 = 4 WN words, padded by 4 when WN is even). An even multiple serializes the
-    // write 8 ways: the earlier fixed +4 made WN = 7 (56-column planes) a 32-word pitch.
+    // Output staging (not with DIRECT stores), one 16 x BW buffer per warp. A fragment
+    // write puts 4 words in each of 8 rows; they hit 32 different banks when the row pitch
+    // is an odd multiple of 4 words (BW / 2 = 4 WN words, padded by 4 when WN is even). An
+    // even multiple serializes the write 8 ways: the earlier fixed +4 made WN = 7
+    // (56-column planes) a 32-word pitch.
     static constexpr int OPW = 4 * (WN % 2 ? WN : WN + 1);  // 32-bit words per staged output row
     static constexpr int OUT_OFF = STAGES * XS_BYTES + (WPRE ? 2 : 1) * WT_BYTES;
-    static constexpr int SMEM = OUT_OFF + WR * 16 * OPW * 4;
+    static constexpr int SMEM = OUT_OFF + (DIRECT ? 0 : WR * 16 * OPW * 4);
 };
 
 // Template arguments: T half_t or bf16_t; KH KW kernel; WN 8-column output blocks per warp
@@ -87,7 +88,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
          const MmaArgs a) {
     static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
     constexpr int NT = 32 * WR;
-    typedef MmaTile<KH, KW, WN, WR, SHIFT, STAGES, NT> G;
+    typedef MmaTile<KH, KW, WN, WR, SHIFT, STAGES, NT, DIRECT> G;
     static_assert(G::KS <= 4 && WN >= 1 && WN <= 16 && WR >= 1 && WR <= 8, "geometry");
     static_assert(STAGES >= 2 && STAGES <= 4, "ring depth");
     static_assert((GRAN == 16 && SHIFT < 8) || (GRAN == 8 && SHIFT < 4) || (GRAN == 4 && SHIFT < 2) ||
@@ -237,6 +238,8 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     // weights lie inside the kernel; the others are base + {1, 8, 9} (base - ... for
     // FLIP). w_fetch loads them for an item: the tables prefetched through registers
     // (WPRE) keep their metadata per thread, so that per item only the loads remain.
+    // (Larger tables, built after the item barrier, take w_entry: w_fetch(w_meta(e))
+    // there measured replk_31x31 fp16 147.6 -> 155.0 us.)
     auto w_meta = [&](int e) {
         int kh, d;
         w_pos(e, kh, d);
