@@ -42,7 +42,10 @@ MMA_VARIANTS = [(8, 4, 3, None), (8, 4, 2, None), (8, 4, 4, None), (8, 2, 3, Non
 PLANE_VARIANTS = [(None, 1, None, None), (1, 1, None, None), (2, 1, None, None), (3, 1, None, None),
                   (4, 1, None, None), (None, 2, None, None), (None, 2, 32, None), (None, 2, 64, 264),
                   (None, 2, 32, 528), (None, 2, 96, None), (None, 1, 32, None), (3, 2, None, None),
-                  (None, 2, 16, None)]
+                  (None, 2, 16, None), (None, 1, 8, None), (None, 1, 4, None), (1, 1, 8, None), (2, 1, 8, None),
+                  (None, 1, 12, None), (None, 1, 24, None), (None, 1, 48, None), (None, 1, 16, None),
+                  (1, 1, 5, None), (1, 1, 6, None), (1, 1, 7, None), (1, 1, 9, None), (1, 1, 10, None),
+                  (1, 1, 11, None), (1, 1, 13, None), (1, 1, 4, None)]
 # conv_rows (V columns per lane, PF rows ahead, MINB, RB rows per band; None = the
 # host's rule), stride-1 problems.
 ROWS_VARIANTS = [(v, pf, 2, None) for v in (8, 4, 2, 1) for pf in (1, 2, 3)] + [

@@ -144,8 +144,17 @@ def test_plane_dispatch():
     even = params((4, 8, 8, 8), (8, 1, 3, 3), 1, 1, 1)
     assert "conv_plane" not in _kernels.plan_forward(even, "float32", 0, 90, 132).expr
     assert "wgrad_plane" not in _kernels.plan_wgrad(even, "float32", 0, 0, 90, 132)[0].expr
-    inception = params((4, 8, 17, 17), (8, 1, 1, 7), 1, (0, 3), 1)   # three rows of 17 per thread
-    assert _args(_kernels.plan_forward(inception, "float32", 0, 90, 132).expr)[13] == "3"
+    # 1 x 7 on 17x17 planes: one row per thread (no input row is shared between a
+    # thread's rows), 8 planes (160 threads, a 16-byte aligned run) per block; a 3 x 3
+    # kernel keeps three rows of 17 per thread.
+    inception = params((4, 8, 17, 17), (8, 1, 1, 7), 1, (0, 3), 1)
+    for dtype in ("float32", "float16"):
+        launch = _kernels.plan_forward(inception, dtype, 0, 90, 132)
+        assert _args(launch.expr)[13] == "1" and launch.block[0] == 160 and int(launch.scalars[0]["P"]) == 8
+    back17 = _params.backward_params(inception.out_shape, inception.x_shape, inception.weight_shape, 1, (0, 3), 1)
+    assert _args(_kernels.plan_grad_input(back17, "float32", 0, 90, 132).expr)[13] == "1"
+    three = params((4, 8, 17, 17), (8, 1, 3, 3), 1, 1, 1)
+    assert _args(_kernels.plan_forward(three, "float32", 0, 90, 132).expr)[13] == "3"
     large = params((4, 8, 21, 21), (8, 1, 3, 3), 1, 1, 1)
     assert "conv_plane" not in _kernels.plan_forward(large, "float32", 0, 90, 132).expr
     strided = _params.backward_params((2, 4, 4, 4), (2, 4, 7, 7), (4, 1, 3, 3), 2, 1, 1)
