@@ -528,42 +528,36 @@ def _plane_rows(pr):
     thread per plane, every index a constant). Sweep (H100, float32, session 5):
     convnext_7x7_s4 1 / 2 / 4 / 7 rows 0.030 / 0.023 / 0.021 / 0.0205 ms. One-row kernels
     (1 x K) share no input rows between a thread's output rows, so they take one row per
-    thread and more threads (`_plane_block_1row`)."""
+    thread and more threads (`_plane_block`)."""
     if pr.KH == 1:
         return 1
     return max(1, min(pr.OH, PLANE_MAX_ROW // pr.OW))
 
 
-def _plane_block(per_plane_threads, smem_of, max_threads=256, target=128):
-    """Planes per block P: the fewest idle lanes (threads rounded up to warps), then the
-    thread count nearest `target`, within the shared-memory budget."""
+def _plane_block(per_plane_threads, smem_of, plane_bytes=None):
+    """(P, block): planes per block and threads (rounded up to warps), within the
+    shared-memory budget.
+
+    In general: the fewest idle lanes, then the block nearest 128 threads, of at most 256.
+    One-row kernels at one row per thread (`plane_bytes` given: the input plane's bytes):
+    blocks of at most 160 threads (more, smaller blocks per SM), groups whose input run
+    starts on a 16-byte boundary (P * plane_bytes a multiple of 16: no scalar head or
+    tail), then the fewest idle lanes, then more planes. Sweep (H200, session 14,
+    inception_1x7 float32, forward / grad input, ms): 3 rows x 16 planes (96 threads, the
+    general rule) 0.0105 / 0.0101; one row: 15 planes (256 threads) 0.0105 / 0.0107, 8
+    planes (160 threads) 0.0096 / 0.0091, 7 planes 0.0099 / 0.0094, 9-11 planes
+    0.0101-0.0102 / 0.0098-0.0099, 4 planes 0.0113."""
+    max_threads = 256 if plane_bytes is None else 160
     best = None
     for p in range(1, max_threads // per_plane_threads + 1):
         if smem_of(p) > PLANE_SMEM:
             break
         threads = p * per_plane_threads
         block = _cdiv(threads, 32) * 32
-        key = (threads / block, -abs(block - target))
-        if best is None or key > best[0]:
-            best = (key, p, block)
-    return None if best is None else best[1:]
-
-
-def _plane_block_1row(per_plane_threads, smem_of, plane_bytes, max_block=160):
-    """Planes per block P of a one-row kernel at one row per thread: blocks of at most
-    `max_block` threads (more, smaller blocks per SM), groups whose input run starts on a
-    16-byte boundary (P * plane_bytes a multiple of 16: no scalar head or tail), then the
-    fewest idle lanes. Sweep (H200, session 14, inception_1x7 float32, forward / grad
-    input, ms): 3 rows x 16 planes (96 threads, the general rule) 0.0105 / 0.0101; one
-    row: 15 planes (256 threads) 0.0105 / 0.0107, 8 planes (160 threads) 0.0096 / 0.0091,
-    7 planes 0.0099 / 0.0094, 9-11 planes 0.0101-0.0102 / 0.0098-0.0099, 4 planes 0.0113."""
-    best = None
-    for p in range(1, max_block // per_plane_threads + 1):
-        if smem_of(p) > PLANE_SMEM:
-            break
-        threads = p * per_plane_threads
-        block = _cdiv(threads, 32) * 32
-        key = ((p * plane_bytes) % 16 == 0, threads / block, p)
+        if plane_bytes is None:
+            key = (threads / block, -abs(block - 128))
+        else:
+            key = ((p * plane_bytes) % 16 == 0, threads / block, p)
         if best is None or key > best[0]:
             best = (key, p, block)
     return None if best is None else best[1:]
@@ -603,10 +597,10 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
         return None
     stages = PLANE_STAGES if stages is None else stages
     nb = _cdiv(pr.OH, rows)
-    if planes is None and rows == 1 and pr.KH == 1 and stages == 1:
-        fit = _plane_block_1row(nb, lambda p: plane_smem_bytes(pr, dtype, p, stages), pr.IH * pr.IW * ITEMSIZE[dtype])
-    elif planes is None:
-        fit = _plane_block(nb, lambda p: plane_smem_bytes(pr, dtype, p, stages))
+    if planes is None:
+        one_row = rows == 1 and pr.KH == 1 and stages == 1
+        fit = _plane_block(nb, lambda p: plane_smem_bytes(pr, dtype, p, stages),
+                           pr.IH * pr.IW * ITEMSIZE[dtype] if one_row else None)
     else:
         fit = (planes, _cdiv(planes * nb, 32) * 32)
         if fit[1] > 1024 or plane_smem_bytes(pr, dtype, planes, stages) > SM_SMEM:
