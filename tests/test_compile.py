@@ -3,9 +3,9 @@
 The specializations (name expressions) come from `_kernels.expressions_for` for every
 case of benchmarks/suite.json in every dtype, plus a grid of extra problems that reaches
 the other paths (asymmetric kernels, strides, dilations, channel multipliers, odd and
-aligned widths, 'same' and asymmetric padding, the generic fall-backs). Each (source
-file, architecture) pair is compiled as one NVRTC program holding all its name
-expressions; the independent programs run in parallel in two worker processes.
+aligned widths, 'same' and asymmetric padding, the generic fall-backs). Each source's
+name expressions are compiled for each architecture in NVRTC programs of up to CHUNK
+expressions; the independent programs run in parallel, one worker process per core.
 
 The PTX of a few row-sweep plans is also read: their output stores must stay whole
 vectors (test_row_sweeps_store_whole_vectors).
@@ -142,7 +142,17 @@ def _family(expr):
 
 
 EXPRESSIONS = _kernels.expressions_for(suite_problems() + grid_problems())
-PROGRAMS = sorted(((src, arch) for src in EXPRESSIONS for arch in ARCHS), key=lambda sa: (-len(EXPRESSIONS[sa[0]]), sa))
+# NVRTC programs of at most CHUNK specializations of one source, for one architecture:
+# as one program per source, conv.cu (~260 specializations) alone set the test's time
+# (~6 minutes with 16 cores idle on the GPU host); chunks spread the work over every core
+# (CI's two cores do the same total work). Largest first.
+CHUNK = 24
+PROGRAMS = sorted(
+    ((src, arch, tuple(exprs[i:i + CHUNK]))
+     for src, exprs in ((s, sorted(e)) for s, e in EXPRESSIONS.items())
+     for arch in ARCHS for i in range(0, len(exprs), CHUNK)),
+    key=lambda p: (-len(p[2]), p[0], p[1], p[2]),
+)
 
 
 def test_every_family_in_every_dtype_is_compiled():
@@ -168,20 +178,25 @@ def test_every_specialization_compiles():
             pytest.fail(f"{reason}, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
         pytest.skip(reason)
     failures = []
-    # Worker processes rather than threads: each program is tens of seconds of CPU-bound
-    # NVRTC work; "spawn" starts the workers from a clean interpreter. Longest first.
-    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Worker processes rather than threads: each program is seconds of CPU-bound NVRTC
+    # work; "spawn" starts the workers from a clean interpreter. One per core (at least 2).
+    workers = max(2, min(len(PROGRAMS), os.cpu_count() or 2))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(nvrtc_compile.compile_expressions, src, sorted(EXPRESSIONS[src]), arch): (src, arch)
-            for src, arch in PROGRAMS
+            pool.submit(nvrtc_compile.compile_expressions, src, list(exprs), arch): (src, arch, exprs)
+            for src, arch, exprs in PROGRAMS
         }
         for fut in concurrent.futures.as_completed(futures):
-            src, arch = futures[fut]
+            src, arch, exprs = futures[fut]
             try:
                 fut.result()
             except Exception as e:  # RuntimeError with the NVRTC log, or a broken worker
-                failures.append(f"{src} for sm_{arch} ({len(EXPRESSIONS[src])} specializations): {type(e).__name__}: {e}")
-    assert len(futures) == len(EXPRESSIONS) * len(ARCHS) >= 2 * len(ARCHS)
+                failures.append(f"{src} for sm_{arch} ({len(exprs)} of its specializations, from {exprs[0]}): "
+                                f"{type(e).__name__}: {e}")
+    # Every specialization, once per architecture.
+    compiled = sorted((src, arch, e) for src, arch, exprs in PROGRAMS for e in exprs)
+    assert compiled == sorted((src, arch, e) for src in EXPRESSIONS for arch in ARCHS for e in EXPRESSIONS[src])
+    assert len(EXPRESSIONS) >= 2
     if failures:
         pytest.fail("\n\n".join(sorted(failures)), pytrace=False)
 
