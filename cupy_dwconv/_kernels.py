@@ -479,9 +479,13 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
     return best
 
 
-def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None):
+def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None, mid=None, maxr=128, whole=None,
+                arch=90):
     """conv_smem plan (MODE 0 correlations, optionally with the flipped kernel); None if
-    the shape does not fit."""
+    the shape does not fit. Forced for sweeps: th tw (micro-tile), bh bw (tile),
+    tiles_per_block, mid (test-free body for the rows that feed every output row), maxr
+    (register cap), whole (0 stages windows, 1 whole planes through registers, 2 whole
+    planes by cp.async; whole planes only where a tile is a whole plane)."""
     if pr.mode != 0 or pr.KW > SMEM_MAX_KW or (pr.flip and (pr.SH, pr.SW) != (1, 1)):
         return None
     shapes = [(th, tw)] if th is not None else SMEM_SHAPES
@@ -490,8 +494,28 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
         return None
     cfg = max(found, key=lambda c: c[0])[1]
     smem = cfg["tiles_per_block"] * cfg["per_tile"]
+    planes = cfg["n_tx"] == 1 and cfg["n_ty"] == 1
+    if whole is None:
+        whole = (2 if arch >= 80 and ACC_DTYPE[dtype] == dtype else 1) if planes else 0
+    whole = int(whole) if planes else 0
+    if whole == 2 and (arch < 80 or ACC_DTYPE[dtype] != dtype):
+        whole = 1  # cp.async needs sm_80 and copies without converting
+    if whole == 2 and tiles_per_block is None:
+        # Whole planes by cp.async: blocks of one warp's worth of tiles. Each block waits
+        # for its own copies only, so small blocks overlap one another's staging with
+        # their FMAs (replk_13x13 float32, 7x4 tiles of 28 threads: 8 tiles per block
+        # 96.1 us, 4 91.5, 2 89.8, 1 88.7).
+        units = (cfg["bh"] // cfg["th"]) * (cfg["bw"] // cfg["tw"])
+        small = _smem_candidate(pr, dtype, cfg["th"], cfg["tw"], cfg["bh"], cfg["bw"], max(1, 32 // units))
+        if small is not None:
+            cfg = small[1]
+            smem = cfg["tiles_per_block"] * cfg["per_tile"]
+    if mid is None:
+        # The second body costs registers: 31-wide kernels spill with it (float32 7x4
+        # tiles), and so do float64 13x13 (4x4).
+        mid = whole > 0 and pr.KW <= 16 and ACC_DTYPE[dtype] == "float32"
     expr = "dw::conv_smem<" + _targs(
-        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip, bool(mid), maxr, whole
     ) + ">"
     args = pack_args("SmemArgs", n_tiles=cfg["n_tiles"], IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT,
                      pad_l=pr.PL, BH=cfg["bh"], BW=cfg["bw"], n_tx=cfg["n_tx"], n_ty=cfg["n_ty"],
@@ -997,7 +1021,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
         if kind == "tile":
             return tile_launch(pr, dtype, x_ptr, sms=sms, **kwargs)
         if kind == "smem":
-            return smem_launch(q, dtype, **kwargs)
+            return smem_launch(q, dtype, arch=arch, **kwargs)
         if kind == "mma":
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
@@ -1021,7 +1045,7 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     if launch is None:
         launch = tile_launch(pr, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0:
-        launch = smem_launch(q, dtype)
+        launch = smem_launch(q, dtype, arch=arch)
     return launch if launch is not None else generic_launch(pr, dtype)
 
 

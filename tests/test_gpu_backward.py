@@ -245,6 +245,34 @@ def test_grad_input_every_family(shape, kind, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("variant", [dict(whole=0, mid=False), dict(whole=1), dict(whole=2), dict(whole=2, tiles_per_block=3)],
+                         ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: conv_smem's grad input at stride 1 (the rotated
+        # kernel), whole planes staged in each way; a multiplier gathers M planes.
+        (2, 5, 1, 28, 28, 13, 13, 6),
+        (1, 5, 2, 19, 23, 7, 9, ((3, 2), (4, 5))),
+    ],
+    ids=str,
+)
+def test_grad_input_smem_staging(shape, variant, dtype):
+    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(19)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "smem", **variant)
+    assert gx is not None and "conv_smem" in launch.expr
+    ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
     "shape",

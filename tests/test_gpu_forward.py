@@ -115,6 +115,36 @@ def test_every_family(shape, kind, dtype):
     assert kind in launch.expr
 
 
+# conv_smem staging variants, forced: the window copy (whole=0), whole planes through
+# registers (1) and by cp.async (2: float32 and float64 on sm_80+; 16-bit falls back to
+# 1), with and without the test-free body of the middle rows (mid), one tile per block
+# and three (10 planes: the last group partial, its missing tiles never stored).
+SMEM_STAGING_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (2, 5, 1, 28, 28, 13, 13, 1, 6, 1),
+    (1, 5, 2, 19, 23, 7, 9, 1, ((3, 2), (4, 5)), 1),  # multiplier, asymmetric padding
+    (2, 3, 1, 17, 15, 9, 9, 2, 4, 1),                  # stride 2: rows past the window
+    (1, 3, 1, 21, 20, 5, 7, 1, 2, (2, 1)),             # dilation: no test-free body
+    (2, 3, 1, 13, 11, 9, 9, 1, 0, 1),                  # no padding: no halo at all
+]
+SMEM_STAGING_VARIANTS = [dict(whole=0, mid=False), dict(whole=1, mid=True), dict(whole=2, mid=True),
+                         dict(whole=2, mid=False, tiles_per_block=3), dict(whole=1, mid=False, tiles_per_block=3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("variant", SMEM_STAGING_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", SMEM_STAGING_SHAPES, ids=str)
+def test_smem_staging(shape, variant, dtype):
+    from cupy_dwconv import _kernels
+
+    launch = _check_forced_forward(shape, dtype, "smem", 17, **variant)[0]
+    name, args = _kernels.split_expr(launch.expr)
+    whole = variant["whole"]
+    if whole == 2 and (_kernels.current_arch() < 80 or dtype == "bfloat16"):
+        whole = 1
+    assert name == "conv_smem" and int(args[-1]) == whole  # every shape here is whole planes
+
+
 # conv_plane (whole small planes per block): odd and even plane sizes, more planes than a
 # block holds and batch items that straddle blocks (C = 70), channel multipliers, strides,
 # dilation, asymmetric padding, a kernel wider than the plane, padding beyond the kernel

@@ -12,6 +12,7 @@
 // output once, so it costs (1/(SH*SW) + 1) elements of DRAM traffic per output; halo
 // re-reads between neighbouring tiles are served by L1/L2.
 #include "tile.cuh"
+#include "tc.cuh"
 
 namespace dw {
 
@@ -149,14 +150,18 @@ conv_tile(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 // Row r of a micro-tile's window feeds output row t through tap row kh = (r - t*SH)/DH;
 // the test depends only on (r, t), so it is uniform across the block. Weight rows are
 // broadcast reads (every thread of a tile reads the same address).
-template <class A, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int RWV, int KWP>
+// FULL: the caller guarantees every output row t takes a tap row from input row r
+// (DH == 1, (TH-1)*SH <= r < KH): no test, so the body is one straight block in which the
+// compiler can hoist the next pair's weight reads above this pair's FMAs.
+template <class A, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, int RWV, int KWP, bool FULL>
 __device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, int r, A (&acc)[TH][TW]) {
+    static_assert(!FULL || DH == 1, "a full row needs every tap row reachable");
 #pragma unroll
     for (int t = 0; t < TH; ++t) {
         const int d = r - t * SH;
-        if (d < 0 || d % DH != 0 || d / DH >= KH) continue;
+        if (!FULL && (d < 0 || d % DH != 0 || d / DH >= KH)) continue;
         A wr[KWP];
-        smem_row<A, KWP>(wt + (d / DH) * KWP, wr);
+        smem_row<A, KWP>(wt + (FULL ? d : d / DH) * KWP, wr);
 #pragma unroll
         for (int kw = 0; kw < KW; ++kw)
 #pragma unroll
@@ -175,8 +180,13 @@ __device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, i
 //
 // FLIP reads the weights rotated by 180 degrees: the grad-input pass at stride 1 is this
 // same correlation on grad_output with the flipped kernel and padding D*(K-1) - pad.
-template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP>
-__global__ void __launch_bounds__(512, 1)
+// MID: the rows that feed every output row of a micro-tile take a test-free body (DH == 1).
+// MAXR: register cap (sweeps; the planner passes 128).
+// WHOLE: 0 stages each tile's whole window (halo and padding included) per group; 1 and 2
+// are for tiles that are whole planes: the window's zeros are written once per block and
+// only the plane is copied, through registers (1) or by cp.async (2: sm_80+, T == A).
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP, bool MID, int MAXR, int WHOLE>
+__global__ void __launch_bounds__(512) __maxnreg__(MAXR)
 conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
           const SmemArgs a) {
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
@@ -220,6 +230,18 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     const i64 plane_out = (i64)OH * OW;
     const int warp = tid >> 5, lane = tid & 31, nwarps = (nthreads + 31) >> 5;
 
+    // WHOLE (tiles are whole planes, corner (-pad_t, -pad_l)): the staged part of a plane
+    // is its rows [0, cp_r) and columns [0, cp_c); everything else of the window is zero,
+    // written once here. A thread copies elements k = tid + i * nthreads of each plane;
+    // its (row, column) starts at divmod(tid, cp_c) and steps by divmod(nthreads, cp_c),
+    // so the copy loop does no division.
+    const int cp_r = WHOLE ? min(IH, TIH - pad_t) : 0, cp_c = WHOLE ? min(IW, TIW - pad_l) : 1;
+    const int cp_n = cp_r * cp_c;
+    const int cp_r0 = tid / cp_c, cp_c0 = tid - cp_r0 * cp_c;
+    const int cp_dr = nthreads / cp_c, cp_dc = nthreads - cp_dr * cp_c;
+    if constexpr (WHOLE != 0) {
+        for (int e = tid; e < P * tile_elems; e += nthreads) xs[e] = A(0);
+    }
     for (i64 tile0 = (i64)blockIdx.x * P; tile0 < n_tiles; tile0 += (i64)gridDim.x * P) {
         A acc[TH][TW];
         i64 my_q = 0;
@@ -265,46 +287,103 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
         }
         for (int m = 0; m < R; ++m) {
             __syncthreads();  // desc is written (m == 0); the previous m's readers are done
-            // Stage P input tiles. A warp takes SR staged rows at a time and a lane SC
-            // columns of each (128-column chunks): all SR*SC loads are issued before the
-            // first store, so each thread keeps up to 16 loads in flight (a load-then-store
-            // loop would wait a full memory latency per element). One 32-bit division per
-            // row (its tile); the rest comes from the tile's descriptor.
-            constexpr int SR = 4, SC = 4;
-            for (int row0 = warp * SR; row0 < P * TIH; row0 += nwarps * SR) {
-                for (int cb = 0; cb < pitch; cb += 32 * SC) {
-                    A v[SR][SC];
-#pragma unroll
-                    for (int k = 0; k < SR; ++k) {
-                        const int row = row0 + k;
-                        const int p = (unsigned)row / (unsigned)TIH;
-                        const int i = row - p * TIH;
-                        bool ok = row < P * TIH;
-                        const T* src = x;
-                        int iw0 = 0;
-                        if (ok) {
-                            const SmemTile& d = desc[p];
-                            const int ih = d.ih0 + i;
-                            ok = d.x_plane >= 0 && (unsigned)ih < (unsigned)IH;
-                            iw0 = d.iw0;
-                            src = x + (ok ? (d.x_plane + m) * plane_in + (i64)ih * IW : 0);
+            if constexpr (WHOLE != 0) {
+                // Whole planes: only the plane itself is copied (the halo and the pitch
+                // tail stay zero), plane by plane, coalesced along its rows. (Copying the
+                // whole window, as below, cost replk_13x13 float32 ~4000 instructions per
+                // warp and group: 40 % of all, for 28 x 28 planes in 40 x 44 windows.)
+                for (int p = 0; p < P; ++p) {
+                    const i64 xpl = desc[p].x_plane;
+                    if (xpl < 0) break;  // the group's last tiles are past the end (uniform)
+                    const T* src = x + (xpl + m) * plane_in;
+                    A* dst = xs + p * tile_elems + pad_t * pitch + pad_l;
+                    int r = cp_r0, c = cp_c0;
+                    if constexpr (WHOLE == 2) {
+                        // sm_80+, no conversion: cp.async, every copy of the group (and the
+                        // weights below) in flight at once, one wait before the barrier.
+                        static_assert(sizeof(T) == sizeof(A), "cp.async copies without converting");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+                        // 32-bit offsets stepped without multiplies (a whole plane fits in
+                        // shared memory, so its offsets are far below 2^31).
+                        unsigned d = smem_u32(dst) + (unsigned)((r * pitch + c) * (int)sizeof(A));
+                        const T* g = src + (r * IW + c);
+                        const unsigned d_step = (unsigned)((cp_dr * pitch + cp_dc) * (int)sizeof(A));
+                        const unsigned d_wrap = (unsigned)((pitch - cp_c) * (int)sizeof(A));
+                        const int g_step = cp_dr * IW + cp_dc, g_wrap = IW - cp_c;
+                        for (int k = tid; k < cp_n; k += nthreads) {
+                            if constexpr (sizeof(A) == 4) cp_async4(d, g, 4);
+                            else cp_async8(d, g, 8);
+                            d += d_step;
+                            g += g_step;
+                            c += cp_dc;
+                            if (c >= cp_c) { c -= cp_c; d += d_wrap; g += g_wrap; }
                         }
+#else
+                        __trap();  // the host plans WHOLE == 2 for sm_80+ only
+#endif
+                    } else {
+                        // WB loads in flight before their stores.
+                        constexpr int WB = 8;
+                        for (int k0 = tid; k0 < cp_n; k0 += WB * nthreads) {
+                            A v[WB];
+                            int at[WB];
 #pragma unroll
-                        for (int j = 0; j < SC; ++j) {
-                            const int c = cb + lane + 32 * j;
-                            const int iw = iw0 + c;
-                            v[k][j] = (ok && c < TIW && (unsigned)iw < (unsigned)IW) ? load1(src + iw) : A(0);
+                            for (int u = 0; u < WB; ++u) {
+                                const bool ok = k0 + u * nthreads < cp_n;
+                                at[u] = ok ? r * pitch + c : -1;
+                                v[u] = ok ? load1(src + (i64)r * IW + c) : A(0);
+                                r += cp_dr;
+                                c += cp_dc;
+                                if (c >= cp_c) { c -= cp_c; ++r; }
+                            }
+#pragma unroll
+                            for (int u = 0; u < WB; ++u)
+                                if (at[u] >= 0) dst[at[u]] = v[u];
                         }
                     }
+                }
+            } else {
+                // Stage P input windows. A warp takes SR staged rows at a time and a lane SC
+                // columns of each (128-column chunks): all SR*SC loads are issued before the
+                // first store, so each thread keeps up to 16 loads in flight (a load-then-store
+                // loop would wait a full memory latency per element). One 32-bit division per
+                // row (its tile); the rest comes from the tile's descriptor.
+                constexpr int SR = 4, SC = 4;
+                for (int row0 = warp * SR; row0 < P * TIH; row0 += nwarps * SR) {
+                    for (int cb = 0; cb < pitch; cb += 32 * SC) {
+                        A v[SR][SC];
 #pragma unroll
-                    for (int k = 0; k < SR; ++k) {
-                        const int row = row0 + k;
-                        if (row >= P * TIH) break;
-                        A* dst = xs + (i64)row * pitch;  // tiles are TIH rows of pitch, back to back
+                        for (int k = 0; k < SR; ++k) {
+                            const int row = row0 + k;
+                            const int p = (unsigned)row / (unsigned)TIH;
+                            const int i = row - p * TIH;
+                            bool ok = row < P * TIH;
+                            const T* src = x;
+                            int iw0 = 0;
+                            if (ok) {
+                                const SmemTile& d = desc[p];
+                                const int ih = d.ih0 + i;
+                                ok = d.x_plane >= 0 && (unsigned)ih < (unsigned)IH;
+                                iw0 = d.iw0;
+                                src = x + (ok ? (d.x_plane + m) * plane_in + (i64)ih * IW : 0);
+                            }
 #pragma unroll
-                        for (int j = 0; j < SC; ++j) {
-                            const int c = cb + lane + 32 * j;
-                            if (c < pitch) dst[c] = v[k][j];
+                            for (int j = 0; j < SC; ++j) {
+                                const int c = cb + lane + 32 * j;
+                                const int iw = iw0 + c;
+                                v[k][j] = (ok && c < TIW && (unsigned)iw < (unsigned)IW) ? load1(src + iw) : A(0);
+                            }
+                        }
+#pragma unroll
+                        for (int k = 0; k < SR; ++k) {
+                            const int row = row0 + k;
+                            if (row >= P * TIH) break;
+                            A* dst = xs + (i64)row * pitch;  // tiles are TIH rows of pitch, back to back
+#pragma unroll
+                            for (int j = 0; j < SC; ++j) {
+                                const int c = cb + lane + 32 * j;
+                                if (c < pitch) dst[c] = v[k][j];
+                            }
                         }
                     }
                 }
@@ -312,6 +391,24 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
             // Weight rows, zero-padded to KWP: a thread's WB loads are all issued before
             // its stores, so the loop waits one memory latency per WB weights instead of
             // one per weight (replk_13x13 float32: 146 -> 143 us).
+            if constexpr (WHOLE == 2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+                const unsigned ws_s = smem_u32(ws);
+                for (int p = 0; p < P; ++p) {
+                    const SmemTile d = desc[p];
+                    if (d.x_plane < 0) break;  // as above: the tiles past the end are not stored
+                    const T* wsrc = w + (d.w_row + m) * (KH * KW);
+                    for (int k = tid; k < KH * KWP; k += nthreads) {
+                        const int kh = k / KWP, kw = k - kh * KWP;
+                        const bool ok = kw < KW;
+                        const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+                        cp_async_pred<sizeof(A)>(ws_s + (unsigned)((p * (KH * KWP) + k) * (int)sizeof(A)), ok ? wsrc + sk : w, ok, true);
+                    }
+                }
+                cp_async_commit();
+                cp_async_wait<0>();
+#endif
+            } else {
             constexpr int WB = 8;
             for (int e0 = tid; e0 < P * KH * KWP; e0 += WB * nthreads) {
                 A v[WB];
@@ -335,6 +432,7 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     if (e < P * KH * KWP) ws[e] = v[u];
                 }
             }
+            }
             __syncthreads();
 
             if (active) {
@@ -342,14 +440,27 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                 const A* wt = ws + my_p * (KH * KWP);
                 // Input rows are double-buffered in registers: row r+1 is requested from
                 // shared memory before row r's FMAs, hiding the load latency.
+                // MID: rows [F0, KH) feed all TH output rows and take the test-free body
+                // (a warp-uniform choice per row; both bodies are compiled).
+                constexpr int F0 = (TH - 1) * SH;
+                constexpr bool HAS_MID = MID && DH == 1 && F0 < KH;
+                auto row = [&](const A (&seg)[RWV], int r) {
+                    if constexpr (HAS_MID) {
+                        if (r >= F0 && r < KH) {
+                            smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP, true>(seg, wt, r, acc);
+                            return;
+                        }
+                    }
+                    smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP, false>(seg, wt, r, acc);
+                };
                 A seg0[RWV], seg1[RWV];
                 smem_row<A, RWV>(xt, seg0);
                 for (int r = 0; r < RH; r += 2) {
                     if (r + 1 < RH) smem_row<A, RWV>(xt + (r + 1) * pitch, seg1);
-                    smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP>(seg0, wt, r, acc);
+                    row(seg0, r);
                     if (r + 1 < RH) {
                         if (r + 2 < RH) smem_row<A, RWV>(xt + (r + 2) * pitch, seg0);
-                        smem_row_fma<A, KH, KW, SH, SW, DH, DW, TH, TW, RWV, KWP>(seg1, wt, r + 1, acc);
+                        row(seg1, r + 1);
                     }
                 }
             }
