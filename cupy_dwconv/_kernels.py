@@ -1279,8 +1279,10 @@ def _use_wgrad_plane(p):
 WGRAD_SMEM_TILE = (8, 4, 8)  # TKH x TKW taps per thread, U grad_output columns per step
 
 
-def wgrad_smem_launch(p, dtype):
-    """wgrad_smem plan (stride 1, dilation 1, any kernel size); None if it does not fit."""
+def wgrad_smem_launch(p, dtype, arch=90, stage_async=None):
+    """wgrad_smem plan (stride 1, dilation 1, any kernel size); None if it does not fit.
+    stage_async: double-buffered cp.async staging (default: sm_80+ without conversion,
+    where two stages fit)."""
     if (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1):
         return None
     tkh, tkw, u = WGRAD_SMEM_TILE
@@ -1299,12 +1301,16 @@ def wgrad_smem_launch(p, dtype):
         xpitch += lv
     xr = p.OH + n_tkh * tkh - 1
     gr = p.OH + 2 * (tkh - 1)
-    floats = max(xr * xpitch + gr * owp, groups * n_tt * tkh * tkw, 32)
+    stage = xr * xpitch + gr * owp
+    if stage_async is None:
+        stage_async = arch >= 80 and ACC_DTYPE[dtype] == dtype and 2 * stage * acc_size <= SM_SMEM
+    stage_async = bool(stage_async) and arch >= 80 and ACC_DTYPE[dtype] == dtype
+    floats = max((2 if stage_async else 1) * stage, groups * n_tt * tkh * tkw, 32)
     smem = floats * acc_size
     if smem > SM_SMEM:
         return None
     chunks = max(1, min(p.N, _cdiv(4 * 132, max(p.CM, 1)), 65535))
-    expr = f"dw::wgrad_smem<{CXX_TYPE[dtype]}, {tkh}, {tkw}, {u}>"
+    expr = f"dw::wgrad_smem<{CXX_TYPE[dtype]}, {tkh}, {tkw}, {u}, {_targs(stage_async)}>"
     args = _wgrad_args(p, chunks, G=groups, n_tkw=n_tkw, xpitch=xpitch, gpitch=owp)
     block = _cdiv(n_tt * groups, 32) * 32
     return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, (args,)), chunks
@@ -1410,7 +1416,7 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     if kind == "mma":
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms, **kwargs)
     elif kind == "smem":
-        res = wgrad_smem_launch(p, dtype)
+        res = wgrad_smem_launch(p, dtype, arch, **kwargs)
     elif kind == "tile":
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
     elif kind == "plane":
@@ -1444,7 +1450,7 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     if res is None:
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:
-        res = wgrad_smem_launch(p, dtype)
+        res = wgrad_smem_launch(p, dtype, arch)
     return _with_reduce(p, dtype, res)
 
 

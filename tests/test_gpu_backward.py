@@ -469,14 +469,23 @@ def test_wgrad_plane(shape, blocking, dtype):
         (3, 2, 1, 19, 23, 9, 11, ((4, 3), (0, 6))),
         (2, 1, 3, 17, 9, 5, 3, 0),
         (1, 1, 1, 12, 70, 3, 25, (1, 12)),
+        (5, 132, 2, 12, 14, 9, 9, 4),  # 264 channels: 2 chunks of 3 and 2 planes per block
     ],
     ids=str,
 )
-def test_wgrad_smem(shape, dtype):
+@pytest.mark.parametrize("stage_async", [None, False], ids=["default", "registers"])
+def test_wgrad_smem(shape, dtype, stage_async):
     """The shared-memory weight-gradient kernel, forced, on kernels that are not
-    multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers."""
-    launch = _check_forced_wgrad(shape, dtype, "smem", 15)
+    multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers; staged
+    both ways (the default double-buffers by cp.async where it can: float32 and float64
+    on sm_80+)."""
+    force = "smem" if stage_async is None else ("smem", dict(stage_async=stage_async))
+    launch = _check_forced_wgrad(shape, dtype, force, 15)
     assert "wgrad_smem" in launch.expr
+    from cupy_dwconv import _kernels
+
+    registers = stage_async is False or dtype in ("float16", "bfloat16") or _kernels.current_arch() < 80
+    assert launch.expr.endswith("false>") == registers
 
 
 BWD_TILE_SHAPES = [

@@ -297,33 +297,19 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     if (xpl < 0) break;  // the group's last tiles are past the end (uniform)
                     const T* src = x + (xpl + m) * plane_in;
                     A* dst = xs + p * tile_elems + pad_t * pitch + pad_l;
-                    int r = cp_r0, c = cp_c0;
                     if constexpr (WHOLE == 2) {
                         // sm_80+, no conversion: cp.async, every copy of the group (and the
                         // weights below) in flight at once, one wait before the barrier.
                         static_assert(sizeof(T) == sizeof(A), "cp.async copies without converting");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-                        // 32-bit offsets stepped without multiplies (a whole plane fits in
-                        // shared memory, so its offsets are far below 2^31).
-                        unsigned d = smem_u32(dst) + (unsigned)((r * pitch + c) * (int)sizeof(A));
-                        const T* g = src + (r * IW + c);
-                        const unsigned d_step = (unsigned)((cp_dr * pitch + cp_dc) * (int)sizeof(A));
-                        const unsigned d_wrap = (unsigned)((pitch - cp_c) * (int)sizeof(A));
-                        const int g_step = cp_dr * IW + cp_dc, g_wrap = IW - cp_c;
-                        for (int k = tid; k < cp_n; k += nthreads) {
-                            if constexpr (sizeof(A) == 4) cp_async4(d, g, 4);
-                            else cp_async8(d, g, 8);
-                            d += d_step;
-                            g += g_step;
-                            c += cp_dc;
-                            if (c >= cp_c) { c -= cp_c; d += d_wrap; g += g_wrap; }
-                        }
+                        cp_async_block<A>(smem_u32(dst), reinterpret_cast<const A*>(src), cp_r, cp_c, IW, pitch);
 #else
                         __trap();  // the host plans WHOLE == 2 for sm_80+ only
 #endif
                     } else {
                         // WB loads in flight before their stores.
                         constexpr int WB = 8;
+                        int r = cp_r0, c = cp_c0;
                         for (int k0 = tid; k0 < cp_n; k0 += WB * nthreads) {
                             A v[WB];
                             int at[WB];
