@@ -220,6 +220,10 @@ def variant_launches(p, dtype, which, families=None):
     return res
 
 
+# wgrad_smem: (batch chunks per channel, row groups per block); None keeps the default.
+WSMEM_VARIANTS = [(None, 4), (None, 16), (2, None), (3, None), (4, None), (5, None), (8, None), (12, None)]
+
+
 def wgrad_variants(p, dtype):
     """[(label, (stage-1 launch, chunks, stage-2 launch))] for the default plan and the
     grad-weight variants that plan."""
@@ -232,6 +236,8 @@ def wgrad_variants(p, dtype):
         for wr, bh, st, mb in WMMA_VARIANTS:
             out.append((("mma", dict(wr=wr, bh=bh, stages=st, minb=mb)), None))
     out.append((("smem", {}), None))
+    for chunks, groups in WSMEM_VARIANTS:
+        out.append((("smem", dict(chunks=chunks, groups=groups)), None))
     for planes, items, chunks in WPLANE_VARIANTS:
         out.append((("plane", dict(planes=planes, items=items, chunks=chunks)), None))
     res, seen = [], set()

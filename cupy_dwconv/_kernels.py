@@ -1279,10 +1279,11 @@ def _use_wgrad_plane(p):
 WGRAD_SMEM_TILE = (8, 4, 8)  # TKH x TKW taps per thread, U grad_output columns per step
 
 
-def wgrad_smem_launch(p, dtype, arch=90, stage_async=None):
+def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=None, sms=132):
     """wgrad_smem plan (stride 1, dilation 1, any kernel size); None if it does not fit.
     stage_async: double-buffered cp.async staging (default: sm_80+ without conversion,
-    where two stages fit)."""
+    where two stages fit). chunks (batch chunks per channel) and groups (row groups per
+    block) are forced by the sweeps."""
     if (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1):
         return None
     tkh, tkw, u = WGRAD_SMEM_TILE
@@ -1293,7 +1294,7 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None):
     if n_tt > 256:
         return None
     nb = p.OH + tkh - 1
-    groups = max(1, min(256 // n_tt, 8, nb // 4))
+    groups = max(1, min(256 // n_tt, groups or min(8, nb // 4)))
     owp = _cdiv(p.OW, u) * u
     xs = _cdiv(u + tkw - 1, lv) * lv
     xpitch = _cdiv(owp - u + n_tkw * tkw - tkw + xs, lv) * lv
@@ -1309,10 +1310,19 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None):
     smem = floats * acc_size
     if smem > SM_SMEM:
         return None
-    chunks = max(1, min(p.N, _cdiv(4 * 132, max(p.CM, 1)), 65535))
+    block = _cdiv(n_tt * groups, 32) * 32
+    if chunks is None:
+        # One wave: as many batch chunks as leave every block resident at once (registers
+        # estimated at the 128 that __launch_bounds__(256, 1) allows 4-byte sums). A block
+        # walks its chunk's planes; a second, partial wave costs more than longer walks
+        # (replk_31x31 float32 grad weight: 5 chunks in 2.4 waves 0.815 ms, 2 chunks in one
+        # 0.722, 12 chunks 0.772).
+        regs = 128 * (acc_size // 4)
+        per_sm = max(1, min(SM_SMEM // (smem + 1024), SM_THREADS // block, 65536 // (block * regs)))
+        chunks = max(1, per_sm * sms // max(p.CM, 1))
+    chunks = max(1, min(p.N, chunks, 65535))
     expr = f"dw::wgrad_smem<{CXX_TYPE[dtype]}, {tkh}, {tkw}, {u}, {_targs(stage_async)}>"
     args = _wgrad_args(p, chunks, G=groups, n_tkw=n_tkw, xpitch=xpitch, gpitch=owp)
-    block = _cdiv(n_tt * groups, 32) * 32
     return Launch("wgrad.cu", expr, (chunks, min(p.CM, 65535), 1), (block, 1, 1), smem, (args,)), chunks
 
 
@@ -1416,7 +1426,7 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     if kind == "mma":
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms, **kwargs)
     elif kind == "smem":
-        res = wgrad_smem_launch(p, dtype, arch, **kwargs)
+        res = wgrad_smem_launch(p, dtype, arch, sms=sms, **kwargs)
     elif kind == "tile":
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
     elif kind == "plane":
@@ -1450,7 +1460,7 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     if res is None:
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:
-        res = wgrad_smem_launch(p, dtype, arch)
+        res = wgrad_smem_launch(p, dtype, arch, sms=sms)
     return _with_reduce(p, dtype, res)
 
 
