@@ -222,6 +222,8 @@ def variant_launches(p, dtype, which, families=None):
 
 # wgrad_smem: (batch chunks per channel, row groups per block); None keeps the default.
 WSMEM_VARIANTS = [(None, 4), (None, 16), (2, None), (3, None), (4, None), (5, None), (8, None), (12, None)]
+# wgrad_smem (TKH, TKW, U): taps per thread and grad_output columns per step.
+WSMEM_TILES = [(8, 4, 16), (8, 8, 8), (16, 4, 8), (4, 4, 16), (8, 8, 16)]
 
 
 def wgrad_variants(p, dtype):
@@ -238,6 +240,8 @@ def wgrad_variants(p, dtype):
     out.append((("smem", {}), None))
     for chunks, groups in WSMEM_VARIANTS:
         out.append((("smem", dict(chunks=chunks, groups=groups)), None))
+    for tile in WSMEM_TILES:
+        out.append((("smem", dict(tile=tile)), None))
     for planes, items, chunks in WPLANE_VARIANTS:
         out.append((("plane", dict(planes=planes, items=items, chunks=chunks)), None))
     res, seen = [], set()
