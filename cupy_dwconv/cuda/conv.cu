@@ -374,9 +374,7 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                     }
                 }
             }
-            // Weight rows, zero-padded to KWP: a thread's WB loads are all issued before
-            // its stores, so the loop waits one memory latency per WB weights instead of
-            // one per weight (replk_13x13 float32: 146 -> 143 us).
+            // Weight rows, zero-padded to KWP.
             if constexpr (WHOLE == 2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
                 const unsigned ws_s = smem_u32(ws);
@@ -393,31 +391,36 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
                 }
                 cp_async_commit();
                 cp_async_wait<0>();
+#else
+                __trap();  // the host plans WHOLE == 2 for sm_80+ only
 #endif
             } else {
-            constexpr int WB = 8;
-            for (int e0 = tid; e0 < P * KH * KWP; e0 += WB * nthreads) {
-                A v[WB];
+                // A thread's WB loads are all issued before its stores, so the loop waits one
+                // memory latency per WB weights instead of one per weight (replk_13x13
+                // float32: 146 -> 143 us).
+                constexpr int WB = 8;
+                for (int e0 = tid; e0 < P * KH * KWP; e0 += WB * nthreads) {
+                    A v[WB];
 #pragma unroll
-                for (int u = 0; u < WB; ++u) {
-                    const int e = e0 + u * nthreads;
-                    v[u] = A(0);
-                    if (e < P * KH * KWP) {
-                        const int p = e / (KH * KWP);
-                        const int k = e - p * (KH * KWP);
-                        const int kh = k / KWP, kw = k - kh * KWP;
-                        if (kw < KW && desc[p].x_plane >= 0) {
-                            const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
-                            v[u] = load1(w + (desc[p].w_row + m) * (KH * KW) + sk);
+                    for (int u = 0; u < WB; ++u) {
+                        const int e = e0 + u * nthreads;
+                        v[u] = A(0);
+                        if (e < P * KH * KWP) {
+                            const int p = e / (KH * KWP);
+                            const int k = e - p * (KH * KWP);
+                            const int kh = k / KWP, kw = k - kh * KWP;
+                            if (kw < KW && desc[p].x_plane >= 0) {
+                                const int sk = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+                                v[u] = load1(w + (desc[p].w_row + m) * (KH * KW) + sk);
+                            }
                         }
                     }
-                }
 #pragma unroll
-                for (int u = 0; u < WB; ++u) {
-                    const int e = e0 + u * nthreads;
-                    if (e < P * KH * KWP) ws[e] = v[u];
+                    for (int u = 0; u < WB; ++u) {
+                        const int e = e0 + u * nthreads;
+                        if (e < P * KH * KWP) ws[e] = v[u];
+                    }
                 }
-            }
             }
             __syncthreads();
 
