@@ -126,6 +126,9 @@ SMEM_STAGING_SHAPES = [
     (2, 3, 1, 17, 15, 9, 9, 2, 4, 1),                  # stride 2: rows past the window
     (1, 3, 1, 21, 20, 5, 7, 1, 2, (2, 1)),             # dilation: no test-free body
     (2, 3, 1, 13, 11, 9, 9, 1, 0, 1),                  # no padding: no halo at all
+    # The window ends inside the top-left padding (stride 3 on 1 x 1 planes, padding far
+    # beyond the kernel): nothing of the plane is staged, the output is the bias.
+    (2, 3, 1, 1, 1, 9, 9, 3, ((31, 0), (31, 0)), 1),
 ]
 SMEM_STAGING_VARIANTS = [dict(whole=0, mid=False), dict(whole=1, mid=True), dict(whole=2, mid=True),
                          dict(whole=2, mid=False, tiles_per_block=3), dict(whole=1, mid=False, tiles_per_block=3)]

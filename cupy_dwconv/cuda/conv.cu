@@ -235,7 +235,10 @@ conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     // written once here. A thread copies elements k = tid + i * nthreads of each plane;
     // its (row, column) starts at divmod(tid, cp_c) and steps by divmod(nthreads, cp_c),
     // so the copy loop does no division.
-    const int cp_r = WHOLE ? min(IH, TIH - pad_t) : 0, cp_c = WHOLE ? min(IW, TIW - pad_l) : 1;
+    // The window can end inside the top or left padding (a stride larger than the plane,
+    // padding beyond the kernel): no rows or no columns then, never a negative count.
+    const int cp_w = min(IW, TIW - pad_l);
+    const int cp_r = (WHOLE && cp_w > 0) ? max(0, min(IH, TIH - pad_t)) : 0, cp_c = max(1, cp_w);
     const int cp_n = cp_r * cp_c;
     const int cp_r0 = tid / cp_c, cp_c0 = tid - cp_r0 * cp_c;
     const int cp_dr = nthreads / cp_c, cp_dc = nthreads - cp_dr * cp_c;

@@ -70,8 +70,8 @@ template <int B> __device__ __forceinline__ void cp_async_pred(unsigned dst, con
 template <class A>
 __device__ __forceinline__ void cp_async_block(unsigned dst, const A* src, int rows, int cols, int spitch, int dpitch) {
     static_assert(sizeof(A) == 4 || sizeof(A) == 8, "cp.async of one element");
+    if (rows <= 0 || cols <= 0) return;
     const int n = rows * cols, nthreads = blockDim.x, tid = threadIdx.x;
-    if (n <= 0) return;
     int r = tid / cols, c = tid - r * cols;
     const int dr = nthreads / cols, dc = nthreads - dr * cols;
     unsigned d = dst + (unsigned)((r * dpitch + c) * (int)sizeof(A));
