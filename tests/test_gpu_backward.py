@@ -245,6 +245,24 @@ def test_grad_input_every_family(shape, kind, dtype):
     assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
 
 
+def _check_forced_grad_input_s1(shape, dtype, kind, **kwargs):
+    """Grad input at stride 1 by one forced kernel family (conv_KIND, keyword arguments as
+    plan_conv's force) against the reference on fresh random inputs.
+    shape: (N, C, M, H, W, KH, KW, padding)."""
+    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
+
+    N, C, M, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(19)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C * M, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, kind, **kwargs)
+    assert gx is not None and f"conv_{kind}" in launch.expr
+    ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
+    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("variant", [dict(whole=0, mid=False), dict(whole=1), dict(whole=2), dict(whole=2, tiles_per_block=3)],
                          ids=str)
@@ -259,18 +277,7 @@ def test_grad_input_every_family(shape, kind, dtype):
     ids=str,
 )
 def test_grad_input_smem_staging(shape, variant, dtype):
-    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
-
-    N, C, M, H, W, KH, KW, pad = shape
-    rng = numpy.random.default_rng(19)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "smem", **variant)
-    assert gx is not None and "conv_smem" in launch.expr
-    ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
-    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+    _check_forced_grad_input_s1(shape, dtype, "smem", **variant)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -290,18 +297,7 @@ def test_grad_input_smem_staging(shape, variant, dtype):
 )
 @pytest.mark.parametrize("blocks", [None, 2])
 def test_grad_input_mma(shape, blocks, dtype):
-    from gpu_util import forced_grad_input, params, reference_backward, to_gpu
-
-    N, C, M, H, W, KH, KW, pad = shape
-    rng = numpy.random.default_rng(19)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C * M, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    gx, launch = forced_grad_input(to_gpu(go), to_gpu(w), p, dtype, "mma", blocks=blocks)
-    assert gx is not None and "conv_mma" in launch.expr
-    ref = reference_backward(go, x, w, stride=1, padding=pad, dilation=1, needs=(True, False, False))[0]
-    assert_close(gx.get(), ref, dtype, scale=math.sqrt(KH * KW * M))
+    _check_forced_grad_input_s1(shape, dtype, "mma", blocks=blocks)
 
 
 def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1, reduce=None):
