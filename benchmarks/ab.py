@@ -4,7 +4,7 @@ variant lists do not cover. Each plan's output is checked against the default pl
 events, median, inputs rotated past L2).
 
     python benchmarks/ab.py convnext_7x7 float16 "mma:gran=16" "mma:gran=4"
-    python benchmarks/ab.py replk_13x13 float32 --pass grad_input "smem:maxr=128" "smem:maxr=96"
+    python benchmarks/ab.py replk_13x13 float32 --pass grad_input "smem:whole=0,mid=false" "smem:tiles_per_block=2"
     python benchmarks/ab.py convnext_7x7 float16 --shape 32 96 112 56 "mma:wr=7"
 
 --shape N C H W replaces the case's input shape (kernel, stride, padding and dilation

@@ -479,13 +479,13 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
     return best
 
 
-def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None, mid=None, maxr=128, whole=None,
-                arch=90):
+def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None, mid=None, whole=None, arch=90):
     """conv_smem plan (MODE 0 correlations, optionally with the flipped kernel); None if
     the shape does not fit. Forced for sweeps: th tw (micro-tile), bh bw (tile),
-    tiles_per_block, mid (test-free body for the rows that feed every output row), maxr
-    (register cap), whole (0 stages windows, 1 whole planes through registers, 2 whole
-    planes by cp.async; whole planes only where a tile is a whole plane)."""
+    tiles_per_block, mid (test-free body for the rows that feed every output row), whole
+    (0 stages windows, 1 whole planes through registers, 2 whole planes by cp.async;
+    whole planes only where a tile is a whole plane, cp.async only on sm_80+ without
+    conversion)."""
     if pr.mode != 0 or pr.KW > SMEM_MAX_KW or (pr.flip and (pr.SH, pr.SW) != (1, 1)):
         return None
     shapes = [(th, tw)] if th is not None else SMEM_SHAPES
@@ -495,9 +495,7 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     cfg = max(found, key=lambda c: c[0])[1]
     smem = cfg["tiles_per_block"] * cfg["per_tile"]
     planes = cfg["n_tx"] == 1 and cfg["n_ty"] == 1
-    if whole is None:
-        whole = (2 if arch >= 80 and ACC_DTYPE[dtype] == dtype else 1) if planes else 0
-    whole = int(whole) if planes else 0
+    whole = (2 if whole is None else int(whole)) if planes else 0
     if whole == 2 and (arch < 80 or ACC_DTYPE[dtype] != dtype):
         whole = 1  # cp.async needs sm_80 and copies without converting
     if whole == 2 and tiles_per_block is None:
@@ -515,7 +513,7 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
         # tiles), and so do float64 13x13 (4x4).
         mid = whole > 0 and pr.KW <= 16 and ACC_DTYPE[dtype] == "float32"
     expr = "dw::conv_smem<" + _targs(
-        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip, bool(mid), maxr, whole
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, cfg["th"], cfg["tw"], pr.flip, bool(mid), whole
     ) + ">"
     args = pack_args("SmemArgs", n_tiles=cfg["n_tiles"], IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, pad_t=pr.PT,
                      pad_l=pr.PL, BH=cfg["bh"], BW=cfg["bw"], n_tx=cfg["n_tx"], n_ty=cfg["n_ty"],
@@ -1309,9 +1307,8 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=N
     xr = p.OH + n_tkh * tkh - 1
     gr = p.OH + 2 * (tkh - 1)
     stage = xr * xpitch + gr * owp
-    if stage_async is None:
-        stage_async = arch >= 80 and ACC_DTYPE[dtype] == dtype and 2 * stage * acc_size <= SM_SMEM
-    stage_async = bool(stage_async) and arch >= 80 and ACC_DTYPE[dtype] == dtype
+    stage_async = (arch >= 80 and ACC_DTYPE[dtype] == dtype
+                   and (2 * stage * acc_size <= SM_SMEM if stage_async is None else bool(stage_async)))
     floats = max((2 if stage_async else 1) * stage, groups * n_tt * tkh * tkw, 32)
     smem = floats * acc_size
     if smem > SM_SMEM:
@@ -1319,8 +1316,9 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=N
     block = _cdiv(n_tt * groups, 32) * 32
     if chunks is None:
         # One wave: as many batch chunks as leave every block resident at once (registers
-        # estimated at the 128 that __launch_bounds__(256, 1) allows 4-byte sums). A block
-        # walks its chunk's planes; a second, partial wave costs more than longer walks
+        # estimated at 128 per thread for 4-byte sums; ptxas reports 105-153 for the
+        # tiles above, so this can overestimate residency). A block walks its chunk's
+        # planes; a second, partial wave costs more than longer walks
         # (replk_31x31 float32 grad weight: 5 chunks in 2.4 waves 0.815 ms, 2 chunks in one
         # 0.722, 12 chunks 0.772).
         regs = 128 * (acc_size // 4)

@@ -181,12 +181,11 @@ __device__ __forceinline__ void smem_row_fma(const A (&seg)[RWV], const A* wt, i
 // FLIP reads the weights rotated by 180 degrees: the grad-input pass at stride 1 is this
 // same correlation on grad_output with the flipped kernel and padding D*(K-1) - pad.
 // MID: the rows that feed every output row of a micro-tile take a test-free body (DH == 1).
-// MAXR: register cap (sweeps; the planner passes 128).
 // WHOLE: 0 stages each tile's whole window (halo and padding included) per group; 1 and 2
 // are for tiles that are whole planes: the window's zeros are written once per block and
 // only the plane is copied, through registers (1) or by cp.async (2: sm_80+, T == A).
-template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP, bool MID, int MAXR, int WHOLE>
-__global__ void __launch_bounds__(512) __maxnreg__(MAXR)
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int TH, int TW, bool FLIP, bool MID, int WHOLE>
+__global__ void __launch_bounds__(512, 1)
 conv_smem(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
           const SmemArgs a) {
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
