@@ -223,7 +223,7 @@ def variant_launches(p, dtype, which, families=None):
 # wgrad_smem: (batch chunks per channel, row groups per block); None keeps the default.
 WSMEM_VARIANTS = [(None, 4), (None, 16), (2, None), (3, None), (4, None), (5, None), (8, None), (12, None)]
 # wgrad_smem (TKH, TKW, U): taps per thread and grad_output columns per step.
-WSMEM_TILES = [(8, 4, 16), (8, 8, 8), (16, 4, 8), (4, 4, 16), (8, 8, 16)]
+WSMEM_TILES = [(8, 4, 16), (8, 8, 8), (16, 4, 8), (4, 4, 16), (8, 8, 16), (4, 8, 8), (4, 8, 16), (8, 8, 4)]
 
 
 def wgrad_variants(p, dtype):

@@ -437,12 +437,13 @@ def _smem_row_wavefronts(pitch, tih, row_step, col_step, ucg, urt, acc_size, rtf
     return int(per_group.max(axis=1).sum())
 
 
+SMEM_WHOLE_UNITS = 128  # micro-tiles of a whole-plane tile: at most four warps
 SMEM_SHAPES = ((7, 8), (4, 8), (8, 8), (2, 8), (4, 4), (7, 4), (8, 4), (2, 4), (1, 8), (1, 4))
 SM_SMEM = 227 * 1024
 SM_THREADS = 2048
 
 
-def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
+def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None, sms=132):
     """(score, config) of one conv_smem configuration, or None if it does not fit.
 
     Score = useful lanes (threads rounded up to warps) x useful outputs (tiles rounded up
@@ -451,9 +452,19 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
     if (tw * pr.SW) % lv:
         return None
     if bh is None:
-        # Whole planes when they are small, else 32 x 64 output tiles.
-        bh = min(_cdiv(pr.OH, th) * th, max(th, (32 // th) * th))
-        bw = min(_cdiv(pr.OW, tw) * tw, max(tw, (64 // tw) * tw))
+        # 32 x 64 output tiles, or whole planes when they are small. Also the whole
+        # plane where its micro-tiles fill at most four warps and there are planes for
+        # two per SM; it wins equal scores (no halo staged twice, and smem_launch then
+        # copies only the plane: replk_31x31 float32, 7x4 micro-tiles, 56 x 56 planes
+        # against 28 x 56 tiles, 2 tiles per block: forward 657.6 -> 636.5 us, grad
+        # input 657.7 -> 625.6).
+        whole_h, whole_w = _cdiv(pr.OH, th) * th, _cdiv(pr.OW, tw) * tw
+        tiles = [(min(whole_h, max(th, (32 // th) * th)), min(whole_w, max(tw, (64 // tw) * tw)))]
+        if ((whole_h, whole_w) != tiles[0] and (whole_h // th) * (whole_w // tw) <= SMEM_WHOLE_UNITS
+                and pr.planes >= 2 * sms):
+            tiles.insert(0, (whole_h, whole_w))
+        found = [c for c in (_smem_candidate(pr, dtype, th, tw, h, w, tiles_per_block, sms) for h, w in tiles) if c]
+        return max(found, key=lambda c: c[0]) if found else None  # the first of equal scores
     pitch, per_tile, rwv, kwp, rtf = _smem_geometry(pr, dtype, th, tw, bh, bw)
     # Two input rows in flight, a weight row and the accumulators must fit 128 registers
     # (ptxas report: 31-wide kernels spill with TW = 8, fit with TW = 4).
@@ -479,7 +490,8 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None):
     return best
 
 
-def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None, mid=None, whole=None, arch=90):
+def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=None, mid=None, whole=None, arch=90,
+                sms=132):
     """conv_smem plan (MODE 0 correlations, optionally with the flipped kernel); None if
     the shape does not fit. Forced for sweeps: th tw (micro-tile), bh bw (tile),
     tiles_per_block, mid (test-free body for the rows that feed every output row), whole
@@ -489,7 +501,7 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     if pr.mode != 0 or pr.KW > SMEM_MAX_KW or (pr.flip and (pr.SH, pr.SW) != (1, 1)):
         return None
     shapes = [(th, tw)] if th is not None else SMEM_SHAPES
-    found = [c for c in (_smem_candidate(pr, dtype, a, b, bh, bw, tiles_per_block) for a, b in shapes) if c]
+    found = [c for c in (_smem_candidate(pr, dtype, a, b, bh, bw, tiles_per_block, sms) for a, b in shapes) if c]
     if not found:
         return None
     cfg = max(found, key=lambda c: c[0])[1]
@@ -499,14 +511,26 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     if whole == 2 and (arch < 80 or ACC_DTYPE[dtype] != dtype):
         whole = 1  # cp.async needs sm_80 and copies without converting
     if whole == 2 and tiles_per_block is None:
-        # Whole planes by cp.async: blocks of one warp's worth of tiles. Each block waits
-        # for its own copies only, so small blocks overlap one another's staging with
-        # their FMAs (replk_13x13 float32, 7x4 tiles of 28 threads: 8 tiles per block
-        # 96.1 us, 4 91.5, 2 89.8, 1 88.7).
+        # Whole planes by cp.async: small blocks, the fewest tiles (at most 4, and a
+        # block for every SM) whose threads fill their warps best. Each block waits for
+        # its own copies only, so
+        # small blocks overlap one another's staging with their FMAs, and lanes past a
+        # tile's threads still cost issue slots:
+        # - replk_13x13 float32, 7x4 tiles of 28 threads (7/8 of a warp at any P <= 4):
+        #   8 tiles per block 96.1 us, 4 91.5, 2 89.8, 1 88.7;
+        # - replk_31x31 float32, 112 threads per 56 x 56 plane: 1 tile per block (4 warps,
+        #   the last half empty) 657.7 us, 2 tiles (7 full warps) 636.5, 4 678.7.
         units = (cfg["bh"] // cfg["th"]) * (cfg["bw"] // cfg["tw"])
-        small = _smem_candidate(pr, dtype, cfg["th"], cfg["tw"], cfg["bh"], cfg["bw"], max(1, 32 // units))
-        if small is not None:
-            cfg = small[1]
+        best = None
+        for tp in range(1, 5):
+            small = _smem_candidate(pr, dtype, cfg["th"], cfg["tw"], cfg["bh"], cfg["bw"], tp, sms)
+            if small is None or (tp > 1 and _cdiv(cfg["n_tiles"], tp) < sms):
+                break
+            lanes = tp * units / small[1]["block"]
+            if best is None or lanes > best[0] + 1e-9:
+                best = (lanes, small[1])
+        if best is not None:
+            cfg = best[1]
             smem = cfg["tiles_per_block"] * cfg["per_tile"]
     if mid is None:
         # The second body costs registers: 31-wide kernels spill with it (float32 7x4
@@ -1019,7 +1043,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
         if kind == "tile":
             return tile_launch(pr, dtype, x_ptr, sms=sms, **kwargs)
         if kind == "smem":
-            return smem_launch(q, dtype, arch=arch, **kwargs)
+            return smem_launch(q, dtype, arch=arch, sms=sms, **kwargs)
         if kind == "mma":
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
@@ -1043,7 +1067,7 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     if launch is None:
         launch = tile_launch(pr, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0:
-        launch = smem_launch(q, dtype, arch=arch)
+        launch = smem_launch(q, dtype, arch=arch, sms=sms)
     return launch if launch is not None else generic_launch(pr, dtype)
 
 
@@ -1275,7 +1299,18 @@ def _use_wgrad_plane(p):
 
 
 WGRAD_SMEM_TILE = (8, 4, 8)  # TKH x TKW taps per thread, U grad_output columns per step
-WGRAD_SMEM_TILE_WIDE = (8, 8, 8)
+
+
+def _wgrad_smem_tile(p, acc_size):
+    """(TKH, TKW, U) of wgrad_smem. 4-byte sums: 4 x 8 taps per thread, 112-121
+    registers, so two blocks of 256 threads stay resident where 8 x 8 tiles (155) held
+    two of 128 (replk_31x31 float32 grad weight 0.664 -> 0.630 ms; 4x8 U 16 on
+    replk_13x13 0.160 -> 0.148). U = 16 unless it pads the grad_output columns further
+    than U = 8 (56 columns: 64 against 56; replk_31x31 U 16 0.665). 8-byte sums keep
+    8 x 4 (unmeasured with other tiles)."""
+    if acc_size != 4:
+        return WGRAD_SMEM_TILE
+    return (4, 8, 16 if _cdiv(p.OW, 16) * 16 <= _cdiv(p.OW, 8) * 8 else 8)
 
 
 def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=None, sms=132, tile=None):
@@ -1287,10 +1322,7 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=N
         return None
     acc_size = ITEMSIZE[ACC_DTYPE[dtype]]
     if tile is None:
-        # Wide kernels, 4-byte sums: 8 x 8 tap tiles, so each x segment read and each
-        # broadcast grad_output vector feed twice the FMAs (replk_31x31 float32 grad
-        # weight 0.722 -> 0.664 ms; on replk_13x13 they measured 0.165 against 0.161).
-        tile = WGRAD_SMEM_TILE_WIDE if p.KW > 16 and acc_size == 4 else WGRAD_SMEM_TILE
+        tile = _wgrad_smem_tile(p, acc_size)
     tkh, tkw, u = tile
     lv = 16 // acc_size
     n_tkh, n_tkw = _cdiv(p.KH, tkh), _cdiv(p.KW, tkw)
@@ -1316,8 +1348,8 @@ def wgrad_smem_launch(p, dtype, arch=90, stage_async=None, chunks=None, groups=N
     block = _cdiv(n_tt * groups, 32) * 32
     if chunks is None:
         # One wave: as many batch chunks as leave every block resident at once (registers
-        # estimated at 128 per thread for 4-byte sums; ptxas reports 105-153 for the
-        # tiles above, so this can overestimate residency). A block walks its chunk's
+        # estimated at 128 per thread for 4-byte sums; ptxas reports 112-121 for the 4 x 8
+        # tiles, 105-165 for the others the sweep forces). A block walks its chunk's
         # planes; a second, partial wave costs more than longer walks
         # (replk_31x31 float32 grad weight: 5 chunks in 2.4 waves 0.815 ms, 2 chunks in one
         # 0.722, 12 chunks 0.772).

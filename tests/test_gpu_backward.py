@@ -80,6 +80,39 @@ def test_suite_like(shape, dtype):
     _check(numpy.random.default_rng(17), N, C, H, W, 1, KH, KW, s, pad, d, dtype)
 
 
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((35, 13, 6), "float32"), ((35, 13, 6), "float64"), ((56, 31, 15), "float32")],
+    ids=str,
+)
+def test_large_kernels_on_many_planes(shape, dtype):
+    """The default plans of large kernels once there are planes for two blocks per SM:
+    conv_smem then takes whole planes (by cp.async on sm_80+) and several planes per
+    block, an odd number of planes leaving the last block half empty; forward, grad input
+    and grad weight against the reference."""
+    import cupy
+
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, to_gpu
+
+    hw, k, pad = shape
+    sms = _kernels.current_sms()
+    N, C = 3, -(-2 * sms // 3) | 1  # 3 x odd channels: an odd number of planes >= 2 x SMs
+    rng = numpy.random.default_rng(23)
+    x = random_array(rng, (N, C, hw, hw), dtype)
+    w = random_array(rng, (C, 1, k, k), dtype)
+    b = random_array(rng, (C,), dtype)
+    p = params(x.shape, w.shape, True, 1, pad, 1)
+    launch = _kernels.plan_forward(p, dtype, 0)
+    name, args = _kernels.split_expr(launch.expr)
+    assert name == "conv_smem" and int(args[-1]) == (2 if _kernels.current_arch() >= 80 else 1)
+    assert launch.grid[0] < N * C  # several planes per block
+    y = cupy_dwconv.depthwise_conv2d(to_gpu(x), to_gpu(w), to_gpu(b), padding=pad)
+    assert_close(y.get(), reference_forward(x, w, b, padding=pad), dtype, scale=k, what="forward")
+    _check(rng, N, C, hw, hw, 1, k, k, 1, pad, 1, dtype)
+
+
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False)])
 def test_needs(needs):
     _check(numpy.random.default_rng(8), 2, 3, 20, 30, 2, 3, 5, (2, 1), 1, 1, "float32", needs=needs)
@@ -472,9 +505,9 @@ def test_wgrad_plane(shape, blocking, dtype):
 @pytest.mark.parametrize("stage_async", [None, False], ids=["default", "registers"])
 def test_wgrad_smem(shape, dtype, stage_async):
     """The shared-memory weight-gradient kernel, forced, on kernels that are not
-    multiples of its 8x4 tap tiles, odd sizes, asymmetric padding and multipliers; staged
-    both ways (the default double-buffers by cp.async where it can: float32 and float64
-    on sm_80+)."""
+    multiples of its tap tiles (4x8 for 4-byte sums, 8x4 in float64), odd sizes,
+    asymmetric padding and multipliers; staged both ways (the default double-buffers by
+    cp.async where it can: float32 and float64 on sm_80+)."""
     force = "smem" if stage_async is None else ("smem", dict(stage_async=stage_async))
     launch = _check_forced_wgrad(shape, dtype, force, 15)
     assert "wgrad_smem" in launch.expr
