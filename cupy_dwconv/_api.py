@@ -70,6 +70,23 @@ def _new_output(cupy, shape, dtype):
     return cupy.ndarray(shape, dtype)
 
 
+# Zeroed uint32 counters of the fused backward's closing step, one buffer per (device,
+# stream). Every launch leaves them zero again (the last block of a channel resets its
+# counter) and launches on one stream run in order, so a call needs no memset; a buffer
+# is replaced by a larger zeroed one when a call has more channels (the old one returns
+# to CuPy's stream-ordered pool after the launches queued before).
+_COUNTERS = {}
+
+
+def _chunk_counters(cupy, device_id, n):
+    key = (device_id, cupy.cuda.get_current_stream().ptr)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.size < n:
+        buf = cupy.zeros(max(n, 1024), dtype=cupy.uint32)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def _contiguous(cupy, a):
     return a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
 
@@ -243,11 +260,14 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
             # takes the problem.
             fused = _kernels.plan_backward(p, dtype, xc.data.ptr, go.data.ptr, *arch)
             if fused is not None:
-                stage1, chunks, stage2 = fused
+                # The fused kernel also finishes grad_weight and grad_bias itself (the last
+                # block of each channel adds the chunks' partial rows in order), so its
+                # wgrad_reduce stage is not launched.
+                stage1, chunks, _ = fused
                 w = _contiguous(cupy, weight)
                 partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
-                stage1(dev, (xc, go, w, gx, partial))
-                stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))
+                stage1(dev, (xc, go, w, gx, partial, _chunk_counters(cupy, dev, p.CM),
+                             _NULL if gw is None else gw, _NULL if gb is None else gb))
                 return gx, gw, gb
         if needs[0] and gx.size:
             w = _contiguous(cupy, weight)

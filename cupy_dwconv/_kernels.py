@@ -1696,7 +1696,10 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
 def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
     grad_weight or grad_bias, or None where the separate grad-input and grad-weight
-    plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials).
+    plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials,
+    counters, grad_weight, grad_bias): with zeroed counters it finishes grad_weight and
+    grad_bias itself and leaves the counters zero; with null counters the wgrad_reduce
+    launch does.
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
     family="rows" (tests and sweeps; None again where the kernel does not take the
     problem)."""

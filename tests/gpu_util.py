@@ -91,10 +91,14 @@ def forced_wgrad(x_g, go_g, p, dtype_name, force=None, reduce=None):
     return gw, gb, s1 if reduce is None else s2
 
 
-def forced_backward(x_g, go_g, w_g, p, dtype_name, **kwargs):
-    """The fused backward (bwd_tile + wgrad_reduce) with forced launch parameters, into
-    NaN-filled outputs: (grad_x, grad_weight, grad_bias, stage-1 launch), or None where
-    the kernel does not take the problem."""
+def forced_backward(x_g, go_g, w_g, p, dtype_name, reduce_kernel=False, **kwargs):
+    """The fused backward with forced launch parameters, into NaN-filled outputs:
+    (grad_x, grad_weight, grad_bias, stage-1 launch), or None where the kernel does not
+    take the problem. The kernel finishes grad_weight and grad_bias itself, as the library
+    runs it (fresh zeroed counters, checked to be zero again afterwards), or with
+    `reduce_kernel` leaves that to its wgrad_reduce stage."""
+    from cupy_dwconv import _api
+
     cp = cupy()
     plan = _kernels.plan_backward(p, dtype_name, x_g.data.ptr, go_g.data.ptr, force=kwargs)
     if plan is None:
@@ -105,8 +109,13 @@ def forced_backward(x_g, go_g, w_g, p, dtype_name, **kwargs):
     gb = cp.full((p.CM,), numpy.nan, dtype=x_g.dtype)
     partial = cp.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=_kernels.ACC_DTYPE[dtype_name])
     dev = x_g.device.id
-    s1(dev, (x_g, go_g, w_g, gx, partial))
-    s2(dev, (partial, gw, gb))
+    if reduce_kernel:
+        s1(dev, (x_g, go_g, w_g, gx, partial, _api._NULL, _api._NULL, _api._NULL))
+        s2(dev, (partial, gw, gb))
+    else:
+        counters = cp.zeros((p.CM,), dtype=cp.uint32)
+        s1(dev, (x_g, go_g, w_g, gx, partial, counters, gw, gb))
+        assert int(counters.max()) == 0, "the closing step left a counter set"
     return gx, gw, gb, s1
 
 

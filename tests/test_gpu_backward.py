@@ -245,6 +245,36 @@ def test_deterministic(shape, dtype):
         assert a.tobytes() == b_.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(
+    "shape,launch",
+    [
+        ((3, 5, 19, 21, 3, 3, 1, 1), dict(th=2, tw=8, chunks=7)),
+        ((2, 4, 17, 17, 1, 7, (0, 3), 1), {}),
+        ((4, 3, 28, 56, 5, 5, 2, 1), dict(family="rows", chunks=5)),
+        ((2, 3, 30, 64, 3, 7, 1, 1), dict(family="rows")),
+    ],
+    ids=str,
+)
+def test_fused_closing_step(shape, launch, dtype):
+    """The fused kernels finish grad_weight and grad_bias themselves (the last block of a
+    channel adds the chunks' rows): bitwise equal to the second-kernel path, counters left
+    at zero (checked in forced_backward), and equal again on a second run."""
+    from gpu_util import forced_backward, params, to_gpu
+
+    N, C, H, W, KH, KW, pad, dil = shape
+    rng = numpy.random.default_rng(41)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, dil)
+    go = random_array(rng, p.out_shape, dtype)
+    args = (to_gpu(x), to_gpu(go), to_gpu(w), p, dtype)
+    fused, fused_again, two_kernels = (forced_backward(*args, reduce_kernel=r, **launch) for r in (False, False, True))
+    assert fused is not None, "the fused kernel declined a problem it takes"
+    for a, b, c in zip(fused[:3], fused_again[:3], two_kernels[:3]):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["tile", "smem", "generic"])
 @pytest.mark.parametrize(

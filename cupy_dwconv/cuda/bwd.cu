@@ -20,8 +20,10 @@
 // registers for the whole block) and a fixed range of (n, row tile, column tile) units,
 // column tile fastest so that neighbouring threads read neighbouring columns. Each thread
 // keeps the KH*KW tap sums and the bias sum in registers across its units; one
-// fixed-order block sum writes the block's partial row, and wgrad_reduce adds the chunks
-// in order. No atomics: two runs give bitwise-identical gradients.
+// fixed-order block sum writes the block's partial row. With `counters` the last block of
+// each channel adds the chunks' rows in order and writes grad_weight and grad_bias
+// (finish_channel, blocksum.cuh); without, wgrad_reduce does. No float atomics: two runs
+// give bitwise-identical gradients.
 #include "tile.cuh"
 #include "blocksum.cuh"
 
@@ -42,7 +44,8 @@ template <class T, int KH, int KW, int DH, int DW, int PT, int PL, int TH, int T
           bool VOUT, int MINB, int PF>
 __global__ void __launch_bounds__(256, MINB)
 bwd_tile(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
-         typename Traits<T>::acc* __restrict__ partial, const WgradArgs a) {
+         typename Traits<T>::acc* __restrict__ partial, unsigned* __restrict__ counters, T* __restrict__ gw,
+         T* __restrict__ gb, const WgradArgs a) {
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW;
     const int n_cg = a.n_cg, n_rt = a.n_rt, N = a.N, C = a.C, n_chunks = a.n_chunks;
     typedef typename Traits<T>::acc A;
@@ -142,6 +145,7 @@ bwd_tile(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
             }
         }
         block_sum_to<A, KK + 1>(dw, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
+        if (counters != nullptr) finish_channel<T, A>(partial, o, n_chunks, KK, counters, gw, gb);
     }
 }
 

@@ -570,8 +570,8 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 // (bands overlap by Q - 1 rows, which only feed its ring) and the lane's own columns.
 //
 // Grid (chunks, channels), as bwd_tile: a block owns one channel (weights in registers;
-// its partial row is written by one fixed-order block sum, and wgrad_reduce adds the
-// chunks in order: deterministic). The channel's units (n, band, column segment) split
+// its partial row is written by one fixed-order block sum, and the channel's last block
+// (with `counters`) or wgrad_reduce adds the chunks in order: deterministic). The channel's units (n, band, column segment) split
 // evenly over its chunks; the block's segments walk them, warp-uniform.
 //
 // Template arguments as conv_rows_async, plus VX: elements per x copy (x rows: the
@@ -582,7 +582,8 @@ template <class T, int V, int VL, int VX, int VS, int KH, int KW, int DH, int DW
           int MINB>
 __global__ void __launch_bounds__(256, MINB)
 bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
-         typename Traits<T>::acc* __restrict__ partial, const BwdRowsArgs a) {
+         typename Traits<T>::acc* __restrict__ partial, unsigned* __restrict__ counters, T* __restrict__ gw,
+         T* __restrict__ gb, const BwdRowsArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     typedef typename Traits<T>::acc A;
     typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
@@ -776,6 +777,7 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
         for (int k = 0; k < KK; ++k) out[k] = dwf[KK - 1 - k];
         out[KK] = dwf[KK];
         block_sum_to<A, KK + 1>(out, red, partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1));
+        if (counters != nullptr) finish_channel<T, A>(partial, o, n_chunks, KK, counters, gw, gb);
     }
 #else
     __trap();  // the host plans this kernel for sm_80+ only
