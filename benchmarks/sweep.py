@@ -76,7 +76,8 @@ BWD_VARIANTS = [(None, None, None, None, None), (4, 8, 1, None, None), (4, 8, 2,
                 (2, 8, 3, None, None), (4, 8, 2, 0, None), (4, 8, 2, 1, None), (2, 8, 2, 0, None), (2, 8, 2, 1, None),
                 (None, None, None, None, 1), (None, None, None, None, 2), (None, None, None, None, 3),
                 (None, None, None, None, 4), (None, None, None, None, 8), (None, None, None, None, 16),
-                (2, 4, 1, None, None), (4, 4, 1, None, None), (1, 8, 1, None, None)]
+                (2, 4, 1, None, None), (4, 4, 1, None, None), (1, 8, 1, None, None), (2, 4, 3, None, None),
+                (2, 4, 3, None, 2), (2, 4, 2, None, 1), (2, 4, 3, 0, None), (1, 4, 3, None, None), (2, 4, 2, 0, 3)]
 
 
 # Fused backward, bwd_rows (bytes per lane, PF, MINB, RB, chunks; None = the host's rule).

@@ -6,6 +6,8 @@ works on machines without it.
 
 from __future__ import annotations
 
+import threading
+
 import numpy
 
 from . import _kernels, _params
@@ -71,15 +73,16 @@ def _new_output(cupy, shape, dtype):
 
 
 # Zeroed uint32 counters of the fused backward's closing step, one buffer per (device,
-# stream). Every launch leaves them zero again (the last block of a channel resets its
-# counter) and launches on one stream run in order, so a call needs no memset; a buffer
-# is replaced by a larger zeroed one when a call has more channels (the old one returns
-# to CuPy's stream-ordered pool after the launches queued before).
+# stream, host thread: the per-thread default stream has one handle for many streams).
+# Every launch leaves them zero again (the last block of a channel resets its counter)
+# and launches on one stream run in order, so a call needs no memset; a buffer is
+# replaced by a larger zeroed one when a call has more channels (the old one returns to
+# CuPy's stream-ordered pool after the launches queued before).
 _COUNTERS = {}
 
 
 def _chunk_counters(cupy, device_id, n):
-    key = (device_id, cupy.cuda.get_current_stream().ptr)
+    key = (device_id, cupy.cuda.get_current_stream().ptr, threading.get_ident())
     buf = _COUNTERS.get(key)
     if buf is None or buf.size < n:
         buf = cupy.zeros(max(n, 1024), dtype=cupy.uint32)

@@ -275,6 +275,36 @@ def test_fused_closing_step(shape, launch, dtype):
         assert a.tobytes() == b.tobytes() == c.tobytes()
 
 
+def test_fused_closing_counters_per_stream():
+    """The library's closing-step counters: one zeroed buffer per stream, grown for more
+    channels, all zero again after the launches; results on other streams equal the
+    default stream's bitwise."""
+    import cupy
+
+    import cupy_dwconv
+    from cupy_dwconv import _api, _kernels
+    from gpu_util import params
+
+    rng = numpy.random.default_rng(43)
+
+    def inputs(C):
+        return [cupy.asarray(random_array(rng, (2, C, 19, 21), "float32")) for _ in range(2)] + [
+            cupy.asarray(random_array(rng, (C, 1, 3, 3), "float32"))]
+
+    x, go, w = inputs(3)
+    assert _kernels.plan_backward(params(x.shape, w.shape, False, 1, 1, 1), "float32", 0, 0) is not None
+    runs = []
+    for stream in (cupy.cuda.Stream.null, cupy.cuda.Stream(), cupy.cuda.Stream()):
+        with stream:
+            runs.append([a.tobytes() for a in cupy_dwconv.depthwise_conv2d_backward(go, x, w, padding=1)])
+            bx, bgo, bw = inputs(1500)  # more channels than the first buffer holds
+            cupy_dwconv.depthwise_conv2d_backward(bgo, bx, bw, padding=1)
+            stream.synchronize()
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert all(int(buf.max()) == 0 for buf in _api._COUNTERS.values())
+    assert max(buf.size for buf in _api._COUNTERS.values()) >= 1500
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["tile", "smem", "generic"])
 @pytest.mark.parametrize(
