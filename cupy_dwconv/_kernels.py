@@ -1513,7 +1513,12 @@ def _bwd_tile_shape(p, dtype):
         return 2, 4, 1, 0
     if dtype == "float32":
         if p.H * p.W <= 400:
-            return 2, 4, 2, 0  # inception_1x7: 2x4 0.0202, 2x8 0.0270 ms
+            # Small planes, up to 9 taps: 3 blocks per SM (72-80 registers, the cap; 12-
+            # to 16-tap kernels spill there), so that inception_1x7's 2 x 192 blocks are
+            # one wave (396 slots; at 2 per SM, 264 slots and a tail wave). H200, session
+            # 16, backward: 2x4 at 2 blocks 0.0204 ms, at 3 0.0159; 1x4 at 3 0.0158; 1x8
+            # at 2 0.0166 (H100, session 7: 2x4 0.0202, 2x8 0.0270).
+            return 2, 4, 3 if taps <= 9 else 2, 0
         return 2, 8, 2, 0  # seed 0.603, mbv2 0.138, effnet 0.0763, convnext 0.157, image 0.296 ms
     if taps <= 9:
         if dtype == "float16":
