@@ -513,9 +513,8 @@ def smem_launch(pr, dtype, th=None, tw=None, bh=None, bw=None, tiles_per_block=N
     if whole == 2 and tiles_per_block is None:
         # Whole planes by cp.async: small blocks, the fewest tiles (at most 4, and a
         # block for every SM) whose threads fill their warps best. Each block waits for
-        # its own copies only, so
-        # small blocks overlap one another's staging with their FMAs, and lanes past a
-        # tile's threads still cost issue slots:
+        # its own copies only, so small blocks overlap one another's staging with their
+        # FMAs, and lanes past a tile's threads still cost issue slots:
         # - replk_13x13 float32, 7x4 tiles of 28 threads (7/8 of a warp at any P <= 4):
         #   8 tiles per block 96.1 us, 4 91.5, 2 89.8, 1 88.7;
         # - replk_31x31 float32, 112 threads per 56 x 56 plane: 1 tile per block (4 warps,
