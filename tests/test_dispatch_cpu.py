@@ -329,3 +329,54 @@ def test_smem_thread_layout_avoids_bank_conflicts():
     # wavefronts; down the column, only the quarter-warps that cross into the next tile.
     assert _kernels._smem_row_wavefronts(40, 40, 7, 4, 7, 4, 4, rtf=0) == 128
     assert _kernels._smem_row_wavefronts(40, 40, 7, 4, 7, 4, 4, rtf=1) == 73
+
+
+def test_smem_whole_planes_and_tiles_per_block():
+    """conv_smem takes whole planes when their micro-tiles fill at most four warps and
+    there are planes for two blocks per SM, with the fewest tiles per block (at most 4,
+    a block for every SM) that fill their warps best; a small batch keeps the split
+    tiles' parallelism."""
+    def plan(n, c, hw, k, dtype="float32", flip=False, sms=132):
+        p = params((n, c, hw, hw), (c, 1, k, k), 1, k // 2, 1)
+        launch = (_kernels.plan_grad_input if flip else _kernels.plan_forward)(p, dtype, 0, 90, sms)
+        name, args = _kernels.split_expr(launch.expr)
+        assert name == "conv_smem", launch.expr
+        return int(args[-1]), launch.block[0], launch.grid[0]
+
+    assert plan(32, 128, 56, 31) == (2, 224, 2048)             # replk_31x31: 7x4 tiles, 2 planes of 112 threads
+    assert plan(32, 128, 56, 31, flip=True) == (2, 224, 2048)
+    assert plan(32, 256, 28, 13) == (2, 32, 8192)              # replk_13x13: 28 threads, 1 plane per block
+    assert plan(1, 128, 56, 31)[0] == 0                        # 128 planes < 2 x 132 SMs: 28 x 56 tiles
+    assert plan(1, 128, 56, 31, sms=64)[0] == 2
+    assert plan(32, 128, 56, 31, "float64")[0] == 0            # 4x4 micro-tiles: 196 threads a plane
+    whole, block, grid = plan(3, 89, 35, 13)                   # 45 threads a plane: 2 per block
+    assert (whole, block, grid) == (2, 96, 134)
+
+
+def test_wgrad_smem_tap_tiles():
+    """wgrad_smem: 4 x 8 taps per thread for 4-byte sums, 16 grad_output columns a step
+    unless that pads the row further than 8; float64 keeps 8 x 4."""
+    def tile(hw, k, dtype):
+        p = params((2, 4, hw, hw), (4, 1, k, k), 1, k // 2, 1)
+        launch = _kernels.plan_wgrad(p, dtype, 0, 0, 90 if dtype in ("float32", "float64") else 75, 132)[0]
+        assert "wgrad_smem" in launch.expr, launch.expr
+        return tuple(int(a) for a in _args(launch.expr)[1:4])
+
+    assert tile(56, 31, "float32") == (4, 8, 8)     # 56 columns: U 16 would pad to 64
+    assert tile(28, 13, "float32") == (4, 8, 16)    # 28 columns: 32 either way
+    assert tile(28, 13, "float16") == (4, 8, 16)    # before sm_80: float32 sums
+    assert tile(56, 31, "float64") == (8, 4, 8)
+
+
+def test_bwd_tile_small_planes_blocks_per_sm():
+    """bwd_tile on small float32 planes: 3 blocks per SM up to 9 taps (inception_1x7's
+    2 x 192 blocks in one wave), 2 for larger kernels (they spill at 3)."""
+    def minb(k, pad):
+        p = params((32, 192, 17, 17), (192, 1) + k, 1, pad, 1)
+        s1, chunks, _ = _kernels.plan_backward(p, "float32", 0, 0, 90, 132)
+        assert "bwd_tile" in s1.expr, s1.expr
+        return int(_args(s1.expr)[13]), chunks
+
+    assert minb((1, 7), (0, 3)) == (3, 2)
+    assert minb((3, 3), 1)[0] == 3
+    assert minb((3, 5), (1, 2))[0] == 2
