@@ -559,15 +559,12 @@ def _up16(nbytes):
 def plane_smem_bytes(pr, dtype, planes_per_block, stages=1):
     """Dynamic shared memory of conv_plane (mirrors its layout in cuda/plane.cu): per
     stage, the weights (two runs, two 16-byte vectors of slack) and the input planes (one
-    vector of slack); then the output planes (one vector of slack), unless one stage's
-    input region holds them (OH*OW <= R*IH*IW); all in the storage type, every region
-    starting on a 16-byte boundary."""
+    vector of slack); then the output planes (one vector of slack); all in the storage
+    type, every region starting on a 16-byte boundary."""
     size = ITEMSIZE[dtype]
     v = 16 // size
     pr_planes = planes_per_block * pr.R
     stage = _up16((pr_planes * pr.KH * pr.KW + 2 * v) * size) + _up16((pr_planes * pr.IH * pr.IW + v) * size)
-    if stages == 1 and pr.OH * pr.OW <= pr.R * pr.IH * pr.IW:
-        return stage
     return stages * stage + _up16((planes_per_block * pr.OH * pr.OW + v) * size)
 
 

@@ -125,8 +125,7 @@ struct PlaneGroup {
 // Shared-memory layout of conv_plane (the host sizes it with the same formula,
 // _kernels.plane_smem_bytes): NS stages, each the weights of its group [P*R][KH*KW] (two
 // runs, + 2 V elements) and its input planes [P*R][IH*IW] (+ V), then one buffer of
-// output planes [P][OH*OW] (+ V), which with one stage and OH*OW <= R*IH*IW is the input
-// region itself; storage type, every region on a 16-byte boundary. The
+// output planes [P][OH*OW] (+ V); storage type, every region on a 16-byte boundary. The
 // V spare elements let a run start at its global address's remainder modulo 16 bytes
 // (vec_phase), so it moves in 16-byte vectors.
 //
@@ -173,13 +172,9 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int w_bytes = round_up((P * R * KK + 2 * V) * (int)sizeof(T), 16);
     const int x_bytes = round_up((P * R * IHW + V) * (int)sizeof(T), 16);
+    RT* const ys0 = reinterpret_cast<RT*>(smem_raw + NS * (w_bytes + x_bytes));
     auto ws_of = [&](int s) { return reinterpret_cast<RT*>(smem_raw + s * (w_bytes + x_bytes)); };
     auto xs_of = [&](int s) { return reinterpret_cast<RT*>(smem_raw + s * (w_bytes + x_bytes) + w_bytes); };
-    // One stage whose output planes fit in its input region (OH*OW <= R*IH*IW): the outputs
-    // are staged there, once every thread is done reading the inputs, instead of in a
-    // region of their own (convnext_7x7_s4 float32, 64 planes a block: 37.7 -> 25.1 KB).
-    const bool y_in_x = NS == 1 && OHW <= R * IHW;
-    RT* const ys0 = y_in_x ? xs_of(0) : reinterpret_cast<RT*>(smem_raw + NS * (w_bytes + x_bytes));
     const RT* const wr_g = reinterpret_cast<const RT*>(w);
     const int RKK = R * KK;  // weight elements per channel
 
@@ -241,8 +236,6 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
             stage_commit_wait<0>();
         }
 
-        A acc[ROWS][OW];
-        const int oh0 = my_b * ROWS;
         if (my_p < cur.np) {
             const PlaneMap pm = map_plane(cur.q0 + my_p, QC, IC, DIV, R);
             RT *wsA, *wsB;
@@ -250,10 +243,12 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
             const RT* const wch = pm.ch >= cur.ch0 ? wsA + (pm.ch - cur.ch0) * RKK : wsB + pm.ch * RKK;
             const RT* const xs = xs_of(s) + vec_phase(reinterpret_cast<const RT*>(x + cur.in_lo * IHW));
             const A b0 = (!FLIP && bias != nullptr) ? load1(bias + pm.ch) : A(0);
+            A acc[ROWS][OW];
 #pragma unroll
             for (int t = 0; t < ROWS; ++t)
 #pragma unroll
                 for (int j = 0; j < OW; ++j) acc[t][j] = b0;
+            const int oh0 = my_b * ROWS;
             for (int m = 0; m < R; ++m) {
                 const RT* xp = xs + (pm.in_plane0 + m - cur.in_lo) * IHW;
                 const RT* wt = wch + m * KK;
@@ -282,9 +277,6 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
                         }
                 }
             }
-        }
-        if (y_in_x) __syncthreads();  // every thread's input reads are done: ys may overwrite them
-        if (my_p < cur.np) {
             // ys was last read by the previous group's copy-out, before the barrier above.
             RT* const yp = ys0 + vec_phase(reinterpret_cast<const RT*>(y + cur.q0 * OHW)) + my_p * OHW;
 #pragma unroll
@@ -304,7 +296,6 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         copy_run<4, false>(ys0 + vec_phase(yg), yg, cur.np * OHW);
         // The next compute writes ys only after the next stage_commit_wait's barrier.
         if (!more) break;
-        if (y_in_x) __syncthreads();  // the copy-out has read ys before the next group's inputs land there
         if constexpr (NS == 2) cur = nxt;
         else cur = group_at(q_next);
     }
