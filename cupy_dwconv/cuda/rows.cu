@@ -571,8 +571,9 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 //
 // Grid (chunks, channels), as bwd_tile: a block owns one channel (weights in registers;
 // its partial row is written by one fixed-order block sum, and the channel's last block
-// (with `counters`) or wgrad_reduce adds the chunks in order: deterministic). The channel's units (n, band, column segment) split
-// evenly over its chunks; the block's segments walk them, warp-uniform.
+// (with `counters`) or wgrad_reduce adds the chunks in order: deterministic). The
+// channel's units (n, band, column segment) split evenly over its chunks; the block's
+// segments walk them, warp-uniform.
 //
 // Template arguments as conv_rows_async, plus VX: elements per x copy (x rows: the
 // segment's own chunks only). The host checks that bands and segments cover the

@@ -241,42 +241,42 @@ wgrad_smem(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>
             __trap();  // the host plans ASYNC for sm_80+ only
 #endif
         } else {
-        for (int n = n_begin; n < n_end; ++n) {
-            const T* xp = x + ((i64)n * C + o / M) * plane_in;
-            const T* gp = go + ((i64)n * CM + o) * plane_out;
-            __syncthreads();  // the previous plane's readers are done
-            // Stage with several loads in flight per thread before the stores.
-            const int xtotal = XR * xpitch, gtotal = GR * gpitch;
-            for (int e0 = tid; e0 < xtotal + gtotal; e0 += 8 * nthreads) {
-                A v[8];
+            for (int n = n_begin; n < n_end; ++n) {
+                const T* xp = x + ((i64)n * C + o / M) * plane_in;
+                const T* gp = go + ((i64)n * CM + o) * plane_out;
+                __syncthreads();  // the previous plane's readers are done
+                // Stage with several loads in flight per thread before the stores.
+                const int xtotal = XR * xpitch, gtotal = GR * gpitch;
+                for (int e0 = tid; e0 < xtotal + gtotal; e0 += 8 * nthreads) {
+                    A v[8];
 #pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    const int e = e0 + k * nthreads;
-                    A val = A(0);
-                    if (e < xtotal) {
-                        const int r = xdiv(e), c = e - r * xpitch;
-                        const int ih = r - pad_t, iw = c - pad_l;
-                        if ((unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW) val = load1(xp + (i64)ih * IW + iw);
-                    } else if (e < xtotal + gtotal) {
-                        const int f = e - xtotal;
-                        const int r = gdiv(f), c = f - r * gpitch;
-                        const int oh = r - (TKH - 1);
-                        if (oh >= 0 && oh < OH && c < OW) {
-                            val = load1(gp + (i64)oh * OW + c);
-                            bias_sum += val;  // each element is staged by exactly one thread
+                    for (int k = 0; k < 8; ++k) {
+                        const int e = e0 + k * nthreads;
+                        A val = A(0);
+                        if (e < xtotal) {
+                            const int r = xdiv(e), c = e - r * xpitch;
+                            const int ih = r - pad_t, iw = c - pad_l;
+                            if ((unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW) val = load1(xp + (i64)ih * IW + iw);
+                        } else if (e < xtotal + gtotal) {
+                            const int f = e - xtotal;
+                            const int r = gdiv(f), c = f - r * gpitch;
+                            const int oh = r - (TKH - 1);
+                            if (oh >= 0 && oh < OH && c < OW) {
+                                val = load1(gp + (i64)oh * OW + c);
+                                bias_sum += val;  // each element is staged by exactly one thread
+                            }
                         }
+                        v[k] = val;
                     }
-                    v[k] = val;
-                }
 #pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    const int e = e0 + k * nthreads;
-                    if (e < xtotal + gtotal) xs[e] = v[k];  // gs follows xs contiguously
+                    for (int k = 0; k < 8; ++k) {
+                        const int e = e0 + k * nthreads;
+                        if (e < xtotal + gtotal) xs[e] = v[k];  // gs follows xs contiguously
+                    }
                 }
+                __syncthreads();
+                if (active) plane_fma(xs, gs);
             }
-            __syncthreads();
-            if (active) plane_fma(xs, gs);
-        }
         }
         // Fixed-order reduction over the G groups, then the block's bias sum.
         __syncthreads();
