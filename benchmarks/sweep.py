@@ -85,6 +85,13 @@ BWD_ROWS_VARIANTS = [(8, 4, 2, None, None), (8, 2, 2, None, None), (8, 6, 2, Non
                      (4, 4, 2, None, None), (16, 4, 2, None, None), (16, 4, 1, None, None), (8, 4, 2, None, 1),
                      (8, 4, 2, None, 4), (8, 4, 2, 32, None), (8, 3, 3, None, None)]
 
+# Fused backward of small planes, bwd_plane (channels per block, batch items per step,
+# chunks, MINB, stages; None = the host's rule).
+BWD_PLANE_VARIANTS = [(None, None, None, None, None), (8, 16, None, None, None), (8, 8, None, None, None),
+                      (16, 4, None, None, None), (32, 4, None, None, None), (16, 8, None, 2, None),
+                      (8, 16, None, 2, None), (16, 8, 16, None, None), (8, 16, 16, None, None), (8, 8, 16, None, None),
+                      (16, 4, 8, None, 2), (8, 8, 4, None, 2), (8, 4, 8, None, 2), (16, 8, 4, None, 2)]
+
 
 def _small_width_variants(p, dtype):
     # Narrow planes: a tile as wide as the plane, several heights.
@@ -269,7 +276,7 @@ def _print_best(name, dtype, rows):
 
 def backward_variants(p, dtype):
     """[(label, launches)] for the full backward: the separate plans (grad input, then
-    both grad-weight stages) and each fused bwd_tile variant that plans (stage 1, stage 2)."""
+    both grad-weight stages) and each fused variant (bwd_tile, bwd_rows, bwd_plane) that plans (stage 1, stage 2)."""
     gi = _kernels.plan_grad_input(p, dtype, 0)
     s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, 0, 0)
     out = [(("separate", None), (gi, s1, s2))]
@@ -294,6 +301,16 @@ def backward_variants(p, dtype):
             continue
         seen.add(key)
         out.append((("rows", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
+    for planes, items, chunks, minb, stages in BWD_PLANE_VARIANTS:
+        kw = dict(family="plane", planes=planes, items=items, chunks=chunks, minb=minb, stages=stages)
+        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
+        if plan is None:
+            continue
+        key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((("plane", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
     return out
 
 

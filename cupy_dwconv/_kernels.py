@@ -69,6 +69,10 @@ def _module(device_id, src_name, expr):
         return cupy.RawModule(code=source(src_name), options=NVRTC_OPTIONS, name_expressions=(expr,))
 
 
+# Dynamic shared memory each (device, source, specialization) has opted in to.
+_SMEM_OPT_IN = {}
+
+
 @functools.lru_cache(maxsize=None)
 def get_kernel(device_id, src_name, expr, shared_mem):
     """The compiled kernel for one specialization on one device (compiles on first use)."""
@@ -76,9 +80,14 @@ def get_kernel(device_id, src_name, expr, shared_mem):
 
     with cupy.cuda.Device(device_id):
         kern = _module(device_id, src_name, expr).get_function(expr)
-        if shared_mem > 48 * 1024:
-            # Above 48 KB a kernel must opt in to its dynamic shared memory.
+        # Above 48 KB a kernel must opt in to its dynamic shared memory. The opt-in belongs
+        # to the function, which every plan of this specialization shares (plans of
+        # different shapes can ask different amounts), so it only ever grows: setting a
+        # smaller value would make an earlier, larger plan's launches fail.
+        key = (device_id, src_name, expr)
+        if shared_mem > max(48 * 1024, _SMEM_OPT_IN.get(key, 0)):
             kern.max_dynamic_shared_size_bytes = shared_mem
+            _SMEM_OPT_IN[key] = shared_mem
     return kern
 
 
@@ -1249,13 +1258,30 @@ def _plane_minb(block, need):
     return minb
 
 
-def wgrad_plane_smem_bytes(p, dtype, planes, items):
+def _plane_weight_pitch(p, dtype):
+    """(KWP, WP) of bwd_plane's staged weights (mirrors plane_backward in cuda/plane.cu):
+    rows padded to whole 16-byte vectors of the accumulation type, channels WP apart with
+    WP an odd number of vectors, so that 8 lanes of different channels read 8 different
+    16-byte bank groups."""
+    lv = 16 // ITEMSIZE[ACC_DTYPE[dtype]]
+    kwp = _cdiv(p.KW, lv) * lv
+    wp = p.KH * kwp + (lv if (p.KH * kwp // lv) % 2 == 0 else 0)
+    return kwp, wp
+
+
+def wgrad_plane_smem_bytes(p, dtype, planes, items, weights=False, stages=1):
     """Dynamic shared memory of wgrad_plane: `items` runs of x planes and of grad_output
-    planes, each with a vector of slack (mirrors cuda/plane.cu), or the final sums if larger."""
+    planes per stage, each with a vector of slack (mirrors cuda/plane.cu), or the final
+    sums if larger; with `weights` (bwd_plane) the block's weights follow the runs, and
+    the final sums start after the x runs (which then hold the last step's grad_x)."""
     size, acc = ITEMSIZE[dtype], ITEMSIZE[ACC_DTYPE[dtype]]
     v = 16 // size
-    staging = items * (_up16((planes * p.H * p.W + v) * size) + _up16((planes * p.OH * p.OW + v) * size))
-    return max(staging, items * planes * (p.KH * p.KW + 1) * acc)
+    xruns = stages * items * _up16((planes * p.H * p.W + v) * size)
+    staging = xruns + stages * items * _up16((planes * p.OH * p.OW + v) * size)
+    sums = items * planes * (p.KH * p.KW + 1) * acc
+    if weights:
+        return max(staging + planes * _plane_weight_pitch(p, dtype)[1] * acc, xruns + sums)
+    return max(staging, sums)
 
 
 def wgrad_plane_launch(p, dtype, planes=None, items=None, chunks=None):
@@ -1286,6 +1312,54 @@ def wgrad_plane_launch(p, dtype, planes=None, items=None, chunks=None):
     expr = "dw::wgrad_plane<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, block,
         _plane_minb(block, need)
+    ) + ">"
+    args = pack_args("WplaneArgs", N=p.N, C=p.C, M=p.M, CM=p.CM, n_chunks=chunks, G=items, P=planes)
+    return Launch("plane.cu", expr, (groups, chunks, 1), (block, 1, 1), smem, (args,)), chunks
+
+
+def bwd_plane_regs(p, dtype):
+    """Registers bwd_plane needs (32-bit): tap and bias sums, then the larger phase: the x
+    plane and a grad_output row (weight gradient), or a band of grad_x sums, a grad_output
+    row and a weight row (grad input); ~40 for addresses; float64 values take two."""
+    kwp = _plane_weight_pitch(p, dtype)[0]
+    values = p.KH * p.KW + 1 + p.H * p.W + p.OW + kwp
+    return values * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
+
+
+def bwd_plane_launch(p, dtype, planes=None, items=None, chunks=None, minb=None, stages=None):
+    """bwd_plane plan (the whole backward of small planes in one pass: stride 1,
+    multiplier 1): (launch, chunks), or None if the shape does not fit.
+    Channels x batch items per block and chunks as wgrad_plane's by default; `minb`
+    fixes the blocks-per-SM launch bound; `stages` 2 copies a block's next step during
+    this one."""
+    stages = 1 if stages is None else stages
+    if p.M != 1 or p.SH != 1 or p.SW != 1 or not _use_wgrad_plane(p):
+        return None
+    taps = p.KH * p.KW
+    if taps > PLANE_MAX_TAPS or p.H * p.W > PLANE_MAX_ROW or p.OW > PLANE_MAX_ROW or min(p.OH, p.OW) < 1:
+        return None
+    planes = min(p.CM, 16) if planes is None else min(planes, p.CM)
+    items = max(1, min(p.N, 128 // planes)) if items is None else max(1, min(items, p.N))
+    smem = wgrad_plane_smem_bytes(p, dtype, planes, items, weights=True, stages=stages)
+    if smem > 2 * PLANE_SMEM:
+        return None
+    groups = _cdiv(p.CM, planes)
+    if groups > INT32_MAX:
+        return None
+    if chunks is None:
+        chunks = max(1, min(_cdiv(p.N, items), _cdiv(3 * 132, groups)))
+    chunks = max(1, min(chunks, p.N, 65535))
+    block = _cdiv(planes * items, 32) * 32
+    # Registers: tap and bias sums, then the larger phase: the x plane and a grad_output
+    # row (weight gradient), or the grad_x plane, a grad_output row and a weight row
+    # (grad input); ~40 for addresses.
+    need = bwd_plane_regs(p, dtype)
+    if need > 255 or block > 1024:
+        return None
+    if minb is None:
+        minb = _plane_minb(block, need)
+    expr = "dw::bwd_plane<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, stages, block, minb
     ) + ">"
     args = pack_args("WplaneArgs", N=p.N, C=p.C, M=p.M, CM=p.CM, n_chunks=chunks, G=items, P=planes)
     return Launch("plane.cu", expr, (groups, chunks, 1), (block, 1, 1), smem, (args,)), chunks
@@ -1705,14 +1779,17 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     grad_bias itself and leaves the counters zero; with null counters the wgrad_reduce
     launch does.
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
-    family="rows" (tests and sweeps; None again where the kernel does not take the
-    problem)."""
+    family="rows", or of bwd_plane_launch with family="plane" (tests and sweeps; None
+    again where the kernel does not take the problem)."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:
         force = dict(force)
-        if force.pop("family", "tile") == "rows":
+        family = force.pop("family", "tile")
+        if family == "rows":
             return _fused_with_reduce(p, dtype, bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch, **force))
+        if family == "plane":
+            return _fused_with_reduce(p, dtype, bwd_plane_launch(p, dtype, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
     return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
 
@@ -1723,11 +1800,15 @@ def _fused_with_reduce(p, dtype, res):
 
 @functools.lru_cache(maxsize=4096)
 def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
-    # The row sweep where _use_bwd_rows says so and it takes the problem; else bwd_tile,
-    # wherever it takes the problem and a channel has enough tiles
-    # to amortize the block's weights and closing sum. Small planes stay on conv_plane +
-    # wgrad_plane (convnext_7x7_s4, 64 x 7x7 tiles per channel: fused 0.048 ms at best,
-    # separate 0.0327).
+    # Small planes: bwd_plane where it takes the problem (else conv_plane + wgrad_plane:
+    # bwd_tile on convnext_7x7_s4, 64 x 7x7 tiles per channel, 0.048 ms at best against
+    # 0.0327 separate). Then the row sweep where _use_bwd_rows says so and it takes the
+    # problem; else bwd_tile, wherever it takes the problem and a channel has enough tiles
+    # to amortize the block's weights and closing sum.
+    if _use_wgrad_plane(p):
+        fused = bwd_plane_launch(p, dtype)
+        if fused is not None:
+            return _fused_with_reduce(p, dtype, fused)
     if _use_bwd_rows(p, dtype):
         fused = bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch)
         if fused is not None:

@@ -534,7 +534,7 @@ def test_kernel_labels_for_the_suite():
             # The full backward is one fused kernel where it applies, else grad input + grad weight.
             fused = _kernels.plan_backward(p, dtype, 0, 0, *bench.plan_arch())
             label = bench.kernel_label(p, dtype, "backward")[0]
-            assert label.startswith(("bwd_tile", "bwd_rows")) if fused is not None else "+" in label
+            assert label.startswith(("bwd_tile", "bwd_rows", "bwd_plane")) if fused is not None else "+" in label
 
 
 # ---------------------------------------------------------------------------------------

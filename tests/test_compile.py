@@ -58,6 +58,7 @@ FAMILIES = (
     "wgrad_reduce",
     "bwd_tile",
     "bwd_rows",
+    "bwd_plane",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}

@@ -161,6 +161,35 @@ def test_plane_dispatch():
     assert "conv_plane" not in _kernels.plan_grad_input(strided, "float32", 0, 90, 132).expr
 
 
+def test_bwd_plane_dispatch():
+    """The backward of small odd planes at stride 1 and multiplier 1 is one bwd_plane
+    launch (convnext_7x7_s4); float64 7x7 needs more registers than a thread has (its
+    separate plans serve it), float64 5x5 fits. It declines a multiplier, a stride, even
+    planes (bank conflicts) and planes over 64 elements."""
+    tiny = params((64, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1)
+    assert _kernels.bwd_plane_regs(tiny, "float64") > 255
+    assert _kernels.plan_backward(tiny, "float64", 0, 0, 90, 132) is None
+    five = params((64, 96, 5, 5), (96, 1, 5, 5), 1, 2, 1)
+    assert "bwd_plane" in _kernels.plan_backward(five, "float64", 0, 0, 90, 132)[0].expr
+    for dtype in ("float16", "bfloat16", "float32"):
+        s1, chunks, s2 = _kernels.plan_backward(tiny, dtype, 0, 0, 90, 132)
+        assert "bwd_plane" in s1.expr and "wgrad_reduce" in s2.expr
+        assert s1.grid[1] == chunks == int(s1.scalars[0]["n_chunks"]) and s1.grid[0] * int(s1.scalars[0]["P"]) >= 768
+        assert s1.shared_mem == _kernels.wgrad_plane_smem_bytes(tiny, dtype, int(s1.scalars[0]["P"]),
+                                                                int(s1.scalars[0]["G"]), weights=True,
+                                                                stages=int(_args(s1.expr)[11]))
+        planes = int(s1.scalars[0]["P"]) * int(s1.scalars[0]["G"])
+        assert s1.block[0] == _kernels._cdiv(planes, 32) * 32
+    for shape, w_shape, stride in (
+        ((2, 4, 7, 7), (8, 1, 3, 3), 1),
+        ((2, 4, 7, 7), (4, 1, 3, 3), 2),
+        ((2, 4, 8, 8), (4, 1, 3, 3), 1),
+        ((2, 4, 9, 9), (4, 1, 3, 3), 1),
+    ):
+        p = params(shape, w_shape, stride, 1, 1)
+        assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132, force=dict(family="plane")) is None, shape
+
+
 def test_plane_launch_budget():
     """conv_plane's blocks fit their shared memory (mirrors the kernel's layout) and a
     register bound that holds the planned registers; wgrad_plane's too."""

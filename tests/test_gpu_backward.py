@@ -694,6 +694,105 @@ def test_bwd_rows_declines():
         assert _kernels.plan_backward(p, dtype, 0, 0, 90, 132, force=dict(family="rows")) is None, (shape, w_shape)
 
 
+BWD_PLANE_SHAPES = [
+    # N, C, H, W, KH, KW, padding, dilation: odd planes of at most 64 elements. ConvNeXt's
+    # 7x7 stage ('same'), 'valid' (grad_output smaller than x), asymmetric padding, a
+    # 1xK and a Kx1 kernel, dilation, padding past the kernel's reach (grad_output larger
+    # than x, rows no tap of x meets), a 1x1 plane, channel counts that leave a partial
+    # channel group, batches that leave a partial step and uneven chunks.
+    (5, 37, 7, 7, 7, 7, 3, 1),
+    (3, 19, 7, 9, 3, 3, 0, 1),
+    (4, 21, 5, 7, 3, 5, ((1, 1), (0, 2)), 1),
+    (3, 17, 7, 7, 1, 7, (0, 3), 1),
+    (2, 18, 9, 5, 5, 1, ((2, 2), (0, 0)), 1),
+    (3, 20, 7, 7, 3, 3, 2, 2),
+    (2, 33, 3, 3, 3, 3, 3, 1),
+    (9, 5, 1, 1, 3, 3, 1, 1),
+    (7, 40, 3, 5, 3, 3, "same", 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "launch",
+    [{}, dict(planes=8, items=4, chunks=1), dict(planes=16, items=2, chunks=3, minb=2),
+     dict(planes=32, items=3, chunks=2, stages=2), dict(planes=4, items=5, chunks=7), dict(planes=8, items=2, chunks=1, stages=2)],
+    ids=str,
+)
+@pytest.mark.parametrize("shape", BWD_PLANE_SHAPES, ids=str)
+def test_bwd_plane(shape, launch, dtype):
+    """The fused backward of small planes, forced: all three gradients against the
+    reference (channel groups with a partial last group, steps of 2 to 5 batch items with
+    a partial last step, one to seven chunks per group, 3 or 2 blocks per SM, one stage or
+    two: the next step copied during this one, several steps per block), and the
+    weight and bias gradients bitwise equal over two runs. It may decline only for want of
+    registers or shared memory (float64 7x7 planes)."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    N, C, H, W, KH, KW, pad, dil = shape
+    p = params((N, C, H, W), (C, 1, KH, KW), False, 1, pad, dil)
+    plan = _kernels.plan_backward(p, dtype, 0, 0, 90, 132, force=dict(launch, family="plane"))
+    if plan is None:
+        planes = min(C, launch.get("planes", 16))
+        items = min(N, launch.get("items", 128 // planes))
+        stages = launch.get("stages", 1)
+        assert (_kernels.bwd_plane_regs(p, dtype) > 255
+                or _kernels.wgrad_plane_smem_bytes(p, dtype, planes, items, True, stages) > 2 * _kernels.PLANE_SMEM)
+        return
+    _, gw, gb, run = _check_forced_fused(shape, dict(launch, family="plane"), dtype, "bwd_plane",
+                                         repr((shape, launch, dtype, "plane")))
+    _, gw2, gb2, _ = run()
+    assert (gw2.view("u1") == gw.view("u1")).all() and (gb2.view("u1") == gb.view("u1")).all()
+
+
+def test_shared_memory_opt_in_only_grows():
+    """Two plans of one specialization that ask different amounts of shared memory above
+    48 KB (bwd_plane with 32 channels x 8 items and with 16 x 16: the same 256-thread
+    kernel): planning and launching the smaller one after the larger must not shrink the
+    function's opt-in, or the larger one's next launch fails."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    shape = (16, 40, 5, 5, 5, 5, 2, 1)
+    p = params(shape[:4], (shape[1], 1, 5, 5), False, 1, 2, 1)
+    big, small = dict(planes=32, items=8), dict(planes=16, items=16)
+    plans = [_kernels.plan_backward(p, "float32", 0, 0, force=dict(launch, family="plane"))[0]
+             for launch in (big, small)]
+    assert plans[0].expr == plans[1].expr and plans[0].shared_mem > plans[1].shared_mem > 48 * 1024
+    for launch in (big, small, big):
+        _check_forced_fused(shape, dict(launch, family="plane"), "float32", "bwd_plane", repr((shape, launch)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_bwd_plane_misaligned(offset, dtype):
+    """x and grad_output that start `offset` elements into their allocations, through the
+    library call and through the wgrad_reduce path: the plane runs start at any remainder
+    modulo 16 bytes, and grad_x (a fresh, aligned buffer) then differs from x modulo 16
+    bytes, so its runs leave by element copies."""
+    import cupy
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import forced_backward, params, reference_backward
+
+    N, C, H, W, KH, KW, pad = 3, 20, 5, 5, 3, 5, (1, 2)
+    rng = numpy.random.default_rng(170 + offset)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    xg, gog, wg = _offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w)
+    assert "bwd_plane" in _kernels.plan_backward(p, dtype, xg.data.ptr, gog.data.ptr)[0].expr
+    ref = reference_backward(go, x, w, padding=pad)
+    terms = N * p.OH * p.OW
+    for got in (cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=pad),
+                forced_backward(xg, gog, wg, p, dtype, reduce_kernel=True, family="plane", chunks=2)[:3]):
+        assert_close(got[0].get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
+        assert_close(got[1].get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+        assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("offset", [1, 2, 4])
 def test_bwd_tile_misaligned(offset, dtype):

@@ -17,6 +17,7 @@
 // Bytes per output: (R*IH*IW/(OH*OW) + 1) elements of DRAM traffic, every element moved
 // once; weights (P*R*KH*KW per block) are L2 hits after the first batch item.
 #include "tc.cuh"
+#include "blocksum.cuh"
 
 namespace dw {
 
@@ -301,34 +302,157 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     }
 }
 
-// wgrad_plane: grid (channel groups, batch chunks). A block owns P consecutive output
-// channels o and walks the batch items n of its chunk G at a time: thread (g, p) takes
-// item n0 + g of each step, with the x plane of channel o / M held in registers (whole, so
-// every tap's index is a constant) and the grad_output plane of channel o streamed a row
-// at a time; it keeps the KH*KW tap sums and the bias sum. At the end the G sums of each
-// channel are added in g order and written as the block's partial row: the same reduction
-// tree on every run.
+// One (x plane, grad_output plane) pair of wgrad_plane and bwd_plane: adds its products
+// to the KH*KW tap sums acc[0, KK) and its grad_output elements to the bias sum acc[KK].
+// The x plane is held in registers whole (every tap's index a constant; padding taps
+// fold away), the grad_output plane is read a row at a time. Both planes are the calling
+// thread's own, in shared memory.
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL>
+__device__ __forceinline__ void plane_wgrad_item(const typename Raw<T>::type* xs, const typename Raw<T>::type* gs,
+                                                 typename Traits<T>::acc (&acc)[KH * KW + 1]) {
+    typedef typename Traits<T>::acc A;
+    constexpr int KK = KH * KW, IHW = IH * IW;
+    A xv[IHW];
+#pragma unroll
+    for (int i = 0; i < IHW; ++i) xv[i] = smem_elem<T>(xs + i);
+#pragma unroll
+    for (int oh = 0; oh < OH; ++oh) {
+        A gr[OW];
+#pragma unroll
+        for (int j = 0; j < OW; ++j) {
+            gr[j] = smem_elem<T>(gs + oh * OW + j);
+            acc[KK] += gr[j];
+        }
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = oh * SH - PT + kh * DH;
+            if (ih < 0 || ih >= IH) continue;
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                for (int j = 0; j < OW; ++j) {
+                    const int iw = j * SW - PL + kw * DW;
+                    if (iw >= 0 && iw < IW) acc[kh * KW + kw] = fma(gr[j], xv[ih * IW + iw], acc[kh * KW + kw]);
+                }
+        }
+    }
+}
+
+// grad_x rows [I0, I0 + GR) of one plane at stride 1 (bwd_plane): grad_output row r
+// feeds grad_x row r - PT + kh*DH through tap row kh, and column ow feeds grad_x column
+// ow - PL + kw*DW; every test folds at compile time, so padding taps cost nothing. gs:
+// the thread's grad_output plane; wch: its channel's weight rows, KWP apart (16-byte
+// aligned vector reads, one per grad_output row and tap row that meet).
+template <class T, int KH, int KW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL, int KWP, int I0,
+          int GR>
+__device__ __forceinline__ void plane_gx_rows(const typename Raw<T>::type* gs, const typename Traits<T>::acc* wch,
+                                              typename Traits<T>::acc (&acc)[GR * IW]) {
+    typedef typename Traits<T>::acc A;
+#pragma unroll
+    for (int i = 0; i < GR * IW; ++i) acc[i] = A(0);
+#pragma unroll
+    for (int r = 0; r < OH; ++r) {
+        // Does row r reach a grad_x row of the band through any tap row? (compile time)
+        bool feeds = false;
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = r - PT + kh * DH;
+            feeds |= ih >= I0 && ih < I0 + GR && ih < IH;
+        }
+        if (!feeds) continue;
+        A gr[OW];
+#pragma unroll
+        for (int j = 0; j < OW; ++j) gr[j] = smem_elem<T>(gs + r * OW + j);
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = r - PT + kh * DH;
+            if (ih < I0 || ih >= I0 + GR || ih >= IH) continue;
+            A wr[KWP];
+            smem_row<A, KWP>(wch + kh * KWP, wr);
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                for (int iw = 0; iw < IW; ++iw) {
+                    const int ow = iw + PL - kw * DW;
+                    if (ow >= 0 && ow < OW) acc[(ih - I0) * IW + iw] = fma(gr[ow], wr[kw], acc[(ih - I0) * IW + iw]);
+                }
+        }
+    }
+}
+
+// The grad_x plane in bands of up to 32 sums (plane_gx_rows), each band stored to gxs
+// (storage type) as soon as it is summed: the tap sums stay live beside them, and a whole
+// 7x7 plane at once cost 168 registers and 68 bytes of spills.
+template <class T, int KH, int KW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL, int KWP, int I0>
+__device__ __forceinline__ void plane_gx_item(const typename Raw<T>::type* gs, const typename Traits<T>::acc* wch,
+                                              typename Raw<T>::type* gxs) {
+    constexpr int GR0 = 32 / IW < 1 ? 1 : 32 / IW;
+    constexpr int GR = GR0 < IH - I0 ? GR0 : IH - I0;
+    typename Traits<T>::acc acc[GR * IW];
+    plane_gx_rows<T, KH, KW, DH, DW, IH, IW, OH, OW, PT, PL, KWP, I0, GR>(gs, wch, acc);
+#pragma unroll
+    for (int i = 0; i < GR * IW; ++i) {
+        T v;
+        store1(&v, acc[i]);
+        gxs[I0 * IW + i] = *reinterpret_cast<const typename Raw<T>::type*>(&v);
+    }
+    if constexpr (I0 + GR < IH) plane_gx_item<T, KH, KW, DH, DW, IH, IW, OH, OW, PT, PL, KWP, I0 + GR>(gs, wch, gxs);
+}
+
+// Shared-memory layout of wgrad_plane and bwd_plane (the host mirrors it in
+// _kernels.wgrad_plane_smem_bytes): NS * G runs of the block's x planes, NS * G runs of its
+// grad_output planes (storage type, each run with one vector of slack, as conv_plane),
+// then (bwd_plane) the weights of its P channels in the accumulation type, KH rows of
+// KWP per channel, channels WP apart.
+template <class T> struct PlaneRuns {
+    int xrun, grun;  // bytes per x run, per grad_output run
+    __device__ __forceinline__ PlaneRuns(int P, int IHW, int OHW) {
+        constexpr int V = 16 / (int)sizeof(T);
+        xrun = round_up((P * IHW + V) * (int)sizeof(T), 16);
+        grun = round_up((P * OHW + V) * (int)sizeof(T), 16);
+    }
+};
+
+// The body of wgrad_plane and bwd_plane: grid (channel groups, batch chunks). A block owns
+// P consecutive output channels o and walks the batch items n of its chunk G at a time:
+// thread (g, p) takes item n0 + g of each step, with the x plane of channel o / M held in
+// registers (whole, so every tap's index is a constant) and the grad_output plane of
+// channel o streamed a row at a time; it keeps the KH*KW tap sums and the bias sum. At the
+// end the G sums of each channel are added in g order and written as the block's partial
+// row: the same reduction tree on every run.
 //
-// Shared memory (dynamic), per step: G runs of the x planes of the block's channels, then
-// G runs of their grad_output planes (storage type), each run with one vector of slack
-// (as conv_plane); the final sums reuse it as [G][P][KH*KW + 1] accumulators.
+// GX (bwd_plane: M == 1, stride 1): after its sums, thread (g, p) also computes the grad_x
+// plane (n0 + g, o) from the grad_output plane it holds and writes it over its own x plane
+// in shared memory (only this thread reads that plane, and it has read it into registers,
+// so no barrier is needed); after a barrier the G runs of grad_x planes leave as
+// contiguous runs, like the x runs came in. grad_output is read from DRAM once for all
+// three gradients. (Two threads per plane, one for each gradient, measured slower on
+// convnext_7x7_s4: 0.0300 against 0.0277 ms; their two unrolled bodies stalled on
+// instruction fetch.)
+//
+// NS == 2: the runs of the next step are copied into the other stage while this step is
+// computed (a block with several steps keeps DRAM busy during its FMAs).
+//
 // Bytes: x and grad_output are read once from DRAM (an x plane twice when M > 1 and its
-// channels straddle two blocks); the partials are CM * chunks * (KH*KW + 1) sums.
-template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
-          int BLOCK, int MINB>
-__global__ void __launch_bounds__(BLOCK, MINB)
-wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
-            const WplaneArgs a) {
+// channels straddle two blocks), grad_x written once (GX); the partials are
+// CM * chunks * (KH*KW + 1) sums.
+template <bool GX, int NS, class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW,
+          int PT, int PL, class Finish>
+__device__ __forceinline__ void plane_backward(const T* __restrict__ x, const T* __restrict__ go,
+                                               const T* __restrict__ w, T* __restrict__ gx,
+                                               typename Traits<T>::acc* __restrict__ partial, const WplaneArgs& a,
+                                               unsigned char* smem_raw, Finish&& finish) {
     typedef typename Traits<T>::acc A;
     typedef typename Raw<T>::type RT;
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
-    constexpr int V = 16 / (int)sizeof(T);
+    constexpr int KWP = round_up(KW, SmemVec<A>::N);
+    constexpr int WP = KH * KWP + ((KH * KWP / SmemVec<A>::N) % 2 == 0 ? SmemVec<A>::N : 0);
     static_assert(KK <= 64 && IHW <= 64 && OW <= 64, "register budget: KH*KW + 1 sums, an x plane, a grad_output row");
+    static_assert(!GX || (SH == 1 && SW == 1), "bwd_plane: stride 1");
+    static_assert(NS == 1 || NS == 2, "one stage, or two (the next step copied during this one)");
     const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks, G = a.G, P = a.P;
 
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int xrun = round_up((P * IHW + V) * (int)sizeof(T), 16);   // bytes per x run
-    const int grun = round_up((P * OHW + V) * (int)sizeof(T), 16);   // bytes per grad_output run
+    const PlaneRuns<T> runs(P, IHW, OHW);
     const int tid = threadIdx.x;
     const int my_g = tid / P, my_p = tid - my_g * P;
 
@@ -338,59 +462,102 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
     const int n_begin = (int)((i64)N * blockIdx.y / n_chunks), n_end = (int)((i64)N * (blockIdx.y + 1) / n_chunks);
     const bool active = my_g < G && my_p < np;
     const int o = o0 + my_p;
-    // Batch item n's run of x planes and of grad_output planes (global), and where slot
-    // g holds each in shared memory (same remainder modulo 16 bytes).
+    // Batch item n's run of x planes, of grad_output planes and of grad_x planes (global),
+    // and where slot sg = s * G + g holds the first two in shared memory (same remainder
+    // modulo 16 bytes, so the runs move in 16-byte vectors).
     auto x_run = [&](i64 n) { return reinterpret_cast<const RT*>(x + (n * C + c_lo) * IHW); };
     auto g_run = [&](i64 n) { return reinterpret_cast<const RT*>(go + (n * CM + o0) * OHW); };
-    auto xs_run = [&](int g, const RT* src) { return reinterpret_cast<RT*>(smem_raw + g * xrun) + vec_phase(src); };
-    auto gs_run = [&](int g, const RT* src) {
-        return reinterpret_cast<RT*>(smem_raw + G * xrun + g * grun) + vec_phase(src);
+    auto gx_run = [&](i64 n) { return reinterpret_cast<RT*>(gx + (n * C + c_lo) * IHW); };
+    auto xs_run = [&](int sg, const RT* src) { return reinterpret_cast<RT*>(smem_raw + sg * runs.xrun) + vec_phase(src); };
+    auto gs_run = [&](int sg, const RT* src) {
+        return reinterpret_cast<RT*>(smem_raw + NS * G * runs.xrun + sg * runs.grun) + vec_phase(src);
     };
+    A* const ws = reinterpret_cast<A*>(smem_raw + NS * G * (runs.xrun + runs.grun));
+
+    // Step n0's runs into stage s.
+    auto issue = [&](int n0, int s) {
+        for (int g = 0; g < G && n0 + g < n_end; ++g) {
+            const RT* xg = x_run(n0 + g);
+            const RT* gg = g_run(n0 + g);
+            stage_async(xg, xs_run(s * G + g, xg), (c_hi - c_lo) * IHW);
+            stage_async(gg, gs_run(s * G + g, gg), np * OHW);
+        }
+    };
+    // The first step's copies go out before anything else, so the weights' loads below wait
+    // while they are in flight.
+    if (n_begin < n_end) issue(n_begin, 0);
+    stage_commit();
+    if constexpr (GX) {
+        // The block's weights, once (visible after the first step's barrier); U loads in
+        // flight per thread before their stores.
+        constexpr int U = 4;
+        for (int e0 = tid; e0 < np * KH * KWP; e0 += U * (int)blockDim.x) {
+            A v[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int e = e0 + u * (int)blockDim.x;
+                const int p = e / (KH * KWP), k = e - p * (KH * KWP), kh = k / KWP, kw = k - kh * KWP;
+                v[u] = e < np * KH * KWP && kw < KW ? load1(w + (i64)(o0 + p) * KK + kh * KW + kw) : A(0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int e = e0 + u * (int)blockDim.x;
+                const int p = e / (KH * KWP), k = e - p * (KH * KWP);
+                if (e < np * KH * KWP) ws[p * WP + k] = v[u];
+            }
+        }
+    }
+
+    // Step n0's grad_x runs (in stage s's x slots) to global memory.
+    auto copy_out = [&](int n0, int s) {
+        for (int g = 0; g < G && n0 + g < n_end; ++g) {
+            const RT* xg = x_run(n0 + g);
+            RT* const dst = gx_run(n0 + g);
+            const RT* src = xs_run(s * G + g, xg);
+            if (vec_phase(dst) == vec_phase(xg)) {
+                copy_run<4, false>(src, dst, np * IHW);
+            } else {  // grad_x and x differ modulo 16 bytes: element copies
+                for (int i = tid; i < np * IHW; i += blockDim.x) dst[i] = src[i];
+            }
+        }
+    };
+    int last_n0 = -1, last_s = 0;
 
     A acc[KK + 1];
 #pragma unroll
     for (int k = 0; k <= KK; ++k) acc[k] = A(0);
-    for (int n0 = n_begin; n0 < n_end; n0 += G) {
-        __syncthreads();  // the previous step's readers are done
-        for (int g = 0; g < G && n0 + g < n_end; ++g) {
-            const RT* xg = x_run(n0 + g);
-            const RT* gg = g_run(n0 + g);
-            stage_async(xg, xs_run(g, xg), (c_hi - c_lo) * IHW);
-            stage_async(gg, gs_run(g, gg), np * OHW);
+    for (int n0 = n_begin, s = 0; n0 < n_end; n0 += G, s = NS == 2 ? s ^ 1 : 0) {
+        if constexpr (NS == 2) {
+            __syncthreads();  // stage s^1 was last read by the previous step (and copy-out)
+            if (n0 + G < n_end) issue(n0 + G, s ^ 1);
+            stage_commit_wait<1>();  // every step but the newest (the next one) has landed
+        } else {
+            if (n0 != n_begin) {
+                __syncthreads();  // the previous step's readers (and copy-out) are done
+                issue(n0, 0);
+            }
+            stage_commit_wait<0>();
         }
-        stage_commit_wait<0>();
         if (active && n0 + my_g < n_end) {
-            const RT* xs = xs_run(my_g, x_run(n0 + my_g)) + (o / M - c_lo) * IHW;
-            const RT* gs = gs_run(my_g, g_run(n0 + my_g)) + my_p * OHW;
-            A xv[IHW];
-#pragma unroll
-            for (int i = 0; i < IHW; ++i) xv[i] = smem_elem<T>(xs + i);
-#pragma unroll
-            for (int oh = 0; oh < OH; ++oh) {
-                A gr[OW];
-#pragma unroll
-                for (int j = 0; j < OW; ++j) {
-                    gr[j] = smem_elem<T>(gs + oh * OW + j);
-                    acc[KK] += gr[j];
-                }
-#pragma unroll
-                for (int kh = 0; kh < KH; ++kh) {
-                    const int ih = oh * SH - PT + kh * DH;
-                    if (ih < 0 || ih >= IH) continue;
-#pragma unroll
-                    for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                        for (int j = 0; j < OW; ++j) {
-                            const int iw = j * SW - PL + kw * DW;
-                            if (iw >= 0 && iw < IW) acc[kh * KW + kw] = fma(gr[j], xv[ih * IW + iw], acc[kh * KW + kw]);
-                        }
-                }
+            RT* const xs = xs_run(s * G + my_g, x_run(n0 + my_g)) + (o / M - c_lo) * IHW;
+            const RT* gs = gs_run(s * G + my_g, g_run(n0 + my_g)) + my_p * OHW;
+            plane_wgrad_item<T, KH, KW, SH, SW, DH, DW, IH, IW, OH, OW, PT, PL>(xs, gs, acc);
+            if constexpr (GX) plane_gx_item<T, KH, KW, DH, DW, IH, IW, OH, OW, PT, PL, KWP, 0>(gs, ws + my_p * WP, xs);
+        }
+        if constexpr (GX) {
+            if (n0 + G < n_end) {
+                __syncthreads();  // every grad_x plane of the step is in shared memory
+                copy_out(n0, s);
+            } else {
+                last_n0 = n0;  // the last step's grad_x leaves after the closing step
+                last_s = s;
             }
         }
     }
-    // Sums of the G items of each channel, added in g order.
+    // Sums of the G items of each channel, added in g order. (bwd_plane: after the last
+    // step's x runs, which hold its grad_x planes.)
     __syncthreads();
-    A* red = reinterpret_cast<A*>(smem_raw);  // [G][P][KK + 1]
+    A* red = reinterpret_cast<A*>(smem_raw + (GX ? NS * G * runs.xrun : 0));  // [G][P][KK + 1]
     if (my_g < G) {
 #pragma unroll
         for (int k = 0; k <= KK; ++k) red[(my_g * P + my_p) * (KK + 1) + k] = acc[k];
@@ -402,6 +569,46 @@ wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T
         for (int g = 0; g < G; ++g) s += red[(g * P + p) * (KK + 1) + k];
         partial[((i64)(o0 + p) * n_chunks + blockIdx.y) * (KK + 1) + k] = s;
     }
+    // The closing step's fence waits for this thread's stores to be visible: the last
+    // step's grad_x stores come after it, so it waits for the partial rows only.
+    finish();
+    if constexpr (GX) {
+        if (last_n0 >= 0) copy_out(last_n0, last_s);
+    }
+}
+
+// wgrad_plane: weight and bias gradients of small planes, stage 1 (plane_backward; the
+// chunks' partial rows are summed in order by wgrad_reduce).
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
+          int BLOCK, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+wgrad_plane(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
+            const WplaneArgs a) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    plane_backward<false, 1, T, KH, KW, SH, SW, DH, DW, IH, IW, OH, OW, PT, PL>(x, go, nullptr, nullptr, partial, a,
+                                                                                smem_raw, [] {});
+}
+
+// bwd_plane: the whole backward of small planes at stride 1 and multiplier 1 in one pass
+// over x and grad_output (plane_backward with GX). With `counters`, the last block of each
+// channel group adds the chunks' partial rows in order and writes grad_weight and grad_bias
+// (finish_channels, blocksum.cuh; counter blockIdx.x; before the last step's grad_x
+// leaves); without, wgrad_reduce does. The kernel signature is the fused backward's
+// (bwd.cu).
+template <class T, int KH, int KW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL, int NS, int BLOCK,
+          int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+bwd_plane(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
+          typename Traits<T>::acc* __restrict__ partial, unsigned* __restrict__ counters, T* __restrict__ gw,
+          T* __restrict__ gb, const WplaneArgs a) {
+    typedef typename Traits<T>::acc A;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    plane_backward<true, NS, T, KH, KW, 1, 1, DH, DW, IH, IW, OH, OW, PT, PL>(x, go, w, gx, partial, a, smem_raw, [&] {
+        if (counters != nullptr) {
+            const int o0 = blockIdx.x * a.P;
+            finish_channels<T, A>(partial, o0, min(a.P, a.CM - o0), a.n_chunks, KH * KW, counters + blockIdx.x, gw, gb);
+        }
+    });
 }
 
 }  // namespace dw
