@@ -753,6 +753,8 @@ def short_kernel_name(expr):
             return out + (" flip" if args[11] == "true" else "")
         if name == "bwd_rows":
             return f"bwd_rows v{int(args[1])} pf{int(args[11])}"
+        if name == "bwd_plane":  # stages (channels and items per block are run-time)
+            return "bwd_plane" + (f" s{int(args[11])}" if int(args[11]) > 1 else "")
     except (IndexError, ValueError):
         pass
     if name in ("wgrad_mma", "wgrad_plane"):

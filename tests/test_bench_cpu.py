@@ -514,6 +514,8 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_rows<dw::half_t, 8, 2, 8, 3, 7, 1, 1, 6, 32, 1, true, 2>", "conv_rows v8 pf1 flip"),
         ("dw::conv_rows_async<float, 4, 4, 2, 3, 7, 1, 1, 0, 32, 6, false, 2>", "conv_rows_async v4 pf6"),
         ("dw::bwd_rows<dw::bf16_t, 4, 2, 4, 4, 3, 7, 1, 1, 6, 32, 4, 2>", "bwd_rows v4 pf4"),
+        ("dw::bwd_plane<float, 7, 7, 1, 1, 7, 7, 7, 7, 3, 3, 1, 128, 3>", "bwd_plane"),
+        ("dw::bwd_plane<dw::half_t, 5, 5, 1, 1, 5, 5, 5, 5, 2, 2, 2, 64, 4>", "bwd_plane s2"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],

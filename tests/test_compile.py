@@ -261,8 +261,9 @@ def test_row_sweeps_store_whole_vectors(plan):
     the store instructions and L2 write requests; effnet_5x5's forward lost 18 %), so
     rows.cu writes them as PTX (stg_n). These plans' output rows must leave the kernel
     as st.global.v2 / v4 only; bwd_rows also writes scalars outside its row loops: its
-    partial sums (one or two stores) and, in the closing step, grad_weight, grad_bias and
-    the counter reset (blocksum.cuh)."""
+    partial sums (one or two stores) and, in the closing step, grad_weight and grad_bias
+    (two sites, which NVVM peels once: four) and the counter reset (blocksum.cuh). A split
+    vector store in the row loops would add dozens."""
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:
             pytest.fail("NVRTC is required (CUPY_DWCONV_REQUIRE_NVRTC=1) but cannot be loaded")
@@ -275,4 +276,4 @@ def test_row_sweeps_store_whole_vectors(plan):
     stores = re.findall(r"st\.global(\.[a-z0-9.]+)", nvrtc_compile.ptx_of(launch.src, launch.expr, 90))
     vector = [s for s in stores if s.startswith(".v")]
     scalar = [s for s in stores if not s.startswith(".v")]
-    assert len(vector) >= 3 and len(scalar) <= (0 if which == "forward" else 5), (launch.expr, stores)
+    assert len(vector) >= 3 and len(scalar) <= (0 if which == "forward" else 7), (launch.expr, stores)

@@ -78,16 +78,23 @@ __device__ __forceinline__ void finish_channels(const A* partial, i64 o0, int np
                 for (int u = 0; u < U; ++u)
                     if (c0 + u < n_chunks) s[j] += v[j][u];
         }
-#pragma unroll
+        // One store site for grad_weight and one for grad_bias (the sum picked by selects,
+        // not an unrolled copy per j: 19 scalar stores in bwd_rows, which test_compile
+        // bounds so that a vector store split in its row loops cannot hide among them).
+#pragma unroll 1
         for (int j = 0; j < E; ++j) {
             const int e = e0 + j * (int)blockDim.x;
             if (e >= total) break;
+            A v = s[0];
+#pragma unroll
+            for (int i = 1; i < E; ++i)
+                if (i == j) v = s[i];
             const int p = e / (KK + 1), k = e - p * (KK + 1);
             const i64 o = o0 + p;
             if (k < KK) {
-                if (gw != nullptr) store1(gw + o * KK + k, s[j]);
+                if (gw != nullptr) store1(gw + o * KK + k, v);
             } else if (gb != nullptr) {
-                store1(gb + o, s[j]);
+                store1(gb + o, v);
             }
         }
     }

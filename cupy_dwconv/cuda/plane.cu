@@ -380,13 +380,14 @@ __device__ __forceinline__ void plane_gx_rows(const typename Raw<T>::type* gs, c
     }
 }
 
-// The grad_x plane in bands of up to 32 sums (plane_gx_rows), each band stored to gxs
-// (storage type) as soon as it is summed: the tap sums stay live beside them, and a whole
-// 7x7 plane at once cost 168 registers and 68 bytes of spills.
+// The grad_x plane in bands of up to 24 sums (plane_gx_rows), each band stored to gxs
+// (storage type) as soon as it is summed: the tap sums stay live beside them (7x7 float32
+// at 168 registers: a whole plane at once spilled 68 bytes, bands of 4 rows 4 bytes,
+// bands of 3 rows none).
 template <class T, int KH, int KW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL, int KWP, int I0>
 __device__ __forceinline__ void plane_gx_item(const typename Raw<T>::type* gs, const typename Traits<T>::acc* wch,
                                               typename Raw<T>::type* gxs) {
-    constexpr int GR0 = 32 / IW < 1 ? 1 : 32 / IW;
+    constexpr int GR0 = 24 / IW < 1 ? 1 : 24 / IW;
     constexpr int GR = GR0 < IH - I0 ? GR0 : IH - I0;
     typename Traits<T>::acc acc[GR * IW];
     plane_gx_rows<T, KH, KW, DH, DW, IH, IW, OH, OW, PT, PL, KWP, I0, GR>(gs, wch, acc);
