@@ -1284,31 +1284,37 @@ def wgrad_plane_smem_bytes(p, dtype, planes, items, weights=False, stages=1):
     return max(staging, sums)
 
 
-def wgrad_plane_launch(p, dtype, planes=None, items=None, chunks=None):
-    """wgrad_plane plan for small planes: (stage-1 launch, chunks), or None if the shape
-    does not fit its register and shared-memory budget."""
-    taps = p.KH * p.KW
-    if taps > PLANE_MAX_TAPS or p.H * p.W > PLANE_MAX_ROW or p.OW > PLANE_MAX_ROW or min(p.OH, p.OW) < 1:
+def _plane_backward_block(p, dtype, planes, items, chunks, weights=False, stages=1):
+    """(planes, items, chunks, groups, block, shared memory) of wgrad_plane and bwd_plane
+    (`weights`), or None if the shape does not fit their budgets. 16 channels x 8 batch
+    items per block by default (sweep, convnext_7x7_s4 float32, wgrad_plane: 0.0213 ms;
+    32 x 4: 0.0241, 64 x 2: 0.0262, 16 x 4: 0.0245; bwd_plane, session 17: 0.0262;
+    8 x 16: 0.0273, 32 x 4: 0.0293, 16 x 4: 0.0311)."""
+    if p.KH * p.KW > PLANE_MAX_TAPS or p.H * p.W > PLANE_MAX_ROW or p.OW > PLANE_MAX_ROW or min(p.OH, p.OW) < 1:
         return None
-    # 16 channels x 8 batch items per block (sweep, convnext_7x7_s4 float32: 0.0213 ms;
-    # 32 x 4: 0.0241, 64 x 2: 0.0262, 16 x 4: 0.0245).
     planes = min(p.CM, 16) if planes is None else min(planes, p.CM)
     items = max(1, min(p.N, 128 // planes)) if items is None else max(1, min(items, p.N))
-    smem = wgrad_plane_smem_bytes(p, dtype, planes, items)
-    if smem > 2 * PLANE_SMEM:
-        return None
+    smem = wgrad_plane_smem_bytes(p, dtype, planes, items, weights=weights, stages=stages)
     groups = _cdiv(p.CM, planes)
-    if groups > INT32_MAX:
+    block = _cdiv(planes * items, 32) * 32
+    if smem > 2 * PLANE_SMEM or groups > INT32_MAX or block > 1024:
         return None
     if chunks is None:
         # Enough blocks for ~3 per SM, no chunk smaller than one step of `items`.
         chunks = max(1, min(_cdiv(p.N, items), _cdiv(3 * 132, groups)))
     chunks = max(1, min(chunks, p.N, 65535))
-    block = _cdiv(planes * items, 32) * 32
+    return planes, items, chunks, groups, block, smem
+
+
+def wgrad_plane_launch(p, dtype, planes=None, items=None, chunks=None):
+    """wgrad_plane plan for small planes: (stage-1 launch, chunks), or None if the shape
+    does not fit its register and shared-memory budget."""
+    geo = _plane_backward_block(p, dtype, planes, items, chunks)
     # Registers: tap and bias sums, the x plane, a grad_output row, ~40 for addresses.
-    need = (taps + 1 + p.H * p.W + p.OW) * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
-    if need > 255:
+    need = (p.KH * p.KW + 1 + p.H * p.W + p.OW) * (2 if ITEMSIZE[dtype] == 8 else 1) + 40
+    if geo is None or need > 255:
         return None
+    planes, items, chunks, groups, block, smem = geo
     expr = "dw::wgrad_plane<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.SH, p.SW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, block,
         _plane_minb(block, need)
@@ -1335,27 +1341,11 @@ def bwd_plane_launch(p, dtype, planes=None, items=None, chunks=None, minb=None, 
     stages = 1 if stages is None else stages
     if p.M != 1 or p.SH != 1 or p.SW != 1 or not _use_wgrad_plane(p):
         return None
-    taps = p.KH * p.KW
-    if taps > PLANE_MAX_TAPS or p.H * p.W > PLANE_MAX_ROW or p.OW > PLANE_MAX_ROW or min(p.OH, p.OW) < 1:
-        return None
-    planes = min(p.CM, 16) if planes is None else min(planes, p.CM)
-    items = max(1, min(p.N, 128 // planes)) if items is None else max(1, min(items, p.N))
-    smem = wgrad_plane_smem_bytes(p, dtype, planes, items, weights=True, stages=stages)
-    if smem > 2 * PLANE_SMEM:
-        return None
-    groups = _cdiv(p.CM, planes)
-    if groups > INT32_MAX:
-        return None
-    if chunks is None:
-        chunks = max(1, min(_cdiv(p.N, items), _cdiv(3 * 132, groups)))
-    chunks = max(1, min(chunks, p.N, 65535))
-    block = _cdiv(planes * items, 32) * 32
-    # Registers: tap and bias sums, then the larger phase: the x plane and a grad_output
-    # row (weight gradient), or the grad_x plane, a grad_output row and a weight row
-    # (grad input); ~40 for addresses.
+    geo = _plane_backward_block(p, dtype, planes, items, chunks, weights=True, stages=stages)
     need = bwd_plane_regs(p, dtype)
-    if need > 255 or block > 1024:
+    if geo is None or need > 255:
         return None
+    planes, items, chunks, groups, block, smem = geo
     if minb is None:
         minb = _plane_minb(block, need)
     expr = "dw::bwd_plane<" + _targs(
