@@ -92,6 +92,10 @@ BWD_PLANE_VARIANTS = [(None, None, None, None, None), (8, 16, None, None, None),
                       (8, 16, None, 2, None), (16, 8, 16, None, None), (8, 16, 16, None, None), (8, 8, 16, None, None),
                       (16, 4, 8, None, 2), (8, 8, 4, None, 2), (8, 4, 8, None, 2), (16, 8, 4, None, 2)]
 
+# Fused 16-bit backward on tensor cores, bwd_mma (stages, chunks, MINB; None = the host's rule).
+BWD_MMA_VARIANTS = [(None, None, None), (2, 8, 3), (2, 16, 3), (2, None, 4), (2, 8, 4), (2, 16, 4), (2, 22, 4),
+                    (3, 8, 2), (3, 8, 3), (4, 8, 2)]
+
 
 def _small_width_variants(p, dtype):
     # Narrow planes: a tile as wide as the plane, several heights.
@@ -276,7 +280,7 @@ def _print_best(name, dtype, rows):
 
 def backward_variants(p, dtype):
     """[(label, launches)] for the full backward: the separate plans (grad input, then
-    both grad-weight stages) and each fused variant (bwd_tile, bwd_rows, bwd_plane) that plans (stage 1, stage 2)."""
+    both grad-weight stages) and each fused variant (bwd_tile, bwd_rows, bwd_plane, bwd_mma) that plans (stage 1, stage 2)."""
     gi = _kernels.plan_grad_input(p, dtype, 0)
     s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, 0, 0)
     out = [(("separate", None), (gi, s1, s2))]
@@ -311,6 +315,16 @@ def backward_variants(p, dtype):
             continue
         seen.add(key)
         out.append((("plane", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
+    for stages, chunks, minb in BWD_MMA_VARIANTS:
+        kw = dict(family="mma", stages=stages, chunks=chunks, minb=minb)
+        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
+        if plan is None:
+            continue
+        key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((("mma", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
     return out
 
 

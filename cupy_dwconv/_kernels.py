@@ -154,6 +154,8 @@ ARG_STRUCTS = {
     "WmmaArgs": ("units", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "C", "M", "CM", "n_chunks", "BH", "n_bands",
                  "NC", "XP", "GOFF", "GP"),
     "PlaneArgs": ("n_planes", "IC", "QC", "DIV", "R", "P"),
+    "BmmaArgs": ("N", "C", "n_chunks", "IH", "IW", "OH", "OW", "PT", "PL", "XP", "XR", "GOFF", "GP", "GR", "GT",
+                 "GX0"),
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
@@ -1761,6 +1763,89 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,)), chunks
 
 
+# ---- fused backward on tensor cores (bwd_mma, 16-bit small kernels on whole planes) ----------
+
+BMMA_MAX_KH, BMMA_MAX_KW = 7, 8  # two grad_output rows and 8 tap columns per weight-gradient MMA
+BMMA_MAX_PLANE = 64              # whole planes: 4 warps of 16 grad_x rows, 8 blocks of 8 columns
+
+
+def bwd_mma_geometry(p, wn, wr, shift, stages):
+    """Run-time staging geometry of bwd_mma and its shared-memory bytes; mirrors
+    cuda/bwd_mma.cu (the kernel traps if it is given less shared memory).
+    x rows: XR = the rows that meet a grad_output row (B reads padded rows oh .. oh + 7 of
+    each pair; the others read a zero row), pitch XP = 16 NC + 8 (an odd number of 16-byte units: the 8 row addresses of an ldmatrix
+    phase fall in 8 bank groups). grad_output rows: staged row GT + i is row i (GT = KH - 1 -
+    PT zero rows above, the rotated problem's padding), GR rows in all (the grad_x A rows of
+    every warp, and one zero row below the plane); column GOFF is column 0, GX0 = GOFF -
+    (KW - 1 - PL) - SHIFT is grad_x's staged column 0 (a multiple of 8), and GOFF >= 8 - PL
+    keeps the weight-gradient reads (down to column GOFF + PL - 8) inside the row."""
+    ks = (shift + 7 + p.KW + 15) // 16
+    nch = wn + 2 * ks - 1
+    nc = (wn + 1) // 2
+    ohe = p.OH + p.OH % 2
+    xp = 16 * nc + 8
+    xr = max(0, min(p.H, ohe + 6 - p.PT))
+    gl = p.KW - 1 - p.PL
+    goff = gl + shift
+    while goff < 8 - p.PL:
+        goff += 8
+    gx0 = goff - gl - shift
+    gp = _cdiv(max(gx0 + 8 * nch, goff + p.PL + 16 * nc), 8) * 8
+    if (gp // 8) % 2 == 0:
+        gp += 8
+    gt = p.KH - 1 - p.PT
+    gr = max(16 * wr + p.KH - 1, gt + p.OH + 1)
+    slot = _cdiv(xr * xp * 2 + gr * gp * 2, 128) * 128
+    s1_off = stages * slot + ((64 + xr * xp * 2 + gt * gp * 2) & 127 & ~15)  # S1 64 bytes off S0's banks
+    smem = s1_off + ohe * gp * 2 + xp * 2 + p.KH * ks * 32 * 8 + wr * 160 * 4
+    return dict(XP=xp, XR=xr, GOFF=goff, GP=gp, GR=gr, GT=gt, GX0=gx0), smem
+
+
+def _use_bwd_mma(p, dtype):
+    """Tensor cores for the 16-bit fused backward of kernels of 21 taps and more, where
+    it takes the problem: their float32 FMAs bound bwd_rows (H200 backward sweep,
+    benchmarks/NOTES.md session 18: convnext_7x7 fp16 / bf16 0.079 against bwd_rows'
+    0.132 / 0.129 ms). 3x3 stays on bwd_rows (mbv2_3x3 fp16 0.093 against 0.073): an
+    MMA there carries 18 useful products per 128."""
+    return dtype in MMA_DTYPES and p.KH * p.KW >= 21
+
+
+def bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, stages=None, chunks=None, minb=None, xgran=None,
+                   ggran=None):
+    """(bwd_mma launch, chunks) for the fused 16-bit backward on tensor cores; None where
+    it does not apply: sm_80+, stride 1, dilation 1, multiplier 1, KH <= 7, KW <= 8,
+    padding within the kernel (the rotated problem's padding is >= 0), even W (grad_x
+    pairs stored from the fragments), planes of at most 64 x 64."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or p.M != 1
+            or p.KH > BMMA_MAX_KH or p.KW > BMMA_MAX_KW or max(p.PT, p.PB) > p.KH - 1 or max(p.PL, p.PR) > p.KW - 1
+            or p.W % 2 or min(p.OH, p.OW, p.H, p.W) < 1 or max(p.H, p.W, p.OH, p.OW) > BMMA_MAX_PLANE):
+        return None
+    wn, wr = _cdiv(p.W, 8), _cdiv(max(p.H, p.OH), 16)
+    if xgran is None:
+        xgran = 16 if p.W % 8 == 0 and x_ptr % 16 == 0 else (4 if x_ptr % 4 == 0 else 2)
+    staging = _mma_staging(_flipped_problem(grad_input_problem(p)), go_ptr, ggran)
+    if staging is None:
+        return None
+    ggran, shift = staging
+    stages = 2 if stages is None else stages
+    minb = 3 if minb is None else minb
+    geo, smem = bwd_mma_geometry(p, wn, wr, shift, stages)
+    if (shift + 7 + p.KW + 15) // 16 > 2 or smem > SM_SMEM:
+        return None
+    if chunks is None:
+        # About two waves of blocks (convnext_7x7 fp16, 3 blocks per SM, H200: 8 chunks
+        # 0.0788 ms, 16 chunks 0.0844; 2 per SM with 3 stages: 4 chunks 0.108, 8 0.089,
+        # 16 0.097, 22 0.103).
+        per_sm = max(1, min(minb, SM_SMEM // (smem + 1024)))
+        chunks = 2 * sms * per_sm // max(p.C, 1)
+    chunks = max(1, min(p.N, chunks, 65535))
+    expr = "dw::bwd_mma<" + _targs(CXX_TYPE[dtype], p.KH, p.KW, wn, wr, shift, xgran, ggran, stages, minb) + ">"
+    args = pack_args("BmmaArgs", N=p.N, C=p.C, n_chunks=chunks, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, PT=p.PT, PL=p.PL,
+                     **geo)
+    grid = (chunks, min(p.C, 65535), 1)
+    return Launch("bwd_mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,)), chunks
+
+
 def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
     grad_weight or grad_bias, or None where the separate grad-input and grad-weight
@@ -1780,6 +1865,8 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
             return _fused_with_reduce(p, dtype, bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch, **force))
         if family == "plane":
             return _fused_with_reduce(p, dtype, bwd_plane_launch(p, dtype, **force))
+        if family == "mma":
+            return _fused_with_reduce(p, dtype, bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=arch, sms=sms, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
     return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
 
@@ -1797,6 +1884,10 @@ def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
     # to amortize the block's weights and closing sum.
     if _use_wgrad_plane(p):
         fused = bwd_plane_launch(p, dtype)
+        if fused is not None:
+            return _fused_with_reduce(p, dtype, fused)
+    if _use_bwd_mma(p, dtype):
+        fused = bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=arch, sms=sms)
         if fused is not None:
             return _fused_with_reduce(p, dtype, fused)
     if _use_bwd_rows(p, dtype):

@@ -793,6 +793,104 @@ def test_bwd_plane_misaligned(offset, dtype):
         assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
 
 
+BWD_MMA_SHAPES = [
+    # N, C, H, W, KH, KW, padding: even widths (grad_x pairs leave from the fragments),
+    # planes up to 64 x 64. ConvNeXt's 7x7 stage ('same'); an odd number of grad_output
+    # rows (the last pair's second row is the zero row); 'valid' (grad_output smaller
+    # than x); asymmetric padding up to the kernel's reach; a 1xK and a Kx1 kernel;
+    # padding that makes grad_output larger than x (its extra rows only meet the bias);
+    # a 64 x 64 plane (4 warps, 8 column blocks); an 8-column kernel with 'same' padding
+    # (one more column on the right); 1x1 on a 1 x 2 plane; widths that are not a
+    # multiple of 8 or 16 (4-byte copies, a partial k-step).
+    (3, 5, 56, 56, 7, 7, 3),
+    (2, 3, 15, 18, 3, 3, 1),
+    (2, 3, 20, 24, 3, 5, 0),
+    (2, 4, 13, 22, 5, 3, ((1, 4), (2, 0))),
+    (2, 3, 17, 18, 1, 7, (0, 3)),
+    (2, 3, 9, 10, 7, 1, (3, 0)),
+    (2, 3, 14, 16, 3, 3, 2),
+    (1, 2, 64, 64, 3, 3, 1),
+    (2, 3, 12, 20, 4, 8, "same"),
+    (3, 2, 1, 2, 1, 1, 0),
+    (5, 3, 28, 28, 7, 7, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "launch",
+    [{}, dict(chunks=1), dict(chunks=2, stages=2), dict(chunks=3, stages=4), dict(xgran=2, ggran=2),
+     dict(xgran=4, ggran=4, chunks=2)],
+    ids=str,
+)
+@pytest.mark.parametrize("shape", BWD_MMA_SHAPES, ids=str)
+def test_bwd_mma(shape, launch, dtype):
+    """The fused 16-bit backward on tensor cores, forced: all three gradients against the
+    reference (one to three chunks per channel and the host's count, ring depths 2 to 4,
+    every copy width for x and grad_output), and the weight and bias gradients bitwise
+    equal over two runs. It declines only 4-byte grad_output copies of odd rows."""
+    N, C, H, W, KH, KW, pad = shape
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    p = params((N, C, H, W), (C, 1, KH, KW), False, 1, pad, 1)
+    if _kernels.plan_backward(p, dtype, 0, 0, 90, 132, force=dict(launch, family="mma")) is None:
+        assert launch.get("ggran") == 4 and p.OW % 2
+        return
+    _, gw, gb, run = _check_forced_fused(shape + (1,), dict(launch, family="mma"), dtype, "bwd_mma",
+                                         repr((shape, launch, dtype, "mma")))
+    _, gw2, gb2, _ = run()
+    assert (gw2.view("u1") == gw.view("u1")).all() and (gb2.view("u1") == gb.view("u1")).all()
+
+
+def test_bwd_mma_declines():
+    """bwd_mma declines what it does not cover: float32, a multiplier, a stride, a
+    dilation, more than 7 tap rows or 8 tap columns, padding past the kernel's reach, odd
+    widths, planes past 64 x 64, and devices before sm_80."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    for shape, w_shape, stride, pad, dil, dtype, arch in (
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, 1, 1, "float32", 90),
+        ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1, 1, "float16", 90),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1, 1, "float16", 90),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, 2, 2, "float16", 90),
+        ((1, 2, 16, 16), (2, 1, 9, 3), 1, 0, 1, "float16", 90),
+        ((1, 2, 16, 16), (2, 1, 3, 9), 1, 0, 1, "bfloat16", 90),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, ((3, 0), (1, 1)), 1, "float16", 90),
+        ((1, 2, 16, 17), (2, 1, 3, 3), 1, 1, 1, "float16", 90),
+        ((1, 2, 16, 66), (2, 1, 3, 3), 1, 1, 1, "float16", 90),
+        ((1, 2, 16, 16), (2, 1, 3, 3), 1, 1, 1, "float16", 75),
+    ):
+        p = params(shape, w_shape, False, stride, pad, dil)
+        assert _kernels.plan_backward(p, dtype, 0, 0, arch, 132, force=dict(family="mma")) is None, (shape, w_shape)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("offset", [1, 2, 4])
+def test_bwd_mma_misaligned(offset, dtype):
+    """x and grad_output that start `offset` elements into their allocations (copies of
+    2, 4 or 8 bytes), forced, through the closing step and through wgrad_reduce."""
+    import cupy
+    from gpu_util import forced_backward, params, reference_backward
+
+    N, C, H, W, KH, KW, pad = 3, 4, 20, 24, 7, 7, 3
+    rng = numpy.random.default_rng(190 + offset)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    xg, gog, wg = _offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w)
+    ref = reference_backward(go, x, w, padding=pad)
+    terms = N * p.OH * p.OW
+    for reduce_kernel in (False, True):
+        got = forced_backward(xg, gog, wg, p, dtype, reduce_kernel=reduce_kernel, family="mma", chunks=2)
+        assert "bwd_mma" in got[3].expr
+        assert_close(got[0].get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
+        assert_close(got[1].get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+        assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("offset", [1, 2, 4])
 def test_bwd_tile_misaligned(offset, dtype):

@@ -283,6 +283,10 @@ struct WmmaArgs {
     i64 units;  // (n, band) items per channel
     int IH, IW, OH, OW, pad_t, pad_l, C, M, CM, n_chunks, BH, n_bands, NC, XP, GOFF, GP;
 };
+struct BmmaArgs {
+    int N, C, n_chunks, IH, IW, OH, OW, PT, PL;
+    int XP, XR, GOFF, GP, GR, GT, GX0;  // bwd_mma staging geometry (_kernels.bwd_mma_geometry)
+};
 struct PlaneArgs {
     i64 n_planes, IC;
     int QC, DIV, R, P;  // channel map; P planes per block

@@ -215,23 +215,10 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         cp_async_commit();
     };
 
-    // Toeplitz entry e = (kh * KS + s) * 32 + lane: this lane's B fragment of k-step s,
-    // b0 = (B[k][n], B[k+1][n]), b1 = (B[k+8][n], B[k+9][n]) with k = 16 s + 2 (lane % 4),
-    // n = lane / 4 and B[k][n] = w[kh][k - n - SHIFT] (zero outside the kernel).
-    auto w_pos = [&](int e, int& kh, int& d) {  // entry e: tap row, and d = k - n - SHIFT of its b0
-        const int ln = e & 31, kk = e >> 5;
-        kh = kk / KS;
-        d = 16 * (kk - kh * KS) + 2 * (ln & 3) - (ln >> 2) - SHIFT;  // >= -14
-    };
+    // Toeplitz entries: toeplitz_pos / toeplitz_entry (tc.cuh).
+    auto w_pos = [&](int e, int& kh, int& d) { toeplitz_pos<KS, SHIFT>(e, kh, d); };
     auto w_entry = [&](const unsigned short* wp, int e, unsigned (&h)[4]) {
-        int kh, d;
-        w_pos(e, kh, d);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int kw = d + (i & 1) + 8 * (i >> 1);
-            const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
-            h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
-        }
+        toeplitz_entry<KH, KW, KS, SHIFT, FLIP>(wp, e, h);
     };
     // Which weights an entry reads does not depend on the item. w_meta packs the offset of
     // its first weight (+16, to stay positive) and, in the top 4 bits, which of its 4

@@ -62,36 +62,82 @@ template <int B> __device__ __forceinline__ void cp_async_pred(unsigned dst, con
 }
 // Copy a rows x cols block of a row-major global array (row pitch spitch elements) to
 // shared memory at byte address dst (row pitch dpitch elements), the whole block together,
-// one cp.async per element (4 or 8 bytes: no conversion). A thread's (row, column) starts
+// one cp.async per element (4, 8 or 16 bytes: no conversion); BlockCopy is the plan of one
+// thread, cp_async_block makes and runs it. A thread's (row, column) starts
 // at divmod(threadIdx.x, cols) and advances by divmod(blockDim.x, cols), and both offsets
 // are stepped, so the loop does no division and no multiply (SASS: 12 instructions per
 // element; a division per element cost 54). 32-bit offsets: the block fits in shared
 // memory.
 template <class A>
-__device__ __forceinline__ void cp_async_block(unsigned dst, const A* src, int rows, int cols, int spitch, int dpitch) {
-    static_assert(sizeof(A) == 4 || sizeof(A) == 8, "cp.async of one element");
-    if (rows <= 0 || cols <= 0) return;
-    const int n = rows * cols, nthreads = blockDim.x, tid = threadIdx.x;
-    int r = tid / cols, c = tid - r * cols;
-    const int dr = nthreads / cols, dc = nthreads - dr * cols;
-    unsigned d = dst + (unsigned)((r * dpitch + c) * (int)sizeof(A));
-    const A* g = src + (r * spitch + c);
-    const unsigned d_step = (unsigned)((dr * dpitch + dc) * (int)sizeof(A));
-    const unsigned d_wrap = (unsigned)((dpitch - cols) * (int)sizeof(A));
-    const int g_step = dr * spitch + dc, g_wrap = spitch - cols;
-    for (int k = tid; k < n; k += nthreads) {
-        if constexpr (sizeof(A) == 4) cp_async4(d, g, 4);
-        else cp_async8(d, g, 8);
-        d += d_step;
-        g += g_step;
-        c += dc;
-        if (c >= cols) { c -= cols; d += d_wrap; g += g_wrap; }
+struct BlockCopy {
+    static_assert(sizeof(A) == 4 || sizeof(A) == 8 || sizeof(A) == 16, "cp.async of one element");
+    int n, c0, cols, dc, g0, g_step, g_wrap;
+    unsigned d0, d_step, d_wrap;
+    // This thread's start and steps, worked out once (kernels that copy blocks of the same
+    // shape per item keep the plan: two divisions and a dozen multiplies per call).
+    __device__ __forceinline__ BlockCopy(int rows, int cols_, int spitch, int dpitch) : cols(cols_) {
+        const int nthreads = blockDim.x, tid = threadIdx.x;
+        n = rows > 0 && cols > 0 ? rows * cols : 0;
+        const int cc = cols > 0 ? cols : 1;
+        const int r = tid / cc, dr = nthreads / cc;
+        c0 = tid - r * cc;
+        dc = nthreads - dr * cc;
+        d0 = (unsigned)((r * dpitch + c0) * (int)sizeof(A));
+        g0 = r * spitch + c0;
+        d_step = (unsigned)((dr * dpitch + dc) * (int)sizeof(A));
+        d_wrap = (unsigned)((dpitch - cols) * (int)sizeof(A));
+        g_step = dr * spitch + dc;
+        g_wrap = spitch - cols;
     }
+    __device__ __forceinline__ void run(unsigned dst, const A* src) const {
+        int c = c0;
+        unsigned d = dst + d0;
+        const A* g = src + g0;
+        for (int k = threadIdx.x; k < n; k += blockDim.x) {
+            if constexpr (sizeof(A) == 4) cp_async4(d, g, 4);
+            else if constexpr (sizeof(A) == 8) cp_async8(d, g, 8);
+            else cp_async16(d, g, 16);
+            d += d_step;
+            g += g_step;
+            c += dc;
+            if (c >= cols) { c -= cols; d += d_wrap; g += g_wrap; }
+        }
+    }
+};
+template <class A>
+__device__ __forceinline__ void cp_async_block(unsigned dst, const A* src, int rows, int cols, int spitch, int dpitch) {
+    if (rows <= 0 || cols <= 0) return;
+    BlockCopy<A>(rows, cols, spitch, dpitch).run(dst, src);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 #endif
+
+// Banded (Toeplitz) B fragments of a depthwise correlation on mma.sync m16n8k16 (conv_mma,
+// bwd_mma). Entry e = (kh * KS + s) * 32 + lane is this lane's fragment of tap row kh,
+// k-step s: b0 = (B[k][n], B[k+1][n]), b1 = (B[k+8][n], B[k+9][n]) with k = 16 s + 2 (lane %
+// 4), n = lane / 4 and B[k][n] = w[kh][k - n - SHIFT] (zero outside the kernel); FLIP reads
+// the kernel rotated by 180 degrees (grad input). toeplitz_pos gives the entry's tap row
+// and d = k - n - SHIFT of its b0 (>= -14).
+template <int KS, int SHIFT>
+__device__ __forceinline__ void toeplitz_pos(int e, int& kh, int& d) {
+    const int ln = e & 31, kk = e >> 5;
+    kh = kk / KS;
+    d = 16 * (kk - kh * KS) + 2 * (ln & 3) - (ln >> 2) - SHIFT;
+}
+// The entry's four 16-bit weights (0 outside the kernel), read from the KH x KW row wp.
+template <int KH, int KW, int KS, int SHIFT, bool FLIP>
+__device__ __forceinline__ void toeplitz_entry(const unsigned short* wp, int e, unsigned (&h)[4]) {
+    int kh, d;
+    toeplitz_pos<KS, SHIFT>(e, kh, d);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int kw = d + (i & 1) + 8 * (i >> 1);
+        const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
+        h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
+    }
+}
 
 __device__ __forceinline__ unsigned pack2(half_t, float a, float b) { return pack_h(a, b); }
 __device__ __forceinline__ unsigned pack2(bf16_t, float a, float b) { return pack_b(a, b); }
