@@ -93,8 +93,8 @@ BWD_PLANE_VARIANTS = [(None, None, None, None, None), (8, 16, None, None, None),
                       (16, 4, 8, None, 2), (8, 8, 4, None, 2), (8, 4, 8, None, 2), (16, 8, 4, None, 2)]
 
 # Fused 16-bit backward on tensor cores, bwd_mma (stages, chunks, MINB; None = the host's rule).
-BWD_MMA_VARIANTS = [(None, None, None), (2, 8, 3), (2, 16, 3), (2, None, 4), (2, 8, 4), (2, 16, 4), (2, 22, 4),
-                    (3, 8, 2), (3, 8, 3), (4, 8, 2)]
+BWD_MMA_VARIANTS = [(None, None, None), (2, None, 3), (2, 8, 4), (2, 16, 4), (2, 22, 4), (3, 8, 2), (3, 8, 3),
+                    (4, 8, 2)]
 
 
 def _small_width_variants(p, dtype):

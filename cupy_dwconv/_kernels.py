@@ -1802,12 +1802,13 @@ def bwd_mma_geometry(p, wn, wr, shift, stages):
 
 
 def _use_bwd_mma(p, dtype):
-    """Tensor cores for the 16-bit fused backward of kernels of 21 taps and more, where
+    """Tensor cores for the 16-bit fused backward of kernels of more than 25 taps, where
     it takes the problem: their float32 FMAs bound bwd_rows (H200 backward sweep,
-    benchmarks/NOTES.md session 18: convnext_7x7 fp16 / bf16 0.079 against bwd_rows'
-    0.132 / 0.129 ms). 3x3 stays on bwd_rows (mbv2_3x3 fp16 0.093 against 0.073): an
-    MMA there carries 18 useful products per 128."""
-    return dtype in MMA_DTYPES and p.KH * p.KW >= 21
+    benchmarks/NOTES.md session 18: convnext_7x7 fp16 / bf16 0.068 against bwd_rows'
+    0.132 / 0.129 ms). 3x3 stays on bwd_rows (mbv2_3x3 fp16 0.093 against 0.073: an MMA
+    there carries 18 useful products per 128), and so does 5x5 (not measured: no suite
+    case)."""
+    return dtype in MMA_DTYPES and p.KH * p.KW > 25
 
 
 def bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, stages=None, chunks=None, minb=None, xgran=None,
@@ -1828,14 +1829,15 @@ def bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, stages=None, chunk
         return None
     ggran, shift = staging
     stages = 2 if stages is None else stages
-    minb = 3 if minb is None else minb
+    minb = 4 if minb is None else minb  # <= 128 registers (convnext_7x7 fp16: 123, no spills)
     geo, smem = bwd_mma_geometry(p, wn, wr, shift, stages)
     if (shift + 7 + p.KW + 15) // 16 > 2 or smem > SM_SMEM:
         return None
     if chunks is None:
-        # About two waves of blocks (convnext_7x7 fp16, 3 blocks per SM, H200: 8 chunks
-        # 0.0788 ms, 16 chunks 0.0844; 2 per SM with 3 stages: 4 chunks 0.108, 8 0.089,
-        # 16 0.097, 22 0.103).
+        # About two waves of blocks (convnext_7x7 fp16, H200 backward sweep, ms: 4 blocks
+        # per SM, 11 chunks 0.0684-0.0689, 8 0.0696, 16 0.0701, 22 0.0735; 3 per SM, 8
+        # chunks 0.0697, 16 0.0757; 3 stages at 2 or 3 per SM, 8 chunks 0.0687; 4 stages
+        # 0.084).
         per_sm = max(1, min(minb, SM_SMEM // (smem + 1024)))
         chunks = 2 * sms * per_sm // max(p.C, 1)
     chunks = max(1, min(p.N, chunks, 65535))

@@ -516,6 +516,7 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::bwd_rows<dw::bf16_t, 4, 2, 4, 4, 3, 7, 1, 1, 6, 32, 4, 2>", "bwd_rows v4 pf4"),
         ("dw::bwd_plane<float, 7, 7, 1, 1, 7, 7, 7, 7, 3, 3, 1, 128, 3>", "bwd_plane"),
         ("dw::bwd_plane<dw::half_t, 5, 5, 1, 1, 5, 5, 5, 5, 2, 2, 2, 64, 4>", "bwd_plane s2"),
+        ("dw::bwd_mma<dw::half_t, 7, 7, 7, 4, 1, 16, 8, 2, 4>", "bwd_mma"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],
@@ -536,7 +537,7 @@ def test_kernel_labels_for_the_suite():
             # The full backward is one fused kernel where it applies, else grad input + grad weight.
             fused = _kernels.plan_backward(p, dtype, 0, 0, *bench.plan_arch())
             label = bench.kernel_label(p, dtype, "backward")[0]
-            assert label.startswith(("bwd_tile", "bwd_rows", "bwd_plane")) if fused is not None else "+" in label
+            assert label.startswith(("bwd_tile", "bwd_rows", "bwd_plane", "bwd_mma")) if fused is not None else "+" in label
 
 
 # ---------------------------------------------------------------------------------------

@@ -59,10 +59,12 @@ FAMILIES = (
     "bwd_tile",
     "bwd_rows",
     "bwd_plane",
+    "bwd_mma",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
+FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
 # The dispatcher sends only 16-bit problems to conv_rows, and no float64 problem to
 # conv_rows_async (those plans exist for the forced GPU tests and the sweep).
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
@@ -123,6 +125,10 @@ def grid_problems():
         # wgrad_plane's shared memory).
         out.append((_params.conv_params((2, 3, 7, 7), (6, 1, 7, 7), None, 1, 3, 1), dtype))
         out.append((_params.conv_params((2, 3, 5, 5), (3, 1, 3, 5), None, 1, (1, 2), 1), dtype))
+        # The 16-bit fused backward on tensor cores beside convnext_7x7's: a 5x7 kernel with
+        # asymmetric padding on a plane of an odd number of grad_output rows whose width
+        # is not a multiple of 8 (4-byte copies).
+        out.append((_params.conv_params((2, 4, 13, 22), (4, 1, 5, 7), None, 1, ((1, 3), (2, 4)), 1), dtype))
     return out
 
 

@@ -190,6 +190,37 @@ def test_bwd_plane_dispatch():
         assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132, force=dict(family="plane")) is None, shape
 
 
+def test_bwd_mma_dispatch():
+    """The 16-bit backward of kernels of 21 taps and more on whole planes of up to 64 x 64
+    is one bwd_mma launch on sm_80 and newer (convnext_7x7); 3x3 kernels, float32, sm_75,
+    a multiplier, odd widths and larger planes keep the other plans. Its launch matches
+    the geometry the kernel checks (shared memory) and the partial rows it writes (grid
+    (chunks, channels))."""
+    convnext = params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
+    for dtype in ("float16", "bfloat16"):
+        s1, chunks, s2 = _kernels.plan_backward(convnext, dtype, 0, 0, 90, 132)
+        assert s1.src == "bwd_mma.cu" and "wgrad_reduce" in s2.expr
+        assert s1.grid == (chunks, 96, 1) and int(s1.scalars[0]["n_chunks"]) == chunks and 1 < chunks <= 64
+        assert s1.block == (128, 1, 1)
+        wn, wr, shift, stages = (int(a) for a in (_args(s1.expr)[3], _args(s1.expr)[4], _args(s1.expr)[5],
+                                                  _args(s1.expr)[8]))
+        assert (wn, wr, shift) == (7, 4, 1)  # 8-byte grad_output copies: SHIFT 1, one grad_x k-step
+        geo, smem = _kernels.bwd_mma_geometry(convnext, wn, wr, shift, stages)
+        assert s1.shared_mem == smem <= _kernels.SM_SMEM
+        assert all(int(s1.scalars[0][k]) == v for k, v in geo.items())
+        assert geo["GOFF"] + convnext.PL >= 8 and geo["GX0"] % 8 == 0 and (geo["GP"] // 8) % 2 == 1
+        assert "bwd_mma" not in _kernels.plan_backward(convnext, dtype, 0, 0, 75, 132)[0].expr
+    assert "bwd_mma" not in _kernels.plan_backward(convnext, "float32", 0, 0, 90, 132)[0].expr
+    for shape, w_shape, dtype in (
+        ((64, 144, 56, 56), (144, 1, 3, 3), "float16"),
+        ((2, 4, 56, 56), (8, 1, 7, 7), "float16"),
+        ((2, 4, 56, 57), (4, 1, 7, 7), "bfloat16"),
+        ((2, 4, 72, 72), (4, 1, 7, 7), "float16"),
+    ):
+        plan = _kernels.plan_backward(params(shape, w_shape, 1, 3, 1), dtype, 0, 0, 90, 132)
+        assert plan is None or "bwd_mma" not in plan[0].expr, shape
+
+
 def test_plane_launch_budget():
     """conv_plane's blocks fit their shared memory (mirrors the kernel's layout) and a
     register bound that holds the planned registers; wgrad_plane's too."""
@@ -211,8 +242,9 @@ def test_fused_backward_takes_and_declines():
     padding stays within the kernel's reach; everything else plans None (the separate
     grad-input and grad-weight kernels serve it). The row sweep (bwd_rows) on sm_80+ for
     16-bit kernels up to 49 taps and float32 kernels of 21 to 49 taps, those over 25 taps
-    on planes of 28 columns or more and at one block per SM; bwd_tile for the rest:
-    float32 3x3, 7x7 on small planes, and before sm_80."""
+    on planes of 28 columns or more and at one block per SM, except 16-bit kernels of more
+    than 25 taps on whole planes up to 64 x 64 (bwd_mma); bwd_tile for the rest: float32
+    3x3, 7x7 on small planes, and before sm_80."""
     seed = params((32, 128, 128, 256), (128, 1, 3, 7), 1, 0, 1)
     for dtype, arch, family in (("float16", 90, "bwd_rows"), ("bfloat16", 80, "bwd_rows"), ("float16", 75, "bwd_tile"),
                                 ("float32", 90, "bwd_rows"), ("float32", 75, "bwd_tile")):
@@ -221,8 +253,8 @@ def test_fused_backward_takes_and_declines():
         assert s1.grid == (chunks, 128, 1) and int(s1.scalars[0]["n_chunks"]) == chunks
     for dtype, w_shape, width, family, minb in (
             ("float32", (4, 1, 5, 5), 56, "bwd_rows", "2"), ("float16", (4, 1, 5, 5), 56, "bwd_rows", "2"),
-            ("float32", (4, 1, 7, 7), 56, "bwd_rows", "1"), ("bfloat16", (4, 1, 7, 7), 28, "bwd_rows", "1"),
-            ("float32", (4, 1, 7, 7), 27, "bwd_tile", None), ("float16", (4, 1, 7, 7), 14, "bwd_tile", None),
+            ("float32", (4, 1, 7, 7), 56, "bwd_rows", "1"), ("bfloat16", (4, 1, 7, 7), 28, "bwd_mma", None),
+            ("float32", (4, 1, 7, 7), 27, "bwd_tile", None), ("float16", (4, 1, 7, 7), 14, "bwd_mma", None),
             ("float32", (4, 1, 3, 3), 56, "bwd_tile", None)):
         p = params((32, 4, 56, width), w_shape, 1, "same", 1)
         s1 = _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0]

@@ -820,14 +820,14 @@ BWD_MMA_SHAPES = [
 @pytest.mark.parametrize(
     "launch",
     [{}, dict(chunks=1), dict(chunks=2, stages=2), dict(chunks=3, stages=4), dict(xgran=2, ggran=2),
-     dict(xgran=4, ggran=4, chunks=2)],
+     dict(xgran=4, ggran=4, chunks=2), dict(minb=3, chunks=3)],
     ids=str,
 )
 @pytest.mark.parametrize("shape", BWD_MMA_SHAPES, ids=str)
 def test_bwd_mma(shape, launch, dtype):
     """The fused 16-bit backward on tensor cores, forced: all three gradients against the
     reference (one to three chunks per channel and the host's count, ring depths 2 to 4,
-    every copy width for x and grad_output), and the weight and bias gradients bitwise
+    every copy width for x and grad_output, 3 or 4 blocks per SM), and the weight and bias gradients bitwise
     equal over two runs. It declines only 4-byte grad_output copies of odd rows."""
     N, C, H, W, KH, KW, pad = shape
     from cupy_dwconv import _kernels

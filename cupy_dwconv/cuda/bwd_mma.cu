@@ -12,9 +12,9 @@
 //    16w .. 16w + 15; per tap row one ldmatrix chunk row of the staged grad_output and WN *
 //    KS MMAs against the Toeplitz table of the rotated kernel (built once per channel);
 //    stored straight from the fragments (IW is even: 4-byte pairs).
-// 2. grad_bias, from the same chunks: at the tap row whose 16 rows are the warp's own
-//    grad_output rows, one MMA per chunk pair against a B of ones adds every row's sum
-//    (each element once: chunk pairs do not overlap, and warps' rows do not either).
+// 2. grad_bias, in the pass that builds S1 (below): each warp's 256 grad_output elements
+//    of an iteration go through one MMA against a B of ones, which adds all of them into
+//    column 0 of D (every element once: the pass covers each staged unit once).
 // 3. grad_weight, with two grad_output rows per MMA:
 //
 //        D[(kw, s)][r] += sum_c go[oh + s][c + PL - kw] * xp[oh + r][c]
@@ -26,6 +26,8 @@
 //    grad_output shifted by one element (S1, built once per item with byte permutes), so
 //    every A register is one aligned 32-bit load. 98 of the 128 products of an MMA are
 //    taps of a 7x7 kernel (the formulation with M = tap rows used 49: wgrad_mma).
+//    Shared-memory bandwidth bounds the kernel (ncu, convnext_7x7: L1 ~80 % busy):
+//    ldmatrix chunks for grad_x (each element once per tap row), A words and B rows here.
 //
 // Items: the block (b, o) takes the planes n of channel o in chunk b (grid (chunks,
 // channels)); they flow through a STAGES-deep ring filled by cp.async (x rows, and
@@ -69,6 +71,7 @@ __device__ __forceinline__ unsigned lds32b(unsigned addr) {
     return v;
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // cp.async (tc.cuh)
 template <int GRAN> struct CopyUnit;
 template <> struct CopyUnit<2> { typedef unsigned short type; };  // (RowStager<2> copies through registers)
 template <> struct CopyUnit<4> { typedef unsigned type; };
@@ -99,6 +102,7 @@ struct RowStager<2> {
         }
     }
 };
+#endif
 
 // Template arguments: T half_t or bf16_t; KH KW kernel; WN 8-column grad_x blocks per
 // warp (8 WN >= IW); WR warps (16 WR >= IH and OH); SHIFT the grad_x staging shift (as
@@ -217,16 +221,20 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
                 const int units = OH * (GP / 8);
                 for (int u0 = tid - lane; u0 < units; u0 += NT) {  // warp-uniform trip count
                     const int u = min(u0 + lane, units - 1);
-                    const uint4 v = lds128(src + 16u * (unsigned)u);
+                    uint4 v = lds128(src + 16u * (unsigned)u);
                     unsigned nx = __shfl_down_sync(0xffffffffu, v.x, 1);
                     if (lane == 31 || u0 + lane + 1 >= units) nx = lds32b(src + 16u * (unsigned)u + 16u);
+                    // grad_bias: whatever their arrangement, an MMA of the warp's 256
+                    // elements against a B of ones adds all of them into column 0 of D.
+                    if (u0 + lane >= units) v = make_uint4(0u, 0u, 0u, 0u);
+                    Mma<T>::run(bacc, v.x, v.y, v.z, v.w, ones, ones);
                     if (u0 + lane >= units) continue;
                     sts128(dst + 16u * (unsigned)u, make_uint4(__byte_perm(v.x, v.y, 0x5432), __byte_perm(v.y, v.z, 0x5432),
                                                                 __byte_perm(v.z, v.w, 0x5432), __byte_perm(v.w, nx, 0x5432)));
                 }
             }
 
-            // grad_x (and the bias sums at tap row GT).
+            // grad_x.
             {
                 float acc[WN][4];
 #pragma unroll
@@ -252,22 +260,9 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
                             Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0],
                                         c[j + 2 * s + 1][1], b[s].x, b[s].y);
                 }
-                {
-                    // Rows 16 warp + GT .. + 15 of the staged grad_output are its rows 16 warp
-                    // .. + 15, and the chunks span every column of the plane. (Inside the tap
-                    // loop, at kh == GT, NVCC issued the product at every tap row, predicated
-                    // off, chained on one accumulator.)
-                    const unsigned ra = base + (unsigned)(GT * GP * 2);
-#pragma unroll
-                    for (int j = 0; j < NCH; j += 2) {
-                        unsigned c0, c1, c2 = 0u, c3 = 0u;
-                        if (j + 1 < NCH) ldsm_x4(ra + 16 * j, c0, c1, c2, c3);
-                        else ldsm_x2(ra + 16 * j, c0, c1);
-                        Mma<T>::run(bacc, c0, c1, c2, c3, ones, ones);
-                    }
-                }
                 // Lane (g, t4) holds rows g and g + 8, columns 2 t4 and + 1 of each block:
-                // 4-byte stores (IW even, so every pair is aligned).
+                // 4-byte stores (IW even, so every pair is aligned). (Staging the warp's rows
+                // in shared memory for 16-byte stores measured no faster: NOTES, session 18.)
                 unsigned short* const xp = reinterpret_cast<unsigned short*>(gx) + ((i64)n0 + k) * C * plane_in +
                                            (i64)o * plane_in;
 #pragma unroll
