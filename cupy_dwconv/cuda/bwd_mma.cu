@@ -282,6 +282,7 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
             {
                 const unsigned abase = (odd ? sbase + (unsigned)S1_OFF + (unsigned)((p - 1) * 2)
                                             : gs + (unsigned)((GT * GP + p) * 2));
+#pragma unroll 2
                 for (int pr = warp; 2 * pr < OHE; pr += WR) {
                     const unsigned ra = abase + (unsigned)(2 * pr * GP * 2);
                     // B row lane % 8 of the pair is x row 2 pr + lane % 8 - PT.
