@@ -295,36 +295,23 @@ def backward_variants(p, dtype):
             continue
         seen.add(key)
         out.append((("fused", {k: v for k, v in kw.items() if v is not None}), (plan[0], plan[2])))
-    for vb, pf, minb, rb, chunks in BWD_ROWS_VARIANTS:
-        kw = dict(family="rows", v=vb // _kernels.ITEMSIZE[dtype] or None, pf=pf, minb=minb, rb=rb, chunks=chunks)
-        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
+
+    def add(family, kw):
+        # Plans that differ only in fields the host leaves at their defaults run once.
+        plan = _kernels.plan_backward(p, dtype, 0, 0, force=dict(kw, family=family))
         if plan is None:
-            continue
+            return
         key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))  # fields, not padding bytes
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((("rows", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
+        if key not in seen:
+            seen.add(key)
+            out.append(((family, {k: v for k, v in kw.items() if v is not None}), (plan[0], plan[2])))
+
+    for vb, pf, minb, rb, chunks in BWD_ROWS_VARIANTS:
+        add("rows", dict(v=vb // _kernels.ITEMSIZE[dtype] or None, pf=pf, minb=minb, rb=rb, chunks=chunks))
     for planes, items, chunks, minb, stages in BWD_PLANE_VARIANTS:
-        kw = dict(family="plane", planes=planes, items=items, chunks=chunks, minb=minb, stages=stages)
-        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
-        if plan is None:
-            continue
-        key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((("plane", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
+        add("plane", dict(planes=planes, items=items, chunks=chunks, minb=minb, stages=stages))
     for stages, chunks, minb in BWD_MMA_VARIANTS:
-        kw = dict(family="mma", stages=stages, chunks=chunks, minb=minb)
-        plan = _kernels.plan_backward(p, dtype, 0, 0, force=kw)
-        if plan is None:
-            continue
-        key = (plan[0].expr, plan[0].grid, tuple(plan[0].scalars[0].tolist()))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((("mma", {k: v for k, v in kw.items() if v is not None and k != "family"}), (plan[0], plan[2])))
+        add("mma", dict(stages=stages, chunks=chunks, minb=minb))
     return out
 
 

@@ -123,6 +123,31 @@ def test_noncontiguous_grad_output(dtype):
     _check(numpy.random.default_rng(12), 2, 3, 21, 33, 1, 3, 3, 1, 1, 1, dtype, go_view="strided")
 
 
+def _assert_grads(got, ref, dtype, taps, terms):
+    """grad_x, grad_weight and grad_bias (GPU arrays) against the reference's, with the
+    per-dtype tolerance scaled by the terms each output sums."""
+    assert_close(got[0].get(), ref[0], dtype, scale=math.sqrt(taps), what="grad_x")
+    assert_close(got[1].get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+
+
+def _misaligned_problem(shape, dtype, offset, seed):
+    """Fresh inputs of a stride-1 problem (N, C, H, W, KH, KW, padding) whose x and
+    grad_output start `offset` elements into their allocations: (params, x, grad_output,
+    weight on the GPU, the reference's three gradients, terms per weight gradient)."""
+    import cupy
+    from gpu_util import params, reference_backward
+
+    N, C, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(seed + offset)
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x.shape, w.shape, False, 1, pad, 1)
+    go = random_array(rng, p.out_shape, dtype)
+    ref = reference_backward(go, x, w, padding=pad)
+    return p, _offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w), ref, N * p.OH * p.OW
+
+
 def _offset_copy(host, offset):
     """A C-contiguous GPU copy of `host` whose data start `offset` elements into its
     allocation, so its pointer is aligned to offset * itemsize bytes only."""
@@ -481,6 +506,19 @@ def test_many_channels_past_grid_limits(C, M, dtype):
     _check(numpy.random.default_rng(19), 2, C, 4, 5, M, 3, 3, 1, 1, 1, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_bwd_mma_channels_past_grid_limits(dtype):
+    """The fused 16-bit backward on tensor cores loops channels over the grid's y limit
+    (66000 channels of 4 x 6 planes, 7x7): the Toeplitz table is rebuilt, the partial rows
+    and counters are those of each channel."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    p = params((2, 66000, 4, 6), (66000, 1, 7, 7), False, 1, 3, 1)
+    assert "bwd_mma" in _kernels.plan_backward(p, dtype, 0, 0)[0].expr
+    _check(numpy.random.default_rng(23), 2, 66000, 4, 6, 1, 7, 7, 1, 3, 1, dtype)
+
+
 def test_empty_batch(monkeypatch):
     import cupy
 
@@ -630,10 +668,7 @@ def _check_forced_fused(shape, launch, dtype, family, seed_key):
     gx, gw, gb, s1 = res
     assert family in s1.expr
     ref = reference_backward(go, x, w, padding=pad, dilation=dil)
-    terms = N * p.OH * p.OW
-    assert_close(gx.get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
-    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
-    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+    _assert_grads((gx, gw, gb), ref, dtype, KH * KW, N * p.OH * p.OW)
     return gx, gw, gb, run
 
 
@@ -771,26 +806,15 @@ def test_bwd_plane_misaligned(offset, dtype):
     library call and through the wgrad_reduce path: the plane runs start at any remainder
     modulo 16 bytes, and grad_x (a fresh, aligned buffer) then differs from x modulo 16
     bytes, so its runs leave by element copies."""
-    import cupy
     import cupy_dwconv
     from cupy_dwconv import _kernels
-    from gpu_util import forced_backward, params, reference_backward
+    from gpu_util import forced_backward
 
-    N, C, H, W, KH, KW, pad = 3, 20, 5, 5, 3, 5, (1, 2)
-    rng = numpy.random.default_rng(170 + offset)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    xg, gog, wg = _offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w)
+    p, xg, gog, wg, ref, terms = _misaligned_problem((3, 20, 5, 5, 3, 5, (1, 2)), dtype, offset, 170)
     assert "bwd_plane" in _kernels.plan_backward(p, dtype, xg.data.ptr, gog.data.ptr)[0].expr
-    ref = reference_backward(go, x, w, padding=pad)
-    terms = N * p.OH * p.OW
-    for got in (cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=pad),
+    for got in (cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=(1, 2)),
                 forced_backward(xg, gog, wg, p, dtype, reduce_kernel=True, family="plane", chunks=2)[:3]):
-        assert_close(got[0].get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
-        assert_close(got[1].get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
-        assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+        _assert_grads(got, ref, dtype, 3 * 5, terms)
 
 
 BWD_MMA_SHAPES = [
@@ -871,24 +895,13 @@ def test_bwd_mma_declines():
 def test_bwd_mma_misaligned(offset, dtype):
     """x and grad_output that start `offset` elements into their allocations (copies of
     2, 4 or 8 bytes), forced, through the closing step and through wgrad_reduce."""
-    import cupy
-    from gpu_util import forced_backward, params, reference_backward
+    from gpu_util import forced_backward
 
-    N, C, H, W, KH, KW, pad = 3, 4, 20, 24, 7, 7, 3
-    rng = numpy.random.default_rng(190 + offset)
-    x = random_array(rng, (N, C, H, W), dtype)
-    w = random_array(rng, (C, 1, KH, KW), dtype)
-    p = params(x.shape, w.shape, False, 1, pad, 1)
-    go = random_array(rng, p.out_shape, dtype)
-    xg, gog, wg = _offset_copy(x, offset), _offset_copy(go, offset), cupy.asarray(w)
-    ref = reference_backward(go, x, w, padding=pad)
-    terms = N * p.OH * p.OW
+    p, xg, gog, wg, ref, terms = _misaligned_problem((3, 4, 20, 24, 7, 7, 3), dtype, offset, 190)
     for reduce_kernel in (False, True):
         got = forced_backward(xg, gog, wg, p, dtype, reduce_kernel=reduce_kernel, family="mma", chunks=2)
         assert "bwd_mma" in got[3].expr
-        assert_close(got[0].get(), ref[0], dtype, scale=math.sqrt(KH * KW), what="grad_x")
-        assert_close(got[1].get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
-        assert_close(got[2].get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
+        _assert_grads(got, ref, dtype, 7 * 7, terms)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -241,25 +241,8 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
                 for (int j = 0; j < WN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
                 const unsigned base = gs + gx_lane;
 #pragma unroll
-                for (int kh = 0; kh < KH; ++kh) {
-                    unsigned c[NCH + 1][2];
-                    const unsigned ra = base + (unsigned)(kh * GP * 2);
-#pragma unroll
-                    for (int j = 0; j + 1 < NCH; j += 2) ldsm_x4(ra + 16 * j, c[j][0], c[j][1], c[j + 1][0], c[j + 1][1]);
-                    if (NCH % 2) {
-                        ldsm_x2(ra + 16 * (NCH - 1), c[NCH - 1][0], c[NCH - 1][1]);
-                        c[NCH][0] = c[NCH][1] = 0u;
-                    }
-                    uint2 b[KS];
-#pragma unroll
-                    for (int s = 0; s < KS; ++s) b[s] = tab[(kh * KS + s) * 32 + lane];
-#pragma unroll
-                    for (int j = 0; j < WN; ++j)
-#pragma unroll
-                        for (int s = 0; s < KS; ++s)
-                            Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0],
-                                        c[j + 2 * s + 1][1], b[s].x, b[s].y);
-                }
+                for (int kh = 0; kh < KH; ++kh)
+                    toeplitz_row<T, WN, KS>(acc, base + (unsigned)(kh * GP * 2), tab + kh * KS * 32, lane);
                 // Lane (g, t4) holds rows g and g + 8, columns 2 t4 and + 1 of each block:
                 // 4-byte stores (IW even, so every pair is aligned). (Staging the warp's rows
                 // in shared memory for 16-byte stores measured no faster: NOTES, session 18.)

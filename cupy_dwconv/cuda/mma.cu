@@ -316,22 +316,8 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         // Tap rows: 16 input rows of NCH chunks, then WN * KS MMAs.
         const unsigned base = lane_addr + (unsigned)((int)(k % STAGES) * G::XS_BYTES);
 #pragma unroll (KH <= 8 ? KH : 2)
-        for (int kh = 0; kh < KH; ++kh) {
-            unsigned c[NCH + 1][2];
-            const unsigned ra = base + (unsigned)(kh * PITCH * 2);
-#pragma unroll
-            for (int j = 0; j + 1 < NCH; j += 2) ldsm_x4(ra + 16 * j, c[j][0], c[j][1], c[j + 1][0], c[j + 1][1]);
-            if (NCH % 2) ldsm_x2(ra + 16 * (NCH - 1), c[NCH - 1][0], c[NCH - 1][1]);
-            uint2 b[KS];
-#pragma unroll
-            for (int s = 0; s < KS; ++s) b[s] = tab[(kh * KS + s) * 32 + lane];
-#pragma unroll
-            for (int j = 0; j < WN; ++j)
-#pragma unroll
-                for (int s = 0; s < KS; ++s)
-                    Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0], c[j + 2 * s + 1][1],
-                                b[s].x, b[s].y);
-        }
+        for (int kh = 0; kh < KH; ++kh)
+            toeplitz_row<T, WN, KS>(acc, base + (unsigned)(kh * PITCH * 2), tab + kh * KS * 32, lane);
 
         if (DIRECT && it.m == R - 1) {
             // DIRECT (the host checks that OW is even): each lane stores its fragment pairs

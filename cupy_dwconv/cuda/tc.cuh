@@ -37,6 +37,30 @@ template <class T> struct Mma;
 DW_MMA_M16N8K16(half_t, "f16")
 DW_MMA_M16N8K16(bf16_t, "bf16")
 #undef DW_MMA_M16N8K16
+
+// One tap row of the banded correlation of conv_mma and bwd_mma: the NCH = WN + 2 KS - 1
+// 8-column chunks of 16 staged rows starting at byte address ra (ldmatrix.x4: lanes 0-15
+// address rows 0-15 of chunk j, lanes 16-31 rows 0-15 of chunk j + 1), the tap row's
+// Toeplitz fragments tab[s * 32 + lane] (toeplitz_entry), and WN * KS MMAs into acc: output
+// block j, k-step s takes chunks j + 2s and j + 2s + 1, so neighbouring blocks share
+// chunks and each chunk is read once per tap row.
+template <class T, int WN, int KS>
+__device__ __forceinline__ void toeplitz_row(float (&acc)[WN][4], unsigned ra, const uint2* tab, int lane) {
+    constexpr int NCH = WN + 2 * KS - 1;
+    unsigned c[NCH + 1][2];
+#pragma unroll
+    for (int j = 0; j + 1 < NCH; j += 2) ldsm_x4(ra + 16 * j, c[j][0], c[j][1], c[j + 1][0], c[j + 1][1]);
+    if (NCH % 2) ldsm_x2(ra + 16 * (NCH - 1), c[NCH - 1][0], c[NCH - 1][1]);
+    uint2 b[KS];
+#pragma unroll
+    for (int s = 0; s < KS; ++s) b[s] = tab[s * 32 + lane];
+#pragma unroll
+    for (int j = 0; j < WN; ++j)
+#pragma unroll
+        for (int s = 0; s < KS; ++s)
+            Mma<T>::run(acc[j], c[j + 2 * s][0], c[j + 2 * s][1], c[j + 2 * s + 1][0], c[j + 2 * s + 1][1], b[s].x,
+                        b[s].y);
+}
 #endif
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
