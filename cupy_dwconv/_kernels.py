@@ -1773,8 +1773,8 @@ def bwd_mma_geometry(p, wn, wr, shift, stages):
     """Run-time staging geometry of bwd_mma and its shared-memory bytes; mirrors
     cuda/bwd_mma.cu (the kernel traps if it is given less shared memory).
     x rows: XR = the rows that meet a grad_output row (B reads padded rows oh .. oh + 7 of
-    each pair; the others read a zero row), pitch XP = 16 NC + 8 (an odd number of 16-byte units: the 8 row addresses of an ldmatrix
-    phase fall in 8 bank groups). grad_output rows: staged row GT + i is row i (GT = KH - 1 -
+    each pair; the others read a zero row), pitch XP = 16 NC + 8 (an odd number of 16-byte
+    units: the 8 row addresses of an ldmatrix phase fall in 8 bank groups). grad_output rows: staged row GT + i is row i (GT = KH - 1 -
     PT zero rows above, the rotated problem's padding), GR rows in all (the grad_x A rows of
     every warp, and one zero row below the plane); column GOFF is column 0, GX0 = GOFF -
     (KW - 1 - PL) - SHIFT is grad_x's staged column 0 (a multiple of 8), and GOFF >= 8 - PL
@@ -1830,8 +1830,8 @@ def bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, stages=None, chunk
     ggran, shift = staging
     stages = 2 if stages is None else stages
     minb = 4 if minb is None else minb  # <= 128 registers (convnext_7x7 fp16: 123, no spills)
-    geo, smem = bwd_mma_geometry(p, wn, wr, shift, stages)
-    if (shift + 7 + p.KW + 15) // 16 > 2 or smem > SM_SMEM:
+    geo, smem = bwd_mma_geometry(p, wn, wr, shift, stages)  # KW <= 8, SHIFT < 8: at most 2 grad_x k-steps
+    if smem > SM_SMEM:
         return None
     if chunks is None:
         # About two waves of blocks (convnext_7x7 fp16, H200 backward sweep, ms: 4 blocks
@@ -1856,8 +1856,9 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     grad_bias itself and leaves the counters zero; with null counters the wgrad_reduce
     launch does.
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
-    family="rows", or of bwd_plane_launch with family="plane" (tests and sweeps; None
-    again where the kernel does not take the problem)."""
+    family="rows", of bwd_plane_launch with family="plane", of bwd_mma_launch with
+    family="mma" (tests and sweeps; None again where the kernel does not take the
+    problem)."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:

@@ -50,26 +50,10 @@ namespace dw {
 template <int KH, int KW, int WN, int WR, int SHIFT>
 struct BmmaTile {
     static constexpr int KS = (SHIFT + 7 + KW + 15) / 16;  // grad_x k-steps (conv_mma's)
-    static constexpr int NCH = WN + 2 * KS - 1;            // 8-column chunks of a grad_x A row
     static constexpr int NC = (WN + 1) / 2;                // grad_weight k-steps: 16 NC >= IW
     static constexpr int TAB = KH * KS * 32;               // Toeplitz entries (uint2)
     static constexpr int RED = 160;                        // floats per warp: 128 tap sums, 32 bias
 };
-
-__device__ __forceinline__ uint4 lds128(unsigned addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-    return v;
-}
-__device__ __forceinline__ void sts128(unsigned addr, uint4 v) {
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
-}
-__device__ __forceinline__ unsigned lds32b(unsigned addr) {
-    unsigned v;
-    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
-    return v;
-}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // cp.async (tc.cuh)
 template <int GRAN> struct CopyUnit;
@@ -115,7 +99,7 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
         const BmmaArgs a) {
     static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
     typedef BmmaTile<KH, KW, WN, WR, SHIFT> G;
-    constexpr int KS = G::KS, NCH = G::NCH, NC = G::NC, NT = 32 * WR, KK = KH * KW;
+    constexpr int KS = G::KS, NC = G::NC, NT = 32 * WR, KK = KH * KW;
     static_assert(KH >= 1 && KH <= 7 && KW >= 1 && KW <= 8, "two grad_output rows and 8 tap columns per MMA");
     static_assert(WN >= 1 && WN <= 8 && WR >= 1 && WR <= 4 && KS <= 2, "whole planes up to 64 x 64");
     static_assert(STAGES >= 2 && STAGES <= 4, "ring depth");
@@ -179,11 +163,7 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
         // The rotated kernel's Toeplitz table of this channel (the previous channel's
         // readers finished before the closing barriers).
         const unsigned short* const wp = wb + (i64)o * KK;
-        for (int e = tid; e < G::TAB; e += NT) {
-            unsigned h[4];
-            toeplitz_entry<KH, KW, KS, SHIFT, true>(wp, e, h);
-            tab[e] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
-        }
+        for (int e = tid; e < G::TAB; e += NT) tab[e] = toeplitz_entry<KH, KW, KS, SHIFT, true>(wp, e);
         __syncthreads();  // the zeroed margins and the table, before any copy or read
 
         auto stage = [&](int k) {
@@ -223,7 +203,7 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
                     const int u = min(u0 + lane, units - 1);
                     uint4 v = lds128(src + 16u * (unsigned)u);
                     unsigned nx = __shfl_down_sync(0xffffffffu, v.x, 1);
-                    if (lane == 31 || u0 + lane + 1 >= units) nx = lds32b(src + 16u * (unsigned)u + 16u);
+                    if (lane == 31 || u0 + lane + 1 >= units) nx = lds32(src + 16u * (unsigned)u + 16u);
                     // grad_bias: whatever their arrangement, an MMA of the warp's 256
                     // elements against a B of ones adds all of them into column 0 of D.
                     if (u0 + lane >= units) v = make_uint4(0u, 0u, 0u, 0u);
@@ -281,8 +261,8 @@ bwd_mma(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__
                         for (int s = 0; s < 2; ++s) {
                             if (cc + s < NC) {
                                 const unsigned ad = ra + (unsigned)(32 * (cc + s));
-                                Mma<T>::run(wacc[cc + s], lds32b(ad), lds32b(ad + (unsigned)(GP * 2)), lds32b(ad + 16u),
-                                            lds32b(ad + (unsigned)(GP * 2) + 16u), bx[2 * s], bx[2 * s + 1]);
+                                Mma<T>::run(wacc[cc + s], lds32(ad), lds32(ad + (unsigned)(GP * 2)), lds32(ad + 16u),
+                                            lds32(ad + (unsigned)(GP * 2) + 16u), bx[2 * s], bx[2 * s + 1]);
                             }
                         }
                     }

@@ -94,7 +94,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
     static_assert((GRAN == 16 && SHIFT < 8) || (GRAN == 8 && SHIFT < 4) || (GRAN == 4 && SHIFT < 2) ||
                   (GRAN == 2 && SHIFT == 0), "staging");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    constexpr int KS = G::KS, NCH = G::NCH, PITCH = G::PITCH, TIH = G::TIH, TIW = G::TIW;
+    constexpr int KS = G::KS, PITCH = G::PITCH, TIH = G::TIH, TIW = G::TIW;
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, pad_t = a.pad_t, pad_l = a.pad_l;
     const int n_tx = a.n_tx, n_ty = a.n_ty, QC = a.QC, DIV = a.DIV, R = a.R;
     const i64 n_tiles = a.n_tiles, IC = a.IC;
@@ -215,21 +215,17 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
         cp_async_commit();
     };
 
-    // Toeplitz entries: toeplitz_pos / toeplitz_entry (tc.cuh).
-    auto w_pos = [&](int e, int& kh, int& d) { toeplitz_pos<KS, SHIFT>(e, kh, d); };
-    auto w_entry = [&](const unsigned short* wp, int e, unsigned (&h)[4]) {
-        toeplitz_entry<KH, KW, KS, SHIFT, FLIP>(wp, e, h);
-    };
-    // Which weights an entry reads does not depend on the item. w_meta packs the offset of
-    // its first weight (+16, to stay positive) and, in the top 4 bits, which of its 4
-    // weights lie inside the kernel; the others are base + {1, 8, 9} (base - ... for
-    // FLIP). w_fetch loads them for an item: the tables prefetched through registers
-    // (WPRE) keep their metadata per thread, so that per item only the loads remain.
-    // (Larger tables, built after the item barrier, take w_entry: w_fetch(w_meta(e))
+    // Toeplitz entries: toeplitz_pos / toeplitz_entry (tc.cuh). Which weights an entry
+    // reads does not depend on the item. w_meta packs the offset of its first weight (+16,
+    // to stay positive) and, in the top 4 bits, which of its 4 weights lie inside the
+    // kernel; the others are base + {1, 8, 9} (base - ... for FLIP). w_fetch loads them for
+    // an item: the tables prefetched through registers (WPRE) keep their metadata per
+    // thread, so that per item only the loads remain.
+    // (Larger tables, built after the item barrier, take toeplitz_entry: w_fetch(w_meta(e))
     // there measured replk_31x31 fp16 147.6 -> 155.0 us.)
     auto w_meta = [&](int e) {
         int kh, d;
-        w_pos(e, kh, d);
+        toeplitz_pos<KS, SHIFT>(e, kh, d);
         unsigned mask = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -287,7 +283,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
 #pragma unroll
             for (int r = 0; r < G::WPT; ++r) {
                 const int e = tid + r * NT;
-                if (e < G::WT_ENTRIES) tab[e] = make_uint2(wreg[r][0] | (wreg[r][1] << 16), wreg[r][2] | (wreg[r][3] << 16));
+                if (e < G::WT_ENTRIES) tab[e] = toeplitz_pack(wreg[r]);
             }
         }
         cp_async_wait<STAGES - 2>();  // this thread's copies of item k have landed
@@ -298,11 +294,7 @@ conv_mma(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__
             if (k + 1 < n_items) w_load(k + 1);
         } else {
             const unsigned short* wp = w_row(k);
-            for (int e = tid; e < G::WT_ENTRIES; e += NT) {
-                unsigned h[4];
-                w_entry(wp, e, h);
-                tab[e] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
-            }
+            for (int e = tid; e < G::WT_ENTRIES; e += NT) tab[e] = toeplitz_entry<KH, KW, KS, SHIFT, FLIP>(wp, e);
             __syncthreads();
         }
         const Item it = ring_at(k);

@@ -7,6 +7,22 @@
 
 namespace dw {
 
+// Shared-memory loads and stores at 32-bit shared addresses.
+__device__ __forceinline__ unsigned lds32(unsigned addr) {
+    unsigned v;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ uint4 lds128(unsigned addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ void sts128(unsigned addr, uint4 v) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     unsigned r;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
@@ -150,17 +166,23 @@ __device__ __forceinline__ void toeplitz_pos(int e, int& kh, int& d) {
     kh = kk / KS;
     d = 16 * (kk - kh * KS) + 2 * (ln & 3) - (ln >> 2) - SHIFT;
 }
-// The entry's four 16-bit weights (0 outside the kernel), read from the KH x KW row wp.
+// An entry's four 16-bit weights as the two fragment registers.
+__device__ __forceinline__ uint2 toeplitz_pack(const unsigned (&h)[4]) {
+    return make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+}
+// Entry e, its weights (0 outside the kernel) read from the KH x KW row wp.
 template <int KH, int KW, int KS, int SHIFT, bool FLIP>
-__device__ __forceinline__ void toeplitz_entry(const unsigned short* wp, int e, unsigned (&h)[4]) {
+__device__ __forceinline__ uint2 toeplitz_entry(const unsigned short* wp, int e) {
     int kh, d;
     toeplitz_pos<KS, SHIFT>(e, kh, d);
+    unsigned h[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int kw = d + (i & 1) + 8 * (i >> 1);
         const int src = FLIP ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw;
         h[i] = (kw >= 0 && kw < KW) ? (unsigned)__ldg(wp + src) : 0u;
     }
+    return toeplitz_pack(h);
 }
 
 __device__ __forceinline__ unsigned pack2(half_t, float a, float b) { return pack_h(a, b); }

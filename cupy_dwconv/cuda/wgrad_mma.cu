@@ -59,12 +59,6 @@ struct WmmaTile {
     static constexpr int NACC = NMB * NNB == 1 ? 4 : (NMB * NNB == 2 ? 2 : 1);
 };
 
-__device__ __forceinline__ unsigned lds32(unsigned addr) {
-    unsigned v;
-    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
-    return v;
-}
-
 // Template arguments: T half_t or bf16_t; KH KW kernel (KH <= 31, KW <= 32); WR warps per
 // block; SHIFT staged input columns before input column -pad_l (so aligned copies read
 // aligned addresses); XGRAN / GGRAN staging copy width in bytes for the input / grad_output
