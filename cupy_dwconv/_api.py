@@ -108,8 +108,8 @@ def _exact_key(value):
     return None
 
 
-# Forward calls seen before: key -> (output shape, kernel or None, grid, block, shared
-# memory, scalars). Only arguments that passed every check once are cached, so a hit
+# Forward calls seen before: key -> (output shape, _kernels.CachedLaunch or None where the
+# output is empty). Only arguments that passed every check once are cached, so a hit
 # skips validation and planning; the launch is all that remains.
 _FORWARD_CACHE = {}
 _CACHE_MAX = 1024
@@ -171,16 +171,15 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     hit = _FORWARD_CACHE.get(key) if key is not None else None
     if hit is not None:
         cupy = _cupy_module or _cupy()
-        out_shape, kern, grid, block, smem, scalars = hit
+        out_shape, run = hit
         out = _new_output(cupy, out_shape, x.dtype)
-        if kern is not None:
+        if run is not None:
             dev = key[-2]  # x's device (a hit has weight and bias there too)
-            args = (x, weight, _NULL if bias is None else bias, out) + scalars
             if cupy.cuda.runtime.getDevice() == dev:
-                kern(grid, block, args, shared_mem=smem)
+                run(cupy, x, weight, bias, out)
             else:
                 with cupy.cuda.Device(dev):
-                    kern(grid, block, args, shared_mem=smem)
+                    run(cupy, x, weight, bias, out)
         return out
     x = _as_cupy(x, "x")
     weight = _as_cupy(weight, "weight")
@@ -194,7 +193,7 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     with x.device:
         out = _new_output(cupy, p.out_shape, x.dtype)
         if out.size == 0:
-            _remember(key, (p.out_shape, None, None, None, 0, ()))
+            _remember(key, (p.out_shape, None))
             return out
         contiguous = x.flags.c_contiguous and weight.flags.c_contiguous and (bias is None or bias.flags.c_contiguous)
         x = _contiguous(cupy, x)
@@ -204,8 +203,7 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
         launch = _kernels.plan_forward(p, dtype, x.data.ptr, *_kernels.device_arch(dev))
         launch(dev, (x, weight, _NULL if bias is None else bias, out))
         if contiguous:
-            _remember(key, (p.out_shape, launch.kernel(dev), launch.grid, launch.block, launch.shared_mem,
-                            launch.scalars))
+            _remember(key, (p.out_shape, _kernels.CachedLaunch(launch, dev)))
     return out
 
 

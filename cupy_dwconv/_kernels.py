@@ -23,6 +23,7 @@ import functools
 import importlib.resources
 import itertools
 import re
+import threading
 
 import numpy
 
@@ -135,6 +136,62 @@ class Launch:
 
     def __call__(self, device_id, arrays):
         self.kernel(device_id)(self.grid, self.block, tuple(arrays) + self.scalars, shared_mem=self.shared_mem)
+
+
+class CachedLaunch:
+    """One launch of the call cache (a forward plan on one device), issued through the
+    driver API with a prepared argument block, for the lowest host cost per call.
+
+    CuPy's kernel call builds an argument object per argument on every call; here each
+    host thread keeps one block: the four array pointers (x, weight, bias or null,
+    output), then the argument struct's bytes (its C layout, as `pack_args` made it), and
+    the table of their addresses that cuLaunchKernel reads (and copies before it returns).
+    A call writes the four pointers and launches on CuPy's current stream. A thread's
+    first call goes through CuPy's launch instead, which also makes the device's context
+    current in that thread; the caller makes the device current.
+    """
+
+    __slots__ = ("kernel", "grid", "block", "smem", "scalars", "struct", "fptr", "local", "launch_kernel", "null")
+
+    def __init__(self, launch, device_id):
+        from cupy.cuda import driver
+
+        if len(launch.scalars) != 1:
+            raise ValueError(f"{launch.expr}: expected one argument struct, got {len(launch.scalars)} scalars")
+        self.kernel = launch.kernel(device_id)
+        self.grid = (tuple(launch.grid) + (1, 1))[:3]
+        self.block = (tuple(launch.block) + (1, 1))[:3]
+        self.smem = launch.shared_mem
+        self.scalars = launch.scalars
+        self.struct = numpy.frombuffer(launch.scalars[0].tobytes(), dtype=numpy.uint8).copy()
+        self.fptr = self.kernel.kernel.ptr
+        self.local = threading.local()
+        self.launch_kernel = driver.launchKernel
+        self.null = numpy.uint64(0)
+
+    def _block(self):
+        n = len(self.struct)
+        vals = numpy.zeros(4 + _cdiv(n, 8), dtype=numpy.uint64)
+        vals.view(numpy.uint8)[32:32 + n] = self.struct
+        base = vals.ctypes.data
+        table = numpy.array([base, base + 8, base + 16, base + 24, base + 32], dtype=numpy.uint64)
+        return vals, table, table.ctypes.data
+
+    def __call__(self, cupy, x, weight, bias, out):
+        blk = getattr(self.local, "blk", None)
+        if blk is None:
+            self.kernel(self.grid, self.block, (x, weight, self.null if bias is None else bias, out) + self.scalars,
+                        shared_mem=self.smem)
+            self.local.blk = self._block()
+            return
+        vals, _, table = blk
+        vals[0] = x.data.ptr
+        vals[1] = weight.data.ptr
+        vals[2] = 0 if bias is None else bias.data.ptr
+        vals[3] = out.data.ptr
+        g, b = self.grid, self.block
+        self.launch_kernel(self.fptr, g[0], g[1], g[2], b[0], b[1], b[2], self.smem,
+                           cupy.cuda.get_current_stream().ptr, table, 0)
 
 
 # Scalar arguments of each kernel family, in the field order of the C++ structs in

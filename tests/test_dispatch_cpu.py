@@ -1,6 +1,8 @@
 """Dispatch rules: which kernel family the planner picks for a problem, dtype and device
 (pure planning, no GPU: plans take the compute capability and SM count explicitly)."""
 
+import numpy
+
 from cupy_dwconv import _kernels, _params
 
 
@@ -441,3 +443,23 @@ def test_bwd_tile_small_planes_blocks_per_sm():
     assert minb((1, 7), (0, 3)) == (3, 2)
     assert minb((3, 3), 1)[0] == 3
     assert minb((3, 5), (1, 2))[0] == 2
+
+
+def test_cached_launch_argument_block_layout():
+    """The call cache launches through cuLaunchKernel with a per-thread argument block:
+    the four array pointers at byte offsets 0, 8, 16, 24, the argument struct's bytes
+    (its C layout) from offset 32, and a table holding the address of each of the five
+    arguments. A wrong offset would hand every kernel scrambled arguments."""
+    p = _params.conv_params((2, 3, 20, 24), (3, 1, 3, 5), (3,), 1, 1, 1)
+    launch = _kernels.plan_forward(p, "float32", 0, 90, 132)
+    cached = object.__new__(_kernels.CachedLaunch)
+    cached.struct = numpy.frombuffer(launch.scalars[0].tobytes(), dtype=numpy.uint8).copy()
+    vals, table, table_addr = cached._block()
+    base = vals.ctypes.data
+    assert table_addr == table.ctypes.data
+    assert table.tolist() == [base, base + 8, base + 16, base + 24, base + 32]
+    raw = vals.view(numpy.uint8)
+    assert raw[32:32 + launch.scalars[0].dtype.itemsize].tobytes() == launch.scalars[0].tobytes()
+    assert not raw[:32].any()
+    vals[0], vals[3] = 0x7F00_0000_1000, 0x7F00_0000_2000
+    assert raw[32:32 + launch.scalars[0].dtype.itemsize].tobytes() == launch.scalars[0].tobytes()
