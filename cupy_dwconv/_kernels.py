@@ -18,6 +18,7 @@ per device in memory and on disk.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import importlib.resources
@@ -171,11 +172,11 @@ class CachedLaunch:
 
     def _block(self):
         n = len(self.struct)
-        vals = numpy.zeros(4 + _cdiv(n, 8), dtype=numpy.uint64)
-        vals.view(numpy.uint8)[32:32 + n] = self.struct
-        base = vals.ctypes.data
-        table = numpy.array([base, base + 8, base + 16, base + 24, base + 32], dtype=numpy.uint64)
-        return vals, table, table.ctypes.data
+        vals = (ctypes.c_uint64 * (4 + _cdiv(n, 8)))()
+        ctypes.memmove(ctypes.addressof(vals) + 32, self.struct.ctypes.data, n)
+        base = ctypes.addressof(vals)
+        table = (ctypes.c_uint64 * 5)(base, base + 8, base + 16, base + 24, base + 32)
+        return vals, table, ctypes.addressof(table)
 
     def __call__(self, cupy, x, weight, bias, out):
         blk = getattr(self.local, "blk", None)

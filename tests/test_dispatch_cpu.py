@@ -1,6 +1,8 @@
 """Dispatch rules: which kernel family the planner picks for a problem, dtype and device
 (pure planning, no GPU: plans take the compute capability and SM count explicitly)."""
 
+import ctypes
+
 import numpy
 
 from cupy_dwconv import _kernels, _params
@@ -455,11 +457,13 @@ def test_cached_launch_argument_block_layout():
     cached = object.__new__(_kernels.CachedLaunch)
     cached.struct = numpy.frombuffer(launch.scalars[0].tobytes(), dtype=numpy.uint8).copy()
     vals, table, table_addr = cached._block()
-    base = vals.ctypes.data
-    assert table_addr == table.ctypes.data
-    assert table.tolist() == [base, base + 8, base + 16, base + 24, base + 32]
-    raw = vals.view(numpy.uint8)
-    assert raw[32:32 + launch.scalars[0].dtype.itemsize].tobytes() == launch.scalars[0].tobytes()
-    assert not raw[:32].any()
+    base = ctypes.addressof(vals)
+    assert table_addr == ctypes.addressof(table)
+    assert list(table) == [base, base + 8, base + 16, base + 24, base + 32]
+    raw = bytes(vals)
+    size = launch.scalars[0].dtype.itemsize
+    assert raw[32:32 + size] == launch.scalars[0].tobytes()
+    assert not any(raw[:32])
     vals[0], vals[3] = 0x7F00_0000_1000, 0x7F00_0000_2000
-    assert raw[32:32 + launch.scalars[0].dtype.itemsize].tobytes() == launch.scalars[0].tobytes()
+    raw = bytes(vals)
+    assert raw[:8] == (0x7F00_0000_1000).to_bytes(8, "little") and raw[32:32 + size] == launch.scalars[0].tobytes()
