@@ -12,7 +12,7 @@ import numpy
 
 from . import _kernels, _params
 
-_NULL = numpy.uint64(0)  # a null `const T*` kernel argument (pointers are 8 bytes)
+_NULL = _kernels.NULL
 _DLPACK_GPU_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 

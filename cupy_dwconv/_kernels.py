@@ -139,6 +139,9 @@ class Launch:
         self.kernel(device_id)(self.grid, self.block, tuple(arrays) + self.scalars, shared_mem=self.shared_mem)
 
 
+NULL = numpy.uint64(0)  # a null `const T*` kernel argument (pointers are 8 bytes)
+
+
 class CachedLaunch:
     """One launch of the call cache (a forward plan on one device), issued through the
     driver API with a prepared argument block, for the lowest host cost per call.
@@ -152,7 +155,7 @@ class CachedLaunch:
     current in that thread; the caller makes the device current.
     """
 
-    __slots__ = ("kernel", "grid", "block", "smem", "scalars", "struct", "fptr", "local", "launch_kernel", "null")
+    __slots__ = ("kernel", "grid", "block", "smem", "scalars", "struct", "fptr", "local", "launch_kernel")
 
     def __init__(self, launch, device_id):
         from cupy.cuda import driver
@@ -164,24 +167,22 @@ class CachedLaunch:
         self.block = (tuple(launch.block) + (1, 1))[:3]
         self.smem = launch.shared_mem
         self.scalars = launch.scalars
-        self.struct = numpy.frombuffer(launch.scalars[0].tobytes(), dtype=numpy.uint8).copy()
+        self.struct = launch.scalars[0].tobytes()
         self.fptr = self.kernel.kernel.ptr
         self.local = threading.local()
         self.launch_kernel = driver.launchKernel
-        self.null = numpy.uint64(0)
 
     def _block(self):
-        n = len(self.struct)
-        vals = (ctypes.c_uint64 * (4 + _cdiv(n, 8)))()
-        ctypes.memmove(ctypes.addressof(vals) + 32, self.struct.ctypes.data, n)
+        vals = (ctypes.c_uint64 * (4 + _cdiv(len(self.struct), 8)))()
         base = ctypes.addressof(vals)
+        ctypes.memmove(base + 32, self.struct, len(self.struct))
         table = (ctypes.c_uint64 * 5)(base, base + 8, base + 16, base + 24, base + 32)
         return vals, table, ctypes.addressof(table)
 
     def __call__(self, cupy, x, weight, bias, out):
         blk = getattr(self.local, "blk", None)
         if blk is None:
-            self.kernel(self.grid, self.block, (x, weight, self.null if bias is None else bias, out) + self.scalars,
+            self.kernel(self.grid, self.block, (x, weight, NULL if bias is None else bias, out) + self.scalars,
                         shared_mem=self.smem)
             self.local.blk = self._block()
             return

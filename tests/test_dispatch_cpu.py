@@ -3,8 +3,6 @@
 
 import ctypes
 
-import numpy
-
 from cupy_dwconv import _kernels, _params
 
 
@@ -455,7 +453,7 @@ def test_cached_launch_argument_block_layout():
     p = _params.conv_params((2, 3, 20, 24), (3, 1, 3, 5), (3,), 1, 1, 1)
     launch = _kernels.plan_forward(p, "float32", 0, 90, 132)
     cached = object.__new__(_kernels.CachedLaunch)
-    cached.struct = numpy.frombuffer(launch.scalars[0].tobytes(), dtype=numpy.uint8).copy()
+    cached.struct = launch.scalars[0].tobytes()
     vals, table, table_addr = cached._block()
     base = ctypes.addressof(vals)
     assert table_addr == ctypes.addressof(table)
