@@ -5,8 +5,9 @@ This is the only module that knows the CUDA side. A *plan* is chosen per problem
 the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
-Kernel choice is a heuristic table (see `_use_mma`, `_tile_shape`, `_smem_candidate`,
-`_use_wgrad_mma`, `_wgrad_tile_shape`, `_bwd_tile_shape`, `_bwd_chunks`) rather than
+Kernel choice is a heuristic table (see `_use_mma`, `lines_launch`, `_tile_shape`,
+`_smem_candidate`, `_use_wgrad_mma`, `_wgrad_tile_shape`, `_bwd_tile_shape`,
+`_bwd_chunks`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
 its bits, must not depend on timing noise), costs nothing on first use, and was set from
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
@@ -738,6 +739,142 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
 
 
+# ---- conv_lines (large kernels on whole planes: a line per thread) ---------------------
+
+LINES_MIN_TAPS = TILE_MAX_TAPS + 1  # smaller kernels go to the tile and row families
+LINES_SUM_BUDGET = 100              # 32-bit registers for a line's sums and one tap row
+LINES_MAX_BLOCK = 512
+LINES_MAX_PLANES = 32
+# Stages of conv_lines by default: 1. Measured (H200, replk_13x13 float32 forward, 8 planes
+# per block): one stage 57.0 us, two (persistent, double-buffered) 62.0; the hardware's
+# block scheduling keeps three blocks per SM busy to the end, a static walk does not.
+LINES_STAGES = 1
+
+
+def _lines_wv(pr):
+    """Weights in tap rows of whole vectors (read as 16-byte vectors) for kernels up to 16
+    wide, packed (read one by one, just before use) above. Measured (H200, float32
+    forward, us): replk_13x13 vectors 56.0, packed 58.1; replk_31x31 vectors 403.9,
+    packed 394.2 (grad input 404.5 / 399.3): 31-wide rows of vectors hold 32 registers
+    from the loop's start at 125 of 128."""
+    return pr.KW <= 16
+
+
+def lines_pitch(dtype, ihw):
+    """conv_lines' plane pitch in shared memory (elements; mirrors lines_pitch in
+    cuda/plane.cu): whole 16-byte vectors, an odd number of them."""
+    v = 16 // ITEMSIZE[dtype]
+    vecs = _cdiv(ihw, v)
+    return (vecs if vecs % 2 else vecs + 1) * v
+
+
+def _lines_kwp(pr, dtype):
+    """conv_lines' tap-row pitch in shared memory: KW rounded up to whole 16-byte vectors."""
+    v = 16 // ITEMSIZE[dtype]
+    return _cdiv(pr.KW, v) * v
+
+
+def lines_smem_bytes(pr, dtype, planes, stages=1, wv=True):
+    """Dynamic shared memory of conv_lines: per stage, the weights of P*R channels in tap
+    rows of KWP elements (WUP per channel), then P*R planes PITCH elements apart."""
+    size = ITEMSIZE[dtype]
+    v = 16 // size
+    if wv:
+        wup = pr.KH * _lines_kwp(pr, dtype)
+        wup += 0 if (wup // v) % 2 else v  # an odd number of vectors per unit, as the planes
+    else:
+        wup = pr.KH * pr.KW + (1 - pr.KH * pr.KW % 2)
+    w = _up16(planes * pr.R * wup * size)
+    return stages * (w + planes * pr.R * lines_pitch(dtype, pr.IH * pr.IW) * size)
+
+
+def _lines_width(pr, dtype):
+    """(CW, NSEG): output columns per thread and segments per row. A whole row where its
+    sums and one tap row of weights fit LINES_SUM_BUDGET registers (4-byte; twice that
+    for float64), else the fewest segments of whole vectors that do."""
+    words = ITEMSIZE[dtype] // 4
+    v = 16 // ITEMSIZE[dtype]
+    budget = LINES_SUM_BUDGET // words - _lines_kwp(pr, dtype)
+    if budget < v:
+        return None
+    nseg = _cdiv(pr.OW, budget // v * v)
+    cw = _cdiv(_cdiv(pr.OW, nseg), v) * v if nseg > 1 else pr.OW
+    return cw, _cdiv(pr.OW, cw)
+
+
+def _lines_regs(pr, dtype, cw):
+    """Registers of a conv_lines thread: sums and one tap row of weights, ~36 for input
+    vectors, addresses and loop state (ptxas, sm_90: 13x13 on 28 columns 72, 31x31 on 56
+    columns 118, on 28 columns 95)."""
+    return (cw + pr.KW) * (ITEMSIZE[dtype] // 4) + 36
+
+
+def _lines_resident(block, regs, smem):
+    return min(SM_THREADS // block, 65536 // (block * _cdiv(regs, 8) * 8), SM_SMEM // (smem + 1024))
+
+
+def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv=None, sms=132):
+    """conv_lines plan (MODE 0 correlations at stride 1 and dilation 1, optionally with the
+    rotated kernel; float32 and float64); None if the shape does not fit. `planes` fixes
+    the planes per block; `stages` 2 runs persistent double-buffered blocks (at most
+    `blocks`, else as many as are resident on `sms` multiprocessors); `minb` fixes the
+    blocks-per-SM launch bound (registers then as ptxas caps them); `wv` the weight layout
+    (see _lines_wv).
+
+    Planes per block: a block for every SM where there are planes for it, then two or
+    more resident blocks per SM (one block's copies overlap another's FMAs), then the most
+    useful lanes (P*OH lines over whole warps), then the most planes computed per
+    resident wave slot (no short last wave), then more planes (a warp spans fewer row
+    ranks, so its lines' tap counts differ less). Measured (H200, float32 forward, us):
+    replk_13x13 2 / 4 / 8 / 16 planes 60.6 / 60.5 / 57.6 / 63.6 (16: one block of 14
+    warps per SM), replk_31x31 1 / 2 / 4 planes 455.0 / 427.1 / 391.5; lower register
+    caps for more blocks per SM gained nothing (replk_13x13 8 planes at 4 blocks per SM
+    57.9, 4 at 8 62.2)."""
+    if (pr.mode != 0 or dtype not in ("float32", "float64") or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1)
+            or pr.KH * pr.KW < LINES_MIN_TAPS or min(pr.OH, pr.OW) < 1):
+        return None
+    width = _lines_width(pr, dtype)
+    if width is None:
+        return None
+    cw, nseg = width
+    regs = _lines_regs(pr, dtype, cw)
+    stages = LINES_STAGES if stages is None else stages
+    wv = _lines_wv(pr) if wv is None else wv
+    best = None
+    for p in ([planes] if planes is not None else range(1, LINES_MAX_PLANES + 1)):
+        warps = _cdiv(p * pr.OH, 32)
+        block = nseg * warps * 32
+        smem = lines_smem_bytes(pr, dtype, p, stages, wv)
+        if block > LINES_MAX_BLOCK or smem > SM_SMEM // 2 - 1024:
+            if planes is None:
+                continue
+            return None
+        per_sm = _lines_resident(block, regs if minb is None else reg_cap(block, minb), smem)
+        if minb is not None:
+            per_sm = min(per_sm, minb) if per_sm >= minb else 0
+        if per_sm < 1:
+            continue
+        groups = _cdiv(pr.planes, p)
+        slots = sms * per_sm
+        waves = groups / (_cdiv(groups, slots) * slots)
+        key = (groups >= min(sms, pr.planes), per_sm >= 2, round(p * pr.OH / (warps * 32), 3), round(waves, 2), p)
+        if best is None or key > best[0]:
+            best = (key, p, block, per_sm, smem, groups)
+    if best is None:
+        return None
+    _, p, block, per_sm, smem, groups = best
+    if groups > INT32_MAX:
+        return None
+    if stages > 1:  # persistent: as many blocks as are resident at once
+        groups = min(groups, sms * per_sm, blocks or INT32_MAX)
+    expr = "dw::conv_lines<" + _targs(
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL, cw, pr.flip, stages, wv, block,
+        min(per_sm, 4) if minb is None else minb
+    ) + ">"
+    args = pack_args("PlaneArgs", n_planes=pr.planes, P=p, **_channel_fields(pr))
+    return Launch("plane.cu", expr, (groups, 1, 1), (block, 1, 1), smem, (args,))
+
+
 def _odd_planes(*sizes):
     """Planes of an odd number of elements: neighbouring threads of conv_plane and
     wgrad_plane read shared memory one plane apart, which is conflict-free only then
@@ -1099,8 +1236,9 @@ def generic_launch(pr, dtype):
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
     """The launch for a plane-to-plane problem: whole small planes per block, row sweeps
-    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+), then tile, then
-    smem, then generic. `arch` (compute capability as an int, 90 for sm_90) defaults to
+    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+), lines (large kernels
+    on whole planes, float32 and float64, stride 1, dilation 1), then tile, then smem,
+    then generic. `arch` (compute capability as an int, 90 for sm_90) defaults to
     the current device's. `force` = (kind, kwargs) plans one family (None where it
     declines the problem); kind "auto-norows" is the dispatcher without conv_rows (the
     sweep's comparison point)."""
@@ -1117,6 +1255,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
+        if kind == "lines":
+            return lines_launch(q, dtype, sms=sms, **kwargs)
         if kind == "rows":
             return rows_launch(q, dtype, x_ptr, sms=sms, arch=arch, **kwargs)
         if kind == "auto-norows":
@@ -1133,6 +1273,8 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
         launch = rows_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and _use_mma(q, dtype):
         launch = mma_launch(q, dtype, x_ptr, arch, sms)
+    if launch is None and q.mode == 0:
+        launch = lines_launch(q, dtype, sms=sms)
     if launch is None:
         launch = tile_launch(pr, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0:

@@ -742,6 +742,11 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
+        if name == "conv_lines":  # one output row segment of CW columns per thread
+            return f"conv_lines 1x{int(args[9])}" + (" flip" if args[10] == "true" else "")
+    except (IndexError, ValueError):
+        pass
+    try:
         if name == "conv_mma":  # block tile 16*WR x 8*WN
             out = f"conv_mma {16 * int(args[4])}x{8 * int(args[3])}"
             return out + (" flip" if args[8] == "true" else "")

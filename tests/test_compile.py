@@ -44,6 +44,8 @@ FAMILIES = (
     "conv_mma flip=true",
     "conv_plane flip=false",
     "conv_plane flip=true",
+    "conv_lines flip=false",
+    "conv_lines flip=true",
     "conv_rows flip=false",
     "conv_rows flip=true",
     "conv_rows_async flip=false",
@@ -65,6 +67,8 @@ FAMILIES = (
 FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
+# conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
+FAMILY_DTYPES.update({f"conv_lines flip={b}": ("float32", "float64") for b in ("false", "true")})
 # The dispatcher sends only 16-bit problems to conv_rows, and no float64 problem to
 # conv_rows_async (those plans exist for the forced GPU tests and the sweep).
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
@@ -129,6 +133,9 @@ def grid_problems():
         # asymmetric padding on a plane of an odd number of grad_output rows whose width
         # is not a multiple of 8 (4-byte copies).
         out.append((_params.conv_params((2, 4, 13, 22), (4, 1, 5, 7), None, 1, ((1, 3), (2, 4)), 1), dtype))
+        # A plane past conv_lines' shared memory (float64: 125 KB): conv_smem's forward and
+        # rotated grad input.
+        out.append((_params.conv_params((1, 2, 120, 130), (2, 1, 13, 13), None, 1, 6, 1), dtype))
     return out
 
 
@@ -143,6 +150,8 @@ def _family(expr):
         name += f" flip={args[8]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"
+    elif name == "conv_lines":
+        name += f" flip={args[10]}"
     elif name in ("conv_rows", "conv_rows_async"):
         name += f" flip={args[11]}"
     return name, _DTYPE_OF_CXX[args[0]]

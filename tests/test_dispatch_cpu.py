@@ -385,7 +385,7 @@ def test_smem_thread_layout_avoids_bank_conflicts():
                 costs = [_kernels._smem_row_wavefronts(cfg["pitch"], *shape, rtf=f) for f in (0, 1)]
                 assert costs[cfg["rtf"]] == min(costs)
     replk = _kernels.forward_problem(params((2, 4, 28, 28), (4, 1, 13, 13), 1, 6, 1))
-    launch = _kernels.plan_conv(replk, "float32", 0, arch=90, sms=132)
+    launch = _kernels.plan_conv(replk, "float32", 0, force=("smem", {}), arch=90, sms=132)
     assert "conv_smem<float, 13, 13, 1, 1, 1, 1, 7, 4," in launch.expr and launch.scalars[0]["RTF"] == 1
     # 7 column tiles of 4 floats, rows 40 floats apart: along the row, thread 7 (row tile
     # 1, column 0) shares a bank group with thread 6, and every quarter-warp takes 2
@@ -395,13 +395,15 @@ def test_smem_thread_layout_avoids_bank_conflicts():
 
 
 def test_smem_whole_planes_and_tiles_per_block():
-    """conv_smem takes whole planes when their micro-tiles fill at most four warps and
+    """conv_smem (forced: conv_lines takes these planes by default) takes whole planes
+    when their micro-tiles fill at most four warps and
     there are planes for two blocks per SM, with the fewest tiles per block (at most 4,
     a block for every SM) that fill their warps best; a small batch keeps the split
     tiles' parallelism."""
     def plan(n, c, hw, k, dtype="float32", flip=False, sms=132):
         p = params((n, c, hw, hw), (c, 1, k, k), 1, k // 2, 1)
-        launch = (_kernels.plan_grad_input if flip else _kernels.plan_forward)(p, dtype, 0, 90, sms)
+        pr = (_kernels.grad_input_problem if flip else _kernels.forward_problem)(p)
+        launch = _kernels.plan_conv(pr, dtype, 0, force=("smem", {}), arch=90, sms=sms)
         name, args = _kernels.split_expr(launch.expr)
         assert name == "conv_smem", launch.expr
         return int(args[-1]), launch.block[0], launch.grid[0]
@@ -465,3 +467,55 @@ def test_cached_launch_argument_block_layout():
     vals[0], vals[3] = 0x7F00_0000_1000, 0x7F00_0000_2000
     raw = bytes(vals)
     assert raw[:8] == (0x7F00_0000_1000).to_bytes(8, "little") and raw[32:32 + size] == launch.scalars[0].tobytes()
+
+
+def test_lines_dispatch_and_budget():
+    """Large kernels on planes that fit go to conv_lines (float32 and float64, stride 1,
+    dilation 1; forward and rotated grad input), whole rows per thread where the sums and
+    a tap row fit the register budget, column segments otherwise; weights as vectors up
+    to 16 taps wide; the planes per block fill whole warps; shared memory mirrors the
+    kernel's layout. Everything else keeps its family."""
+    def plan(x_shape, k, pad, dtype="float32", grad=False, stride=1, dilation=1, sms=132):
+        p = params(x_shape, (x_shape[1], 1, *k), stride, pad, dilation)
+        return (_kernels.plan_grad_input if grad else _kernels.plan_forward)(p, dtype, 0, 90, sms)
+
+    for grad in (False, True):
+        launch = plan((32, 256, 28, 28), (13, 13), 6, grad=grad)  # replk_13x13
+        name, args = _kernels.split_expr(launch.expr)
+        assert name == "conv_lines" and args[9:13] == ["28", "true" if grad else "false", "1", "true"]
+        assert launch.block == (224, 1, 1) and launch.scalars[0]["P"] == 8 and launch.grid == (1024, 1, 1)
+    launch = plan((32, 128, 56, 56), (31, 31), 15)  # replk_31x31: packed weights, 4 planes
+    name, args = _kernels.split_expr(launch.expr)
+    assert args[9] == "56" and args[12] == "false" and launch.scalars[0]["P"] == 4
+    # float64 31x31: 14-column segments (sums and a 32-element tap row in 100 registers);
+    # 16 planes, fewer than SMs: one per block, 4 segments of 2 warps.
+    launch = plan((2, 8, 56, 56), (31, 31), 15, "float64")
+    name, args = _kernels.split_expr(launch.expr)
+    assert name == "conv_lines" and args[9] == "14" and launch.block == (256, 1, 1) and launch.grid == (16, 1, 1)
+    # Few planes: a block for each where there are fewer planes than SMs.
+    assert plan((1, 4, 56, 56), (31, 31), 15).grid == (4, 1, 1)
+    # Declined: 16-bit, strides, dilation, small kernels, planes past the shared memory.
+    for kwargs, fam in ((dict(dtype="float16"), "conv_mma"), (dict(stride=2), "conv_smem"),
+                        (dict(dilation=2), "conv_smem")):
+        assert fam in plan((2, 8, 40, 40), (9, 9), 4, **kwargs).expr
+    assert "conv_lines" not in plan((2, 8, 56, 56), (7, 7), 3).expr
+    assert "conv_smem" in plan((1, 2, 200, 200), (31, 31), 15).expr
+    for x_shape, k, dtype in (((2, 8, 28, 28), 13, "float32"), ((1, 3, 24, 40), 31, "float64"),
+                              ((1, 2, 12, 90), 15, "float32")):
+        pr = _kernels.forward_problem(params(x_shape, (x_shape[1], 1, k, k), 1, k // 2, 1))
+        for planes in (1, 3, 5):
+            for wv in (False, True):
+                launch = _kernels.lines_launch(pr, dtype, planes=planes, wv=wv)
+                if launch is None:
+                    continue
+                size = _kernels.ITEMSIZE[dtype]
+                kwp = -(-k // (16 // size)) * (16 // size) if wv else k
+                wup = k * kwp
+                wup += (0 if (wup // (16 // size)) % 2 else 16 // size) if wv else 1 - wup % 2
+                pitch = _kernels.lines_pitch(dtype, x_shape[2] * x_shape[3])
+                assert (pitch // (16 // size)) % 2 == 1 and pitch >= x_shape[2] * x_shape[3]
+                assert launch.shared_mem == -(-planes * wup * size // 16) * 16 + planes * pitch * size
+                name, args = _kernels.split_expr(launch.expr)
+                cw = int(args[9])
+                assert launch.block[0] == -(-x_shape[3] // cw) * -(-planes * x_shape[2] // 32) * 32
+                assert (cw + kwp) * size // 4 <= 100

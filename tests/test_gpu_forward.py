@@ -182,6 +182,40 @@ def test_plane(shape, variant, dtype):
     _check_forced_both_passes(shape, dtype, "plane", 23, variant, grad_input_declined=shape[7] != 1)
 
 
+# conv_lines (large kernels on whole planes, a line per thread, tap rows skipped outside the
+# plane): 'same' padding of odd and even kernels, asymmetric padding, a channel
+# multiplier (its grad input sums two planes per output plane), odd plane sizes (element
+# copies, scalar row reads and stores), rows split into column segments (90 columns under
+# 15 taps; float64 31x31 in segments of 14), a kernel larger than the plane (the rotated
+# grad-input problem crops), batch items that straddle blocks. Variants: the default
+# plan, one plane per block, five planes per block (groups that start inside a batch
+# item, weight runs that wrap to channel 0), two stages with a grid of 2 blocks (each
+# block walks several groups, double-buffered, the last one partial) and a grid of one
+# block at the default planes per block, both weight layouts at three planes per block
+# (packed weights of an odd size: the planes' region is rounded up to a vector).
+LINES_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (2, 3, 1, 28, 28, 13, 13, 1, 6, 1),
+    (1, 5, 2, 11, 13, 9, 9, 1, ((2, 5), (4, 1)), 1),
+    (1, 2, 1, 12, 90, 5, 15, 1, (2, 7), 1),
+    (1, 3, 1, 6, 6, 9, 9, 1, 8, 1),
+    (3, 7, 1, 16, 16, 9, 9, 1, 4, 1),
+    (1, 2, 1, 15, 17, 8, 10, 1, "same", 1),
+    (1, 2, 1, 24, 40, 31, 31, 1, 15, 1),
+]
+LINES_VARIANTS = [{}, dict(planes=1), dict(planes=5), dict(stages=2, planes=2, blocks=2), dict(stages=2, blocks=1),
+                  dict(planes=3, wv=False), dict(planes=3, wv=True)]
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float64"))
+@pytest.mark.parametrize("variant", LINES_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", LINES_SHAPES, ids=str)
+def test_lines(shape, variant, dtype):
+    """conv_lines, forced, forward and grad input (stride 1: the rotated problem),
+    against the reference."""
+    _check_forced_both_passes(shape, dtype, "lines", 29, variant, grad_input_declined=False)
+
+
 def _check_forced_both_passes(shape, dtype, kind, seed, variant, grad_input_declined):
     """A forced correlation family (conv_plane, conv_rows): its forward, then its grad
     input (the rotated problem), each against the reference; where
@@ -537,9 +571,11 @@ def test_dispatch_paths_cover_families():
 
     small = params((2, 4, 56, 56), (4, 1, 3, 3), True, 1, 1, 1)
     large = params((2, 4, 56, 56), (4, 1, 31, 31), True, 1, 15, 1)
+    wide = params((1, 2, 200, 200), (2, 1, 31, 31), True, 1, 15, 1)  # a plane past conv_lines' shared memory
     huge_w = params((1, 2, 8, 300), (2, 1, 1, 101), True, 1, 0, 1)
     assert "conv_tile" in _kernels.plan_forward(small, "float32", 0).expr
-    assert "conv_smem" in _kernels.plan_forward(large, "float32", 0).expr
+    assert "conv_lines" in _kernels.plan_forward(large, "float32", 0).expr
+    assert "conv_smem" in _kernels.plan_forward(wide, "float32", 0).expr
     assert "conv_generic" in _kernels.plan_forward(huge_w, "float32", 0).expr
     # Tensor cores for 16-bit large kernels at stride 1 on sm_80+, not before that.
     assert "conv_mma" in _kernels.plan_forward(large, "bfloat16", 0, 80).expr

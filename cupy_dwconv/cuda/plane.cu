@@ -1,9 +1,13 @@
-// Depthwise convolution of small planes (ConvNeXt's 7x7 stage, Inception's 17x17): a block
-// owns P whole planes, copied in and out as one contiguous run of memory.
+// Depthwise convolution of whole planes (ConvNeXt's 7x7 stage, Inception's 17x17; large
+// kernels on planes that fit in shared memory): a block owns P whole planes, copied in
+// as one contiguous run of memory.
 //
 //   conv_plane   forward (and the grad input at stride 1, as a forward with the rotated
 //                kernel): the plane geometry is a template constant, so every padding
 //                test and every index folds at compile time.
+//   conv_lines   the same for large kernels (more than 64 taps) on planes up to what
+//                shared memory holds: a thread per output row, tap rows outside the
+//                plane skipped at run time, columns at compile time.
 //   wgrad_plane  weight and bias gradients, stage 1 (partials per batch chunk, summed in
 //                order by wgrad_reduce in wgrad.cu: deterministic, no atomics).
 //
@@ -297,6 +301,320 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         copy_run<4, false>(ys0 + vec_phase(yg), yg, cur.np * OHW);
         // The next compute writes ys only after the next stage_commit_wait's barrier.
         if (!more) break;
+        if constexpr (NS == 2) cur = nxt;
+        else cur = group_at(q_next);
+    }
+}
+
+// conv_lines: large kernels on whole planes (RepLKNet's 13x13 on 28x28 and 31x31 on 56x56,
+// 4- and 8-byte types). A block owns P whole planes as conv_plane does; thread (segment s,
+// line l, plane p) computes output row oh(l) of plane p, columns [s*CW, s*CW + CW), and
+// loops at run time over the tap rows kh whose input row lies inside the plane only.
+//
+// Why: with padding (K-1)/2 about a fifth of the taps of a 28x28 plane under a 13x13
+// kernel read zeros (a quarter of a 56x56 plane's under 31x31). A register tile (conv_smem)
+// multiplies them, since its taps are unrolled for every tile position alike. Here the
+// rows outside the plane are skipped by the loop bounds, and the columns outside it at
+// compile time: the line's segment and the plane width are template constants, so each
+// (input column, kw) pair is either an FMA or nothing. What is left is CW sums, the KW
+// weights of the current tap row and a few input vectors in registers; every (tap row,
+// line) pair reads its KW weights and the line's input row from shared memory (a vector
+// per V columns) for up to CW*KW FMAs.
+//
+// Lines are numbered so that the lanes of a warp share a row, or rows with the same
+// number of tap rows: line l is plane l % P of row rank l / P, and ranks alternate from
+// the top and the bottom (0, OH-1, 1, OH-2, ...), whose tap counts are equal for
+// symmetric padding. A warp runs its loop as often as its longest line; this keeps the
+// idle lanes to a few percent. The segment is a warp's (s = warp / WPS), so the branch on
+// it is uniform.
+//
+// Planes sit in shared memory PITCH elements apart, PITCH / V odd: the lanes of a
+// quarter-warp reading the same row of consecutive planes hit distinct 16-byte bank
+// groups. Weights as in conv_plane (one or two runs of consecutive channels).
+//
+// Bytes per output: (R*IH*IW/(OH*OW) + 1) elements of DRAM traffic, every element moved
+// once; the kernel is FMA-bound (KH*KW taps per output).
+//
+// Template arguments: T storage type (float or double); KH KW kernel (stride 1, dilation
+// 1); IH IW OH OW PT PL plane geometry and padding (negative PT/PL crop: the rotated
+// grad-input problem); CW output columns per thread; FLIP read the kernel rotated by 180
+// degrees; NS stages (2: persistent blocks that copy their next group in during this
+// one's FMAs, as conv_plane's); WV weights in tap rows of whole vectors (read as vectors)
+// rather than packed (read one by one); BLOCK (NSEG segments x WPS warps), MINB launch
+// bounds.
+template <int N> struct IntC { static constexpr int value = N; };
+
+template <int S, int NSEG>
+struct LinesSegment {
+    template <class F> __device__ __forceinline__ static void run(int seg, F& f) {
+        if (seg == S) f(IntC<S>());
+        else LinesSegment<S + 1, NSEG>::run(seg, f);
+    }
+};
+template <int NSEG>
+struct LinesSegment<NSEG, NSEG> {
+    template <class F> __device__ __forceinline__ static void run(int, F&) {}
+};
+
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+__host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
+
+// Plane pitch in shared memory (elements): whole 16-byte vectors, an odd number of them.
+template <class T, int IHW>
+__host__ __device__ constexpr int lines_pitch() {
+    return ((IHW + 16 / (int)sizeof(T) - 1) / (16 / (int)sizeof(T))) % 2 == 1
+               ? round_up(IHW, 16 / (int)sizeof(T))
+               : round_up(IHW, 16 / (int)sizeof(T)) + 16 / (int)sizeof(T);
+}
+
+// Starts copying npl consecutive planes of IHW elements from global src into shared dst,
+// PITCH elements apart, the whole block together (cp.async on sm_80+: 16-byte copies when
+// the planes start on 16-byte boundaries, element copies otherwise).
+template <class T, int IHW, int PITCH>
+__device__ __forceinline__ void stage_planes(const T* src, T* dst, int npl) {
+    constexpr int V = 16 / (int)sizeof(T);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned d0 = smem_u32(dst);
+    if (IHW % V == 0 && vec_phase(src) == 0) {
+        constexpr int PV = IHW / V;  // vectors per plane: a constant divisor
+        const int n = npl * PV;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const int k = i / PV;
+            cp_async16(d0 + (unsigned)((k * PITCH + (i - k * PV) * V) * (int)sizeof(T)), src + (i64)i * V, 16);
+        }
+    } else {
+        const int n = npl * IHW;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const int k = i / IHW;
+            const unsigned d = d0 + (unsigned)((k * PITCH + i - k * IHW) * (int)sizeof(T));
+            if constexpr (sizeof(T) == 4) cp_async4(d, src + i, 4);
+            else cp_async8(d, src + i);
+        }
+    }
+#else
+    const int n = npl * IHW;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int k = i / IHW;
+        dst[k * PITCH + i - k * IHW] = __ldg(src + i);
+    }
+#endif
+}
+
+// One tap row of a line: acc[j - J0] += sum over kw of xr[j - PL + kw] * wv[kw] for the
+// segment's columns j in [J0, J1), the input columns outside [0, IW) dropped at compile
+// time. Input vectors are read in column order; each feeds up to KW sums.
+template <class A, int KW, int IW, int PL, int J0, int J1, bool VEC>
+__device__ __forceinline__ void lines_row(const A* xr, const A (&wv)[KW], A (&acc)[J1 - J0]) {
+    constexpr int V = 16 / (int)sizeof(A);
+    constexpr int C0 = cmax(0, J0 - PL), C1 = cmin(IW, J1 - 1 - PL + KW);  // input columns read
+    constexpr int G0 = VEC ? C0 / V * V : C0;
+    constexpr int STEP = VEC ? V : 1;
+#pragma unroll
+    for (int c0 = G0; c0 < C1; c0 += STEP) {
+        A xv[STEP];
+        if constexpr (VEC) {
+            if constexpr (sizeof(A) == 4) {
+                const float4 t = *reinterpret_cast<const float4*>(xr + c0);
+                xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
+            } else {
+                const double2 t = *reinterpret_cast<const double2*>(xr + c0);
+                xv[0] = t.x; xv[1] = t.y;
+            }
+        } else {
+            xv[0] = xr[c0];
+        }
+#pragma unroll
+        for (int e = 0; e < STEP; ++e) {
+            const int c = c0 + e;
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw) {
+                const int j = c + PL - kw;  // the output column this (input column, tap) feeds
+                if (c >= C0 && c < C1 && j >= J0 && j < J1) acc[j - J0] = fma(xv[e], wv[kw], acc[j - J0]);
+            }
+        }
+    }
+}
+
+// Starts copying the weights of a group's n units (unit u: channel (u / R) of the group,
+// tap plane u % R) into shared rows of KWP elements (whole 16-byte vectors), so a tap
+// row is read as KWP / V vectors; units lie WUP elements apart. Units [0, nA*R) are the run at srcA, the rest the run
+// at srcB (the channels from 0 on, where the group crosses into the next batch item).
+template <class T, int KH, int KW, int KWP, int WUP>
+__device__ __forceinline__ void stage_weight_rows(const T* srcA, const T* srcB, int nA_units, int n_units, T* dst) {
+    constexpr int KK = KH * KW;
+    const int n = n_units * KK, nA = nA_units * KK;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned d0 = smem_u32(dst);
+#endif
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int u = i / KK, e = i - u * KK;  // constant divisors
+        const int kh = e / KW;
+        const int d = u * WUP + kh * KWP + e - kh * KW;
+        const T* const src = i < nA ? srcA + i : srcB + (i - nA);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        if constexpr (sizeof(T) == 4) cp_async4(d0 + (unsigned)(d * 4), src, 4);
+        else cp_async8(d0 + (unsigned)(d * 8), src);
+#else
+        dst[d] = __ldg(src);
+#endif
+    }
+}
+
+template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int CW, bool FLIP, int NS,
+          bool WV, int BLOCK, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+           const PlaneArgs a) {
+    typedef T A;
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "4- and 8-byte types (no conversion on the way in)");
+    static_assert(NS == 1 || NS == 2, "one stage, or two (double buffering)");
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int V = 16 / (int)sizeof(T);
+    constexpr int KWP = WV ? round_up(KW, V) : KW;  // a tap row's pitch in shared memory
+    // A unit's weights: KH rows, an odd number of vectors (WV) or of elements in all, so
+    // the lanes reading the same row of different channels hit distinct banks.
+    constexpr int WUP = WV ? ((KH * KWP / V) % 2 == 1 ? KH * KWP : KH * KWP + V) : (KK % 2 == 1 ? KK : KK + 1);
+    constexpr int NSEG = (OW + CW - 1) / CW;
+    constexpr int WPS = BLOCK / 32 / NSEG;  // warps per segment
+    constexpr int PITCH = lines_pitch<T, IHW>();
+    constexpr bool VEC = IW % V == 0;      // rows start on 16-byte boundaries in shared memory
+    static_assert(BLOCK % (32 * NSEG) == 0, "whole warps per segment");
+    static_assert(CW + KWP <= 100 * 4 / (int)sizeof(T), "register budget: CW sums and a tap row");
+    const i64 n_planes = a.n_planes, IC = a.IC;
+    const int QC = a.QC, DIV = a.DIV, R = a.R, P = a.P;
+    const int RKK = R * KK;
+
+    // Stage s: the weights of P*R units in rows of KWP, then P*R planes PITCH elements
+    // apart (_kernels.lines_smem_bytes sizes it the same way).
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int w_bytes = round_up(P * R * WUP * (int)sizeof(T), 16);  // the planes start on a vector
+    const int stage_bytes = w_bytes + P * R * PITCH * (int)sizeof(T);
+    auto ws_of = [&](int s) { return reinterpret_cast<T*>(smem_raw + s * stage_bytes); };
+    auto xs_of = [&](int s) { return reinterpret_cast<T*>(smem_raw + s * stage_bytes + w_bytes); };
+
+    auto group_at = [&](i64 q0) {
+        PlaneGroup g;
+        g.q0 = q0;
+        g.np = (int)min((i64)P, n_planes - q0);
+        const PlaneMap m0 = map_plane(q0, QC, IC, DIV, R);
+        g.in_lo = m0.in_plane0;
+        g.ch0 = m0.ch;
+        g.in_hi = map_plane(q0 + g.np - 1, QC, IC, DIV, R).in_plane0 + R;
+        return g;
+    };
+    // Copies of a group: its input planes (one contiguous run of planes, laid PITCH
+    // apart), then its weights: channels ch0, ch0 + 1, ... (mod QC), as one run from ch0
+    // and, where the group crosses into the next batch item, one from channel 0.
+    auto issue = [&](const PlaneGroup& g, int s) {
+        stage_planes<T, IHW, PITCH>(x + g.in_lo * IHW, xs_of(s), (int)(g.in_hi - g.in_lo));
+        const int nA = min(g.np, QC - g.ch0), nB = min(g.ch0, g.np - nA);
+        stage_weight_rows<T, KH, KW, KWP, WUP>(w + (i64)g.ch0 * RKK, w, nA * R, (nA + nB) * R, ws_of(s));
+    };
+
+    // The thread's line: the same in every group.
+    const int tid = threadIdx.x;
+    const int seg = tid / (32 * WPS);
+    const int li = tid - seg * (32 * WPS);
+    const int rank = li / P, p = li - rank * P;
+    const int oh = (rank & 1) ? OH - 1 - (rank >> 1) : (rank >> 1);
+    // Tap rows whose input row oh - PT + kh lies in [0, IH).
+    const int kh0 = max(0, PT - oh), kh1 = min(KH, IH + PT - oh);
+    const bool vout = vec_phase(y) == 0;
+
+    i64 q0 = (i64)blockIdx.x * P;
+    if (q0 >= n_planes) return;
+    PlaneGroup cur = group_at(q0);
+    if constexpr (NS == 2) {
+        issue(cur, 0);
+        stage_commit();  // a group of its own: the first wait below must not wait for group 1
+    }
+    for (int it = 0;; ++it) {
+        const int s = NS == 2 ? (it & 1) : 0;
+        const i64 q_next = cur.q0 + (i64)gridDim.x * P;
+        const bool more = q_next < n_planes;
+        PlaneGroup nxt = cur;
+        if constexpr (NS == 1) issue(cur, 0);  // the previous group's lines ended before its closing barrier
+        // The line's plane and bias, read while the copies are in flight (a global load
+        // after the barrier would hold every warp of the block at its first FMA).
+        const bool active = rank < OH && p < cur.np;
+        const PlaneMap pm = map_plane(cur.q0 + (active ? p : 0), QC, IC, DIV, R);
+        const A b0 = (!FLIP && bias != nullptr && active) ? load1(bias + pm.ch) : A(0);
+        if constexpr (NS == 2) {
+            // Stage s^1 was last read by group it-1's lines, which ended before that
+            // iteration's closing barrier.
+            if (more) {
+                nxt = group_at(q_next);
+                issue(nxt, s ^ 1);
+            }
+            stage_commit_wait<1>();  // every group but the newest (the next one) has landed
+        } else {
+            stage_commit_wait<0>();
+        }
+
+        if (active) {
+            const int nA = min(cur.np, QC - cur.ch0);
+            const int unit0 = (pm.ch >= cur.ch0 ? pm.ch - cur.ch0 : nA + pm.ch) * R;
+            const T* const xrow = xs_of(s) + (pm.in_plane0 - cur.in_lo) * PITCH + (oh - PT) * IW;
+            T* const yrow = y + (cur.q0 + p) * OHW + oh * OW;
+            auto body = [&](auto sc) {
+                constexpr int S = decltype(sc)::value;
+                constexpr int J0 = S * CW, J1 = cmin(OW, J0 + CW), NJ = J1 - J0;
+                A acc[NJ];
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) acc[j] = b0;
+                for (int m = 0; m < R; ++m) {
+                    const A* const xp = xrow + m * PITCH;
+                    const A* const wt = ws_of(s) + (unit0 + m) * WUP;
+                    for (int kh = kh0; kh < kh1; ++kh) {
+                        A wv[KW];
+                        const A* const wr = wt + (FLIP ? KH - 1 - kh : kh) * KWP;
+                        if constexpr (!WV) {
+#pragma unroll
+                            for (int kw = 0; kw < KW; ++kw) wv[kw] = wr[FLIP ? KW - 1 - kw : kw];
+                        } else {
+#pragma unroll
+                            for (int k4 = 0; k4 < KWP; k4 += V) {
+                                A t[V];
+                                if constexpr (sizeof(T) == 4) {
+                                    const float4 u = *reinterpret_cast<const float4*>(wr + k4);
+                                    t[0] = u.x; t[1] = u.y; t[2] = u.z; t[3] = u.w;
+                                } else {
+                                    const double2 u = *reinterpret_cast<const double2*>(wr + k4);
+                                    t[0] = u.x; t[1] = u.y;
+                                }
+#pragma unroll
+                                for (int e = 0; e < V; ++e) {
+                                    const int k = k4 + e;  // stored tap; the kernel's tap FLIP ? KW-1-k : k
+                                    if (k < KW) wv[FLIP ? KW - 1 - k : k] = t[e];
+                                }
+                            }
+                        }
+                        lines_row<A, KW, IW, PL, J0, J1, VEC>(xp + kh * IW, wv, acc);
+                    }
+                }
+                bool stored = false;
+                if constexpr (OW % V == 0 && CW % V == 0) {
+                    if (vout) {
+#pragma unroll
+                        for (int j = 0; j < NJ; j += V) {
+                            if constexpr (sizeof(T) == 4)
+                                *reinterpret_cast<float4*>(yrow + J0 + j) =
+                                    make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+                            else
+                                *reinterpret_cast<double2*>(yrow + J0 + j) = make_double2(acc[j], acc[j + 1]);
+                        }
+                        stored = true;
+                    }
+                }
+                if (!stored) {
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) yrow[J0 + j] = acc[j];
+                }
+            };
+            LinesSegment<0, NSEG>::run(seg, body);
+        }
+        if (!more) break;
+        __syncthreads();  // every line of this group has read stage s before it is refilled
         if constexpr (NS == 2) cur = nxt;
         else cur = group_at(q_next);
     }
