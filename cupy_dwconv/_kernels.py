@@ -875,6 +875,64 @@ def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv
     return Launch("plane.cu", expr, (groups, 1, 1), (block, 1, 1), smem, (args,))
 
 
+def wgrad_lines_smem_bytes(p, dtype, planes):
+    """Dynamic shared memory of wgrad_lines: P x planes, then P grad_output planes, each an
+    odd number of 16-byte vectors apart (the bias sums reuse the x region)."""
+    size = ITEMSIZE[dtype]
+    return planes * (lines_pitch(dtype, p.H * p.W) + lines_pitch(dtype, p.OH * p.OW)) * size
+
+
+def wgrad_lines_launch(p, dtype, planes=None, chunks=None, sms=132):
+    """wgrad_lines plan (stride 1, dilation 1, more than 64 taps, float32 and float64, a
+    grad_output row and KW sums within the register budget): (stage-1 launch, chunks), or
+    None. `planes` (channels per block) and `chunks` (batch chunks) are forced by sweeps.
+
+    Channels per block: at least 90 % useful lanes (KH*P threads over whole warps), then
+    the smallest block (more blocks per SM, whose copies overlap one another's FMAs),
+    then fewer channels. Chunks: one wave of resident
+    blocks, every chunk holding the same number of batch items. Measured (H200, float32,
+    with wgrad_reduce, us; wgrad_smem 147.5 / 635.7): replk_13x13 4 / 7 / 8 / 12 / 17
+    channels 71.9 / **68.1** / 70.0 / 71.1 / 70.6 (16 chunks; 32 chunks of one item: 72.3 at
+    7, 78.5 at 17); replk_31x31 1 / 2 / 4 channels **424.6** / 431.6 / 425.3 (8 chunks; 32:
+    457.3)."""
+    words = ITEMSIZE[dtype] // 4
+    if ((p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or dtype not in ("float32", "float64")
+            or p.KH * p.KW < LINES_MIN_TAPS or min(p.OH, p.OW, p.N, p.CM) < 1
+            or (p.OW + p.KW) * words > LINES_SUM_BUDGET):
+        return None
+    regs = (p.OW + p.KW) * words + 36
+    best = None
+    for pl in ([planes] if planes is not None else range(1, min(p.CM, LINES_MAX_PLANES) + 1)):
+        block = _cdiv(p.KH * pl, 32) * 32
+        smem = wgrad_lines_smem_bytes(p, dtype, pl)
+        if block > LINES_MAX_BLOCK or smem > SM_SMEM // 2 - 1024:
+            if planes is None:
+                continue
+            return None
+        per_sm = _lines_resident(block, regs, smem)
+        if per_sm < 1:
+            continue
+        key = (p.KH * pl / block >= 0.9, -block, -pl)
+        if best is None or key > best[0]:
+            best = (key, pl, block, per_sm, smem)
+    if best is None:
+        return None
+    _, pl, block, per_sm, smem = best
+    groups = _cdiv(p.CM, pl)
+    if chunks is None:
+        chunks = _cdiv(sms * per_sm, groups)
+    chunks = max(1, min(p.N, chunks, 65535))
+    n_per = _cdiv(p.N, chunks)
+    chunks = _cdiv(p.N, n_per)  # no empty chunk
+    if groups > INT32_MAX:
+        return None
+    expr = "dw::wgrad_lines<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, block, min(per_sm, 4)
+    ) + ">"
+    args = pack_args("WplaneArgs", N=p.N, C=p.C, M=p.M, CM=p.CM, n_chunks=chunks, G=n_per, P=pl)
+    return Launch("plane.cu", expr, (groups, chunks, 1), (block, 1, 1), smem, (args,)), chunks
+
+
 def _odd_planes(*sizes):
     """Planes of an odd number of elements: neighbouring threads of conv_plane and
     wgrad_plane read shared memory one plane apart, which is conflict-free only then
@@ -1715,10 +1773,12 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
 
 def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
-    for small planes, wgrad_tile for small kernels; for large ones wgrad_mma (16-bit, stride 1, dilation 1, sm_80+),
-    else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the data
-    pointers (only their alignment matters). `force` is None, a family name ("mma",
-    "tile", "plane", "smem", "generic") or (name, keyword arguments) for the tests and sweeps."""
+    for small planes, wgrad_tile for small kernels; for large ones wgrad_mma (16-bit,
+    stride 1, dilation 1, sm_80+), wgrad_lines (float32 and float64, stride 1, dilation 1,
+    planes that fit), else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the
+    data pointers (only their alignment matters). `force` is None, a family name ("mma",
+    "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
+    tests and sweeps."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is None:
@@ -1733,6 +1793,8 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr, **kwargs)
     elif kind == "plane":
         res = wgrad_plane_launch(p, dtype, **kwargs)
+    elif kind == "lines":
+        res = wgrad_lines_launch(p, dtype, sms=sms, **kwargs)
     return _with_reduce(p, dtype, res)
 
 
@@ -1759,6 +1821,8 @@ def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
     if res is None and _use_wgrad_mma(p):
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
+    if res is None:
+        res = wgrad_lines_launch(p, dtype, sms=sms)
     if res is None:
         res = wgrad_tile_launch(p, dtype, x_ptr, go_ptr)
     if res is None:

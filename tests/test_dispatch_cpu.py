@@ -23,7 +23,9 @@ def test_wgrad_mma_declines_other_problems():
 
 def test_wgrad_dispatch():
     """wgrad_tile for small kernels in every dtype; tensor cores for large 16-bit kernels
-    at stride 1 on sm_80+, wgrad_smem for them before sm_80 and in float32."""
+    at stride 1 on sm_80+, wgrad_smem for them before sm_80; wgrad_lines in float32 and
+    float64 where a grad_output row and a tap row of sums fit the register budget,
+    wgrad_smem for wider planes."""
     small = params((2, 4, 30, 30), (4, 1, 3, 3), 1, 1, 1)
     large = params((2, 4, 56, 56), (4, 1, 31, 31), 1, 15, 1)
     for dtype in ("float16", "bfloat16", "float32", "float64"):
@@ -31,7 +33,17 @@ def test_wgrad_dispatch():
     assert "wgrad_mma" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 80, 108)[0].expr
     assert "wgrad_mma" in _kernels.plan_wgrad(large, "float16", 2, 2, 90, 132)[0].expr
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 75, 80)[0].expr
-    assert "wgrad_smem" in _kernels.plan_wgrad(large, "float32", 0, 0, 90, 132)[0].expr
+    assert "wgrad_lines" in _kernels.plan_wgrad(large, "float32", 0, 0, 90, 132)[0].expr
+    assert "wgrad_smem" in _kernels.plan_wgrad(large, "float64", 0, 0, 90, 132)[0].expr  # 2 x (56 + 31) words
+    wide = params((2, 4, 80, 80), (4, 1, 31, 31), 1, 15, 1)
+    assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float32", 0, 0, 90, 132)[0].expr
+    # replk_13x13: 7 channels per block (91 of 96 lanes), 16 chunks of 2 items;
+    # replk_31x31: one channel per block (31 of 32 lanes), 8 chunks of 4.
+    s1, chunks, _ = _kernels.plan_wgrad(params((32, 256, 28, 28), (256, 1, 13, 13), 1, 6, 1), "float32", 0, 0, 90, 132)
+    assert "wgrad_lines" in s1.expr and s1.block == (96, 1, 1) and s1.grid == (37, 16, 1) and chunks == 16
+    assert s1.scalars[0]["P"] == 7 and s1.scalars[0]["G"] == 2
+    s1, chunks, _ = _kernels.plan_wgrad(params((32, 128, 56, 56), (128, 1, 31, 31), 1, 15, 1), "float32", 0, 0, 90, 132)
+    assert s1.block == (32, 1, 1) and s1.grid == (128, 8, 1) and s1.scalars[0]["G"] == 4
 
 
 def _args(expr):
@@ -423,7 +435,8 @@ def test_wgrad_smem_tap_tiles():
     unless that pads the row further than 8; float64 keeps 8 x 4."""
     def tile(hw, k, dtype):
         p = params((2, 4, hw, hw), (4, 1, k, k), 1, k // 2, 1)
-        launch = _kernels.plan_wgrad(p, dtype, 0, 0, 90 if dtype in ("float32", "float64") else 75, 132)[0]
+        launch = _kernels.plan_wgrad(p, dtype, 0, 0, 90 if dtype in ("float32", "float64") else 75, 132,
+                                     force="smem")[0]
         assert "wgrad_smem" in launch.expr, launch.expr
         return tuple(int(a) for a in _args(launch.expr)[1:4])
 

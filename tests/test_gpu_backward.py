@@ -614,6 +614,31 @@ def test_wgrad_smem(shape, dtype, stage_async):
     assert launch.expr.endswith("false>") == registers
 
 
+# wgrad_lines (large kernels on whole planes, a thread per tap row): 'same' padding,
+# asymmetric padding with an even kernel, 'valid' padding (grad_output smaller than x),
+# padding beyond the kernel, multipliers (an x plane shared by channels of two blocks),
+# odd plane sizes (element copies, scalar reads), channel groups and batch chunks that do
+# not divide C*M and N. Variants: the default plan, 3 channels per block in 2 chunks, one
+# channel per block in one chunk (a block walks every batch item).
+WGRAD_LINES_SHAPES = [
+    # N, C, M, H, W, KH, KW, padding
+    (3, 5, 1, 28, 28, 13, 13, 6),
+    (2, 3, 2, 15, 19, 8, 10, ((3, 4), (5, 4))),
+    (2, 4, 1, 20, 20, 9, 9, 0),
+    (3, 2, 1, 6, 6, 9, 9, 8),
+    (5, 7, 1, 17, 13, 11, 7, (5, 3)),
+    (1, 2, 1, 24, 16, 31, 31, 15),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", [{}, dict(planes=3, chunks=2), dict(planes=1, chunks=1)], ids=str)
+@pytest.mark.parametrize("shape", WGRAD_LINES_SHAPES, ids=str)
+def test_wgrad_lines(shape, variant, dtype):
+    launch = _check_forced_wgrad(shape, dtype, ("lines", variant), 19)
+    assert "wgrad_lines" in launch.expr
+
+
 BWD_TILE_SHAPES = [
     # N, C, H, W, KH, KW, padding, dilation: tails in both directions, 'valid' (the
     # grad_output plane smaller than x), asymmetric and partial padding, a 1xK and a

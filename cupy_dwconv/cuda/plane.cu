@@ -620,6 +620,136 @@ conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     }
 }
 
+// One output row's contribution to a tap row's weight gradient: acc[kw] += sum over the
+// output columns ow of gr[ow] * xr[ow - PL + kw], the columns outside [0, IW) dropped at
+// compile time. The grad_output row is held whole; the x row streams through in vectors,
+// each element feeding up to KW independent sums.
+template <class A, int KW, int IW, int OW, int PL, bool XVEC, bool GVEC>
+__device__ __forceinline__ void lines_wrow(const A* gr, const A* xr, A (&acc)[KW]) {
+    constexpr int V = 16 / (int)sizeof(A);
+    A g[OW];
+    if constexpr (GVEC) {
+#pragma unroll
+        for (int j = 0; j < OW; j += V) {
+            if constexpr (sizeof(A) == 4) {
+                const float4 t = *reinterpret_cast<const float4*>(gr + j);
+                g[j] = t.x; g[j + 1] = t.y; g[j + 2] = t.z; g[j + 3] = t.w;
+            } else {
+                const double2 t = *reinterpret_cast<const double2*>(gr + j);
+                g[j] = t.x; g[j + 1] = t.y;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < OW; ++j) g[j] = gr[j];
+    }
+    constexpr int C0 = cmax(0, -PL), C1 = cmin(IW, OW - 1 - PL + KW);  // x columns read
+    constexpr int G0 = XVEC ? C0 / V * V : C0;
+    constexpr int STEP = XVEC ? V : 1;
+#pragma unroll
+    for (int c0 = G0; c0 < C1; c0 += STEP) {
+        A xv[STEP];
+        if constexpr (XVEC) {
+            if constexpr (sizeof(A) == 4) {
+                const float4 t = *reinterpret_cast<const float4*>(xr + c0);
+                xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
+            } else {
+                const double2 t = *reinterpret_cast<const double2*>(xr + c0);
+                xv[0] = t.x; xv[1] = t.y;
+            }
+        } else {
+            xv[0] = xr[c0];
+        }
+#pragma unroll
+        for (int e = 0; e < STEP; ++e) {
+            const int c = c0 + e;
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw) {
+                const int ow = c + PL - kw;  // the output column this (x column, tap) pairs with
+                if (c >= C0 && c < C1 && ow >= 0 && ow < OW) acc[kw] = fma(g[ow], xv[e], acc[kw]);
+            }
+        }
+    }
+}
+
+// wgrad_lines: weight and bias gradients of large kernels on whole planes (stride 1,
+// dilation 1; float32 and float64), conv_lines' counterpart:
+//   dW[o, kh, kw] = sum over n, oh, ow of go[n, o, oh, ow] * x[n, o / M, oh - PT + kh, ow - PL + kw].
+// Grid (channel groups, batch chunks): a block owns P channels and walks the batch items
+// of its chunk, staging each item's P x planes and P grad_output planes (cp.async; planes
+// an odd number of 16-byte vectors apart). Thread (kh, c) keeps the KW sums of tap row kh
+// of channel slot c and loops at run time over only the output rows whose input row
+// oh - PT + kh lies inside the plane (the padding taps cost nothing, as in conv_lines);
+// per row, a grad_output row and an x row from shared memory feed up to OW*KW FMAs.
+// Lanes are channel-fastest (tid = kh*P + c), so a warp's lanes share one or a few tap
+// rows and so their loop counts; a quarter-warp reads the same row of consecutive planes.
+//
+// Bias: thread (kh, c) also adds grad_output rows kh, kh + KH, ... of its channel; the KH
+// threads of a channel are added in order at the end. Partials per (channel, chunk) are
+// summed in order by wgrad_reduce: deterministic, no atomics.
+// Bytes: x and grad_output read once from DRAM (each block owns distinct planes).
+template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int BLOCK, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB)
+wgrad_lines(const T* __restrict__ x, const T* __restrict__ go, T* __restrict__ partial, const WplaneArgs a) {
+    typedef T A;
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "4- and 8-byte types (no conversion on the way in)");
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int V = 16 / (int)sizeof(T);
+    constexpr int XP = lines_pitch<T, IHW>(), GP = lines_pitch<T, OHW>();
+    static_assert(OW + KW <= 100 * 4 / (int)sizeof(T), "register budget: a grad_output row and KW sums");
+    const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks, n_per = a.G, P = a.P;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* const xs = reinterpret_cast<T*>(smem_raw);
+    T* const gs = xs + P * XP;  // XP is whole vectors: gs starts on a 16-byte boundary
+    A* const red = reinterpret_cast<A*>(smem_raw);  // bias sums, once the last item is read
+
+    const int o0 = blockIdx.x * P;
+    const int np = min(P, CM - o0);
+    const int chunk = blockIdx.y;
+    const int n_begin = chunk * n_per, n_end = min(N, n_begin + n_per);
+    const int tid = threadIdx.x;
+    const int kh = tid / P, c = tid - kh * P;
+    const bool active = kh < KH && c < np;
+    // Output rows whose input row oh - PT + kh lies in [0, IH).
+    const int oh0 = max(0, PT - kh), oh1 = min(OH, IH + PT - kh);
+
+    A acc[KW];
+#pragma unroll
+    for (int k = 0; k < KW; ++k) acc[k] = A(0);
+    A bsum = A(0);
+    for (int n = n_begin; n < n_end; ++n) {
+        for (int cc = 0; cc < np; ++cc) {
+            const int o = o0 + cc;
+            stage_planes<T, IHW, XP>(x + ((i64)n * C + o / M) * IHW, xs + cc * XP, 1);
+            stage_planes<T, OHW, GP>(go + ((i64)n * CM + o) * OHW, gs + cc * GP, 1);
+        }
+        stage_commit_wait<0>();
+        if (active) {
+            const A* const gp = gs + c * GP;
+            const A* const xp = xs + c * XP + (kh - PT) * IW;  // x row of output row oh: xp + oh * IW
+            for (int oh = oh0; oh < oh1; ++oh)
+                lines_wrow<A, KW, IW, OW, PL, IW % V == 0, OW % V == 0>(gp + oh * OW, xp + oh * IW, acc);
+            for (int oh = kh; oh < OH; oh += KH)
+#pragma unroll
+                for (int j = 0; j < OW; ++j) bsum += gp[oh * OW + j];
+        }
+        __syncthreads();  // every line has read this item's planes before the next copies
+    }
+    if (active) {
+        T* const out = partial + ((i64)(o0 + c) * n_chunks + chunk) * (KK + 1) + kh * KW;
+#pragma unroll
+        for (int k = 0; k < KW; ++k) out[k] = acc[k];
+        red[tid] = bsum;
+    }
+    __syncthreads();
+    if (tid < np) {
+        A s = A(0);
+        for (int k = 0; k < KH; ++k) s += red[k * P + tid];
+        partial[((i64)(o0 + tid) * n_chunks + chunk) * (KK + 1) + KK] = s;
+    }
+}
+
 // One (x plane, grad_output plane) pair of wgrad_plane and bwd_plane: adds its products
 // to the KH*KW tap sums acc[0, KK) and its grad_output elements to the bias sum acc[KK].
 // The x plane is held in registers whole (every tap's index a constant; padding taps
