@@ -342,20 +342,6 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
 // one's FMAs, as conv_plane's); WV weights in tap rows of whole vectors (read as vectors)
 // rather than packed (read one by one); BLOCK (NSEG segments x WPS warps), MINB launch
 // bounds.
-template <int N> struct IntC { static constexpr int value = N; };
-
-template <int S, int NSEG>
-struct LinesSegment {
-    template <class F> __device__ __forceinline__ static void run(int seg, F& f) {
-        if (seg == S) f(IntC<S>());
-        else LinesSegment<S + 1, NSEG>::run(seg, f);
-    }
-};
-template <int NSEG>
-struct LinesSegment<NSEG, NSEG> {
-    template <class F> __device__ __forceinline__ static void run(int, F&) {}
-};
-
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
@@ -460,6 +446,85 @@ __device__ __forceinline__ void stage_weight_rows(const T* srcA, const T* srcB, 
     }
 }
 
+// One segment of a conv_lines thread's row: columns [S*CW, S*CW + CW) of the output row
+// at yrow, from input row 0 at xrow (tap row kh reads row kh) and the weights at wbase,
+// over tap rows [kh0, kh1) and R planes. The segment is a template constant, so each
+// (input column, kw) pair is an FMA or nothing; `segment` picks it from the warp-uniform
+// run-time index.
+template <class T, int KH, int KW, int IW, int OW, int PL, int CW, int KWP, int WUP, int PITCH, bool FLIP, bool WV>
+struct LinesRow {
+    typedef T A;
+    static constexpr int V = 16 / (int)sizeof(T);
+    static constexpr bool VEC = IW % V == 0;  // rows start on 16-byte boundaries in shared memory
+
+    template <int S>
+    __device__ __forceinline__ static void run(const T* xrow, const T* wbase, int R, int kh0, int kh1, A b0, T* yrow,
+                                               bool vout) {
+        constexpr int J0 = S * CW, J1 = cmin(OW, J0 + CW), NJ = J1 - J0;
+        A acc[NJ];
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) acc[j] = b0;
+        for (int m = 0; m < R; ++m) {
+            const A* const xp = xrow + m * PITCH;
+            const A* const wt = wbase + m * WUP;
+            for (int kh = kh0; kh < kh1; ++kh) {
+                A wv[KW];
+                const A* const wr = wt + (FLIP ? KH - 1 - kh : kh) * KWP;
+                if constexpr (!WV) {
+#pragma unroll
+                    for (int kw = 0; kw < KW; ++kw) wv[kw] = wr[FLIP ? KW - 1 - kw : kw];
+                } else {
+#pragma unroll
+                    for (int k4 = 0; k4 < KWP; k4 += V) {
+                        A t[V];
+                        if constexpr (sizeof(T) == 4) {
+                            const float4 u = *reinterpret_cast<const float4*>(wr + k4);
+                            t[0] = u.x; t[1] = u.y; t[2] = u.z; t[3] = u.w;
+                        } else {
+                            const double2 u = *reinterpret_cast<const double2*>(wr + k4);
+                            t[0] = u.x; t[1] = u.y;
+                        }
+#pragma unroll
+                        for (int e = 0; e < V; ++e) {
+                            const int k = k4 + e;  // stored tap; the kernel's tap FLIP ? KW-1-k : k
+                            if (k < KW) wv[FLIP ? KW - 1 - k : k] = t[e];
+                        }
+                    }
+                }
+                lines_row<A, KW, IW, PL, J0, J1, VEC>(xp + kh * IW, wv, acc);
+            }
+        }
+        bool stored = false;
+        if constexpr (OW % V == 0 && CW % V == 0) {
+            if (vout) {
+#pragma unroll
+                for (int j = 0; j < NJ; j += V) {
+                    if constexpr (sizeof(T) == 4)
+                        *reinterpret_cast<float4*>(yrow + J0 + j) =
+                            make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+                    else
+                        *reinterpret_cast<double2*>(yrow + J0 + j) = make_double2(acc[j], acc[j + 1]);
+                }
+                stored = true;
+            }
+        }
+        if (!stored) {
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) yrow[J0 + j] = acc[j];
+        }
+    }
+
+    template <int S>
+    __device__ __forceinline__ static void segment(int seg, const T* xrow, const T* wbase, int R, int kh0, int kh1,
+                                                   A b0, T* yrow, bool vout) {
+        constexpr int NSEG = (OW + CW - 1) / CW;
+        if constexpr (S < NSEG) {
+            if (seg == S) run<S>(xrow, wbase, R, kh0, kh1, b0, yrow, vout);
+            else segment<S + 1>(seg, xrow, wbase, R, kh0, kh1, b0, yrow, vout);
+        }
+    }
+};
+
 template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int CW, bool FLIP, int NS,
           bool WV, int BLOCK, int MINB>
 __global__ void __launch_bounds__(BLOCK, MINB)
@@ -477,7 +542,6 @@ conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     constexpr int NSEG = (OW + CW - 1) / CW;
     constexpr int WPS = BLOCK / 32 / NSEG;  // warps per segment
     constexpr int PITCH = lines_pitch<T, IHW>();
-    constexpr bool VEC = IW % V == 0;      // rows start on 16-byte boundaries in shared memory
     static_assert(BLOCK % (32 * NSEG) == 0, "whole warps per segment");
     static_assert(CW + KWP <= 100 * 4 / (int)sizeof(T), "register budget: CW sums and a tap row");
     const i64 n_planes = a.n_planes, IC = a.IC;
@@ -556,62 +620,8 @@ conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
             const int unit0 = (pm.ch >= cur.ch0 ? pm.ch - cur.ch0 : nA + pm.ch) * R;
             const T* const xrow = xs_of(s) + (pm.in_plane0 - cur.in_lo) * PITCH + (oh - PT) * IW;
             T* const yrow = y + (cur.q0 + p) * OHW + oh * OW;
-            auto body = [&](auto sc) {
-                constexpr int S = decltype(sc)::value;
-                constexpr int J0 = S * CW, J1 = cmin(OW, J0 + CW), NJ = J1 - J0;
-                A acc[NJ];
-#pragma unroll
-                for (int j = 0; j < NJ; ++j) acc[j] = b0;
-                for (int m = 0; m < R; ++m) {
-                    const A* const xp = xrow + m * PITCH;
-                    const A* const wt = ws_of(s) + (unit0 + m) * WUP;
-                    for (int kh = kh0; kh < kh1; ++kh) {
-                        A wv[KW];
-                        const A* const wr = wt + (FLIP ? KH - 1 - kh : kh) * KWP;
-                        if constexpr (!WV) {
-#pragma unroll
-                            for (int kw = 0; kw < KW; ++kw) wv[kw] = wr[FLIP ? KW - 1 - kw : kw];
-                        } else {
-#pragma unroll
-                            for (int k4 = 0; k4 < KWP; k4 += V) {
-                                A t[V];
-                                if constexpr (sizeof(T) == 4) {
-                                    const float4 u = *reinterpret_cast<const float4*>(wr + k4);
-                                    t[0] = u.x; t[1] = u.y; t[2] = u.z; t[3] = u.w;
-                                } else {
-                                    const double2 u = *reinterpret_cast<const double2*>(wr + k4);
-                                    t[0] = u.x; t[1] = u.y;
-                                }
-#pragma unroll
-                                for (int e = 0; e < V; ++e) {
-                                    const int k = k4 + e;  // stored tap; the kernel's tap FLIP ? KW-1-k : k
-                                    if (k < KW) wv[FLIP ? KW - 1 - k : k] = t[e];
-                                }
-                            }
-                        }
-                        lines_row<A, KW, IW, PL, J0, J1, VEC>(xp + kh * IW, wv, acc);
-                    }
-                }
-                bool stored = false;
-                if constexpr (OW % V == 0 && CW % V == 0) {
-                    if (vout) {
-#pragma unroll
-                        for (int j = 0; j < NJ; j += V) {
-                            if constexpr (sizeof(T) == 4)
-                                *reinterpret_cast<float4*>(yrow + J0 + j) =
-                                    make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
-                            else
-                                *reinterpret_cast<double2*>(yrow + J0 + j) = make_double2(acc[j], acc[j + 1]);
-                        }
-                        stored = true;
-                    }
-                }
-                if (!stored) {
-#pragma unroll
-                    for (int j = 0; j < NJ; ++j) yrow[J0 + j] = acc[j];
-                }
-            };
-            LinesSegment<0, NSEG>::run(seg, body);
+            LinesRow<T, KH, KW, IW, OW, PL, CW, KWP, WUP, PITCH, FLIP, WV>::template segment<0>(
+                seg, xrow, ws_of(s) + unit0 * WUP, R, kh0, kh1, b0, yrow, vout);
         }
         if (!more) break;
         __syncthreads();  // every line of this group has read stage s before it is refilled
