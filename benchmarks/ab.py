@@ -6,12 +6,18 @@ events, median, inputs rotated past L2).
     python benchmarks/ab.py convnext_7x7 float16 "mma:gran=16" "mma:gran=4"
     python benchmarks/ab.py replk_13x13 float32 --pass grad_input "smem:whole=0,mid=false" "smem:tiles_per_block=2"
     python benchmarks/ab.py convnext_7x7 float16 --shape 32 96 112 56 "mma:wr=7"
+    python benchmarks/ab.py replk_13x13 float32 --pass grad_weight "lines:planes=7" "smem:"
+
+--pass grad_weight times plan_wgrad's stage 1 with its reduction (stage 2) and prints the
+largest difference relative to the largest magnitude of the default plan's weight and
+bias gradients (sums in another order differ in the last bits).
 
 --shape N C H W replaces the case's input shape (kernel, stride, padding and dilation
 stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane.
 
-A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, rows; rowsa is
-rows with staged=True); values are ints, true/false or none.
+A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, lines, rows;
+rowsa is rows with staged=True) or plan_wgrad's (tile, plane, lines, smem, mma); values
+are ints, true/false or none.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def main(argv=None):
     ap.add_argument("case")
     ap.add_argument("dtype")
     ap.add_argument("specs", nargs="+")
-    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input"])
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     args = ap.parse_args(argv)
@@ -60,6 +66,8 @@ def main(argv=None):
     p = case.params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
+    if args.which == "grad_weight":
+        return _grad_weight(cupy, args, p, dtype, dev, arch, sms)
     fwd = args.which == "forward"
     pr = _kernels.forward_problem(p) if fwd else _kernels.grad_input_problem(p)
     in_shape, out_shape = (p.x_shape, p.out_shape) if fwd else (p.out_shape, p.x_shape)
@@ -96,6 +104,36 @@ def main(argv=None):
         ms = bench.time_events(run, k_sets, args.repeats, 5)
         print(f"{label:32s} {launch.expr[:70]:70s} regs {kern.num_regs:3d} local {kern.local_size_bytes:3d} "
               f"{ms * 1e3:8.2f} us  max diff {diff:.2e}", flush=True)
+    return 0
+
+
+def _grad_weight(cupy, args, p, dtype, dev, arch, sms):
+    """Weight-gradient plans (stage 1 and the reduction), timed together."""
+    l2 = cupy.cuda.Device(dev).attributes["L2CacheSize"]
+    k_sets = bench.rotation_sets(2 * numpy.prod(p.x_shape) * _kernels.ITEMSIZE[dtype], l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, p.x_shape, dtype) for _ in range(k_sets)]
+    gos = [bench._random_gpu(cupy, rs, p.out_shape, dtype) for _ in range(k_sets)]
+    ref = None
+    for spec in ["default"] + args.specs:
+        force = None if spec == "default" else parse_spec(spec)
+        s1, chunks, s2 = _kernels.plan_wgrad(p, dtype, xs[0].data.ptr, gos[0].data.ptr, arch, sms, force=force)
+        part = cupy.empty((p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
+        gw = cupy.full(p.weight_shape, numpy.nan, dtype)
+        gb = cupy.full((p.CM,), numpy.nan, dtype)
+
+        def run(k, s1=s1, s2=s2, part=part, gw=gw, gb=gb):
+            s1(dev, (xs[k], gos[k], part))
+            s2(dev, (part, gw, gb))
+
+        run(0)
+        got = numpy.concatenate([gw.get().ravel(), gb.get().ravel()]).astype(numpy.float64)
+        if ref is None:
+            ref = got
+        diff = float(numpy.max(numpy.abs(got - ref)) / max(1e-30, float(numpy.max(numpy.abs(ref)))))
+        ms = bench.time_events(run, k_sets, args.repeats, 10)
+        print(f"{spec:32s} {s1.expr[:70]:70s} grid {s1.grid} chunks {chunks:3d} {ms * 1e3:8.2f} us  rel diff {diff:.1e}",
+              flush=True)
     return 0
 
 
