@@ -386,39 +386,38 @@ __device__ __forceinline__ void stage_planes(const T* src, T* dst, int npl) {
 #endif
 }
 
+// Columns [C0, C1) of a staged row r, read in 16-byte vectors (VEC: r + C0 / V * V on a
+// 16-byte boundary) or one by one, handed to f(column, value) in column order. Fully
+// unrolled and inlined: every column index is a constant at each call of f.
+template <class A, bool VEC, int C0, int C1, class F>
+__device__ __forceinline__ void for_columns(const A* r, F& f) {
+    constexpr int V = 16 / (int)sizeof(A);
+    constexpr int STEP = VEC ? V : 1;
+#pragma unroll
+    for (int c0 = VEC ? C0 / V * V : C0; c0 < C1; c0 += STEP) {
+        A v[STEP];
+        if constexpr (VEC) lds_vec(r + c0, v);
+        else v[0] = r[c0];
+#pragma unroll
+        for (int e = 0; e < STEP; ++e)
+            if (c0 + e >= C0 && c0 + e < C1) f(c0 + e, v[e]);
+    }
+}
+
 // One tap row of a line: acc[j - J0] += sum over kw of xr[j - PL + kw] * wv[kw] for the
 // segment's columns j in [J0, J1), the input columns outside [0, IW) dropped at compile
 // time. Input vectors are read in column order; each feeds up to KW sums.
 template <class A, int KW, int IW, int PL, int J0, int J1, bool VEC>
 __device__ __forceinline__ void lines_row(const A* xr, const A (&wv)[KW], A (&acc)[J1 - J0]) {
-    constexpr int V = 16 / (int)sizeof(A);
     constexpr int C0 = cmax(0, J0 - PL), C1 = cmin(IW, J1 - 1 - PL + KW);  // input columns read
-    constexpr int G0 = VEC ? C0 / V * V : C0;
-    constexpr int STEP = VEC ? V : 1;
+    auto feed = [&](int c, A v) {
 #pragma unroll
-    for (int c0 = G0; c0 < C1; c0 += STEP) {
-        A xv[STEP];
-        if constexpr (VEC) {
-            if constexpr (sizeof(A) == 4) {
-                const float4 t = *reinterpret_cast<const float4*>(xr + c0);
-                xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
-            } else {
-                const double2 t = *reinterpret_cast<const double2*>(xr + c0);
-                xv[0] = t.x; xv[1] = t.y;
-            }
-        } else {
-            xv[0] = xr[c0];
+        for (int kw = 0; kw < KW; ++kw) {
+            const int j = c + PL - kw;  // the output column this (input column, tap) feeds
+            if (j >= J0 && j < J1) acc[j - J0] = fma(v, wv[kw], acc[j - J0]);
         }
-#pragma unroll
-        for (int e = 0; e < STEP; ++e) {
-            const int c = c0 + e;
-#pragma unroll
-            for (int kw = 0; kw < KW; ++kw) {
-                const int j = c + PL - kw;  // the output column this (input column, tap) feeds
-                if (c >= C0 && c < C1 && j >= J0 && j < J1) acc[j - J0] = fma(xv[e], wv[kw], acc[j - J0]);
-            }
-        }
-    }
+    };
+    for_columns<A, VEC, C0, C1>(xr, feed);
 }
 
 // Starts copying the weights of a group's n units (unit u: channel (u / R) of the group,
@@ -477,13 +476,7 @@ struct LinesRow {
 #pragma unroll
                     for (int k4 = 0; k4 < KWP; k4 += V) {
                         A t[V];
-                        if constexpr (sizeof(T) == 4) {
-                            const float4 u = *reinterpret_cast<const float4*>(wr + k4);
-                            t[0] = u.x; t[1] = u.y; t[2] = u.z; t[3] = u.w;
-                        } else {
-                            const double2 u = *reinterpret_cast<const double2*>(wr + k4);
-                            t[0] = u.x; t[1] = u.y;
-                        }
+                        lds_vec(wr + k4, t);
 #pragma unroll
                         for (int e = 0; e < V; ++e) {
                             const int k = k4 + e;  // stored tap; the kernel's tap FLIP ? KW-1-k : k
@@ -636,50 +629,22 @@ conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
 // each element feeding up to KW independent sums.
 template <class A, int KW, int IW, int OW, int PL, bool XVEC, bool GVEC>
 __device__ __forceinline__ void lines_wrow(const A* gr, const A* xr, A (&acc)[KW]) {
-    constexpr int V = 16 / (int)sizeof(A);
     A g[OW];
     if constexpr (GVEC) {
-#pragma unroll
-        for (int j = 0; j < OW; j += V) {
-            if constexpr (sizeof(A) == 4) {
-                const float4 t = *reinterpret_cast<const float4*>(gr + j);
-                g[j] = t.x; g[j + 1] = t.y; g[j + 2] = t.z; g[j + 3] = t.w;
-            } else {
-                const double2 t = *reinterpret_cast<const double2*>(gr + j);
-                g[j] = t.x; g[j + 1] = t.y;
-            }
-        }
+        smem_row<A, OW>(gr, g);
     } else {
 #pragma unroll
         for (int j = 0; j < OW; ++j) g[j] = gr[j];
     }
     constexpr int C0 = cmax(0, -PL), C1 = cmin(IW, OW - 1 - PL + KW);  // x columns read
-    constexpr int G0 = XVEC ? C0 / V * V : C0;
-    constexpr int STEP = XVEC ? V : 1;
+    auto feed = [&](int c, A v) {
 #pragma unroll
-    for (int c0 = G0; c0 < C1; c0 += STEP) {
-        A xv[STEP];
-        if constexpr (XVEC) {
-            if constexpr (sizeof(A) == 4) {
-                const float4 t = *reinterpret_cast<const float4*>(xr + c0);
-                xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
-            } else {
-                const double2 t = *reinterpret_cast<const double2*>(xr + c0);
-                xv[0] = t.x; xv[1] = t.y;
-            }
-        } else {
-            xv[0] = xr[c0];
+        for (int kw = 0; kw < KW; ++kw) {
+            const int ow = c + PL - kw;  // the output column this (x column, tap) pairs with
+            if (ow >= 0 && ow < OW) acc[kw] = fma(g[ow], v, acc[kw]);
         }
-#pragma unroll
-        for (int e = 0; e < STEP; ++e) {
-            const int c = c0 + e;
-#pragma unroll
-            for (int kw = 0; kw < KW; ++kw) {
-                const int ow = c + PL - kw;  // the output column this (x column, tap) pairs with
-                if (c >= C0 && c < C1 && ow >= 0 && ow < OW) acc[kw] = fma(g[ow], xv[e], acc[kw]);
-            }
-        }
-    }
+    };
+    for_columns<A, XVEC, C0, C1>(xr, feed);
 }
 
 // wgrad_lines: weight and bias gradients of large kernels on whole planes (stride 1,
