@@ -804,8 +804,8 @@ def _lines_width(pr, dtype):
 
 def _lines_regs(pr, dtype, cw):
     """Registers of a conv_lines thread: sums and one tap row of weights, ~36 for input
-    vectors, addresses and loop state (ptxas, sm_90: 13x13 on 28 columns 72, 31x31 on 56
-    columns 118, on 28 columns 95)."""
+    vectors, addresses and loop state (ptxas, sm_90: 13x13 on 28 columns 72-79, 31x31 on
+    56 columns 118-125, on 28 columns 95)."""
     return (cw + pr.KW) * (ITEMSIZE[dtype] // 4) + 36
 
 
