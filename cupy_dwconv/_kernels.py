@@ -803,9 +803,10 @@ def _lines_width(pr, dtype):
 
 
 def _lines_regs(pr, dtype, cw):
-    """Registers of a conv_lines thread: sums and one tap row of weights, ~36 for input
-    vectors, addresses and loop state (ptxas, sm_90: 13x13 on 28 columns 72-79, 31x31 on
-    56 columns 118-125, on 28 columns 95)."""
+    """Registers of a conv_lines thread (CW sums and one tap row of weights) or of a
+    wgrad_lines thread (CW = OW: a grad_output row and KW sums), plus ~36 for input
+    vectors, addresses and loop state (ptxas, sm_90: conv_lines 13x13 on 28 columns
+    72-79, 31x31 on 56 columns 118-125, on 28 columns 95; wgrad_lines 59 and 93)."""
     return (cw + pr.KW) * (ITEMSIZE[dtype] // 4) + 36
 
 
@@ -900,7 +901,7 @@ def wgrad_lines_launch(p, dtype, planes=None, chunks=None, sms=132):
             or p.KH * p.KW < LINES_MIN_TAPS or min(p.OH, p.OW, p.N, p.CM) < 1
             or (p.OW + p.KW) * words > LINES_SUM_BUDGET):
         return None
-    regs = (p.OW + p.KW) * words + 36
+    regs = _lines_regs(p, dtype, p.OW)
     best = None
     for pl in ([planes] if planes is not None else range(1, min(p.CM, LINES_MAX_PLANES) + 1)):
         block = _cdiv(p.KH * pl, 32) * 32
