@@ -15,6 +15,9 @@ bias gradients (sums in another order differ in the last bits).
 --shape N C H W replaces the case's input shape (kernel, stride, padding and dilation
 stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane.
 
+--lines-min-taps N lowers the tap count from which the lines family (conv_lines,
+wgrad_lines) accepts a problem, to time it on kernels the dispatcher gives to others.
+
 A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, lines, rows;
 rowsa is rows with staged=True) or plan_wgrad's (tile, plane, lines, smem, mma); values
 are ints, true/false or none.
@@ -55,7 +58,10 @@ def main(argv=None):
     ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
+    ap.add_argument("--lines-min-taps", type=int, help="accept the lines family from this many taps")
     args = ap.parse_args(argv)
+    if args.lines_min_taps is not None:
+        _kernels.LINES_MIN_TAPS = args.lines_min_taps
 
     import cupy
 

@@ -1,6 +1,7 @@
 """Time the launches of one backward alone and together: the fused kernel with and
-without its closing step, wgrad_reduce, and the library call (CUDA events, median,
-inputs rotated past L2, as the benchmark). Run on a GPU machine:
+without its closing step, wgrad_reduce, and the library call, on the split path also
+with each stream arrangement of _kernels.split_streams (CUDA events, median, inputs
+rotated past L2, as the benchmark). Run on a GPU machine:
 
     python3 benchmarks/bwd_split.py inception_1x7:float32 seed_3x7:float16
 """
@@ -48,11 +49,27 @@ def main(argv):
                                                 s2(dev, (part, gw, gb)))),
                 ("closing step", lambda k: s1(dev, (xs[k], gos[k], w, gxs[k], part, counters, gw, gb))),
             ]
-        rows.append(("library call", lambda k: _api.depthwise_conv2d_backward(
-            gos[k], xs[k], w, stride=(p.SH, p.SW), padding=p.padding, dilation=(p.DH, p.DW))))
+        def call(k):
+            return _api.depthwise_conv2d_backward(gos[k], xs[k], w, stride=(p.SH, p.SW), padding=p.padding,
+                                                  dilation=(p.DH, p.DW))
+
+        rows.append(("library call", call))
+        if fused is None:  # the split path, on each of its stream arrangements (split_streams)
+            for label, limit, first_max in (("one stream", None, 0), ("side, shared", 1, 0),
+                                            ("side, wgrad_first", 1, float("inf"))):
+                rows.append((label, lambda k, limit=limit, first_max=first_max: _with_streams(limit, first_max, call, k)))
         for label, fn in rows:
             print(f"  {label:18s} {bench.time_events(fn, k_sets, repeats=60, warmup=15) * 1000:8.2f} us", flush=True)
     return 0
+
+
+def _with_streams(limit, first_max, fn, k):
+    saved = _kernels.SPLIT_CONCURRENT_MIN, _kernels.SPLIT_FIRST_MAX_FLOPS
+    _kernels.SPLIT_CONCURRENT_MIN, _kernels.SPLIT_FIRST_MAX_FLOPS = limit, first_max
+    try:
+        return fn(k)
+    finally:
+        _kernels.SPLIT_CONCURRENT_MIN, _kernels.SPLIT_FIRST_MAX_FLOPS = saved
 
 
 if __name__ == "__main__":

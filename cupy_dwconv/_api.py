@@ -94,6 +94,20 @@ def _contiguous(cupy, a):
     return a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
 
 
+# The split backward's side streams (see _kernels.split_streams), one per (device, host
+# thread, priority), made on first use on the current device.
+_SIDE_STREAMS = {}
+_GREATEST_PRIORITY = -1000  # CUDA clamps a priority to its range: the device's greatest
+
+
+def _side_stream(cupy, device_id, first):
+    key = (device_id, threading.get_ident(), first)
+    s = _SIDE_STREAMS.get(key)
+    if s is None:
+        s = _SIDE_STREAMS[key] = cupy.cuda.Stream(non_blocking=True, priority=_GREATEST_PRIORITY if first else 0)
+    return s
+
+
 def _exact_key(value):
     """`value` itself when it is built only of exact ints and strings (hashable, and
     no bool can pass for an int), else None: such calls take the checked path."""
@@ -273,13 +287,29 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
                 stage1(dev, (xc, go, w, gx, partial, _chunk_counters(cupy, dev, p.CM),
                              _NULL if gw is None else gw, _NULL if gb is None else gb))
                 return gx, gw, gb
+        side = None
         if needs[0] and gx.size:
+            if want_w:
+                streams = _kernels.split_streams(p)
+                if streams is not None:
+                    # The weight gradient's first stage runs on a side stream that waits
+                    # for the caller's stream as it is now; the caller's stream waits for
+                    # it before the reduction: ordered on the caller's stream as a
+                    # single-stream call is.
+                    main = cupy.cuda.get_current_stream()
+                    side = _side_stream(cupy, dev, streams == "wgrad_first")
+                    side.wait_event(main.record())
             w = _contiguous(cupy, weight)
             launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *arch)
             launch(dev, (go, w, _NULL, gx))
         if want_w:
             stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *arch)
             partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
-            stage1(dev, (xc, go, partial))
+            if side is None:
+                stage1(dev, (xc, go, partial))
+            else:
+                with side:
+                    stage1(dev, (xc, go, partial))
+                main.wait_event(side.record())
             stage2(dev, (partial, _NULL if gw is None else gw, _NULL if gb is None else gb))
     return gx, gw, gb

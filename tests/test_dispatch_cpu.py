@@ -532,3 +532,26 @@ def test_lines_dispatch_and_budget():
                 cw = int(args[9])
                 assert launch.block[0] == -(-x_shape[3] // cw) * -(-planes * x_shape[2] // 32) * 32
                 assert (cw + kwp) * size // 4 <= 100
+
+
+def test_split_streams():
+    """The split backward's streams: the caller's alone below SPLIT_CONCURRENT_MIN
+    elements of x, a side stream of the greatest priority for problems of fewer FLOPs per
+    gradient than SPLIT_FIRST_MAX_FLOPS (replk_13x13, the stride-2 suite cases), one of
+    default priority above (replk_31x31); None turns the side stream off."""
+    replk13 = params((32, 256, 28, 28), (256, 1, 13, 13), 1, 6, 1)
+    replk31 = params((32, 128, 56, 56), (128, 1, 31, 31), 1, 15, 1)
+    mbv2_s2 = params((64, 96, 112, 112), (96, 1, 3, 3), 2, 1, 1)
+    small = params((2, 8, 40, 40), (8, 1, 13, 13), 1, 6, 1)
+    assert _kernels.split_streams(replk13) == "wgrad_first"
+    assert _kernels.split_streams(mbv2_s2) == "wgrad_first"
+    assert _kernels.split_streams(replk31) == "shared"
+    assert _kernels.split_streams(small) is None
+    saved = _kernels.SPLIT_CONCURRENT_MIN
+    try:
+        _kernels.SPLIT_CONCURRENT_MIN = None
+        assert _kernels.split_streams(replk13) is None
+        _kernels.SPLIT_CONCURRENT_MIN = 1
+        assert _kernels.split_streams(small) == "wgrad_first"
+    finally:
+        _kernels.SPLIT_CONCURRENT_MIN = saved

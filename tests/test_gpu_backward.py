@@ -639,6 +639,63 @@ def test_wgrad_lines(shape, variant, dtype):
     assert "wgrad_lines" in launch.expr
 
 
+# Backward problems that take the split path (grad input, then the weight gradient's two
+# stages): conv_lines and wgrad_lines, tensor cores for both, and stride 2 (conv_tile and
+# wgrad_tile).
+SPLIT_SHAPES = [
+    # N, C, H, W, KH, KW, stride, padding, dtype
+    (3, 5, 28, 28, 13, 13, 1, 6, "float32"),
+    (2, 3, 40, 40, 31, 31, 1, 15, "float16"),
+    (4, 6, 33, 30, 3, 3, 2, 1, "float32"),
+]
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, True), (True, True, False)], ids=str)
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=str)
+def test_split_backward_beside_stream(shape, needs, monkeypatch):
+    """The split backward with its weight-gradient stage 1 on a side stream, both
+    priorities (forced for these small problems): on a caller's stream that has just
+    produced the inputs, the results equal the single-stream path's bitwise and the
+    reference; the caller's stream alone orders the results (read after its synchronize,
+    not the device's)."""
+    import cupy
+
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_backward
+
+    N, C, H, W, KH, KW, s, pad, dtype = shape
+    rng = numpy.random.default_rng(53)
+    x_h = random_array(rng, (N, C, H, W), dtype)
+    w_h = random_array(rng, (C, 1, KH, KW), dtype)
+    p = params(x_h.shape, w_h.shape, False, s, pad, 1)
+    go_h = random_array(rng, p.out_shape, dtype)
+    assert _kernels.plan_backward(p, dtype, 0, 0) is None, "the shape should take the split path"
+    runs = []
+    # The caller's stream alone, then a side stream of the greatest priority, then one of
+    # default priority.
+    for limit, first_max, mode in ((None, 8e9, None), (1, 8e9, "wgrad_first"), (1, 0, "shared")):
+        monkeypatch.setattr(_kernels, "SPLIT_CONCURRENT_MIN", limit)
+        monkeypatch.setattr(_kernels, "SPLIT_FIRST_MAX_FLOPS", first_max)
+        assert _kernels.split_streams(p) == mode
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            # Inputs written on the caller's stream right before the call: the side
+            # stream must wait for them.
+            x, go, w = (cupy.asarray(a) * 1 for a in (x_h, go_h, w_h))
+            out = cupy_dwconv.depthwise_conv2d_backward(go, x, w, stride=s, padding=pad, needs=needs)
+            stream.synchronize()
+        runs.append([None if a is None else a.tobytes() for a in out])
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    ref = reference_backward(go_h, x_h, w_h, stride=s, padding=pad, needs=needs)
+    terms = N * p.OH * p.OW
+    for got, exp, n, what, scale in zip(out, ref, needs, ("grad_x", "grad_weight", "grad_bias"),
+                                        (math.sqrt(KH * KW), math.sqrt(terms), math.sqrt(terms))):
+        assert (got is None) == (not n)
+        if n:
+            assert_close(got.get(), exp, dtype, scale=scale, what=what)
+
+
 BWD_TILE_SHAPES = [
     # N, C, H, W, KH, KW, padding, dilation: tails in both directions, 'valid' (the
     # grad_output plane smaller than x), asymmetric and partial padding, a 1xK and a

@@ -192,7 +192,8 @@ def test_plane(shape, variant, dtype):
 # item, weight runs that wrap to channel 0), two stages with a grid of 2 blocks (each
 # block walks several groups, double-buffered, the last one partial) and a grid of one
 # block at the default planes per block, both weight layouts at three planes per block
-# (packed weights of an odd size: the planes' region is rounded up to a vector).
+# (packed weights of an odd size: the planes' region is rounded up to a vector), rows cut
+# into segments of 8 columns (a last partial segment; wider than narrow planes).
 LINES_SHAPES = [
     # N, C, M, H, W, KH, KW, stride, padding, dilation
     (2, 3, 1, 28, 28, 13, 13, 1, 6, 1),
@@ -204,7 +205,7 @@ LINES_SHAPES = [
     (1, 2, 1, 24, 40, 31, 31, 1, 15, 1),
 ]
 LINES_VARIANTS = [{}, dict(planes=1), dict(planes=5), dict(stages=2, planes=2, blocks=2), dict(stages=2, blocks=1),
-                  dict(planes=3, wv=False), dict(planes=3, wv=True)]
+                  dict(planes=3, wv=False), dict(planes=3, wv=True), dict(planes=2, cw=8)]
 
 
 @pytest.mark.parametrize("dtype", ("float32", "float64"))
