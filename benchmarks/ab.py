@@ -13,7 +13,8 @@ largest difference relative to the largest magnitude of the default plan's weigh
 bias gradients (sums in another order differ in the last bits).
 
 --shape N C H W replaces the case's input shape (kernel, stride, padding and dilation
-stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane.
+stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane. --padding PH PW
+replaces its padding (e.g. no row padding: every output row meets every tap row).
 
 --lines-min-taps N lowers the tap count from which the lines family (conv_lines,
 wgrad_lines) accepts a problem, to time it on kernels the dispatcher gives to others.
@@ -58,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
+    ap.add_argument("--padding", type=int, nargs=2, metavar=("PH", "PW"), help="padding instead of the case's")
     ap.add_argument("--lines-min-taps", type=int, help="accept the lines family from this many taps")
     args = ap.parse_args(argv)
     if args.lines_min_taps is not None:
@@ -69,6 +71,8 @@ def main(argv=None):
     case = next(c for c in cases if c.name == args.case)
     if args.shape:
         case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
+    if args.padding:
+        case = dataclasses.replace(case, padding=tuple(args.padding))
     p = case.params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
