@@ -745,10 +745,6 @@ LINES_MIN_TAPS = TILE_MAX_TAPS + 1  # smaller kernels go to the tile and row fam
 LINES_SUM_BUDGET = 100              # 32-bit registers for a line's sums and one tap row
 LINES_MAX_BLOCK = 512
 LINES_MAX_PLANES = 32
-# Stages of conv_lines by default: 1. Measured (H200, replk_13x13 float32 forward, 8 planes
-# per block): one stage 57.0 us, two (persistent, double-buffered) 62.0; the hardware's
-# block scheduling keeps three blocks per SM busy to the end, a static walk does not.
-LINES_STAGES = 1
 
 
 def _lines_wv(pr):
@@ -774,9 +770,9 @@ def _lines_kwp(pr, dtype):
     return _cdiv(pr.KW, v) * v
 
 
-def lines_smem_bytes(pr, dtype, planes, stages=1, wv=True):
-    """Dynamic shared memory of conv_lines: per stage, the weights of P*R channels in tap
-    rows of KWP elements (WUP per channel), then P*R planes PITCH elements apart."""
+def lines_smem_bytes(pr, dtype, planes, wv=True):
+    """Dynamic shared memory of conv_lines: the weights of P*R channels in tap rows of KWP
+    elements (WUP per channel), then P*R planes PITCH elements apart."""
     size = ITEMSIZE[dtype]
     v = 16 // size
     if wv:
@@ -785,7 +781,7 @@ def lines_smem_bytes(pr, dtype, planes, stages=1, wv=True):
     else:
         wup = pr.KH * pr.KW + (1 - pr.KH * pr.KW % 2)
     w = _up16(planes * pr.R * wup * size)
-    return stages * (w + planes * pr.R * lines_pitch(dtype, pr.IH * pr.IW) * size)
+    return w + planes * pr.R * lines_pitch(dtype, pr.IH * pr.IW) * size
 
 
 def _lines_width(pr, dtype):
@@ -814,13 +810,12 @@ def _lines_resident(block, regs, smem):
     return min(SM_THREADS // block, 65536 // (block * _cdiv(regs, 8) * 8), SM_SMEM // (smem + 1024))
 
 
-def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv=None, cw=None, sms=132):
+def lines_launch(pr, dtype, planes=None, minb=None, wv=None, cw=None, sms=132):
     """conv_lines plan (MODE 0 correlations at stride 1 and dilation 1, optionally with the
-    rotated kernel; float32 and float64); None if the shape does not fit. `planes` fixes
-    the planes per block; `stages` 2 runs persistent double-buffered blocks (at most
-    `blocks`, else as many as are resident on `sms` multiprocessors); `minb` fixes the
-    blocks-per-SM launch bound (registers then as ptxas caps them); `wv` the weight layout
-    (see _lines_wv); `cw` the output columns per thread (whole 16-byte vectors).
+    rotated kernel; float32 and float64), a block per group of planes; None if the shape
+    does not fit. `planes` fixes the planes per block; `minb` fixes the blocks-per-SM
+    launch bound (registers then as ptxas caps them); `wv` the weight layout (see
+    _lines_wv); `cw` the output columns per thread (whole 16-byte vectors).
 
     Planes per block: a block for every SM where there are planes for it, then two or
     more resident blocks per SM (one block's copies overlap another's FMAs), then the most
@@ -830,7 +825,9 @@ def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv
     replk_13x13 2 / 4 / 8 / 16 planes 60.6 / 60.5 / 57.6 / 63.6 (16: one block of 14
     warps per SM), replk_31x31 1 / 2 / 4 planes 455.0 / 427.1 / 391.5; lower register
     caps for more blocks per SM gained nothing (replk_13x13 8 planes at 4 blocks per SM
-    57.9, 4 at 8 62.2)."""
+    57.9, 4 at 8 62.2); persistent blocks with two stages (the next group copied in during
+    this one's FMAs) were slower (62.0 against 57.0 at 8 planes; benchmarks/NOTES.md,
+    sessions 21 and 22) and were removed."""
     if (pr.mode != 0 or dtype not in ("float32", "float64") or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1)
             or pr.KH * pr.KW < LINES_MIN_TAPS or min(pr.OH, pr.OW) < 1):
         return None
@@ -841,13 +838,12 @@ def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv
     if cw % (16 // ITEMSIZE[dtype]) and nseg > 1:
         return None
     regs = _lines_regs(pr, dtype, cw)
-    stages = LINES_STAGES if stages is None else stages
     wv = _lines_wv(pr) if wv is None else wv
     best = None
     for p in ([planes] if planes is not None else range(1, LINES_MAX_PLANES + 1)):
         warps = _cdiv(p * pr.OH, 32)
         block = nseg * warps * 32
-        smem = lines_smem_bytes(pr, dtype, p, stages, wv)
+        smem = lines_smem_bytes(pr, dtype, p, wv)
         if block > LINES_MAX_BLOCK or smem > SM_SMEM // 2 - 1024:
             if planes is None:
                 continue
@@ -868,10 +864,8 @@ def lines_launch(pr, dtype, planes=None, stages=None, blocks=None, minb=None, wv
     _, p, block, per_sm, smem, groups = best
     if groups > INT32_MAX:
         return None
-    if stages > 1:  # persistent: as many blocks as are resident at once
-        groups = min(groups, sms * per_sm, blocks or INT32_MAX)
     expr = "dw::conv_lines<" + _targs(
-        CXX_TYPE[dtype], pr.KH, pr.KW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL, cw, pr.flip, stages, wv, block,
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL, cw, pr.flip, wv, block,
         min(per_sm, 4) if minb is None else minb
     ) + ">"
     args = pack_args("PlaneArgs", n_planes=pr.planes, P=p, **_channel_fields(pr))

@@ -504,7 +504,7 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_smem<float, 31, 31, 1, 1, 1, 1, 4, 8, false>", "conv_smem 4x8"),
         ("dw::conv_smem<dw::bf16_t, 31, 31, 1, 1, 1, 1, 4, 8, true>", "conv_smem 4x8 flip"),
         ("dw::conv_plane<float, 7, 7, 1, 1, 1, 1, 7, 7, 7, 7, 3, 3, 7, false, 1, 64, 6>", "conv_plane 7x7"),
-        ("dw::conv_lines<float, 31, 31, 56, 56, 56, 56, 15, 15, 56, true, 1, false, 224, 2>", "conv_lines 1x56 flip"),
+        ("dw::conv_lines<float, 31, 31, 56, 56, 56, 56, 15, 15, 56, true, false, 224, 2>", "conv_lines 1x56 flip"),
         ("dw::conv_plane<dw::half_t, 1, 7, 1, 1, 1, 1, 17, 17, 17, 17, 0, 3, 2, true, 2, 256, 2>",
          "conv_plane 2x17 flip s2"),
         ("dw::wgrad_plane<float, 7, 7, 1, 1, 1, 1, 7, 7, 7, 7, 3, 3, 128, 3>", "wgrad_plane"),

@@ -495,11 +495,11 @@ def test_lines_dispatch_and_budget():
     for grad in (False, True):
         launch = plan((32, 256, 28, 28), (13, 13), 6, grad=grad)  # replk_13x13
         name, args = _kernels.split_expr(launch.expr)
-        assert name == "conv_lines" and args[9:13] == ["28", "true" if grad else "false", "1", "true"]
+        assert name == "conv_lines" and args[9:12] == ["28", "true" if grad else "false", "true"]
         assert launch.block == (224, 1, 1) and launch.scalars[0]["P"] == 8 and launch.grid == (1024, 1, 1)
     launch = plan((32, 128, 56, 56), (31, 31), 15)  # replk_31x31: packed weights, 4 planes
     name, args = _kernels.split_expr(launch.expr)
-    assert args[9] == "56" and args[12] == "false" and launch.scalars[0]["P"] == 4
+    assert args[9] == "56" and args[11] == "false" and launch.scalars[0]["P"] == 4
     # float64 31x31: 14-column segments (sums and a 32-element tap row in 100 registers);
     # 16 planes, fewer than SMs: one per block, 4 segments of 2 warps.
     launch = plan((2, 8, 56, 56), (31, 31), 15, "float64")

@@ -189,9 +189,7 @@ def test_plane(shape, variant, dtype):
 # 15 taps; float64 31x31 in segments of 14), a kernel larger than the plane (the rotated
 # grad-input problem crops), batch items that straddle blocks. Variants: the default
 # plan, one plane per block, five planes per block (groups that start inside a batch
-# item, weight runs that wrap to channel 0), two stages with a grid of 2 blocks (each
-# block walks several groups, double-buffered, the last one partial) and a grid of one
-# block at the default planes per block, both weight layouts at three planes per block
+# item, weight runs that wrap to channel 0), both weight layouts at three planes per block
 # (packed weights of an odd size: the planes' region is rounded up to a vector), rows cut
 # into segments of 8 columns (a last partial segment; wider than narrow planes).
 LINES_SHAPES = [
@@ -204,8 +202,8 @@ LINES_SHAPES = [
     (1, 2, 1, 15, 17, 8, 10, 1, "same", 1),
     (1, 2, 1, 24, 40, 31, 31, 1, 15, 1),
 ]
-LINES_VARIANTS = [{}, dict(planes=1), dict(planes=5), dict(stages=2, planes=2, blocks=2), dict(stages=2, blocks=1),
-                  dict(planes=3, wv=False), dict(planes=3, wv=True), dict(planes=2, cw=8)]
+LINES_VARIANTS = [{}, dict(planes=1), dict(planes=5), dict(planes=3, wv=False), dict(planes=3, wv=True),
+                  dict(planes=2, cw=8)]
 
 
 @pytest.mark.parametrize("dtype", ("float32", "float64"))

@@ -338,10 +338,11 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
 // Template arguments: T storage type (float or double); KH KW kernel (stride 1, dilation
 // 1); IH IW OH OW PT PL plane geometry and padding (negative PT/PL crop: the rotated
 // grad-input problem); CW output columns per thread; FLIP read the kernel rotated by 180
-// degrees; NS stages (2: persistent blocks that copy their next group in during this
-// one's FMAs, as conv_plane's); WV weights in tap rows of whole vectors (read as vectors)
-// rather than packed (read one by one); BLOCK (NSEG segments x WPS warps), MINB launch
-// bounds.
+// degrees; WV weights in tap rows of whole vectors (read as vectors) rather than packed
+// (read one by one); BLOCK (NSEG segments x WPS warps), MINB launch bounds. A block
+// computes one group (no persistent loop: two stages that copy the next group in during
+// this one's FMAs measured slower, 62.0 against 57.0 us on replk_13x13; NOTES, sessions
+// 21-22).
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
@@ -518,14 +519,13 @@ struct LinesRow {
     }
 };
 
-template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int CW, bool FLIP, int NS,
-          bool WV, int BLOCK, int MINB>
+template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int CW, bool FLIP, bool WV,
+          int BLOCK, int MINB>
 __global__ void __launch_bounds__(BLOCK, MINB)
 conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
            const PlaneArgs a) {
     typedef T A;
     static_assert(sizeof(T) == 4 || sizeof(T) == 8, "4- and 8-byte types (no conversion on the way in)");
-    static_assert(NS == 1 || NS == 2, "one stage, or two (double buffering)");
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
     constexpr int V = 16 / (int)sizeof(T);
     constexpr int KWP = WV ? round_up(KW, V) : KW;  // a tap row's pitch in shared memory
@@ -541,86 +541,42 @@ conv_lines(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     const int QC = a.QC, DIV = a.DIV, R = a.R, P = a.P;
     const int RKK = R * KK;
 
-    // Stage s: the weights of P*R units in rows of KWP, then P*R planes PITCH elements
-    // apart (_kernels.lines_smem_bytes sizes it the same way).
+    // The group of planes [q0, q0 + np): the weights of P*R units in rows of KWP, then
+    // P*R planes PITCH elements apart (_kernels.lines_smem_bytes sizes it the same way).
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int w_bytes = round_up(P * R * WUP * (int)sizeof(T), 16);  // the planes start on a vector
-    const int stage_bytes = w_bytes + P * R * PITCH * (int)sizeof(T);
-    auto ws_of = [&](int s) { return reinterpret_cast<T*>(smem_raw + s * stage_bytes); };
-    auto xs_of = [&](int s) { return reinterpret_cast<T*>(smem_raw + s * stage_bytes + w_bytes); };
+    T* const ws = reinterpret_cast<T*>(smem_raw);
+    T* const xs = reinterpret_cast<T*>(smem_raw + round_up(P * R * WUP * (int)sizeof(T), 16));  // on a vector
+    const i64 q0 = (i64)blockIdx.x * P;
+    if (q0 >= n_planes) return;
+    const int np = (int)min((i64)P, n_planes - q0);
+    const PlaneMap m0 = map_plane(q0, QC, IC, DIV, R);
+    const i64 in_lo = m0.in_plane0, in_hi = map_plane(q0 + np - 1, QC, IC, DIV, R).in_plane0 + R;
+    // Copies: the input planes (one contiguous run of planes, laid PITCH apart), then the
+    // weights: channels ch0, ch0 + 1, ... (mod QC), as one run of nA from ch0 and, where
+    // the group crosses into the next batch item, one of nB from channel 0.
+    const int nA = min(np, QC - m0.ch), nB = min(m0.ch, np - nA);
+    stage_planes<T, IHW, PITCH>(x + in_lo * IHW, xs, (int)(in_hi - in_lo));
+    stage_weight_rows<T, KH, KW, KWP, WUP>(w + (i64)m0.ch * RKK, w, nA * R, (nA + nB) * R, ws);
 
-    auto group_at = [&](i64 q0) {
-        PlaneGroup g;
-        g.q0 = q0;
-        g.np = (int)min((i64)P, n_planes - q0);
-        const PlaneMap m0 = map_plane(q0, QC, IC, DIV, R);
-        g.in_lo = m0.in_plane0;
-        g.ch0 = m0.ch;
-        g.in_hi = map_plane(q0 + g.np - 1, QC, IC, DIV, R).in_plane0 + R;
-        return g;
-    };
-    // Copies of a group: its input planes (one contiguous run of planes, laid PITCH
-    // apart), then its weights: channels ch0, ch0 + 1, ... (mod QC), as one run from ch0
-    // and, where the group crosses into the next batch item, one from channel 0.
-    auto issue = [&](const PlaneGroup& g, int s) {
-        stage_planes<T, IHW, PITCH>(x + g.in_lo * IHW, xs_of(s), (int)(g.in_hi - g.in_lo));
-        const int nA = min(g.np, QC - g.ch0), nB = min(g.ch0, g.np - nA);
-        stage_weight_rows<T, KH, KW, KWP, WUP>(w + (i64)g.ch0 * RKK, w, nA * R, (nA + nB) * R, ws_of(s));
-    };
-
-    // The thread's line: the same in every group.
+    // The thread's line, its plane and bias, read while the copies are in flight (a
+    // global load after the barrier would hold every warp of the block at its first FMA).
     const int tid = threadIdx.x;
     const int seg = tid / (32 * WPS);
     const int li = tid - seg * (32 * WPS);
     const int rank = li / P, p = li - rank * P;
     const int oh = (rank & 1) ? OH - 1 - (rank >> 1) : (rank >> 1);
+    const bool active = rank < OH && p < np;
+    const PlaneMap pm = map_plane(q0 + (active ? p : 0), QC, IC, DIV, R);
+    const A b0 = (!FLIP && bias != nullptr && active) ? load1(bias + pm.ch) : A(0);
+    stage_commit_wait<0>();
+    if (!active) return;
     // Tap rows whose input row oh - PT + kh lies in [0, IH).
     const int kh0 = max(0, PT - oh), kh1 = min(KH, IH + PT - oh);
-    const bool vout = vec_phase(y) == 0;
-
-    i64 q0 = (i64)blockIdx.x * P;
-    if (q0 >= n_planes) return;
-    PlaneGroup cur = group_at(q0);
-    if constexpr (NS == 2) {
-        issue(cur, 0);
-        stage_commit();  // a group of its own: the first wait below must not wait for group 1
-    }
-    for (int it = 0;; ++it) {
-        const int s = NS == 2 ? (it & 1) : 0;
-        const i64 q_next = cur.q0 + (i64)gridDim.x * P;
-        const bool more = q_next < n_planes;
-        PlaneGroup nxt = cur;
-        if constexpr (NS == 1) issue(cur, 0);  // the previous group's lines ended before its closing barrier
-        // The line's plane and bias, read while the copies are in flight (a global load
-        // after the barrier would hold every warp of the block at its first FMA).
-        const bool active = rank < OH && p < cur.np;
-        const PlaneMap pm = map_plane(cur.q0 + (active ? p : 0), QC, IC, DIV, R);
-        const A b0 = (!FLIP && bias != nullptr && active) ? load1(bias + pm.ch) : A(0);
-        if constexpr (NS == 2) {
-            // Stage s^1 was last read by group it-1's lines, which ended before that
-            // iteration's closing barrier.
-            if (more) {
-                nxt = group_at(q_next);
-                issue(nxt, s ^ 1);
-            }
-            stage_commit_wait<1>();  // every group but the newest (the next one) has landed
-        } else {
-            stage_commit_wait<0>();
-        }
-
-        if (active) {
-            const int nA = min(cur.np, QC - cur.ch0);
-            const int unit0 = (pm.ch >= cur.ch0 ? pm.ch - cur.ch0 : nA + pm.ch) * R;
-            const T* const xrow = xs_of(s) + (pm.in_plane0 - cur.in_lo) * PITCH + (oh - PT) * IW;
-            T* const yrow = y + (cur.q0 + p) * OHW + oh * OW;
-            LinesRow<T, KH, KW, IW, OW, PL, CW, KWP, WUP, PITCH, FLIP, WV>::template segment<0>(
-                seg, xrow, ws_of(s) + unit0 * WUP, R, kh0, kh1, b0, yrow, vout);
-        }
-        if (!more) break;
-        __syncthreads();  // every line of this group has read stage s before it is refilled
-        if constexpr (NS == 2) cur = nxt;
-        else cur = group_at(q_next);
-    }
+    const int unit0 = (pm.ch >= m0.ch ? pm.ch - m0.ch : nA + pm.ch) * R;
+    const T* const xrow = xs + (pm.in_plane0 - in_lo) * PITCH + (oh - PT) * IW;
+    T* const yrow = y + (q0 + p) * OHW + oh * OW;
+    LinesRow<T, KH, KW, IW, OW, PL, CW, KWP, WUP, PITCH, FLIP, WV>::template segment<0>(
+        seg, xrow, ws + unit0 * WUP, R, kh0, kh1, b0, yrow, vec_phase(y) == 0);
 }
 
 // One output row's contribution to a tap row's weight gradient: acc[kw] += sum over the
