@@ -287,14 +287,19 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
                 stage1(dev, (xc, go, w, gx, partial, _chunk_counters(cupy, dev, p.CM),
                              _NULL if gw is None else gw, _NULL if gb is None else gb))
                 return gx, gw, gb
+        if want_w:
+            stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *arch)
+            partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
         side = None
         if needs[0] and gx.size:
             if want_w:
                 streams = _kernels.split_streams(p)
                 if streams is not None:
                     # The weight gradient's first stage runs on a side stream that waits
-                    # for the caller's stream as it is now; the caller's stream waits for
-                    # it before the reduction: ordered on the caller's stream as a
+                    # for the caller's stream as it is now, after everything stage 1 reads
+                    # or writes was made there (x, grad_output and partial: an allocator
+                    # may queue work on it); the caller's stream waits for the side stream
+                    # before the reduction: ordered on the caller's stream as a
                     # single-stream call is.
                     main = cupy.cuda.get_current_stream()
                     side = _side_stream(cupy, dev, streams == "wgrad_first")
@@ -303,8 +308,6 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
             launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *arch)
             launch(dev, (go, w, _NULL, gx))
         if want_w:
-            stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *arch)
-            partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
             if side is None:
                 stage1(dev, (xc, go, partial))
             else:
