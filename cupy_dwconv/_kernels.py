@@ -5,7 +5,7 @@ This is the only module that knows the CUDA side. A *plan* is chosen per problem
 the launch geometry and the scalar arguments with their exact C types. Plans are
 memoized, so a repeated call costs a dictionary lookup plus the launch.
 
-Kernel choice is a heuristic table (see `_use_mma`, `lines_launch`, `_tile_shape`,
+Kernel choice is a heuristic table (see `_use_mma`, `lines_launch`, `_use_rows_whole`, `_tile_shape`,
 `_smem_candidate`, `_use_wgrad_mma`, `_wgrad_tile_shape`, `_bwd_tile_shape`,
 `_bwd_chunks`) rather than
 autotuning: it is deterministic (the weight gradient's reduction order, and therefore
@@ -1190,15 +1190,20 @@ def _staged_segment(ow, v, pl, kw, dw):
     return s, nl, nr
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None):
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None,
+                block=None):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
     one input plane per output plane); None where the shape does not fit its limits.
     `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
-    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default)."""
+    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default);
+    `block` its threads per block (ROWS_BLOCK by default)."""
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
     dv, dpf, dminb = _rows_async_shape(pr, dtype) if staged else _rows_shape(pr, dtype)
+    block = ROWS_BLOCK if block is None else block
+    if block != ROWS_BLOCK and (not staged or block % 32 or not 32 <= block <= ROWS_BLOCK):
+        return None
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
@@ -1211,17 +1216,18 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
     smem = 0
     if staged:
         s, nl, nr = _staged_segment(pr.OW, v, pr.PL, pr.KW, pr.DW)
-        if arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4 or nl + nr > 32:
+        if (arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4
+                or v * ITEMSIZE[dtype] > 32 or nl + nr > 32 or s > block):
             return None
         out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
         rp = _rows_pairs(pr, pf, out_rows) if rp is None else rp
         if rp not in (1, 2) or pf < rp or (rp > 1 and out_rows):
             return None
-        smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
+        smem = (block // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
         if smem > SM_SMEM // minb - 1024:
             return None
     n_cs = _cdiv(pr.OW, s * v)
-    segs = ROWS_BLOCK // s
+    segs = block // s
     units_per_band = pr.planes * n_cs
     rb, bands = _rows_bands(pr, units_per_band, q, sms * minb * segs, rb)
     units = units_per_band * bands
@@ -1229,11 +1235,123 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
     expr = ("dw::conv_rows_async<" if staged else "dw::conv_rows<") + _targs(
-        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb, *((rp,) if staged else ())
+        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb,
+        *((rp,) if staged else ()), *((block,) if block != ROWS_BLOCK else ())
     ) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)
-    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,))
+    return Launch("rows.cu", expr, grid, (block, 1, 1), smem, (args,))
+
+
+def _rows_whole_shape(pr, dtype):
+    """(V, S): columns per lane and lanes per segment of conv_rows_whole, the segment
+    covering an output row: the S (a power of two up to a warp) whose lanes of
+    V = ceil(OW / S) columns waste the fewest columns, V a whole number of 32-bit words
+    and at most 32 bytes (then the widest V, for the fewest lanes)."""
+    size, best = ITEMSIZE[dtype], None
+    for s in (1, 2, 4, 8, 16, 32):
+        v = _cdiv(pr.OW, s)
+        v += (-v) % (4 // size if size < 4 else 1)
+        if v * size > 32:
+            continue
+        if best is None or s * v - pr.OW < best[1] * best[0] - pr.OW:
+            best = (v, s)
+    return best
+
+
+def _use_rows_whole(pr, dtype):
+    """Whether the dispatcher takes conv_rows_whole (where it plans one band per plane):
+    float32 kernels of 26 to 49 taps at dilation 1 whose output row a segment covers
+    exactly (no idle lane columns). Measured (H200, benchmarks/ab.py, us, against
+    conv_rows_async; forward / grad input): convnext_7x7 float32 58.5-58.9 / 59.1 against
+    66.1 / 66.3 (8 lanes of 7 columns, one band: 62 rows swept for 56 instead of 68, every
+    lane busy); 64 x 192 planes of 28 x 28 under 7x7, 38.5 against 42.6. Not taken:
+    effnet_5x5 (25 taps, memory-bound: 42.7 against 36.2), mbv2_3x3 16-bit (50.3 against
+    40.6), seed_3x7 16-bit (170.7 against 165.6), mbv2_3x3 float32 (73.9 against conv_tile's
+    65.0): where the copies bound the time, the segments' fewer, longer units hide less of
+    the memory latency."""
+    if dtype != "float32" or (pr.SH, pr.SW) != (1, 1) or (pr.DH, pr.DW) != (1, 1):
+        return False
+    if not 26 <= pr.KH * pr.KW <= 49:
+        return False
+    v, s = _rows_whole_shape(pr, dtype)
+    return v * s == pr.OW
+
+
+def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, rb=None, sms=132, arch=90,
+                      vout=True):
+    """conv_rows_whole plan: conv_rows_async's problems (stride 1, MODE 0, one input plane
+    per output plane) whose output row one segment covers, in 4- and 2-byte types, with
+    input and output rows of whole 4-byte words; None elsewhere. Defaults: the lanes of
+    _rows_whole_shape, 4 rows ahead, blocks of 128 threads, the most blocks per SM whose
+    shared memory fits (at most 4)."""
+    size = ITEMSIZE[dtype]
+    if (arch < 80 or pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or size not in (2, 4)
+            or pr.KH * pr.KW > ROWS_MAX_TAPS or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD
+            or min(pr.OH, pr.OW) < 1 or (pr.IW * size) % 4 or (pr.OW * size) % 4):
+        return None
+    shape = _rows_whole_shape(pr, dtype)
+    if shape is None:
+        return None
+    dv, s = shape
+    v = dv if v is None else v
+    if v * s < pr.OW:
+        s = 1
+        while s < 32 and s * v < pr.OW:
+            s *= 2
+    pf = 4 if pf is None else pf
+    block = 128 if block is None else block
+    q, halo = _rows_window(pr, v)
+    jlo, jhi = _rows_columns(pr.PL, pr.KW, pr.DW, v)
+    if (q * v > ROWS_MAX_SUMS or (v * size) % 4 or v * size > 32 or s * v < pr.OW or pf < 1
+            or block % 32 or not s <= block <= 256):
+        return None
+    pb = next(b for b in (16, 8, 4) if (pr.IW * size) % b == 0 and x_ptr % b == 0) if x_ptr % 4 == 0 else None
+    if pb is None:
+        return None
+    ob = next(b for b in (16, 8, 4) if (pr.OW * size) % b == 0)  # outputs: fresh, 256-byte aligned buffers
+    # Shared memory per segment, as the kernel lays it out (cuda/rows.cu).
+    epw = 4 // size
+    lp = _cdiv(max(0, -jlo) * size, 16) * 16 // size
+    slot = _cdiv((lp + max(s * v + jhi - v, pr.IW) + epw - 1) * size, 16) * 16
+    u = q * _cdiv(pf + 1, q)
+    segb0 = u * slot + _cdiv(s * v * size, 16) * 16
+    soff = max(16, 128 // s)
+    segb = segb0 + (128 + soff - segb0 % 128) % 128
+    smem = (block // s) * segb
+    segs = block // s
+    fit = max(1, min(SM_SMEM // (smem + 1024), SM_THREADS // block))
+    if rb is None:
+        # Bands: the fewest steps per SM (issue-bound: an SM's time is the segment-steps
+        # of its blocks), units spread evenly over the SMs; each band sweeps Q - 1 rows
+        # more than it stores.
+        best = None
+        for bands in range(1, pr.OH + 1):
+            rbb = _cdiv(pr.OH, bands)
+            if _cdiv(pr.OH, rbb) != bands:
+                continue
+            cost = _cdiv(_cdiv(pr.planes * bands, segs), sms) * (rbb + q - 1)
+            if best is None or cost < best[0]:
+                best = (cost, rbb)
+        rb = best[1]
+    rb = max(1, min(rb, pr.OH))
+    bands = _cdiv(pr.OH, rb)
+    units = pr.planes * bands
+    # Blocks per SM: enough for every unit at once where that fits (registers: 65536 /
+    # (block * minb) each), else as many as shared memory allows, at most 4.
+    if minb is None:
+        minb = max(1, min(fit, 4, _cdiv(_cdiv(units, segs), sms)))
+    if smem > SM_SMEM // minb - 1024:
+        return None
+    if pr.IW + 64 > INT32_MAX or pr.OH + q > INT32_MAX:
+        return None
+    grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
+    expr = "dw::conv_rows_whole<" + _targs(
+        CXX_TYPE[dtype], v, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, pr.IW, pr.OW, s, pf, pr.flip, minb, block, pb, ob, vout
+    ) + ">"
+    args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
+                     RB=rb, n_bands=bands, n_cs=1, QC=pr.QC, DIV=pr.DIV)
+    return Launch("rows.cu", expr, grid, (block, 1, 1), smem, (args,))
 
 
 def _use_rows_async(pr, dtype, x_ptr):
@@ -1314,6 +1432,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return lines_launch(q, dtype, sms=sms, **kwargs)
         if kind == "rows":
             return rows_launch(q, dtype, x_ptr, sms=sms, arch=arch, **kwargs)
+        if kind == "rows_whole":
+            return rows_whole_launch(q, dtype, x_ptr, sms=sms, arch=arch, **kwargs)
         if kind == "auto-norows":
             return _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=False)
         return generic_launch(pr, dtype)
@@ -1322,6 +1442,10 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q) else None
+    if launch is None and rows and _use_rows_whole(q, dtype):
+        launch = rows_whole_launch(q, dtype, x_ptr, sms=sms, arch=arch)
+        if launch is not None and int(launch.scalars[0]["n_bands"]) != 1:
+            launch = None
     if launch is None and rows and _use_rows_async(q, dtype, x_ptr):
         launch = rows_launch(q, dtype, x_ptr, sms=sms, staged=True, arch=arch)
     if launch is None and rows and _use_rows(q, dtype):

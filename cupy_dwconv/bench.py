@@ -756,6 +756,9 @@ def short_kernel_name(expr):
         if name in ("conv_rows", "conv_rows_async"):  # columns per lane, rows ahead
             out = f"{name} v{int(args[1])} pf{int(args[10])}"
             return out + (" flip" if args[11] == "true" else "")
+        if name == "conv_rows_whole":  # columns per lane x lanes (a whole row), rows ahead
+            out = f"conv_rows_whole v{int(args[1])}x{int(args[9])} pf{int(args[10])}"
+            return out + (" flip" if args[11] == "true" else "")
         if name == "bwd_rows":
             return f"bwd_rows v{int(args[1])} pf{int(args[11])}"
         if name == "bwd_plane":  # stages (channels and items per block are run-time)

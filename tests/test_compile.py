@@ -50,6 +50,8 @@ FAMILIES = (
     "conv_rows flip=true",
     "conv_rows_async flip=false",
     "conv_rows_async flip=true",
+    "conv_rows_whole flip=false",
+    "conv_rows_whole flip=true",
     "conv_generic mode 0",
     "conv_generic mode 1",
     "wgrad_tile",
@@ -76,6 +78,8 @@ FAMILY_DTYPES["wgrad_lines"] = ("float32", "float64")
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})
 FAMILY_DTYPES.update({f"conv_rows_async flip={b}": ("float32", "float16", "bfloat16") for b in ("false", "true")})
 FAMILY_DTYPES["bwd_rows"] = ("float32", "float16", "bfloat16")
+# conv_rows_whole: float32 kernels of 26 to 49 taps whose row its lanes fill exactly.
+FAMILY_DTYPES.update({f"conv_rows_whole flip={b}": ("float32",) for b in ("false", "true")})
 _DTYPE_OF_CXX = {cxx: name for name, cxx in _kernels.CXX_TYPE.items()}
 
 
@@ -154,7 +158,7 @@ def _family(expr):
         name += f" flip={args[14]}"
     elif name == "conv_lines":
         name += f" flip={args[10]}"
-    elif name in ("conv_rows", "conv_rows_async"):
+    elif name in ("conv_rows", "conv_rows_async", "conv_rows_whole"):
         name += f" flip={args[11]}"
     return name, _DTYPE_OF_CXX[args[0]]
 

@@ -336,6 +336,58 @@ def test_rows_dispatch_and_widths():
             assert "conv_rows_async" in e and [int(_args(e)[i]) for i in (1, 10, 12)] == expect, (dtype, shape, e)
 
 
+def test_rows_whole_dispatch_and_plan():
+    """conv_rows_whole takes float32 kernels of 26 to 49 taps at stride and dilation 1
+    whose output row its lanes fill exactly, forward and grad input, where it plans one
+    band per plane. Template arguments: V (2nd) columns per lane, IW and OW (8th, 9th),
+    S (10th) lanes, PF (11th), FLIP (12th), MINB (13th: enough blocks per SM for every
+    unit at once), BLOCK (14th), PB and OB (15th, 16th: bytes per input copy and output
+    store, from the rows' widths and the input pointer), VOUT (17th)."""
+    convnext = params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
+    fwd = _kernels.plan_forward(convnext, "float32", 0, 90, 132)
+    assert "conv_rows_whole" in fwd.expr, fwd.expr
+    assert _args(fwd.expr)[1:] == ["7", "7", "7", "1", "1", "3", "56", "56", "8", "4", "false", "3", "128", "16", "16",
+                                   "true"]
+    assert fwd.grid == (384, 1, 1) and fwd.block == (128, 1, 1) and int(fwd.scalars[0]["n_bands"]) == 1
+    back = _params.backward_params(convnext.out_shape, convnext.x_shape, convnext.weight_shape, 1, 3, 1)
+    gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr
+    assert "conv_rows_whole" in gi and _args(gi)[11] == "true"
+    stage2 = _kernels.plan_forward(params((64, 192, 28, 28), (192, 1, 7, 7), 1, 3, 1), "float32", 0, 90, 132).expr
+    assert "conv_rows_whole" in stage2 and [_args(stage2)[i] for i in (1, 9)] == ["7", "4"]
+    # An 8-byte aligned input: 8-byte copies.
+    assert _args(_kernels.plan_forward(convnext, "float32", 8, 90, 132).expr)[14] == "8"
+    # Not taken: 25 taps (memory-bound), rows the lanes do not fill exactly (54 columns),
+    # 16-bit (tensor cores), dilation, stride 2, float64.
+    for x_shape, w_shape, stride, pad, dilation, dtype in (
+        ((8, 16, 28, 28), (16, 1, 5, 5), 1, 2, 1, "float32"),
+        ((8, 16, 56, 56), (16, 1, 7, 7), 1, 2, 1, "float32"),
+        ((8, 16, 56, 56), (16, 1, 7, 7), 1, 3, 1, "float16"),
+        ((8, 16, 56, 56), (16, 1, 5, 5), 1, 4, 2, "float32"),
+        ((8, 16, 56, 56), (16, 1, 7, 7), 2, 3, 1, "float32"),
+        ((8, 16, 56, 56), (16, 1, 7, 7), 1, 3, 1, "float64"),
+    ):
+        e = _kernels.plan_forward(params(x_shape, w_shape, stride, pad, dilation), dtype, 0, 90, 132).expr
+        assert "conv_rows_whole" not in e, (x_shape, w_shape, stride, pad, dilation, dtype, e)
+    # The planner declines what the kernel cannot take: float64, strides, rows wider than
+    # 32 lanes of 32 bytes, 16-bit rows of an odd width (4-byte copies), before sm_80.
+    for x_shape, w_shape, stride, dtype, arch in (
+        ((1, 2, 16, 56), (2, 1, 7, 7), 1, "float64", 90),
+        ((1, 2, 16, 56), (2, 1, 7, 7), 2, "float32", 90),
+        ((1, 2, 16, 300), (2, 1, 3, 3), 1, "float32", 90),
+        ((1, 2, 16, 55), (2, 1, 3, 3), 1, "float16", 90),
+        ((1, 2, 16, 56), (2, 1, 7, 7), 1, "float32", 75),
+    ):
+        pr = _kernels.forward_problem(params(x_shape, w_shape, stride, 1, 1))
+        assert _kernels.rows_whole_launch(pr, dtype, 0, arch=arch) is None, (x_shape, stride, dtype, arch)
+    # Input rows of 250, output rows of 244: 32 lanes of 8 float32 (8-byte copies of
+    # 1000-byte rows, 16-byte stores of 976-byte rows) or 16 lanes of 16 halves (4-byte
+    # copies of 500-byte rows, 8-byte stores of 488-byte rows).
+    seed = _kernels.forward_problem(params((2, 4, 16, 250), (4, 1, 3, 7), 1, 0, 1))
+    for dtype, v_s, pb_ob in (("float32", ["8", "32"], ["8", "16"]), ("float16", ["16", "16"], ["4", "8"])):
+        e = _kernels.rows_whole_launch(seed, dtype, 0).expr
+        assert [_args(e)[i] for i in (1, 9)] == v_s and [_args(e)[i] for i in (14, 15)] == pb_ob, (dtype, e)
+
+
 def test_rows_pairs_rule():
     """conv_rows_async waits for two rows at a time up to 25 taps with rows ahead and no
     output-row buffer; 7x7 float32 (spills with it) and buffered outputs take one."""
@@ -343,7 +395,7 @@ def test_rows_pairs_rule():
     convnext = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 7, 7), 1, 3, 1))
     seed = _kernels.forward_problem(params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1))
     assert _args(_kernels.plan_conv(mbv2, "float16", 0, arch=90, sms=132).expr)[-1] == "2"
-    assert _args(_kernels.plan_conv(convnext, "float32", 0, arch=90, sms=132).expr)[-1] == "1"
+    assert _args(_kernels.rows_launch(convnext, "float32", 0, staged=True).expr)[-1] == "1"
     seed_plan = _kernels.plan_conv(seed, "float16", 0, arch=90, sms=132)
     assert "conv_rows_async" in seed_plan.expr and _args(seed_plan.expr)[-1] == "1"  # output rows buffered
     assert _kernels.rows_launch(seed, "float16", 0, staged=True, rp=2) is None

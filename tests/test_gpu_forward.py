@@ -308,6 +308,110 @@ def test_rows_async(shape, dtype, variant):
     _check_forced_both_passes(shape, dtype, "rows", 43, variant, grad_input_declined=shape[2] != 1)
 
 
+# conv_rows_whole (a segment's lanes cover a whole output row; whole input rows staged
+# between zero columns; rows outside the plane skip their FMAs): lanes of odd widths that
+# fill the row exactly (56 = 8 x 7, 28 = 4 x 7), lanes partly past the row, 250-element
+# rows (4-byte copies and stores), asymmetric, 'same' (even kernel: the rotated problem
+# crops) and beyond-the-kernel padding (output rows of the bias alone), dilation, a
+# multiplier (forward only), 1xK and Kx1 kernels, in float32 and 16-bit types (rows of an
+# even number of elements). Variants: the default (one band per plane); two-column lanes
+# one row ahead; 3-row bands (segments of a warp in different bands: the padding-row skip
+# diverges); one-warp blocks six rows ahead at one block per SM; six-column lanes in
+# blocks of 256 threads; eight-column lanes three rows ahead. Only the combinations the
+# planner takes run (the ring of Q x V sums is at most 64 registers, 32 lanes at most
+# cover a row): test_rows_whole_cases_cover_every_shape checks which.
+ROWS_WHOLE_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (3, 5, 1, 9, 56, 7, 7, 1, 3, 1),
+    (2, 3, 1, 17, 28, 7, 7, 1, 3, 1),
+    (2, 3, 1, 19, 36, 3, 7, 1, ((1, 0), (2, 2)), 1),
+    (1, 2, 2, 23, 40, 5, 3, 1, 2, 1),
+    (2, 2, 1, 30, 30, 3, 3, 1, 1, (2, 1)),
+    (1, 3, 1, 13, 66, 2, 4, 1, "same", 1),
+    (1, 2, 1, 6, 6, 5, 5, 1, 6, 1),
+    (1, 2, 1, 5, 4, 3, 3, 1, 0, 1),
+    (2, 3, 1, 17, 18, 1, 7, 1, (0, 3), 1),
+    (1, 2, 1, 21, 12, 7, 1, 1, (3, 0), 1),
+    (1, 1, 1, 12, 250, 3, 7, 1, 0, 1),
+]
+ROWS_WHOLE_VARIANTS = [{}, dict(v=2, pf=1), dict(rb=3), dict(block=32, pf=6, minb=1), dict(v=6, block=256),
+                       dict(v=8, pf=3)]
+
+
+def _rows_whole_plans(shape, dtype, variant):
+    """(forward planned, grad input planned) by the forced conv_rows_whole planner."""
+    from cupy_dwconv import _kernels, _params
+
+    N, C, M, H, W, KH, KW, s, pad, d = shape
+    p = _params.conv_params((N, C, H, W), (C * M, 1, KH, KW), (C * M,), s, pad, d)
+    return tuple(_kernels.plan_conv(pr, dtype, 0, force=("rows_whole", variant), arch=90, sms=132) is not None
+                 for pr in (_kernels.forward_problem(p), _kernels.grad_input_problem(p)))
+
+
+ROWS_WHOLE_CASES = [
+    (shape, dtype, variant)
+    for shape in ROWS_WHOLE_SHAPES for dtype in ("float32", "float16", "bfloat16") for variant in ROWS_WHOLE_VARIANTS
+    if _rows_whole_plans(shape, dtype, variant) == (True, shape[2] == 1)
+]
+
+
+def test_rows_whole_cases_cover_every_shape():
+    """Every shape runs in every dtype, in at least two variants (the combinations left
+    out are those whose ring of Q x V sums passes 64 registers, or whose lanes cannot
+    cover the row, in either pass)."""
+    for shape in ROWS_WHOLE_SHAPES:
+        for dtype in ("float32", "float16", "bfloat16"):
+            assert sum(1 for c in ROWS_WHOLE_CASES if c[:2] == (shape, dtype)) >= 2, (shape, dtype)
+
+
+@pytest.mark.parametrize("shape,dtype,variant", ROWS_WHOLE_CASES, ids=str)
+def test_rows_whole(shape, dtype, variant):
+    """conv_rows_whole, forced, forward and (multiplier 1) grad input, against the
+    reference."""
+    _check_forced_both_passes(shape, dtype, "rows_whole", 47, variant, grad_input_declined=shape[2] != 1)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_rows_whole_misaligned_input(offset):
+    """An input that starts `offset` elements into its allocation (rows of 56 float32:
+    16-, 8- or 4-byte copies by the pointer's alignment), against the reference."""
+    import cupy
+    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
+    from cupy_dwconv import _kernels
+
+    rng = numpy.random.default_rng(53 + offset)
+    x = random_array(rng, (2, 6, 11, 56), "float32")
+    w = random_array(rng, (6, 1, 7, 7), "float32")
+    b = random_array(rng, (6,), "float32")
+    p = params(x.shape, w.shape, True, 1, 3, 1)
+    flat = cupy.empty(x.size + 16, dtype=x.dtype)
+    xg = flat[offset:offset + x.size].reshape(x.shape)
+    xg.set(x)
+    launch = _kernels.plan_conv(_kernels.forward_problem(p), "float32", xg.data.ptr % 16, force=("rows_whole", {}))
+    pb = {1: 4, 2: 8, 3: 4}[offset]  # bytes per copy (template argument PB)
+    assert "conv_rows_whole" in launch.expr and _kernels.split_expr(launch.expr)[1][14] == str(pb), launch.expr
+    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=3, dilation=1), "float32", scale=7.0)
+
+
+def test_rows_whole_persistent_segments_walk_many_units():
+    """Few persistent blocks (sms=1): every segment takes many (plane, band) units, the
+    zero columns of its slots written once for all of them."""
+    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
+    from cupy_dwconv import _kernels
+
+    rng = numpy.random.default_rng(59)
+    x = random_array(rng, (3, 23, 13, 28), "float32")
+    w = random_array(rng, (23, 1, 7, 7), "float32")
+    b = random_array(rng, (23,), "float32")
+    p = params(x.shape, w.shape, True, 1, 3, 1)
+    xg = to_gpu(x)
+    launch = _kernels.rows_whole_launch(_kernels.forward_problem(p), "float32", xg.data.ptr % 16, sms=1, minb=1)
+    assert launch.grid[0] == 1 and int(launch.scalars[0]["n_units"]) > 2 * 32
+    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=3, dilation=1), "float32", scale=7.0)
+
+
 def test_rows_persistent_segments_walk_many_units():
     """Few persistent blocks (sms=1): every segment takes many (plane, band, column
     segment) units, the last warp's segments partly past the end."""

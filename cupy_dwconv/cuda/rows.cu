@@ -86,7 +86,12 @@ DW_RAW16(bf16_t)
 // Staged rows (conv_rows_async) are read from shared memory as 32-bit words: CW words of
 // one chunk in one access (16, 8 or 4 bytes), and element e of a window of words.
 template <int CW> __device__ __forceinline__ void lds_words(const unsigned char* p, unsigned* d) {
-    if constexpr (CW == 4) {
+    if constexpr (CW != 1 && CW != 2 && CW != 4) {
+        // Chunks of other widths (lanes of 7 columns) are only 4-byte aligned: word by
+        // word; the words a window does not use are dead loads the compiler drops.
+#pragma unroll
+        for (int i = 0; i < CW; ++i) d[i] = reinterpret_cast<const unsigned*>(p)[i];
+    } else if constexpr (CW == 4) {
         const uint4 v = *reinterpret_cast<const uint4*>(p);
         d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
     } else if constexpr (CW == 2) {
@@ -113,12 +118,20 @@ template <> struct SmemElem<bf16_t> {
     __device__ __forceinline__ static float get(const unsigned* r, int e) { return RawCvt<bf16_t, 2>::get(r, e); }
 };
 
+template <class T, class A> struct Words;  // below: results as 32-bit words
+
 // VS consecutive results stored with one access (VS * sizeof(T) is 16, 8 or 4 bytes and
-// aligned, or VS == 1).
+// aligned, or VS == 1), or word by word where VS * sizeof(T) is another multiple of 4
+// bytes (a lane of 7 float32 or 14 16-bit columns: only 4-byte aligned).
 template <class T, int VS, class A>
 __device__ __forceinline__ void store_n(T* p, const A* v) {
     constexpr int B = VS * (int)sizeof(T);
     if constexpr (VS == 1) store1(p, v[0]);
+    else if constexpr (B != 4 && B != 8 && B != 16) {
+        static_assert(B % 4 == 0, "store width");
+#pragma unroll
+        for (int i = 0; i < B / 4; ++i) reinterpret_cast<unsigned*>(p)[i] = Words<T, A>::get(v, i);
+    }
     else if constexpr (B == 16) store_vec(p, v);
     else if constexpr (B == 8) store_8b(p, v);
     else { static_assert(B == 4, "store width"); store_4b(p, v); }
@@ -187,21 +200,36 @@ template <int V, int KH, int KW, int DH, int DW, int PL> struct RowsWindow {
 // input row of output row i (tap row 0), so that slot starts from the bias in its first
 // FMA (no reset instructions). Then output row r = i - (Q - 1), which has had its last
 // tap row, is stored.
-template <int V, int KH, int KW, int DH, int DW, int PL, class A>
+template <int V, int KH, int KW, int DH, int DW, int PL, bool VOUT = false, class A>
 __device__ __forceinline__ void ring_fma(int u, A (&acc)[RowsWindow<V, KH, KW, DH, DW, PL>::Q][V],
                                          const A (&xs)[RowsWindow<V, KH, KW, DH, DW, PL>::JHI -
                                                        RowsWindow<V, KH, KW, DH, DW, PL>::JLO],
                                          const A (&wr)[KH * KW], A b0) {
     typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
     constexpr int Q = Win::Q, JLO = Win::JLO;
+    if constexpr (VOUT) {
+        // Column-outer: the same FMAs, each column's Q x KW taps in a row; ptxas then keeps
+        // an operand in the reuse cache for more of them (lanes of 7 float32 columns:
+        // 159 of 2401 FFMAs read three fresh registers instead of 389).
 #pragma unroll
-    for (int kh = 0; kh < KH; ++kh) {
-        const int s = ((u - kh * DH) % Q + Q) % Q;
+        for (int v = 0; v < V; ++v)
 #pragma unroll
-        for (int kw = 0; kw < KW; ++kw)
+            for (int kh = 0; kh < KH; ++kh) {
+                const int s = ((u - kh * DH) % Q + Q) % Q;
 #pragma unroll
-            for (int v = 0; v < V; ++v)
-                acc[s][v] = fma(xs[v - PL + kw * DW - JLO], wr[kh * KW + kw], kh == 0 && kw == 0 ? b0 : acc[s][v]);
+                for (int kw = 0; kw < KW; ++kw)
+                    acc[s][v] = fma(xs[v - PL + kw * DW - JLO], wr[kh * KW + kw], kh == 0 && kw == 0 ? b0 : acc[s][v]);
+            }
+    } else {
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int s = ((u - kh * DH) % Q + Q) % Q;
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                    acc[s][v] = fma(xs[v - PL + kw * DW - JLO], wr[kh * KW + kw], kh == 0 && kw == 0 ? b0 : acc[s][v]);
+        }
     }
 }
 
@@ -359,8 +387,8 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 //
 // Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
 template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
-          int MINB, int RP>
-__global__ void __launch_bounds__(256, MINB)
+          int MINB, int RP, int BLOCK = 256>
+__global__ void __launch_bounds__(BLOCK, MINB)
 conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 const RowsArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -389,11 +417,12 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     // (whole 32-byte sectors) instead of a word every V elements.
     constexpr bool OST = VS < V;
     constexpr int SEGB = U * ROWB + (OST ? S * CB : 0);  // bytes per segment
-    constexpr int SEGS = 256 / S;
+    constexpr int SEGS = BLOCK / S;
     static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0, "a segment is a power-of-two part of a warp");
+    static_assert(BLOCK % 32 == 0 && BLOCK <= 256, "whole warps");
     static_assert(V % VL == 0 && V % VS == 0, "copies and stores split the lane's columns evenly");
     static_assert(PB == 4 || PB == 8 || PB == 16, "cp.async copies 4, 8 or 16 bytes");
-    static_assert(CB % 4 == 0 && CB <= 16, "a chunk is whole 32-bit words, at most one 16-byte read");
+    static_assert(CB % 4 == 0 && CB <= 32, "a chunk is whole 32-bit words (one read of 4, 8 or 16 bytes, else word by word)");
     static_assert(NL + NR <= S, "lanes below NL + NR copy the neighbour chunks");
     static_assert(KH * KW <= 64 && Q * V <= 64, "register budget");
     static_assert(PF >= RP && (RP == 1 || RP == 2), "at least one group of rows ahead");
@@ -547,6 +576,171 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
                     }
                     dst += out_row;
                 }
+            }
+        }
+        cp_async_wait<0>();  // no copy outlives its unit
+    }
+#else
+    __trap();  // the host plans this kernel for sm_80+ only
+#endif
+}
+
+// ---- conv_rows_whole: the staged sweep for planes whose row is one segment -----------
+//
+// Why: conv_rows_async gives each lane a chunk of V columns, V a power of two (one
+// 16-, 8- or 4-byte access), so a 56-column plane keeps 14 of 16 float32 lanes busy and
+// two bands of 28 rows per plane (the grid's waves) sweep 34 rows for 28: 72 % of the
+// FMAs of convnext_7x7 float32 are useful. Here S lanes of V columns cover the whole
+// output row (V need not be a power of two: 8 x 7 = 56, 4 x 7 = 28; 16-bit 4 x 14), and
+// the segment stages whole input rows: each row is one contiguous run copied in PB-byte
+// pieces (the row's start is PB-aligned: IW * sizeof(T) % PB == 0) into a slot whose zero
+// columns left and right of the row are written once, so the halo needs no neighbour
+// chunks and no per-chunk copies. A lane reads its window (its V columns and the halo)
+// word by word: lanes V words apart, V odd, hit distinct banks; segments sit 32 / S
+// words apart modulo 32 banks, so a warp's 32 reads of one window word are
+// conflict-free. Results go through a row buffer (the lane's V values word by word) and
+// leave in OB-byte pieces, whole sectors across the lanes. Units are (plane, band), the
+// band usually the whole plane (Q - 1 extra rows per plane, not per band). Bytes per
+// output: one input element read, one output element written.
+//
+// Template arguments as conv_rows_async, plus IW and OW (the plane's row lengths:
+// constant piece counts), PB and OB (bytes per input copy and per output store: 16, 8 or
+// 4), BLOCK (threads per block). T is a 4- or 2-byte type.
+template <class T, int V, int KH, int KW, int DH, int DW, int PL, int IW, int OW, int S, int PF, bool FLIP,
+          int MINB, int BLOCK, int PB, int OB, bool VOUT>
+__global__ void __launch_bounds__(BLOCK, MINB)
+conv_rows_whole(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+                const RowsArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    typedef typename Traits<T>::acc A;
+    typedef RowsWindow<V, KH, KW, DH, DW, PL> Win;
+    constexpr int Q = Win::Q;
+    constexpr int U = Q * ((PF + 1 + Q - 1) / Q);  // row slots: a multiple of Q, at least PF + 1
+    constexpr int JLO = Win::JLO, JHI = Win::JHI;
+    constexpr int ES = (int)sizeof(T);
+    constexpr int EPW = 4 / ES;                         // elements per 32-bit word
+    constexpr int LP = round_up(-JLO * ES, 16) / ES;    // zero columns left of the row
+    // + zero columns right (and a word's spare element)
+    constexpr int SLOT_E = LP + (S * V + JHI - V > IW ? S * V + JHI - V : IW) + EPW - 1;
+    constexpr int ROWB = round_up(SLOT_E * ES, 16);     // bytes per slot
+    constexpr int OBUF = round_up(S * V * ES, 16);      // the output row buffer
+    constexpr int SEGB0 = U * ROWB + OBUF;
+    constexpr int SOFF = 128 / S > 16 ? 128 / S : 16;  // segment offset mod 128 bytes (16-byte aligned)
+    constexpr int SEGB = SEGB0 + (128 + SOFF - SEGB0 % 128) % 128;
+    constexpr int SEGS = BLOCK / S;
+    constexpr int NPI = IW * ES / PB;                   // input pieces per row
+    constexpr int NPO = OW * ES / OB;                   // output pieces per row
+    constexpr int WLO = floor_div(JLO, EPW), WHI = (JHI + EPW - 1) / EPW;  // window words
+    static_assert(ES == 4 || ES == 2, "4- or 2-byte types");
+    static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0 && BLOCK % 32 == 0 && SEGS >= 1, "segments in warps");
+    static_assert((V * ES) % 4 == 0 && S * V >= OW, "lanes of whole words; the segment covers the row");
+    static_assert(NPI * PB == IW * ES && NPO * OB == OW * ES, "rows of whole pieces");
+    static_assert(PB == 4 || PB == 8 || PB == 16, "cp.async copies 4, 8 or 16 bytes");
+    static_assert(OB == 4 || OB == 8 || OB == 16, "stores of 4, 8 or 16 bytes");
+    static_assert(KH * KW <= 64 && Q * V <= 64, "register budget");
+    extern __shared__ __align__(16) unsigned char rows_smem[];
+
+    const int IH = a.IH, OH = a.OH, RB = a.RB;
+    const int lane = threadIdx.x & (S - 1);
+    const int total = RB + Q - 1;
+    const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
+    const i64 seg_step = (i64)gridDim.x * SEGS;
+    unsigned char* const seg_ptr = rows_smem + (threadIdx.x / S) * SEGB;
+    const unsigned seg_base = smem_u32(seg_ptr);
+    // The zero columns: the whole segment once; row copies write only [LP, LP + IW).
+    for (int i = lane; i < SEGB0 / 4; i += S) reinterpret_cast<unsigned*>(seg_ptr)[i] = 0u;
+    __syncwarp();
+
+    const i64 warp_seg0 = (i64)blockIdx.x * SEGS + (threadIdx.x & ~31) / S;
+    for (i64 g0 = warp_seg0; g0 < a.n_units; g0 += seg_step) {
+        const i64 g = g0 + (threadIdx.x & 31) / S;
+        const bool unit_ok = g < a.n_units;
+        i64 q = 0;
+        int band = 0, cs = 0;
+        if (unit_ok) split_unit(g, a.n_units, 1, a.n_bands, q, band, cs);
+        const PlaneMap pm = map_plane(q, a.QC, a.IC, a.DIV, 1);
+        const int oh0 = band * RB;
+        const int ih0 = oh0 - a.PT;
+
+        A wr[KH * KW];
+        {
+            const T* wp = w + pm.w_row0 * (KH * KW);
+#pragma unroll
+            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + (FLIP ? KH * KW - 1 - i : i));
+        }
+        const A b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
+        A acc[Q][V];
+#pragma unroll
+        for (int s = 0; s < Q; ++s)
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[s][v] = b0;
+
+        // The lane's input pieces lane, lane + S, ... of each row; the source of band row
+        // 0 as a byte address (a row step is one 64-bit add). Rows outside the plane are
+        // zero-filled (source size 0: the address is never read there).
+        const char* src = reinterpret_cast<const char*>(x + pm.in_plane0 * plane_in) + ((i64)ih0 * IW) * ES + lane * PB;
+        int ih_next = ih0;
+        auto stage_row = [&](bool in_band, int slot) {
+            const bool row_ok = (unsigned)ih_next < (unsigned)IH;
+            const unsigned dst = seg_base + (unsigned)(slot * ROWB + LP * ES + lane * PB);
+#pragma unroll
+            for (int k = 0; k < (NPI + S - 1) / S; ++k)
+                cp_async_pred<PB>(dst + k * S * PB, src + k * S * PB, row_ok,
+                                  in_band && unit_ok && ((NPI % S) == 0 || k * S + lane < NPI));
+            src += IW * ES;
+            ++ih_next;
+            cp_async_commit();
+        };
+        const int rlim = unit_ok ? min(RB, OH - oh0) : 0;
+        T* const obuf = reinterpret_cast<T*>(seg_ptr + U * ROWB);
+        // Output rows: the element offset of band row -(Q - 1) (the row stored at step 0,
+        // none), advanced by one row per step.
+        i64 dst_off = q * plane_out + (i64)(oh0 - (Q - 1)) * OW;
+
+        __syncwarp();  // the previous unit's reads of the slots are done
+#pragma unroll
+        for (int k = 0; k < PF; ++k) stage_row(k < total, k);
+        for (int i0 = 0; i0 < total; i0 += U) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int i = i0 + u;
+                if (i >= total) break;  // uniform across the warp
+                // Row i has landed for this lane's copies; after the barrier, for every
+                // lane's, and every lane is done with row i - 1, whose slot takes the copy
+                // issued next (U >= PF + 1), and with the row buffer.
+                cp_async_wait<PF - 1>();
+                __syncwarp();
+                stage_row(i + PF < total, (u + PF) % U);
+                const unsigned* rw = reinterpret_cast<const unsigned*>(seg_ptr + u * ROWB) + (LP + lane * V) / EPW;
+                unsigned win[WHI - WLO];
+#pragma unroll
+                for (int k = 0; k < WHI - WLO; ++k) win[k] = rw[WLO + k];
+                A xs[JHI - JLO];
+#pragma unroll
+                for (int j = JLO; j < JHI; ++j) xs[j - JLO] = SmemElem<T>::get(win, j - WLO * EPW);
+                // A row outside the plane (the padding) adds nothing: only its slot's
+                // reset to the bias is kept (the first FMA of output row i would do it).
+                // Uniform across the warp where the plane is one band (the planner's
+                // choice where it fits): then every unit sweeps the same rows.
+                if ((unsigned)(ih0 + i) < (unsigned)IH) {
+                    ring_fma<V, KH, KW, DH, DW, PL, VOUT>(u, acc, xs, wr, b0);
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) acc[u % Q][v] = b0;
+                }
+                // Output row i - (Q - 1) has had its last tap row.
+                const int sc = (u + 1) % Q;
+                store_n<T, V>(obuf + lane * V, &acc[sc][0]);
+                __syncwarp();
+                if ((unsigned)(i - (Q - 1)) < (unsigned)rlim) {
+#pragma unroll
+                    for (int k = 0; k < (NPO + S - 1) / S; ++k) {
+                        const int m = (k * S + lane) * OB;  // the piece's first byte
+                        if ((NPO % S) == 0 || k * S + lane < NPO)
+                            copy_bytes<OB>(reinterpret_cast<char*>(y + dst_off) + m, reinterpret_cast<const char*>(obuf) + m);
+                    }
+                }
+                dst_off += OW;
             }
         }
         cp_async_wait<0>();  // no copy outlives its unit
