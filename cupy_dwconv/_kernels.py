@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import importlib.resources
 import itertools
+import math
 import re
 import threading
 
@@ -940,12 +941,41 @@ def _odd_planes(*sizes):
 PLANE_MAX_OUTPUTS = 400  # planes up to 20x20 (measured: 7x7 and 17x17)
 
 
-def _use_plane(pr):
-    """Small odd planes go to conv_plane: a register tile there is mostly halo and its
+def _plane_conflicts(n, dtype):
+    """Lanes per shared-memory bank when the 32 lanes of a warp read the same element of
+    32 consecutive planes of n elements (4- and 2-byte types; 1 for odd planes)."""
+    if n % 2 == 1:
+        return 1
+    size = ITEMSIZE[dtype]
+    if size > 4 or (n * size) % 4:
+        return 32
+    return math.gcd((n * size) // 4, 32)
+
+
+def _use_plane(pr, dtype):
+    """Small planes go to conv_plane: a register tile there is mostly halo and its
     threads read addresses a plane apart. Sweep (H100, float32, session 5):
     convnext_7x7_s4 conv_tile 0.0285 -> conv_plane 0.0205 ms, inception_1x7 0.0129 ->
-    0.0111 ms, forward and grad input alike."""
-    return pr.OH * pr.OW <= PLANE_MAX_OUTPUTS and _odd_planes(pr.IH * pr.IW, pr.OH * pr.OW)
+    0.0111 ms, forward and grad input alike. Odd planes read shared memory without bank
+    conflicts; even planes whose lanes share banks at most 2 ways, or 4 ways from 144
+    outputs, still gain (H200, benchmarks/ab.py, us, forward / grad input, against the
+    dispatcher's previous plan): 64 x 384 planes of 14 x 14 under 7x7 float32 28.0 / 26.7
+    against 39.3 / 39.2 (4 ways), float16 24.1 / 23.3 against 43.6 / 43.1 (2 ways);
+    3x3 on 64 x 576 float32 25.9 / 23.9 against 29.6 / 30.8, float16 20.1 / 19.0 against
+    30.0 / 30.1, bfloat16 20.5 against 30.2; 5x5 on 64 x 480 float32 25.0 / 24.2 against
+    31.9 / 31.8, float16 21.1 / 20.7 against 48.7 / 48.0; 3x3 on 64 x 160 planes of
+    10 x 10 float16 8.0 against 10.3 (2 ways). Not taken: 10 x 10 float32 (4 ways, 100
+    outputs: 9.4 against conv_tile's 8.9), 16 x 16 (32 ways: 57.1 against 16.5 float32,
+    48.5 against 13.3 float16), float64 even planes, and even planes at other strides or
+    dilations (not measured)."""
+    if pr.OH * pr.OW > PLANE_MAX_OUTPUTS:
+        return False
+    if _odd_planes(pr.IH * pr.IW, pr.OH * pr.OW):
+        return True
+    if (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1):
+        return False
+    ways = max(_plane_conflicts(pr.IH * pr.IW, dtype), _plane_conflicts(pr.OH * pr.OW, dtype))
+    return ways <= 2 or (ways <= 4 and pr.OH * pr.OW >= 144)
 
 
 # ---- conv_mma (tensor cores, 16-bit, stride 1, dilation 1) -------------------------------
@@ -1441,7 +1471,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
-    launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q) else None
+    launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q, dtype) else None
     if launch is None and rows and _use_rows_whole(q, dtype):
         launch = rows_whole_launch(q, dtype, x_ptr, sms=sms, arch=arch)
         if launch is not None and int(launch.scalars[0]["n_bands"]) != 1:

@@ -145,7 +145,10 @@ def test_tile_multi_plane_loop_only_where_needed():
 def test_plane_dispatch():
     """Small odd planes (convnext_7x7_s4: 7x7; inception_1x7: 17x17) take conv_plane
     (forward; grad input at stride 1, with the rotated kernel), and wgrad_plane up to 64
-    outputs; even planes (bank conflicts), large planes and strided grad input do not."""
+    outputs; so do even planes whose lanes share shared-memory banks at most 2 ways, or 4
+    ways from 144 outputs (14 x 14; 10 x 10 in 16-bit); other even planes (8 x 8, 16 x 16:
+    32 ways; 12 x 12: 16; 10 x 10 float32: 4 ways on 100 outputs; float64), large planes
+    and strided grad input do not."""
     tiny = params((64, 96, 7, 7), (96, 1, 7, 7), 1, 3, 1)
     back = _params.backward_params(tiny.out_shape, tiny.x_shape, tiny.weight_shape, 1, 3, 1)
     for dtype in ("float16", "bfloat16", "float32", "float64"):
@@ -158,6 +161,15 @@ def test_plane_dispatch():
     even = params((4, 8, 8, 8), (8, 1, 3, 3), 1, 1, 1)
     assert "conv_plane" not in _kernels.plan_forward(even, "float32", 0, 90, 132).expr
     assert "wgrad_plane" not in _kernels.plan_wgrad(even, "float32", 0, 0, 90, 132)[0].expr
+    for hw, k, dtype, want in (
+        (14, 7, "float32", True), (14, 7, "float16", True), (14, 3, "bfloat16", True), (14, 5, "float32", True),
+        (10, 3, "float16", True), (10, 3, "float32", False), (16, 3, "float32", False), (16, 3, "float16", False),
+        (12, 3, "float32", False), (14, 7, "float64", False),
+    ):
+        p = params((4, 8, hw, hw), (8, 1, k, k), 1, k // 2, 1)
+        back = _params.backward_params(p.out_shape, p.x_shape, p.weight_shape, 1, k // 2, 1)
+        for e in (_kernels.plan_forward(p, dtype, 0, 90, 132).expr, _kernels.plan_grad_input(back, dtype, 0, 90, 132).expr):
+            assert ("conv_plane" in e) == want, (hw, k, dtype, e)
     # 1 x 7 on 17x17 planes: one row per thread (no input row is shared between a
     # thread's rows), 8 planes (160 threads, a 16-byte aligned run) per block; a 3 x 3
     # kernel keeps three rows of 17 per thread.
