@@ -1308,8 +1308,7 @@ def _use_rows_whole(pr, dtype):
     return v * s == pr.OW
 
 
-def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, rb=None, sms=132, arch=90,
-                      vout=True):
+def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, rb=None, sms=132, arch=90):
     """conv_rows_whole plan: conv_rows_async's problems (stride 1, MODE 0, one input plane
     per output plane) whose output row one segment covers, in 4- and 2-byte types, with
     input and output rows of whole 4-byte words; None elsewhere. Defaults: the lanes of
@@ -1377,7 +1376,7 @@ def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, 
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
     expr = "dw::conv_rows_whole<" + _targs(
-        CXX_TYPE[dtype], v, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, pr.IW, pr.OW, s, pf, pr.flip, minb, block, pb, ob, vout
+        CXX_TYPE[dtype], v, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, pr.IW, pr.OW, s, pf, pr.flip, minb, block, pb, ob
     ) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=1, QC=pr.QC, DIV=pr.DIV)

@@ -354,12 +354,11 @@ def test_rows_whole_dispatch_and_plan():
     band per plane. Template arguments: V (2nd) columns per lane, IW and OW (8th, 9th),
     S (10th) lanes, PF (11th), FLIP (12th), MINB (13th: enough blocks per SM for every
     unit at once), BLOCK (14th), PB and OB (15th, 16th: bytes per input copy and output
-    store, from the rows' widths and the input pointer), VOUT (17th)."""
+    store, from the rows' widths and the input pointer)."""
     convnext = params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
     fwd = _kernels.plan_forward(convnext, "float32", 0, 90, 132)
     assert "conv_rows_whole" in fwd.expr, fwd.expr
-    assert _args(fwd.expr)[1:] == ["7", "7", "7", "1", "1", "3", "56", "56", "8", "4", "false", "3", "128", "16", "16",
-                                   "true"]
+    assert _args(fwd.expr)[1:] == ["7", "7", "7", "1", "1", "3", "56", "56", "8", "4", "false", "3", "128", "16", "16"]
     assert fwd.grid == (384, 1, 1) and fwd.block == (128, 1, 1) and int(fwd.scalars[0]["n_bands"]) == 1
     back = _params.backward_params(convnext.out_shape, convnext.x_shape, convnext.weight_shape, 1, 3, 1)
     gi = _kernels.plan_grad_input(back, "float32", 0, 90, 132).expr
