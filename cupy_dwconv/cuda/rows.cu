@@ -234,6 +234,21 @@ __device__ __forceinline__ void ring_fma(int u, A (&acc)[RowsWindow<V, KH, KW, D
     }
 }
 
+// A unit's start in the row sweeps: the plane's KH*KW weights (rotated by 180 degrees
+// where FLIP) in registers, its bias, and every ring slot starting from the bias.
+template <int KK, bool FLIP, class T, class A, int Q, int V>
+__device__ __forceinline__ void ring_start(const T* __restrict__ w, const T* __restrict__ bias, const PlaneMap& pm,
+                                           A (&wr)[KK], A (&acc)[Q][V], A& b0) {
+    const T* wp = w + pm.w_row0 * KK;
+#pragma unroll
+    for (int i = 0; i < KK; ++i) wr[i] = load1(wp + (FLIP ? KK - 1 - i : i));
+    b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
+#pragma unroll
+    for (int s = 0; s < Q; ++s)
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[s][v] = b0;
+}
+
 template <class T, int V, int VS, int KH, int KW, int DH, int DW, int PL, class A>
 __device__ __forceinline__ void ring_row(int u, int i, A (&acc)[RowsWindow<V, KH, KW, DH, DW, PL>::Q][V],
                                          const A (&xs)[RowsWindow<V, KH, KW, DH, DW, PL>::JHI -
@@ -303,18 +318,8 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
         const T* xp = x + pm.in_plane0 * plane_in;
         T* yp = y + q * plane_out;
 
-        A wr[KH * KW];
-        {
-            const T* wp = w + pm.w_row0 * (KH * KW);
-#pragma unroll
-            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + (FLIP ? KH * KW - 1 - i : i));
-        }
-        const A b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
-        A acc[Q][V];
-#pragma unroll
-        for (int s = 0; s < Q; ++s)
-#pragma unroll
-            for (int v = 0; v < V; ++v) acc[s][v] = b0;
+        A wr[KH * KW], acc[Q][V], b0;
+        ring_start<KH * KW, FLIP>(w, bias, pm, wr, acc, b0);
 
         W buf[U][NWM];
         W hb[U][NH > 0 ? NH : 1];
@@ -455,18 +460,8 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         const int ih0 = oh0 - a.PT;
         const T* xp = x + pm.in_plane0 * plane_in;
 
-        A wr[KH * KW];
-        {
-            const T* wp = w + pm.w_row0 * (KH * KW);
-#pragma unroll
-            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + (FLIP ? KH * KW - 1 - i : i));
-        }
-        const A b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
-        A acc[Q][V];
-#pragma unroll
-        for (int s = 0; s < Q; ++s)
-#pragma unroll
-            for (int v = 0; v < V; ++v) acc[s][v] = b0;
+        A wr[KH * KW], acc[Q][V], b0;
+        ring_start<KH * KW, FLIP>(w, bias, pm, wr, acc, b0);
 
         // Per unit, what the row loop only advances: each copy's source address (band
         // row 0; a byte address, so that a row step is one 64-bit add), whether its
@@ -663,18 +658,8 @@ conv_rows_whole(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         const int oh0 = band * RB;
         const int ih0 = oh0 - a.PT;
 
-        A wr[KH * KW];
-        {
-            const T* wp = w + pm.w_row0 * (KH * KW);
-#pragma unroll
-            for (int i = 0; i < KH * KW; ++i) wr[i] = load1(wp + (FLIP ? KH * KW - 1 - i : i));
-        }
-        const A b0 = bias != nullptr ? load1(bias + pm.ch) : A(0);
-        A acc[Q][V];
-#pragma unroll
-        for (int s = 0; s < Q; ++s)
-#pragma unroll
-            for (int v = 0; v < V; ++v) acc[s][v] = b0;
+        A wr[KH * KW], acc[Q][V], b0;
+        ring_start<KH * KW, FLIP>(w, bias, pm, wr, acc, b0);
 
         // The lane's input pieces lane, lane + S, ... of each row; the source of band row
         // 0 as a byte address (a row step is one 64-bit add). Rows outside the plane are
