@@ -1189,10 +1189,13 @@ def _rows_segment(ow, v):
     return s
 
 
-def _rows_bands(pr, units_per_band, q, resident, rb=None):
+def _rows_bands(pr, units_per_band, q, resident, rb=None, group=1):
     """(RB, bands): output rows per band. The persistent segments each take
     ceil(units / resident) units of RB + Q - 1 input rows; the band height minimizes that
-    (more bands fill the segments more evenly, each adds Q - 1 rows read twice)."""
+    (more bands fill the segments more evenly, each adds Q - 1 rows read twice). With
+    `group` > 1 the cost counts groups of that many units (a block's segments) per
+    resident slot instead (conv_rows_whole: an SM's time is the segment-steps of its
+    blocks)."""
     if rb is not None:
         rb = max(1, min(rb, pr.OH))
         return rb, _cdiv(pr.OH, rb)
@@ -1201,7 +1204,7 @@ def _rows_bands(pr, units_per_band, q, resident, rb=None):
         rb = _cdiv(pr.OH, bands)
         if _cdiv(pr.OH, rb) != bands:
             continue
-        cost = _cdiv(units_per_band * bands, resident) * (rb + q - 1)
+        cost = _cdiv(_cdiv(units_per_band * bands, group), resident) * (rb + q - 1)
         if best is None or cost < best[0]:
             best = (cost, rb, bands)
     return best[1], best[2]
@@ -1220,20 +1223,15 @@ def _staged_segment(ow, v, pl, kw, dw):
     return s, nl, nr
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None,
-                block=None):
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
     one input plane per output plane); None where the shape does not fit its limits.
     `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
-    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default);
-    `block` its threads per block (ROWS_BLOCK by default)."""
+    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default)."""
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
     dv, dpf, dminb = _rows_async_shape(pr, dtype) if staged else _rows_shape(pr, dtype)
-    block = ROWS_BLOCK if block is None else block
-    if block != ROWS_BLOCK and (not staged or block % 32 or not 32 <= block <= ROWS_BLOCK):
-        return None
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
@@ -1247,17 +1245,17 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
     if staged:
         s, nl, nr = _staged_segment(pr.OW, v, pr.PL, pr.KW, pr.DW)
         if (arch < 80 or pf < 1 or vl * ITEMSIZE[dtype] < 4 or (v * ITEMSIZE[dtype]) % 4
-                or v * ITEMSIZE[dtype] > 32 or nl + nr > 32 or s > block):
+                or v * ITEMSIZE[dtype] > 16 or nl + nr > 32):
             return None
         out_rows = s if vs < v else 0  # stores narrower than a lane's chunk: a row buffer
         rp = _rows_pairs(pr, pf, out_rows) if rp is None else rp
         if rp not in (1, 2) or pf < rp or (rp > 1 and out_rows):
             return None
-        smem = (block // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
+        smem = (ROWS_BLOCK // s) * (_rows_slots(q, pf, rp) * (s + nl + nr) + out_rows) * v * ITEMSIZE[dtype]
         if smem > SM_SMEM // minb - 1024:
             return None
     n_cs = _cdiv(pr.OW, s * v)
-    segs = block // s
+    segs = ROWS_BLOCK // s
     units_per_band = pr.planes * n_cs
     rb, bands = _rows_bands(pr, units_per_band, q, sms * minb * segs, rb)
     units = units_per_band * bands
@@ -1265,12 +1263,11 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
     expr = ("dw::conv_rows_async<" if staged else "dw::conv_rows<") + _targs(
-        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb,
-        *((rp,) if staged else ()), *((block,) if block != ROWS_BLOCK else ())
+        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb, *((rp,) if staged else ())
     ) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)
-    return Launch("rows.cu", expr, grid, (block, 1, 1), smem, (args,))
+    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,))
 
 
 def _rows_whole_shape(pr, dtype):
@@ -1322,15 +1319,11 @@ def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, 
     shape = _rows_whole_shape(pr, dtype)
     if shape is None:
         return None
-    dv, s = shape
-    v = dv if v is None else v
-    if v * s < pr.OW:
-        s = 1
-        while s < 32 and s * v < pr.OW:
-            s *= 2
+    v = shape[0] if v is None else v
+    s = _rows_segment(pr.OW, v)
     pf = 4 if pf is None else pf
     block = 128 if block is None else block
-    q, halo = _rows_window(pr, v)
+    q = _rows_window(pr, v)[0]
     jlo, jhi = _rows_columns(pr.PL, pr.KW, pr.DW, v)
     if (q * v > ROWS_MAX_SUMS or (v * size) % 4 or v * size > 32 or s * v < pr.OW or pf < 1
             or block % 32 or not s <= block <= 256):
@@ -1350,21 +1343,9 @@ def rows_whole_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, block=None, 
     smem = (block // s) * segb
     segs = block // s
     fit = max(1, min(SM_SMEM // (smem + 1024), SM_THREADS // block))
-    if rb is None:
-        # Bands: the fewest steps per SM (issue-bound: an SM's time is the segment-steps
-        # of its blocks), units spread evenly over the SMs; each band sweeps Q - 1 rows
-        # more than it stores.
-        best = None
-        for bands in range(1, pr.OH + 1):
-            rbb = _cdiv(pr.OH, bands)
-            if _cdiv(pr.OH, rbb) != bands:
-                continue
-            cost = _cdiv(_cdiv(pr.planes * bands, segs), sms) * (rbb + q - 1)
-            if best is None or cost < best[0]:
-                best = (cost, rbb)
-        rb = best[1]
-    rb = max(1, min(rb, pr.OH))
-    bands = _cdiv(pr.OH, rb)
+    # Bands: the fewest steps per SM (issue-bound: an SM's time is the segment-steps of
+    # its blocks), blocks spread evenly over the SMs.
+    rb, bands = _rows_bands(pr, pr.planes, q, sms, rb, group=segs)
     units = pr.planes * bands
     # Blocks per SM: enough for every unit at once where that fits (registers: 65536 /
     # (block * minb) each), else as many as shared memory allows, at most 4.

@@ -86,12 +86,7 @@ DW_RAW16(bf16_t)
 // Staged rows (conv_rows_async) are read from shared memory as 32-bit words: CW words of
 // one chunk in one access (16, 8 or 4 bytes), and element e of a window of words.
 template <int CW> __device__ __forceinline__ void lds_words(const unsigned char* p, unsigned* d) {
-    if constexpr (CW != 1 && CW != 2 && CW != 4) {
-        // Chunks of other widths (lanes of 7 columns) are only 4-byte aligned: word by
-        // word; the words a window does not use are dead loads the compiler drops.
-#pragma unroll
-        for (int i = 0; i < CW; ++i) d[i] = reinterpret_cast<const unsigned*>(p)[i];
-    } else if constexpr (CW == 4) {
+    if constexpr (CW == 4) {
         const uint4 v = *reinterpret_cast<const uint4*>(p);
         d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
     } else if constexpr (CW == 2) {
@@ -393,8 +388,8 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 //
 // Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
 template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
-          int MINB, int RP, int BLOCK = 256>
-__global__ void __launch_bounds__(BLOCK, MINB)
+          int MINB, int RP>
+__global__ void __launch_bounds__(256, MINB)
 conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 const RowsArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -423,12 +418,11 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     // (whole 32-byte sectors) instead of a word every V elements.
     constexpr bool OST = VS < V;
     constexpr int SEGB = U * ROWB + (OST ? S * CB : 0);  // bytes per segment
-    constexpr int SEGS = BLOCK / S;
+    constexpr int SEGS = 256 / S;
     static_assert(S >= 1 && S <= 32 && (S & (S - 1)) == 0, "a segment is a power-of-two part of a warp");
-    static_assert(BLOCK % 32 == 0 && BLOCK <= 256, "whole warps");
     static_assert(V % VL == 0 && V % VS == 0, "copies and stores split the lane's columns evenly");
     static_assert(PB == 4 || PB == 8 || PB == 16, "cp.async copies 4, 8 or 16 bytes");
-    static_assert(CB % 4 == 0 && CB <= 32, "a chunk is whole 32-bit words (one read of 4, 8 or 16 bytes, else word by word)");
+    static_assert(CB % 4 == 0 && CB <= 16, "a chunk is whole 32-bit words, at most one 16-byte read");
     static_assert(NL + NR <= S, "lanes below NL + NR copy the neighbour chunks");
     static_assert(KH * KW <= 64 && Q * V <= 64, "register budget");
     static_assert(PF >= RP && (RP == 1 || RP == 2), "at least one group of rows ahead");
