@@ -220,6 +220,7 @@ ARG_STRUCTS = {
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
+    "StackArgs": ("units", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "N", "C", "n_groups", "n_bands", "n_cs"),
     "BwdRowsArgs": ("units", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "N", "C", "n_chunks"),
 }
 ARG_DTYPES = {
@@ -1079,6 +1080,114 @@ def mma_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, wr=None, stages=None, m
     return Launch("mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,))
 
 
+# ---- conv_stack (tensor cores, 16 images of one channel per MMA) -------------------------
+
+STACK_MAX_KH = 16
+STACK_MAX_WN = 8  # warps per block, one 8-column output block each
+STACK_UNIT_ROWS = 4  # a unit's fixed cost (filling its copy pipeline), in rows swept
+
+
+def stack_geometry(kh, wn, ald, pf):
+    """Shared-memory bytes of conv_stack; mirrors StackTile in cuda/stack.cu (the kernel
+    traps if it is given less): RS ring slots (a multiple of KH of at least PF + 1) of 16
+    image rows of staged columns (the pitch an odd number of 16-byte units) and two
+    staged output rows of 16 images."""
+    rs = kh * ((pf + kh) // kh)
+    tiw = 8 * wn + 8 + (8 if ald else 0)
+    pitch = tiw if (tiw // 8) % 2 else tiw + 8
+    opw = 4 * wn + (0 if wn % 2 else 4)
+    return rs * 16 * pitch * 2 + 2 * 16 * opw * 4
+
+
+def _stack_staging(pr, x_ptr, gran=None):
+    """(GRAN, ALD, SHIFT) of conv_stack's row copies: the widest copy the rows and pointer
+    allow. Staged column 0 lies on a copy boundary, S = (-PL) mod (GRAN / 2) columns
+    before warp 0's first window; an A block read by ldmatrix starts on a 16-byte unit
+    (ALD 0, SHIFT S), else on the 4-byte boundary below the window (ALD = S rounded down
+    to even, SHIFT 0 or 1). SHIFT + 7 + KW <= 16 keeps one k-step (convnext_7x7, pad 3:
+    16-byte copies, ALD 4, SHIFT 1). None where no width does."""
+    options = []
+    for width in (16, 8, 4):
+        e = width // 2
+        if pr.IW % e == 0 and x_ptr % width == 0:
+            s = (-pr.PL) % e
+            ald, shift = (0, s) if s + 7 + pr.KW <= 16 else (s & ~1, s & 1)
+            if shift + 7 + pr.KW <= 16:
+                options.append((width, ald, shift))
+    if gran is not None:
+        return next((o for o in options if o[0] == gran), None)
+    return options[0] if options else None
+
+
+def _stack_bands(units_per_band, oh, kh, resident, rb=None):
+    """(RB, bands): output rows per unit. Units are swept whole and the grid runs in
+    waves of `resident` blocks, so the bands minimise waves x (rows swept per unit + a
+    unit's fixed cost)."""
+    if rb is not None:
+        return rb, _cdiv(oh, rb)
+    best = None
+    for bands in range(1, min(oh, 64) + 1):
+        rb_ = _cdiv(oh, bands)
+        bands = _cdiv(oh, rb_)
+        cost = _cdiv(units_per_band * bands, resident) * (rb_ + kh - 1 + STACK_UNIT_ROWS)
+        if best is None or cost < best[0]:
+            best = (cost, rb_, bands)
+    return best[1], best[2]
+
+
+STACK_MIN_IMAGES = 16  # the MMA rows: images past the batch are computed and dropped
+STACK_MAX_SIDE = 64    # the plane sizes measured (56 x 56, 64 x 64, 32 x 32, 28 x 28)
+
+
+def _use_stack(pr):
+    """Whether a problem conv_mma would take goes to conv_stack instead: 16-bit kernels
+    of 25 taps and more, batches of at least 16 images (full MMA rows), planes up to
+    64 x 64. Measured (H200, benchmarks/ab.py, us, conv_stack against conv_mma): 7x7
+    float16 on convnext_7x7 (64 x 96 x 56 x 56) 32.0 against 36.4 (bfloat16 31.6
+    against 36.4, grad input 32.3 against 34.7), 64 x 96 x 64 x 64 36.2 against 49.8,
+    32 x 128 x 32 x 32 12.7 against 16.8, 16 x 256 x 28 x 28 12.2 against 16.5.
+    Not taken: larger planes (seed_3x7 float16, 128 x 256 planes: 339 against the row
+    sweep's 164; the 16 images of a channel lie C planes apart, 8 MB there, and its
+    stores ran at a fraction of the copy rate), and the 3x3 row-sweep problems
+    (mbv2_3x3 float16 40.7 against 39.9)."""
+    return (pr.KH * pr.KW >= 25 and pr.planes // pr.QC >= STACK_MIN_IMAGES
+            and max(pr.IH, pr.IW, pr.OH, pr.OW) <= STACK_MAX_SIDE)
+
+
+def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, rb=None, gran=None, blocks=None):
+    """conv_stack plan (MODE 0 correlations, optionally with the flipped kernel); None where
+    it does not apply: 16-bit, sm_80+, stride 1, dilation 1, one input plane per output
+    plane (multiplier 1), even OW (pair stores), KH <= 16 and a copy width that keeps
+    one k-step. `blocks` caps the grid (tests use it to run many units per block)."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or pr.mode != 0
+            or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1) or pr.R != 1 or pr.DIV != 1
+            or pr.OW % 2 or pr.KH > STACK_MAX_KH or min(pr.OH, pr.OW, pr.IH, pr.IW) < 1):
+        return None
+    staging = _stack_staging(pr, x_ptr, gran)
+    if staging is None:
+        return None
+    gran, ald, shift = staging
+    wn = min(STACK_MAX_WN, _cdiv(pr.OW, 8)) if wn is None else wn
+    pf = 6 if pf is None else pf        # RS = 7 slots for 7 tap rows (convnext_7x7 fp16: 32.0 us; PF 4: 33.2, 13: 32.4)
+    minb = 3 if minb is None else minb  # <= 80 registers at 7 warps (4 blocks: 72, spills)
+    osw = 16 if pr.OW % 8 == 0 else 4
+    smem = stack_geometry(pr.KH, wn, ald, pf)
+    per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wn)))
+    C = pr.QC
+    N = pr.planes // C
+    n_groups, n_cs = _cdiv(N, 16), _cdiv(pr.OW, 8 * wn)
+    rb, bands = _stack_bands(C * n_groups * n_cs, pr.OH, pr.KH, sms * per_sm, rb)
+    units = C * n_groups * bands * n_cs
+    if n_cs * 8 * wn + pr.KW + 16 > INT32_MAX or pr.OH + pr.KH > INT32_MAX or N + 16 > INT32_MAX:
+        return None
+    grid = (max(1, min(units, blocks or INT32_MAX, INT32_MAX)), 1, 1)
+    expr = "dw::conv_stack<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, ald, shift, gran, pf, osw, pr.flip,
+                                      minb) + ">"
+    args = pack_args("StackArgs", units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT, PL=pr.PL, RB=rb,
+                     N=N, C=C, n_groups=n_groups, n_bands=bands, n_cs=n_cs)
+    return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,))
+
+
 # ---- conv_rows (stride 1: a segment of lanes sweeps a band of rows) ----------------------
 
 ROWS_MAX_TAPS = 64   # weights live in registers
@@ -1419,7 +1528,8 @@ def generic_launch(pr, dtype):
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
     """The launch for a plane-to-plane problem: whole small planes per block, row sweeps
-    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+), lines (large kernels
+    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+: conv_stack for
+    batches of 16 images and more on small planes, else conv_mma), lines (large kernels
     on whole planes, float32 and float64, stride 1, dilation 1), then tile, then smem,
     then generic. `arch` (compute capability as an int, 90 for sm_90) defaults to
     the current device's. `force` = (kind, kwargs) plans one family (None where it
@@ -1436,6 +1546,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return smem_launch(q, dtype, arch=arch, sms=sms, **kwargs)
         if kind == "mma":
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
+        if kind == "stack":
+            return stack_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
         if kind == "lines":
@@ -1461,7 +1573,9 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     if launch is None and rows and _use_rows(q, dtype):
         launch = rows_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and _use_mma(q, dtype):
-        launch = mma_launch(q, dtype, x_ptr, arch, sms)
+        launch = stack_launch(q, dtype, x_ptr, arch, sms) if _use_stack(q) else None
+        if launch is None:
+            launch = mma_launch(q, dtype, x_ptr, arch, sms)
     if launch is None and q.mode == 0:
         launch = lines_launch(q, dtype, sms=sms)
     if launch is None:

@@ -42,6 +42,8 @@ FAMILIES = (
     "conv_smem flip=true",
     "conv_mma flip=false",
     "conv_mma flip=true",
+    "conv_stack flip=false",
+    "conv_stack flip=true",
     "conv_plane flip=false",
     "conv_plane flip=true",
     "conv_lines flip=false",
@@ -67,7 +69,7 @@ FAMILIES = (
     "bwd_mma",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
-FAMILY_DTYPES = {f"conv_mma flip={b}": ("float16", "bfloat16") for b in ("false", "true")}
+FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", "conv_stack") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
 # conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
@@ -154,6 +156,8 @@ def _family(expr):
         name += f" flip={args[9]}"
     elif name == "conv_mma":
         name += f" flip={args[8]}"
+    elif name == "conv_stack":
+        name += f" flip={args[9]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"
     elif name == "conv_lines":

@@ -618,3 +618,67 @@ def test_split_streams():
         assert _kernels.split_streams(small) == "wgrad_first"
     finally:
         _kernels.SPLIT_CONCURRENT_MIN = saved
+
+
+def test_stack_takes_batches_of_small_planes():
+    """conv_stack replaces conv_mma for 16-bit kernels of 25 taps and more on batches of
+    16 images and more, planes up to 64 x 64 (forward and grad input); smaller batches,
+    larger planes and smaller kernels keep their families."""
+    convnext = params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
+    for dtype in ("float16", "bfloat16"):
+        assert "conv_stack" in _kernels.plan_forward(convnext, dtype, 0, 90, 132).expr
+        assert "conv_stack" in _kernels.plan_grad_input(convnext, dtype, 0, 90, 132).expr
+        assert "conv_stack" in _kernels.plan_forward(params((16, 4, 64, 64), (4, 1, 5, 5), 1, 2, 1), dtype, 0, 90, 132).expr
+    for x_shape in ((8, 96, 56, 56), (16, 4, 65, 64), (16, 4, 64, 72)):
+        expr = _kernels.plan_forward(params(x_shape, (x_shape[1], 1, 7, 7), 1, 3, 1), "float16", 0, 90, 132).expr
+        assert "conv_mma" in expr, (x_shape, expr)
+    assert "conv_stack" not in _kernels.plan_forward(params((64, 96, 56, 56), (96, 1, 3, 3), 1, 1, 1),
+                                                     "float16", 0, 90, 132).expr
+    assert "conv_stack" not in _kernels.plan_forward(convnext, "float32", 0, 90, 132).expr
+    assert "conv_stack" not in _kernels.plan_forward(convnext, "float16", 0, 75, 132).expr
+
+
+def test_stack_declines_other_problems():
+    """stack_launch: 16-bit, sm_80+, stride 1, dilation 1, multiplier 1, even OW, even IW
+    and a pointer that allows 4-byte copies, one k-step (SHIFT + 7 + KW <= 16)."""
+    def launch(x_shape, k, stride=1, padding=0, dilation=1, m=1, dtype="float16", arch=90, ptr=0):
+        p = params(x_shape, (x_shape[1] * m, 1) + k, stride, padding, dilation)
+        return _kernels.stack_launch(_kernels.forward_problem(p), dtype, ptr, arch)
+
+    assert launch((16, 2, 20, 32), (7, 7), padding=3) is not None
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, dtype="float32") is None
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, arch=75) is None
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, stride=2) is None
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, dilation=2) is None
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, m=2) is None
+    assert launch((16, 2, 20, 33), (7, 7), padding=(3, 2)) is None  # odd IW: no 4-byte copies
+    assert launch((16, 2, 20, 32), (7, 6), padding=(3, 2)) is None  # odd OW (33)
+    assert launch((16, 2, 20, 32), (7, 10), padding=(3, 5)) is None  # KW 10: two k-steps
+    assert launch((16, 2, 20, 32), (7, 7), padding=3, ptr=2) is None  # 2-byte aligned input
+    # Copies: the widest the row and pointer allow; ALD (4-byte A reads) where the window
+    # would start too far into the k-step; 16-byte output stores where OW % 8 == 0.
+    for x_shape, k, pad, ptr, want in (
+            ((16, 2, 20, 56), (7, 7), 3, 0, ("16", "4", "1", "16")),
+            ((16, 2, 20, 56), (7, 7), 3, 8, ("8", "0", "1", "16")),
+            ((16, 2, 20, 56), (7, 7), 3, 4, ("4", "0", "1", "16")),
+            ((16, 2, 20, 38), (3, 7), ((1, 0), (3, 3)), 0, ("4", "0", "1", "4")),
+            ((16, 2, 20, 24), (9, 9), 4, 0, ("16", "4", "0", "16")),
+            ((16, 2, 20, 64), (3, 3), 0, 0, ("16", "0", "0", "4"))):
+        args = _kernels.split_expr(launch(x_shape, k, padding=pad, ptr=ptr).expr)[1]
+        assert (args[6], args[4], args[5], args[8]) == want, (x_shape, k, pad, ptr, args)
+    # Shared memory as the kernel's StackTile: RS = 7 ring slots of 16 rows of 72 staged
+    # columns (8 x 7 + 16, pitch 9 units: 144 bytes) and two output rows of 16 x 28 words.
+    p = _kernels.forward_problem(params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1))
+    assert _kernels.stack_launch(p, "float16", 0, 90).shared_mem == 7 * 16 * 144 + 2 * 16 * 28 * 4
+
+
+def test_stack_units_and_bands():
+    """Units are (16 images, band, column segment, channel); one band where the units
+    fill the resident blocks, more where they leave SMs idle."""
+    p = _kernels.forward_problem(params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1))
+    a = _kernels.stack_launch(p, "float16", 0, 90).scalars[0]
+    assert (int(a["units"]), int(a["n_bands"]), int(a["n_cs"]), int(a["RB"])) == (384, 1, 1, 56)
+    p = _kernels.forward_problem(params((16, 8, 64, 130), (8, 1, 7, 7), 1, 3, 1))
+    a = _kernels.stack_launch(p, "float16", 0, 90).scalars[0]
+    assert int(a["n_cs"]) == 3 and int(a["n_bands"]) > 1
+    assert int(a["units"]) == 8 * int(a["n_bands"]) * 3 and int(a["RB"]) * int(a["n_bands"]) >= 64

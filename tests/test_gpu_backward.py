@@ -417,6 +417,26 @@ def test_grad_input_mma(shape, blocks, dtype):
     _check_forced_grad_input_s1(shape, dtype, "mma", blocks=blocks)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: grad input at stride 1 on conv_stack (the rotated
+        # kernel, 16 images per MMA): a partial image group, asymmetric padding, KW 9,
+        # padding past the kernel (cropped), convnext's shape on fewer channels.
+        (20, 3, 1, 19, 38, 3, 7, ((1, 0), (3, 3))),
+        (16, 2, 1, 30, 40, 5, 5, 2),
+        (17, 2, 1, 40, 48, 9, 9, 4),
+        (16, 3, 1, 16, 16, 4, 4, ((5, 5), (5, 4))),
+        (16, 2, 1, 56, 56, 7, 7, 3),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("variant", [{}, dict(rb=6, blocks=2)], ids=str)
+def test_grad_input_stack(shape, variant, dtype):
+    _check_forced_grad_input_s1(shape, dtype, "stack", **variant)
+
+
 def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1, reduce=None):
     """Weight and bias gradients of a forced plan against the reference on fresh random
     inputs; returns the stage-1 launch (the stage-2 launch when `reduce` replaces it).

@@ -465,6 +465,65 @@ def test_mma(shape, tile, dtype):
     assert launch is not None and "conv_mma" in launch.expr
 
 
+# conv_stack (tensor cores, 16 images of one channel per MMA): a partial last group of
+# images (20, 33, 17, 18) and batches under 16; 16-, 8- and 4-byte copies, with the A
+# block read by ldmatrix (ALD 0) or by 4-byte reads (ALD > 0: convnext's pad 3 and KW 9's
+# pad 4 under 16-byte copies); 16-byte output stores (OW a multiple of 8) and 4-byte ones;
+# column segments (OW past 64, and wn=2), bands, 'valid', 'same', asymmetric padding and
+# padding past the kernel; KH 1 to 9 (the ring), KW up to 9 (one k-step).
+STACK_SHAPES = [
+    # N, C, H, W, KH, KW, padding
+    (20, 3, 19, 38, 3, 7, ((1, 0), (3, 3))),
+    (16, 2, 56, 56, 7, 7, 3),
+    (33, 2, 13, 72, 5, 5, 2),
+    (5, 3, 30, 24, 9, 9, 4),
+    (17, 2, 40, 32, 7, 4, ((3, 3), (1, 2))),
+    (16, 2, 21, 32, 2, 4, "same"),
+    (18, 2, 12, 20, 3, 3, 0),
+    (16, 1, 70, 130, 7, 7, 3),
+    (16, 2, 12, 16, 3, 3, 5),
+    (16, 2, 9, 40, 1, 7, (0, 3)),
+]
+# Plan variants: the default; short bands on 3 blocks (many units per block: the ring,
+# the output buffers and the copies restart per unit); one row ahead (PF 1: the smallest
+# ring); two warps per block (column segments); 4-byte copies.
+STACK_VARIANTS = [{}, dict(rb=5, blocks=3), dict(pf=1), dict(wn=2), dict(gran=4)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("variant", STACK_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", STACK_SHAPES, ids=str)
+def test_stack(shape, variant, dtype):
+    N, C, H, W, KH, KW, pad = shape
+    launch = _check_forced_forward((N, C, 1, H, W, KH, KW, 1, pad, 1), dtype, "stack", 23, **variant)[0]
+    assert launch is not None and "conv_stack" in launch.expr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_stack_misaligned_input(dtype):
+    """An input whose data starts 4 bytes past a 16-byte boundary: conv_stack plans 4-byte
+    copies (the only width the pointer allows) and stays correct."""
+    import cupy
+
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
+
+    rng = numpy.random.default_rng(29)
+    shape = (16, 2, 20, 32)
+    x = random_array(rng, shape, dtype)
+    w = random_array(rng, (2, 1, 7, 7), dtype)
+    b = random_array(rng, (2,), dtype)
+    buf = cupy.zeros(x.size + 8, dtype=to_gpu(x).dtype)
+    xg = buf[2:2 + x.size].reshape(shape)
+    xg[...] = to_gpu(x)
+    assert xg.data.ptr % 16 == 4
+    p = params(shape, w.shape, True, 1, 3, 1)
+    launch = _kernels.stack_launch(_kernels.forward_problem(p), dtype, xg.data.ptr % 16, 90)
+    assert launch is not None and _kernels.split_expr(launch.expr)[1][6] == "4"  # GRAN
+    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=3, dilation=1), dtype, scale=7.0)
+
+
 @pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_tile_shapes(th, tw, dtype):
@@ -717,6 +776,7 @@ NAN_CASES = [
     (2, 3, 30, 30, 5, 5, 2, 2, 1, "float64"),
     (1, 2, 20, 20, 3, 3, 1, 3, 3, "float32"),
     (2, 3, 56, 56, 7, 7, 1, 3, 1, "float16"),
+    (16, 2, 56, 56, 7, 7, 1, 3, 1, "float16"),
     (1, 2, 28, 28, 13, 13, 1, 6, 1, "bfloat16"),
 ]
 
@@ -738,7 +798,8 @@ def test_nan_input_propagation(case):
     x[N - 1, C - 1, H // 2, W // 3] = numpy.nan
     xg, wg = to_gpu(x), to_gpu(w)
     p = params(x.shape, w.shape, False, stride, padding, dilation)
-    tensor_cores = "conv_mma" in _kernels.plan_forward(p, dtype, xg.data.ptr).expr
+    expr = _kernels.plan_forward(p, dtype, xg.data.ptr).expr
+    tensor_cores = "conv_mma" in expr or "conv_stack" in expr
     out = numpy.isnan(cupy_dwconv.depthwise_conv2d(xg, wg, stride=stride, padding=padding, dilation=dilation).get())
     ref = numpy.isnan(reference_forward(x, w, None, stride=stride, padding=padding, dilation=dilation))
     assert ref.any() and ref[N - 1, C - 1].sum() == ref.sum()

@@ -294,6 +294,10 @@ struct PlaneArgs {
 struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };
+struct StackArgs {
+    i64 units;  // (channel, 16 images, band, column segment)
+    int IH, IW, OH, OW, PT, PL, RB, N, C, n_groups, n_bands, n_cs;
+};
 struct RowsArgs {
     i64 n_units, IC;  // units: (plane, band, column segment)
     int IH, IW, OH, OW, PT, RB, n_bands, n_cs, QC, DIV;  // RB output rows per band

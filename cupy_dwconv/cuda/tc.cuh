@@ -49,6 +49,15 @@ template <class T> struct Mma;
                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                              \
                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));                                      \
         }                                                                                                     \
+        /* D = A B + C with C in other registers (a sum started from the bias) */                             \
+        static __device__ __forceinline__ void run_c(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,    \
+                                                     unsigned a3, unsigned b0, unsigned b1, const float (&c)[4]) { \
+            asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 {%0, %1, %2, %3}, "      \
+                "{%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"                                           \
+                : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                              \
+                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]),      \
+                  "f"(c[3]));                                                                                 \
+        }                                                                                                     \
     };
 DW_MMA_M16N8K16(half_t, "f16")
 DW_MMA_M16N8K16(bf16_t, "bf16")

@@ -1,0 +1,263 @@
+// conv_stack: 16-bit depthwise correlations at stride 1 and dilation 1 on tensor cores,
+// with the 16 rows of each MMA taken by 16 images of one channel (mma.sync m16n8k16,
+// float32 accumulation; sm_80 and newer).
+//
+// Why a second tensor-core correlation: conv_mma puts 16 output rows of one plane in an
+// MMA's rows, so tap row kh multiplies the input rows shifted by kh: every staged element
+// is read from shared memory once per tap row, and those reads bound it (convnext_7x7
+// float16: ~11 us of ldmatrix wavefronts in a 36 us forward). Images of one channel share
+// its weights, so here the MMA's rows are 16 images and its A operand is one input row of
+// all of them: one ldmatrix.x4 per input row and 8 output columns feeds KH MMAs, tap row
+// kh into the sums of output row (row - kh). Those KH rows of sums are a ring in
+// registers, as in the row sweeps (rows.cu); the banded (Toeplitz) B fragments of the
+// channel's KH tap rows stay in registers for the whole unit.
+//
+//     D[image][n] += sum_k X[image][ih][c0 + k] * B_kh[k][n],  B_kh[k][n] = w[kh][k - n - SHIFT]
+//
+// Data flow: a block of WN warps owns a unit = (16 images, RB output rows, 8 WN output
+// columns, channel) and sweeps virtual rows v = 0 .. RB + KH - 2 of it: v is input row
+// oh0 + v - PT of the 16 images, staged by cp.async RS - 1 rows ahead into a ring of RS
+// slots (zero-filled outside the plane and past the last image: that is the padding).
+// Warp j owns output columns 8j .. 8j + 7 of the unit; per virtual row it reads its
+// 16 x 16 A block (one ldmatrix.x4, or four 4-byte reads per lane), issues KH MMAs, and
+// rounds output row v - KH + 1, which has had its last tap row, into a shared-memory row
+// of the 16 images; after the next row's barrier the block stores that row as whole
+// 16-byte pieces (4-byte words where OW % 8 != 0). Stored from the fragments (a lane
+// holds 4 bytes of images g and g + 8: 8 images x 16 bytes per instruction), the output
+// ran at a fraction of the copy rate (convnext_7x7 float16: 39.7 us, 28.8 with the
+// stores left out).
+//
+// Bytes per output: one input element read (plus 8 or 16 halo columns per 8 WN and
+// (KH - 1) / RB halo rows, mostly L2 hits) and one output element written, 2 + 2 bytes.
+// Shared memory: 512 bytes read per 8 columns of 16 images and input row (4 wavefronts
+// per KH MMAs), 1 / KH of conv_mma's; the output row passes through it once more.
+#include "tc.cuh"
+
+namespace dw {
+
+// Compile-time geometry; the host mirrors it (_kernels.stack_geometry) and the kernel
+// checks the shared memory it was given.
+template <int KH, int WN, int ALD, int GRAN, int PF>
+struct StackTile {
+    static constexpr int NT = 32 * WN;
+    // Staged columns: warp j reads 8j + ALD .. 8j + ALD + 15; whole 16-byte units.
+    static constexpr int TIW = 8 * WN + 8 + (ALD > 0 ? 8 : 0);
+    // Image-row pitch in 16-bit elements: an odd number of 16-byte units, so that the 8
+    // row addresses of one ldmatrix phase (8 images) fall in 8 different bank groups,
+    // and the 4-byte A reads of 8 images x 4 lanes (ALD > 0) in 32 different banks.
+    static constexpr int PITCH = ((TIW / 8) % 2) ? TIW : TIW + 8;
+    static constexpr int E = GRAN / 2;        // elements per copy
+    static constexpr int CPR = TIW / E;       // copies per image row
+    static constexpr int CPT = (16 * CPR + NT - 1) / NT;  // copies per thread and row
+    // Ring slots: a multiple of KH of at least PF + 1, so that in the sweep unrolled by RS
+    // every slot and every ring index of the sums is a constant; RS - 1 rows are in
+    // flight beside the one read.
+    static constexpr int RS = KH * ((PF + KH) / KH);
+    static constexpr int SLOT = 16 * PITCH * 2;
+    // Output rows are staged (two buffers: one written while the other is stored) as
+    // 16 image rows of 4 WN words; an odd multiple of 4 words per row, so a fragment
+    // write (8 images x 4 lanes) hits 32 different banks.
+    static constexpr int OPW = 4 * WN + ((WN % 2) ? 0 : 4);
+    static constexpr int OUT_OFF = RS * SLOT;
+    static constexpr int SMEM = OUT_OFF + 2 * 16 * OPW * 4;
+};
+
+// Template arguments: T half_t or bf16_t; KH KW kernel (stride 1, dilation 1); WN warps
+// per block, one 8-column output block each; ALD the staged column (even, < 8) where
+// warp 0's A block starts (0: ldmatrix; else four 4-byte reads per lane, which lets
+// 16-byte copies serve paddings whose window would start too far into a k-step); SHIFT
+// the columns of the A block before the first one an output reads (SHIFT + 7 + KW <= 16:
+// one k-step); GRAN copy width in bytes (16, 8 or 4; the host sets it only where IW and
+// the plane base allow it, so that every copy lies wholly inside or outside a row); PF
+// rows in flight; OSW output store width in bytes (16 where OW is a multiple of 8, else
+// 4); FLIP reads the kernel rotated by 180 degrees (grad input); MINB blocks per SM the
+// registers must allow. The host guarantees even OW, one input plane per output plane
+// (multiplier 1) and 32-bit row and column counts; planes and units are 64-bit.
+template <class T, int KH, int KW, int WN, int ALD, int SHIFT, int GRAN, int PF, int OSW, bool FLIP, int MINB>
+__global__ void __launch_bounds__(32 * WN, MINB)
+conv_stack(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+           const StackArgs a) {
+    static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
+    typedef StackTile<KH, WN, ALD, GRAN, PF> G;
+    static_assert(SHIFT >= 0 && SHIFT + 7 + KW <= 16, "one k-step: 8 outputs read SHIFT + 7 + KW columns");
+    static_assert(ALD >= 0 && ALD < 8 && ALD % 2 == 0, "A blocks start on a 4-byte boundary");
+    static_assert(KH >= 1 && KH <= 16 && WN >= 1 && WN <= 16 && PF >= 1 && PF <= 16, "geometry");
+    static_assert((GRAN == 16 || GRAN == 8 || GRAN == 4) && G::TIW % G::E == 0, "staging copies");
+    static_assert(OSW == 16 || OSW == 4, "output stores");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr int NT = G::NT, PITCH = G::PITCH, E = G::E, CPR = G::CPR, CPT = G::CPT, RS = G::RS, OPW = G::OPW;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    {
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (unsigned)G::SMEM) __trap();  // host and kernel disagree on the geometry
+    }
+    const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, PT = a.PT, RB = a.RB;
+    const int N = a.N, C = a.C, n_bands = a.n_bands, n_cs = a.n_cs;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    const i64 plane_in = (i64)IH * IW, plane_out = (i64)OH * OW;
+    const unsigned xs_addr = smem_u32(smem_raw);
+    // This lane's A address in slot 0. ldmatrix.x4 (ALD 0): lanes 0-15 give images 0-15
+    // of chunk `warp`, lanes 16-31 of chunk warp + 1 (registers: chunk j images 0-7, 8-15,
+    // chunk j + 1 images 0-7, 8-15). 4-byte reads: image g, columns 2 t4 and +1 (a0), the
+    // same of image g + 8 (a1), and both 8 columns on (a2, a3).
+    const unsigned a_addr =
+        ALD == 0 ? xs_addr + (unsigned)(((lane & 15) * PITCH + 8 * (warp + (lane >> 4))) * 2)
+                 : xs_addr + (unsigned)((g * PITCH + 8 * warp + ALD + 2 * t4) * 2);
+    // Output staging: this lane's fragment words (images g and g + 8, word 4 warp + t4).
+    const unsigned ob_addr = xs_addr + (unsigned)(G::OUT_OFF + (g * OPW + 4 * warp + t4) * 4);
+    const unsigned short* const wb = reinterpret_cast<const unsigned short*>(w);
+    // Stores of a staged output row: OSW 16, thread tid < 16 WN stores 8 columns (image
+    // tid / WN, chunk tid % WN); OSW 4, thread tid stores words tid and tid + NT of the 16
+    // x 4 WN (image u / (4 WN), word u % (4 WN)): consecutive threads, consecutive words.
+    constexpr int NST = OSW == 16 ? 1 : 2;
+
+    for (i64 unit = blockIdx.x; unit < a.units; unit += gridDim.x) {
+        // unit = ((group * n_bands + band) * n_cs + cs) * C + c.
+        i64 t = unit / C;
+        const int c = (int)(unit - t * C);
+        const int cs = (int)(t % n_cs);
+        t /= n_cs;
+        const int band = (int)(t % n_bands);
+        const int grp = (int)(t / n_bands);
+        const int n0 = 16 * grp, oh0 = band * RB, ow0 = cs * 8 * WN;
+        const int rows = min(RB, OH - oh0);
+        const int steps = rows + KH - 1;  // virtual rows of the unit
+        const int c0 = ow0 - a.PL - SHIFT - ALD;  // input column of staged column 0 (a multiple of E)
+
+        // The channel's Toeplitz fragments, one per tap row (toeplitz_entry, k-step 0).
+        uint2 bt[KH];
+        const unsigned short* wp = wb + (i64)c * (KH * KW);
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) bt[kh] = toeplitz_entry<KH, KW, 1, SHIFT, FLIP>(wp, kh * 32 + lane);
+        const float b0 = (bias != nullptr) ? load1(bias + c) : 0.f;
+        const float bias4[4] = {b0, b0, b0, b0};
+
+        // Copies: index u = tid + k * NT of the 16 x CPR per staged row is image u / CPR,
+        // chunk u % CPR. Each keeps its source address at the unit's virtual row 0 (a byte
+        // address advanced by one row per step) and whether its image and columns exist;
+        // the row's own test is per step. Outside the plane the copy reads nothing and
+        // zero-fills (the address there is never dereferenced).
+        const char* src[CPT];
+        unsigned dst[CPT];
+        bool in_ok[CPT], on[CPT];
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+            const int u = tid + k * NT;
+            const int r = u / CPR, ch = u - (u / CPR) * CPR;
+            const int col = c0 + ch * E;
+            on[k] = u < 16 * CPR;
+            in_ok[k] = on[k] && n0 + r < N && (unsigned)col < (unsigned)IW;
+            const i64 plane = (i64)(n0 + r) * C + c;
+            src[k] = reinterpret_cast<const char*>(x) +
+                     (plane * plane_in + (i64)(oh0 - PT) * IW + col) * (i64)sizeof(T);
+            dst[k] = (unsigned)((r * PITCH + ch * E) * 2);
+        }
+        const i64 row_bytes = (i64)IW * (i64)sizeof(T);
+        int ih_next = oh0 - PT;  // input row of the next staged virtual row
+        // Stage the next virtual row into `slot` (one cp.async group per call; past the
+        // unit's rows an empty group keeps the count per row uniform).
+        auto stage = [&](bool live, int slot) {
+            const bool row_ok = (unsigned)ih_next < (unsigned)IH;
+            const unsigned base = xs_addr + (unsigned)(slot * G::SLOT);
+#pragma unroll
+            for (int k = 0; k < CPT; ++k) {
+                cp_async_pred<GRAN>(base + dst[k], src[k], row_ok && in_ok[k], live && on[k]);
+                src[k] += row_bytes;
+            }
+            ++ih_next;
+            cp_async_commit();
+        };
+
+        // Output stores of this thread: the staged word offset and global address at the
+        // unit's first output row (advanced by OW per stored row), and whether it stores.
+        T* yp[NST];
+        unsigned ob_off[NST];
+        bool st_ok[NST];
+#pragma unroll
+        for (int k = 0; k < NST; ++k) {
+            const int u = tid + k * NT;
+            const int r = OSW == 16 ? u / WN : u / (4 * WN);
+            const int wd = OSW == 16 ? 4 * (u - r * WN) : u - r * (4 * WN);  // first word in the image row
+            const int col = ow0 + 2 * wd;
+            st_ok[k] = r < 16 && n0 + r < N && col < OW;
+            ob_off[k] = (unsigned)(G::OUT_OFF + (r * OPW + wd) * 4);
+            yp[k] = y + ((i64)(st_ok[k] ? n0 + r : 0) * C + c) * plane_out + (i64)oh0 * OW + col;
+        }
+        // Store the output row staged in buffer `buf` (after a barrier that follows its writes).
+        auto flush = [&](int buf) {
+#pragma unroll
+            for (int k = 0; k < NST; ++k) {
+                const unsigned sa = xs_addr + ob_off[k] + (unsigned)(buf * 16 * OPW * 4);
+                if (st_ok[k]) {
+                    if constexpr (OSW == 16) *reinterpret_cast<uint4*>(yp[k]) = lds128(sa);
+                    else *reinterpret_cast<unsigned*>(yp[k]) = lds32(sa);
+                }
+                yp[k] += OW;
+            }
+        };
+
+        float acc[KH][4];
+#pragma unroll
+        for (int s = 0; s < KH; ++s) acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.f;
+
+        __syncthreads();  // the previous unit's reads of the ring and the output buffers are done
+#pragma unroll
+        for (int k = 0; k < RS - 1; ++k) stage(k < steps, k);
+        int ob = 0;
+        for (int v0 = 0; v0 < steps; v0 += RS) {
+#pragma unroll
+            for (int u = 0; u < RS; ++u) {
+                const int v = v0 + u;
+                if (v >= steps) break;  // uniform across the block
+                // Row v has landed for this thread's copies; after the barrier for every
+                // thread's, and every warp is done reading row v - 1, whose slot takes
+                // row v + RS - 1, and done writing output buffer ob ^ 1.
+                cp_async_wait<RS - 2>();
+                __syncthreads();
+                stage(v + RS - 1 < steps, (u + RS - 1) % RS);
+                if (v >= KH) flush(ob ^ 1);  // output row v - KH, staged at step v - 1
+                unsigned a0, a1, a2, a3;
+                const unsigned ra = a_addr + (unsigned)(u * G::SLOT);
+                if constexpr (ALD == 0) {
+                    ldsm_x4(ra, a0, a1, a2, a3);
+                } else {
+                    a0 = lds32(ra);
+                    a1 = lds32(ra + 8 * PITCH * 2);
+                    a2 = lds32(ra + 16);
+                    a3 = lds32(ra + 8 * PITCH * 2 + 16);
+                }
+                // Tap row kh feeds output row v - kh: ring slot (v - kh) mod KH, a constant
+                // (v0 is a multiple of RS, a multiple of KH). Tap row 0 starts its row from the bias (the
+                // MMA's C operand), overwriting the slot's previous row, staged at step v - 1.
+#pragma unroll
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int s = ((u - kh) % KH + KH) % KH;
+                    if (kh == 0)
+                        Mma<T>::run_c(acc[s], a0, a1, a2, a3, bt[kh].x, bt[kh].y, bias4);
+                    else
+                        Mma<T>::run(acc[s], a0, a1, a2, a3, bt[kh].x, bt[kh].y);
+                }
+                // Output row v - (KH - 1) has had its last tap row: rounded to 16 bits
+                // into buffer ob (images g and g + 8).
+                if (v >= KH - 1) {
+                    const float* d = acc[(u + 1) % KH];
+                    const unsigned oa = ob_addr + (unsigned)(ob * 16 * OPW * 4);
+                    asm volatile("st.shared.b32 [%0], %1;" ::"r"(oa), "r"(pack2(T(), d[0], d[1])) : "memory");
+                    asm volatile("st.shared.b32 [%0], %1;" ::"r"(oa + 8 * OPW * 4), "r"(pack2(T(), d[2], d[3]))
+                                 : "memory");
+                }
+                ob ^= 1;
+            }
+        }
+        __syncthreads();
+        flush(ob ^ 1);       // the last output row
+        cp_async_wait<0>();  // no copy outlives its unit
+    }
+#else
+    __trap();  // the host plans conv_stack only on sm_80 and newer
+#endif
+}
+
+}  // namespace dw
