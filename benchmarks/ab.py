@@ -12,6 +12,11 @@ events, median, inputs rotated past L2).
 largest difference relative to the largest magnitude of the default plan's weight and
 bias gradients (sums in another order differ in the last bits).
 
+--pass backward times fused backward plans (plan_backward's force: KIND is the family,
+tile, rows, plane, mma or stack), each closing its own weight and bias sums; it prints
+grad_x's largest difference from the default plan's and the weight and bias gradients'
+relative one.
+
 --shape N C H W replaces the case's input shape (kernel, stride, padding and dilation
 stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane. --padding PH PW
 replaces its padding (e.g. no row padding: every output row meets every tap row).
@@ -56,7 +61,7 @@ def main(argv=None):
     ap.add_argument("case")
     ap.add_argument("dtype")
     ap.add_argument("specs", nargs="+")
-    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight"])
+    ap.add_argument("--pass", dest="which", default="forward", choices=["forward", "grad_input", "grad_weight", "backward"])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     ap.add_argument("--padding", type=int, nargs=2, metavar=("PH", "PW"), help="padding instead of the case's")
@@ -78,6 +83,8 @@ def main(argv=None):
     arch, sms = _kernels.device_arch(dev)
     if args.which == "grad_weight":
         return _grad_weight(cupy, args, p, dtype, dev, arch, sms)
+    if args.which == "backward":
+        return _backward(cupy, args, p, dtype, dev, arch, sms)
     fwd = args.which == "forward"
     pr = _kernels.forward_problem(p) if fwd else _kernels.grad_input_problem(p)
     in_shape, out_shape = (p.x_shape, p.out_shape) if fwd else (p.out_shape, p.x_shape)
@@ -144,6 +151,51 @@ def _grad_weight(cupy, args, p, dtype, dev, arch, sms):
         ms = bench.time_events(run, k_sets, args.repeats, 10)
         print(f"{spec:32s} {s1.expr[:70]:70s} grid {s1.grid} chunks {chunks:3d} {ms * 1e3:8.2f} us  rel diff {diff:.1e}",
               flush=True)
+    return 0
+
+
+def _backward(cupy, args, p, dtype, dev, arch, sms):
+    """Fused backward plans (x and grad_output in, grad_x, grad_weight and grad_bias out,
+    the closing sums inside the kernel), timed."""
+    l2 = cupy.cuda.Device(dev).attributes["L2CacheSize"]
+    size = _kernels.ITEMSIZE[dtype]
+    k_sets = bench.rotation_sets((2 * numpy.prod(p.x_shape) + numpy.prod(p.out_shape)) * size, l2, 6 * 10**9)
+    rs = cupy.random.RandomState(0)
+    xs = [bench._random_gpu(cupy, rs, p.x_shape, dtype) for _ in range(k_sets)]
+    gos = [bench._random_gpu(cupy, rs, p.out_shape, dtype) for _ in range(k_sets)]
+    gxs = [cupy.empty(p.x_shape, xs[0].dtype) for _ in range(k_sets)]
+    w = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+    counters = cupy.zeros(p.CM, cupy.uint32)
+    ref = None
+    for spec in ["default"] + args.specs:
+        force = None
+        if spec != "default":
+            kind, kw = parse_spec(spec)
+            force = dict(kw, family=kind)
+        res = _kernels.plan_backward(p, dtype, xs[0].data.ptr, gos[0].data.ptr, arch, sms, force=force)
+        if res is None:
+            print(f"{spec:32s} declined", flush=True)
+            continue
+        s1, chunks, _ = res
+        part = cupy.empty((p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
+        gw = cupy.full(p.weight_shape, numpy.nan, dtype)
+        gb = cupy.full((p.CM,), numpy.nan, dtype)
+
+        def run(k, s1=s1, part=part, gw=gw, gb=gb):
+            s1(dev, (xs[k], gos[k], w, gxs[k], part, counters, gw, gb))
+
+        gxs[0].fill(numpy.nan)
+        run(0)
+        gx = gxs[0].astype(cupy.float32)
+        wb = numpy.concatenate([gw.get().ravel(), gb.get().ravel()]).astype(numpy.float64)
+        if ref is None:
+            ref = (gx.copy(), wb)
+        dx = float(cupy.abs(gx - ref[0]).max())
+        dw = float(numpy.max(numpy.abs(wb - ref[1])) / max(1e-30, float(numpy.max(numpy.abs(ref[1])))))
+        kern = s1.kernel(dev)
+        ms = bench.time_events(run, k_sets, args.repeats, 10)
+        print(f"{spec:32s} {s1.expr[:60]:60s} regs {kern.num_regs:3d} local {kern.local_size_bytes:3d} grid {s1.grid} "
+              f"{ms * 1e3:8.2f} us  gx diff {dx:.2e}  gw rel diff {dw:.1e}", flush=True)
     return 0
 
 

@@ -220,6 +220,7 @@ ARG_STRUCTS = {
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
+    "WstackArgs": ("N", "C", "n_chunks", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "n_bands"),
     "StackArgs": ("units", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "N", "C", "n_groups", "n_bands", "n_cs"),
     "BwdRowsArgs": ("units", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "N", "C", "n_chunks"),
 }
@@ -2018,11 +2019,12 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
 
 def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
-    for small planes, wgrad_tile for small kernels; for large ones wgrad_mma (16-bit,
+    for small planes, wgrad_stack (16-bit, more than 25 taps, 16 images and more, planes
+    up to 64 x 64), wgrad_tile for small kernels; for large ones wgrad_mma (16-bit,
     stride 1, dilation 1, sm_80+), wgrad_lines (float32 and float64, stride 1, dilation 1,
     planes that fit), else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the
     data pointers (only their alignment matters). `force` is None, a family name ("mma",
-    "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
+    "stack", "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
     tests and sweeps."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
@@ -2032,6 +2034,8 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     res = None
     if kind == "mma":
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms, **kwargs)
+    elif kind == "stack":
+        res = wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms, **kwargs)
     elif kind == "smem":
         res = wgrad_smem_launch(p, dtype, arch, sms=sms, **kwargs)
     elif kind == "tile":
@@ -2095,6 +2099,8 @@ def _use_wgrad_mma(p):
 @functools.lru_cache(maxsize=4096)
 def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
+    if res is None and _use_wgrad_stack(p, dtype):
+        res = wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms)
     if res is None and _use_wgrad_mma(p):
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
     if res is None:
@@ -2387,6 +2393,69 @@ def bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, stages=None, chunk
                      **geo)
     grid = (chunks, min(p.C, 65535), 1)
     return Launch("bwd_mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,)), chunks
+
+
+# ---- weight gradient on tensor cores with 16 images per MMA (wgrad_stack) -----------------
+
+WSTACK_MAX_SIDE = 64  # whole rows: a warp per 8 grad_output columns, at most 8 warps
+
+
+def wstack_geometry(kh, kw, wn, pf):
+    """Shared-memory bytes of wgrad_stack; mirrors WstackTile in cuda/stack.cu (the kernel
+    traps if it is given less): RS ring slots (a multiple of KH of at least KH + PF) of 16
+    grad_output rows of 8 WN columns and 16 x rows of 8 WN + 8, and the warps' tap sums."""
+    rs = kh * (1 + _cdiv(pf, kh))
+    tiwg, tiwx = 8 * wn, 8 * wn + 8
+    pg = tiwg if (tiwg // 8) % 2 else tiwg + 8
+    px = tiwx if (tiwx // 8) % 2 else tiwx + 8
+    return rs * 16 * (pg + px) * 2 + wn * (kh * kw + 1) * 4
+
+
+def _use_wgrad_stack(p, dtype):
+    """The 16-bit weight gradient of kernels of more than 25 taps on batches of 16 images
+    and more, where wgrad_stack takes the problem. Measured (H200, benchmarks/ab.py
+    --pass grad_weight, convnext_7x7 float16, stage 1 and its reduction): 44.5 us against
+    wgrad_tile's 117.8 and wgrad_mma's 173.6. The fused backward stays with bwd_mma (68.4
+    us; conv_stack's grad input beside wgrad_stack on two streams: 83.7)."""
+    return dtype in MMA_DTYPES and p.KH * p.KW > 25 and p.N >= STACK_MIN_IMAGES
+
+
+def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=None, chunks=None, xgran=None,
+                       rb=None):
+    """(wgrad_stack launch, chunks): the 16-bit weight gradient's stage 1 with 16 images
+    per MMA; None where it does not apply: sm_80+, stride 1, dilation 1, multiplier 1,
+    padding within the kernel, KH <= 16, planes up to 64 x 64, grad_output rows of a
+    multiple of 8 columns on a 16-byte aligned pointer (16-byte copies: its 8-column
+    blocks are the MMAs' B), and an x copy width with SX + KW <= 9.
+    Units are (16 images, band of RB x rows), `chunks` blocks per channel."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or p.M != 1
+            or p.KH > STACK_MAX_KH or max(p.PT, p.PB) > p.KH - 1 or max(p.PL, p.PR) > p.KW - 1
+            or p.OW % 8 or go_ptr % 16 or min(p.N, p.C, p.OH, p.OW, p.H, p.W) < 1
+            or max(p.H, p.W, p.OH, p.OW) > WSTACK_MAX_SIDE):
+        return None
+    wn = p.OW // 8
+    options = [g for g in (16, 8, 4) if p.W % (g // 2) == 0 and x_ptr % g == 0 and (-p.PL) % (g // 2) + p.KW <= 9]
+    if xgran is not None:
+        options = [g for g in options if g == xgran]
+    if not options:
+        return None
+    xg = options[0]
+    sx = (-p.PL) % (xg // 2)
+    pf = 6 if pf is None else pf
+    minb = 3 if minb is None else minb  # 96 registers at 7 warps (convnext_7x7: no spills)
+    smem = wstack_geometry(p.KH, p.KW, wn, pf)
+    if smem > SM_SMEM:
+        return None
+    n_groups = _cdiv(p.N, 16)
+    per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wn)))
+    rb, bands = _stack_bands(p.C * n_groups, p.H, p.KH, sms * per_sm, rb)
+    units = n_groups * bands
+    chunks = max(1, min(units, units if chunks is None else chunks, 65535))
+    expr = "dw::wgrad_stack<" + _targs(CXX_TYPE[dtype], p.KH, p.KW, wn, sx, xg, pf, minb) + ">"
+    args = pack_args("WstackArgs", N=p.N, C=p.C, n_chunks=chunks, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, PT=p.PT,
+                     PL=p.PL, RB=rb, n_bands=bands)
+    grid = (chunks, min(p.C, 65535), 1)
+    return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,)), chunks
 
 
 def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):

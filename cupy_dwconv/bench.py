@@ -771,7 +771,7 @@ def short_kernel_name(expr):
             return "bwd_plane" + (f" s{int(args[11])}" if int(args[11]) > 1 else "")
     except (IndexError, ValueError):
         pass
-    if name in ("wgrad_mma", "wgrad_plane", "wgrad_lines", "bwd_mma"):
+    if name in ("wgrad_mma", "wgrad_plane", "wgrad_lines", "wgrad_stack", "bwd_mma"):
         return name
     if name.endswith("_generic") or name.endswith("_reduce"):
         return name

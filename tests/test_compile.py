@@ -67,11 +67,13 @@ FAMILIES = (
     "bwd_rows",
     "bwd_plane",
     "bwd_mma",
+    "wgrad_stack",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
 FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", "conv_stack") for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
+FAMILY_DTYPES["wgrad_stack"] = ("float16", "bfloat16")
 # conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
 FAMILY_DTYPES.update({f"conv_lines flip={b}": ("float32", "float64") for b in ("false", "true")})
 FAMILY_DTYPES["wgrad_lines"] = ("float32", "float64")

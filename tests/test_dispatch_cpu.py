@@ -682,3 +682,34 @@ def test_stack_units_and_bands():
     a = _kernels.stack_launch(p, "float16", 0, 90).scalars[0]
     assert int(a["n_cs"]) == 3 and int(a["n_bands"]) > 1
     assert int(a["units"]) == 8 * int(a["n_bands"]) * 3 and int(a["RB"]) * int(a["n_bands"]) >= 64
+
+
+def test_wgrad_stack_takes_batches_of_small_planes():
+    """The 16-bit weight gradient of kernels of more than 25 taps runs wgrad_stack on
+    batches of 16 images and more (planes up to 64 x 64, grad_output rows of a multiple
+    of 8 columns on a 16-byte aligned pointer); the fused backward stays bwd_mma."""
+    convnext = params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
+    for dtype in ("float16", "bfloat16"):
+        s1, chunks, s2 = _kernels.plan_wgrad(convnext, dtype, 0, 0, 90, 132)
+        assert "wgrad_stack" in s1.expr and "wgrad_reduce" in s2.expr
+        assert chunks == 4 and s1.grid == (4, 96, 1) and int(s1.scalars[0]["n_chunks"]) == 4
+        assert "bwd_mma" in _kernels.plan_backward(convnext, dtype, 0, 0, 90, 132)[0].expr
+        assert "wgrad_stack" not in _kernels.plan_wgrad(convnext, dtype, 0, 8, 90, 132)[0].expr  # go 8-byte aligned
+        small = params((8, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1)
+        assert "wgrad_stack" not in _kernels.plan_wgrad(small, dtype, 0, 0, 90, 132)[0].expr
+    assert "wgrad_stack" not in _kernels.plan_wgrad(convnext, "float32", 0, 0, 90, 132)[0].expr
+    assert "wgrad_stack" not in _kernels.plan_wgrad(convnext, "float16", 0, 0, 75, 132)[0].expr
+
+    def launch(x_shape, w_shape, stride, pad, ptr=0):
+        return _kernels.wgrad_stack_launch(params(x_shape, w_shape, stride, pad, 1), "float16", ptr, 0)
+
+    assert launch((16, 4, 20, 22), (4, 1, 3, 3), 1, 1) is None  # OW 22
+    assert launch((16, 4, 20, 24), (4, 1, 3, 3), 1, 2) is None  # padding past the kernel
+    assert launch((16, 4, 20, 24), (4, 1, 3, 3), 2, 1) is None  # stride
+    assert launch((16, 4, 20, 24), (8, 1, 3, 3), 1, 1) is None  # multiplier
+    assert launch((16, 4, 20, 72), (4, 1, 3, 3), 1, 1) is None  # planes past 64
+    assert launch((16, 4, 20, 24), (4, 1, 3, 3), 1, 1, ptr=2) is None  # x 2-byte aligned
+    l1, chunks = _kernels.wgrad_stack_launch(convnext, "float16", 0, 0)
+    # 8-byte x copies (SX 1: the 16-byte ones would need SX 5 > 9 - KW), 6 rows ahead.
+    assert _args(l1.expr)[3:7] == ["7", "1", "8", "6"]
+    assert l1.shared_mem == _kernels.wstack_geometry(7, 7, 7, 6) == 14 * 16 * (56 + 72) * 2 + 7 * 50 * 4

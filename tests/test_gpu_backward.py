@@ -968,6 +968,39 @@ def test_bwd_mma(shape, launch, dtype):
     assert (gw2.view("u1") == gw.view("u1")).all() and (gb2.view("u1") == gb.view("u1")).all()
 
 
+WGRAD_STACK_SHAPES = [
+    # N, C, H, W, KH, KW, padding: batches of 16 images and more (and a partial group),
+    # grad_output widths a multiple of 8 (16-byte copies). ConvNeXt's 7x7 stage ('same');
+    # a partial last group (20, 17, 33 images) and a batch under 16; asymmetric padding
+    # up to the kernel's reach; a 1xK and a Kx1 kernel; a 64 x 64 plane (8 warps); an
+    # 8-column kernel with 'same' padding (SX 1 with 8-byte x copies); 'valid' on a
+    # width that is not a multiple of 8 (x wider than grad_output).
+    (16, 3, 56, 56, 7, 7, 3),
+    (20, 3, 15, 16, 3, 3, 1),
+    (17, 2, 20, 24, 3, 5, (1, 2)),
+    (5, 3, 13, 16, 5, 3, ((1, 4), (2, 0))),
+    (33, 2, 17, 24, 1, 7, (0, 3)),
+    (16, 2, 9, 16, 7, 1, (3, 0)),
+    (16, 2, 64, 64, 3, 3, 1),
+    (16, 2, 12, 16, 4, 8, "same"),
+    (16, 2, 12, 18, 3, 3, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("launch", [{}, dict(rb=56), dict(rb=5, chunks=3), dict(chunks=1, pf=2), dict(xgran=4)],
+                         ids=str)
+@pytest.mark.parametrize("shape", WGRAD_STACK_SHAPES, ids=str)
+def test_wgrad_stack(shape, launch, dtype):
+    """The 16-bit weight gradient's stage 1 with 16 images per MMA, forced, with its
+    reduction: a block per unit; whole planes; bands of 5 rows on 3 blocks per channel
+    (every x row's tap pairs and every grad_output row's bias term in exactly one band);
+    one block for all units with 2 rows ahead; 4-byte x copies."""
+    N, C, H, W, KH, KW, pad = shape
+    launch = _check_forced_wgrad((N, C, 1, H, W, KH, KW, pad), dtype, ("stack", launch), 37)
+    assert "wgrad_stack" in launch.expr
+
+
 def test_bwd_mma_declines():
     """bwd_mma declines what it does not cover: float32, a multiplier, a stride, a
     dilation, more than 7 tap rows or 8 tap columns, padding past the kernel's reach, odd

@@ -298,6 +298,10 @@ struct StackArgs {
     i64 units;  // (channel, 16 images, band, column segment)
     int IH, IW, OH, OW, PT, PL, RB, N, C, n_groups, n_bands, n_cs;
 };
+struct WstackArgs {
+    int N, C, n_chunks, IH, IW, OH, OW, PT, PL;  // the forward's geometry (x: IH x IW)
+    int RB, n_bands;                             // x rows per band
+};
 struct RowsArgs {
     i64 n_units, IC;  // units: (plane, band, column segment)
     int IH, IW, OH, OW, PT, RB, n_bands, n_cs, QC, DIV;  // RB output rows per band

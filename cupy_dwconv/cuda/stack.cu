@@ -260,4 +260,234 @@ conv_stack(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
 #endif
 }
 
+// ---- wgrad_stack: the weight gradient on the same stacking -----------------------------
+//
+// Why: the weight gradient is a sum over the batch, and with 16 images of one channel as
+// the MMA's K its products are matrix products as they stand:
+//
+//     D_kh[m][n] += sum_i X[i][xr][8j - PL - SX + m] * GO[i][gr][8j + n],   xr - gr = kh - PT
+//
+// (A: 16 staged x columns x 16 images, ldmatrix.trans; B: 8 grad_output columns x 16
+// images, ldmatrix.trans), and dW[kh][kw] is the sum of D_kh over m - n - SX = kw, taken
+// once per block. At step v, x row oh0 + v - KH + 1 (one A block) meets the grad_output
+// rows of steps v - kh (KH B blocks); grad_bias is one more MMA per step, a matrix of ones
+// against the step's grad_output. Per 8 columns of 16 images and row: 4 + 2 KH shared
+// wavefronts and KH + 1 MMAs. (The float32 FMAs of wgrad_tile: 2 x 49 per element for
+// convnext_7x7, 117.8 us against 44.5 here.)
+//
+// Units: the block (b, o) sweeps bands of RB x rows of channel o, 16 images at a time
+// (units (group, band) b, b + chunks, ...); step v stages grad_output row oh0 + v - PTg
+// (PTg = KH - 1 - PT: the rows that meet x row oh0 + v - KH + 1 at tap row 0 .. KH - 1 are
+// those of steps v - KH + 1 .. v) and x row oh0 + v of the 16 images in one ring slot, kept
+// KH steps (RS >= KH + PF slots). The tap sums stay in registers for the block's units,
+// then are added in a fixed order into the block's partial row (wgrad_reduce adds the
+// rows in chunk order: deterministic, like every weight-gradient path here).
+//
+// A fused backward on this stacking (grad_x as conv_stack's sweep of the rotated problem,
+// in the same pass) measured 80.8 us against bwd_mma's 68.4 on convnext_7x7 float16: 144
+// registers, two blocks per SM (benchmarks/NOTES.md, session 24).
+//
+// Bytes per element: x and grad_output read once (2 + 2), plus KH - 1 halo rows per band.
+template <int KH, int KW, int WN, int PF>
+struct WstackTile {
+    static constexpr int NT = 32 * WN, KK = KH * KW;
+    // Staged rows: grad_output columns 0 .. 8 WN - 1 (B blocks of 8 columns); x columns
+    // -PL - SX .. -PL - SX + 8 WN + 7 (warp j's A block: staged columns 8j .. 8j + 15).
+    // Pitches an odd number of 16-byte units: the 8 row addresses of an ldmatrix phase
+    // (8 images) fall in 8 different bank groups.
+    static constexpr int TIWG = 8 * WN, PG = ((TIWG / 8) % 2) ? TIWG : TIWG + 8;
+    static constexpr int TIWX = 8 * WN + 8, PX = ((TIWX / 8) % 2) ? TIWX : TIWX + 8;
+    // A slot's rows live KH steps (a grad_output row meets KH x rows), so RS >= KH + PF
+    // slots, a multiple of KH (every slot index a constant in the sweep unrolled by RS).
+    static constexpr int RS = KH * (1 + (PF + KH - 1) / KH);
+    static constexpr int XOFF = 16 * PG * 2;  // the x rows within a slot
+    static constexpr int SLOT = 16 * (PG + PX) * 2;
+    static constexpr int RED_OFF = RS * SLOT;
+    static constexpr int SMEM = RED_OFF + WN * (KK + 1) * 4;
+};
+
+// Template arguments: T half_t or bf16_t; KH KW kernel (stride 1, dilation 1, multiplier
+// 1, padding within the kernel); WN warps, one 8-column block of grad_output each (8 WN =
+// OW: whole rows); SX the staged x columns before column -PL (staged column
+// 0 is x column -PL - SX, on an XG-byte copy boundary; SX + KW <= 9: the 8 + KW - 1 x
+// columns of 8 grad_output columns in one A block of 16); XG the x copy width (16, 8 or
+// 4; grad_output rows take 16-byte copies: OW % 8 == 0); PF rows in flight; MINB blocks
+// per SM, as a register cap (__launch_bounds__(224, 3) made ptxas take 80 registers and
+// spill; 96 fit).
+template <class T, int KH, int KW, int WN, int SX, int XG, int PF, int MINB>
+__global__ void __launch_bounds__(32 * WN) __maxnreg__((65536 / (32 * WN * MINB)) / 8 * 8)
+wgrad_stack(const T* __restrict__ x, const T* __restrict__ go, float* __restrict__ partial, const WstackArgs a) {
+    static_assert(sizeof(T) == 2, "tensor-core path: 16-bit storage");
+    typedef WstackTile<KH, KW, WN, PF> G;
+    static_assert(SX >= 0 && SX + KW <= 9, "one A block of 16 x columns per 8 grad_output columns");
+    static_assert(KH >= 1 && KH <= 16 && WN >= 1 && WN <= 8 && PF >= 1 && PF <= 16, "geometry");
+    static_assert((XG == 16 || XG == 8 || XG == 4) && G::TIWX % (XG / 2) == 0, "x copies");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr int KK = G::KK, NT = G::NT, RS = G::RS, PG = G::PG, PX = G::PX;
+    constexpr int CPRG = G::TIWG / 8, CPTG = (16 * CPRG + NT - 1) / NT;                // grad_output copies
+    constexpr int EX = XG / 2, CPRX = G::TIWX / EX, CPTX = (16 * CPRX + NT - 1) / NT;  // x copies
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    {
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (unsigned)G::SMEM) __trap();  // host and kernel disagree on the geometry
+    }
+    const int N = a.N, C = a.C, n_chunks = a.n_chunks, IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW;
+    const int PTg = KH - 1 - a.PT;  // grad_output row oh0 + v - PTg is staged at step v
+    const int n_groups = (N + 15) / 16, n_bands = a.n_bands, RB = a.RB;
+    const i64 plane_x = (i64)IH * IW, plane_g = (i64)OH * OW;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    const unsigned xs_addr = smem_u32(smem_raw);
+    // A: x columns 8 warp .. + 15 of the 16 images, transposed (lanes 0-7: images 0-7 at
+    // staged column 8 warp, 8-15: the same images 8 columns on, 16-31: images 8-15).
+    const unsigned a_xt = xs_addr + (unsigned)(G::XOFF + (((lane & 7) + 8 * (lane >> 4)) * PX + 8 * warp +
+                                                          8 * ((lane >> 3) & 1)) * 2);
+    // B: grad_output columns 8 warp .. + 7 of images 0-15 (lanes 0-15).
+    const unsigned b_go = xs_addr + (unsigned)(((lane & 15) * PG + 8 * warp) * 2);
+    constexpr unsigned ONES = (unsigned)OneBits<T>::value * 0x10001u;
+    float* const red = reinterpret_cast<float*>(smem_raw + G::RED_OFF);
+
+    for (int o = blockIdx.y; o < C; o += gridDim.y) {
+        float dw[KH][4], db[4];
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) dw[kh][0] = dw[kh][1] = dw[kh][2] = dw[kh][3] = 0.f;
+        db[0] = db[1] = db[2] = db[3] = 0.f;
+
+        for (int unit = blockIdx.x; unit < n_groups * n_bands; unit += n_chunks) {
+            const int grp = unit / n_bands, band = unit - grp * n_bands;
+            const int n0 = 16 * grp, oh0 = band * RB;
+            const int steps = min(RB, IH - oh0) + KH - 1;  // x rows oh0 - KH + 1 .. oh0 + RB - 1 at steps KH - 1 ..
+            // Copies of grad_output rows (16 bytes; column 0 at staged column 0) and of x rows
+            // (XG bytes; column -PL - SX at staged column 0), each with its source at step 0
+            // (grad_output row oh0 - PTg, x row oh0), advanced one row per step. Outside the
+            // plane and past the last image a copy reads nothing and zero-fills.
+            const char* srcg[CPTG];
+            unsigned dstg[CPTG];
+            bool okg[CPTG], ong[CPTG];
+#pragma unroll
+            for (int k = 0; k < CPTG; ++k) {
+                const int u = tid + k * NT;
+                const int r = u / CPRG, ch = u - (u / CPRG) * CPRG;
+                ong[k] = u < 16 * CPRG;
+                okg[k] = ong[k] && n0 + r < N && 8 * ch < OW;
+                srcg[k] = reinterpret_cast<const char*>(go) +
+                          (((i64)(n0 + r) * C + o) * plane_g + (i64)(oh0 - PTg) * OW + 8 * ch) * (i64)sizeof(T);
+                dstg[k] = (unsigned)((r * PG + 8 * ch) * 2);
+            }
+            const char* srcx[CPTX];
+            unsigned dstx[CPTX];
+            bool okx[CPTX], onx[CPTX];
+#pragma unroll
+            for (int k = 0; k < CPTX; ++k) {
+                const int u = tid + k * NT;
+                const int r = u / CPRX, ch = u - (u / CPRX) * CPRX;
+                const int col = -a.PL - SX + EX * ch;
+                onx[k] = u < 16 * CPRX;
+                okx[k] = onx[k] && n0 + r < N && (unsigned)col < (unsigned)IW;
+                srcx[k] = reinterpret_cast<const char*>(x) +
+                          (((i64)(n0 + r) * C + o) * plane_x + (i64)oh0 * IW + col) * (i64)sizeof(T);
+                dstx[k] = (unsigned)(G::XOFF + (r * PX + EX * ch) * 2);
+            }
+            const i64 row_g = (i64)OW * (i64)sizeof(T), row_x = (i64)IW * (i64)sizeof(T);
+            int next = 0;  // the step whose rows the next stage() copies
+            auto stage = [&](int slot) {
+                const bool live = next < steps;
+                const bool g_ok = (unsigned)(oh0 + next - PTg) < (unsigned)OH, x_ok = oh0 + next < IH;
+                const unsigned base = xs_addr + (unsigned)(slot * G::SLOT);
+#pragma unroll
+                for (int k = 0; k < CPTG; ++k) {
+                    cp_async_pred<16>(base + dstg[k], srcg[k], g_ok && okg[k], live && ong[k]);
+                    srcg[k] += row_g;
+                }
+#pragma unroll
+                for (int k = 0; k < CPTX; ++k) {
+                    cp_async_pred<XG>(base + dstx[k], srcx[k], x_ok && okx[k], live && onx[k]);
+                    srcx[k] += row_x;
+                }
+                ++next;
+                cp_async_commit();
+            };
+
+            __syncthreads();  // the previous unit's reads of the ring are done
+#pragma unroll
+            for (int k = 0; k < PF; ++k) stage(k);
+            for (int v0 = 0; v0 < steps; v0 += RS) {
+#pragma unroll
+                for (int u = 0; u < RS; ++u) {
+                    const int v = v0 + u;
+                    if (v >= steps) break;  // uniform across the block
+                    // Step v's rows have landed (this thread's copies; after the barrier,
+                    // everyone's); the slot of step v + PF held step v + PF - RS, whose last
+                    // reader was step v + PF - RS + KH - 1 < v.
+                    cp_async_wait<PF - 1>();
+                    __syncthreads();
+                    stage((u + PF) % RS);
+                    // grad_bias: the ones against this step's grad_output row, from step KH - 1
+                    // on, and before that in band 0 only (every grad_output row once: band
+                    // b >= 1 owns rows oh0 + PT .. oh0 + rows + PT - 1). grad_weight: x row
+                    // oh0 + v - KH + 1 against the grad_output rows of steps v - kh, from step
+                    // KH - 1 on: each x row of the band once, with every tap row (the rows
+                    // above the band are the previous band's: their slots, never staged in
+                    // this unit, are skipped, not read).
+                    unsigned b0, b1;
+                    ldsm_x2_t(b_go + (unsigned)(u * G::SLOT), b0, b1);
+                    if (band == 0 || v >= KH - 1) Mma<T>::run(db, ONES, ONES, ONES, ONES, b0, b1);
+                    if (v >= KH - 1) {
+                        unsigned x0, x1, x2, x3;
+                        ldsm_x4_t(a_xt + (unsigned)(((u - KH + 1 + RS) % RS) * G::SLOT), x0, x1, x2, x3);
+                        Mma<T>::run(dw[0], x0, x1, x2, x3, b0, b1);
+#pragma unroll
+                        for (int kh = 1; kh < KH; ++kh) {
+                            unsigned c0, c1;
+                            ldsm_x2_t(b_go + (unsigned)(((u - kh + RS) % RS) * G::SLOT), c0, c1);
+                            Mma<T>::run(dw[kh], x0, x1, x2, x3, c0, c1);
+                        }
+                    }
+                }
+            }
+            cp_async_wait<0>();  // no copy outlives its unit
+        }
+
+        // The block's tap sums: D_kh[m][n] (this lane: m = g, g + 8; n = 2 t4, + 1) belongs to
+        // tap (kh, m - n - SX); grad_bias is row m = 0 of the ones product (lanes g == 0).
+        // Each warp adds its lanes by a fixed butterfly, one tap row at a time (all KK + 1
+        // sums at once spilled), and thread k adds the warps' sums k in warp order into the
+        // block's partial row: a fixed order, as block_sum_to.
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            float v[KW];
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw) {
+                const int d = kw + SX;  // m - n
+                v[kw] = (g - 2 * t4 == d ? dw[kh][0] : 0.f) + (g - 2 * t4 - 1 == d ? dw[kh][1] : 0.f) +
+                        (g + 8 - 2 * t4 == d ? dw[kh][2] : 0.f) + (g + 7 - 2 * t4 == d ? dw[kh][3] : 0.f);
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) v[kw] += __shfl_xor_sync(0xffffffffu, v[kw], off);
+            }
+            if (lane == 0) {
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw) red[warp * (KK + 1) + kh * KW + kw] = v[kw];
+            }
+        }
+        {
+            float v = g == 0 ? db[0] + db[1] : 0.f;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            if (lane == 0) red[warp * (KK + 1) + KK] = v;
+        }
+        __syncthreads();
+        float* const row = partial + ((i64)o * n_chunks + blockIdx.x) * (KK + 1);
+        for (int k = tid; k < KK + 1; k += NT) {
+            float sum = 0.f;
+            for (int i = 0; i < WN; ++i) sum += red[i * (KK + 1) + k];
+            row[k] = sum;
+        }
+        __syncthreads();  // red is rewritten for the next channel
+    }
+#else
+    __trap();  // the host plans wgrad_stack only on sm_80 and newer
+#endif
+}
+
 }  // namespace dw

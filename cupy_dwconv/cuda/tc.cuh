@@ -37,6 +37,15 @@ __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r
 __device__ __forceinline__ void ldsm_x2(unsigned addr, unsigned& r0, unsigned& r1) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
+// Transposing loads: register r of matrix i holds (row 2 (lane % 4) and + 1, column lane / 4):
+// pairs along the staged rows (the MMA operands whose K runs across rows).
+__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2_t(unsigned addr, unsigned& r0, unsigned& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
 // mma.sync m16n8k16 with float32 accumulation, one specialization per 16-bit format; the
 // two differ only in the operand type of the instruction.
 template <class T> struct Mma;
