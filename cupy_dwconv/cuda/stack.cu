@@ -35,6 +35,48 @@
 
 namespace dw {
 
+// The row copies one thread issues into a ring slot of 16 image rows: copy u = tid + k NT
+// of the 16 x CPR is image u / CPR, chunk u % CPR (E = GRAN / 2 elements). Each keeps its
+// source address at the unit's first row (a byte address, advanced one row per issue)
+// and whether its image and columns exist; the row's own test comes with each issue.
+// Outside the plane a copy reads nothing and zero-fills (its address there is never
+// dereferenced): that is the padding.
+template <class T, int GRAN, int CPR, int NT>
+struct StackCopies {
+    static constexpr int E = GRAN / 2, CPT = (16 * CPR + NT - 1) / NT;
+    const char* src[CPT];
+    unsigned dst[CPT];
+    bool ok[CPT], on[CPT];
+    i64 row_bytes;
+    // Images n0 .. n0 + 15 of channel c (plane n C + c of `plane` elements, rows of W), row
+    // row0; staged column 0 is column col0 (a multiple of E); image rows `pitch` elements
+    // apart from byte `off` of a slot.
+    __device__ __forceinline__ StackCopies(const T* base, int n0, int N, int C, int c, i64 plane, int row0, int W,
+                                           int col0, int pitch, unsigned off) {
+        row_bytes = (i64)W * (i64)sizeof(T);
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+            const int u = threadIdx.x + k * NT;
+            const int r = u / CPR, ch = u - (u / CPR) * CPR;
+            const int col = col0 + ch * E;
+            on[k] = u < 16 * CPR;
+            ok[k] = on[k] && n0 + r < N && (unsigned)col < (unsigned)W;
+            src[k] = reinterpret_cast<const char*>(base) +
+                     (((i64)(n0 + r) * C + c) * plane + (i64)row0 * W + col) * (i64)sizeof(T);
+            dst[k] = off + (unsigned)((r * pitch + ch * E) * 2);
+        }
+    }
+    // The next row into the slot at shared address `slot`: `row_ok`, the row lies in the
+    // plane; `live`, it is one of the unit's (else nothing is copied).
+    __device__ __forceinline__ void issue(unsigned slot, bool row_ok, bool live) {
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+            cp_async_pred<GRAN>(slot + dst[k], src[k], row_ok && ok[k], live && on[k]);
+            src[k] += row_bytes;
+        }
+    }
+};
+
 // Compile-time geometry; the host mirrors it (_kernels.stack_geometry) and the kernel
 // checks the shared memory it was given.
 template <int KH, int WN, int ALD, int GRAN, int PF>
@@ -85,7 +127,7 @@ conv_stack(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     static_assert((GRAN == 16 || GRAN == 8 || GRAN == 4) && G::TIW % G::E == 0, "staging copies");
     static_assert(OSW == 16 || OSW == 4, "output stores");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    constexpr int NT = G::NT, PITCH = G::PITCH, E = G::E, CPR = G::CPR, CPT = G::CPT, RS = G::RS, OPW = G::OPW;
+    constexpr int NT = G::NT, PITCH = G::PITCH, CPR = G::CPR, RS = G::RS, OPW = G::OPW;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     {
         unsigned dyn;
@@ -134,38 +176,12 @@ conv_stack(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         const float b0 = (bias != nullptr) ? load1(bias + c) : 0.f;
         const float bias4[4] = {b0, b0, b0, b0};
 
-        // Copies: index u = tid + k * NT of the 16 x CPR per staged row is image u / CPR,
-        // chunk u % CPR. Each keeps its source address at the unit's virtual row 0 (a byte
-        // address advanced by one row per step) and whether its image and columns exist;
-        // the row's own test is per step. Outside the plane the copy reads nothing and
-        // zero-fills (the address there is never dereferenced).
-        const char* src[CPT];
-        unsigned dst[CPT];
-        bool in_ok[CPT], on[CPT];
-#pragma unroll
-        for (int k = 0; k < CPT; ++k) {
-            const int u = tid + k * NT;
-            const int r = u / CPR, ch = u - (u / CPR) * CPR;
-            const int col = c0 + ch * E;
-            on[k] = u < 16 * CPR;
-            in_ok[k] = on[k] && n0 + r < N && (unsigned)col < (unsigned)IW;
-            const i64 plane = (i64)(n0 + r) * C + c;
-            src[k] = reinterpret_cast<const char*>(x) +
-                     (plane * plane_in + (i64)(oh0 - PT) * IW + col) * (i64)sizeof(T);
-            dst[k] = (unsigned)((r * PITCH + ch * E) * 2);
-        }
-        const i64 row_bytes = (i64)IW * (i64)sizeof(T);
+        StackCopies<T, GRAN, CPR, NT> copies(x, n0, N, C, c, plane_in, oh0 - PT, IW, c0, PITCH, 0u);
         int ih_next = oh0 - PT;  // input row of the next staged virtual row
         // Stage the next virtual row into `slot` (one cp.async group per call; past the
         // unit's rows an empty group keeps the count per row uniform).
         auto stage = [&](bool live, int slot) {
-            const bool row_ok = (unsigned)ih_next < (unsigned)IH;
-            const unsigned base = xs_addr + (unsigned)(slot * G::SLOT);
-#pragma unroll
-            for (int k = 0; k < CPT; ++k) {
-                cp_async_pred<GRAN>(base + dst[k], src[k], row_ok && in_ok[k], live && on[k]);
-                src[k] += row_bytes;
-            }
+            copies.issue(xs_addr + (unsigned)(slot * G::SLOT), (unsigned)ih_next < (unsigned)IH, live);
             ++ih_next;
             cp_async_commit();
         };
@@ -324,8 +340,7 @@ wgrad_stack(const T* __restrict__ x, const T* __restrict__ go, float* __restrict
     static_assert((XG == 16 || XG == 8 || XG == 4) && G::TIWX % (XG / 2) == 0, "x copies");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int KK = G::KK, NT = G::NT, RS = G::RS, PG = G::PG, PX = G::PX;
-    constexpr int CPRG = G::TIWG / 8, CPTG = (16 * CPRG + NT - 1) / NT;                // grad_output copies
-    constexpr int EX = XG / 2, CPRX = G::TIWX / EX, CPTX = (16 * CPRX + NT - 1) / NT;  // x copies
+    constexpr int CPRG = G::TIWG / 8, CPRX = G::TIWX / (XG / 2);  // copies per image row (grad_output, x)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     {
         unsigned dyn;
@@ -359,52 +374,16 @@ wgrad_stack(const T* __restrict__ x, const T* __restrict__ go, float* __restrict
             const int n0 = 16 * grp, oh0 = band * RB;
             const int steps = min(RB, IH - oh0) + KH - 1;  // x rows oh0 - KH + 1 .. oh0 + RB - 1 at steps KH - 1 ..
             // Copies of grad_output rows (16 bytes; column 0 at staged column 0) and of x rows
-            // (XG bytes; column -PL - SX at staged column 0), each with its source at step 0
-            // (grad_output row oh0 - PTg, x row oh0), advanced one row per step. Outside the
-            // plane and past the last image a copy reads nothing and zero-fills.
-            const char* srcg[CPTG];
-            unsigned dstg[CPTG];
-            bool okg[CPTG], ong[CPTG];
-#pragma unroll
-            for (int k = 0; k < CPTG; ++k) {
-                const int u = tid + k * NT;
-                const int r = u / CPRG, ch = u - (u / CPRG) * CPRG;
-                ong[k] = u < 16 * CPRG;
-                okg[k] = ong[k] && n0 + r < N && 8 * ch < OW;
-                srcg[k] = reinterpret_cast<const char*>(go) +
-                          (((i64)(n0 + r) * C + o) * plane_g + (i64)(oh0 - PTg) * OW + 8 * ch) * (i64)sizeof(T);
-                dstg[k] = (unsigned)((r * PG + 8 * ch) * 2);
-            }
-            const char* srcx[CPTX];
-            unsigned dstx[CPTX];
-            bool okx[CPTX], onx[CPTX];
-#pragma unroll
-            for (int k = 0; k < CPTX; ++k) {
-                const int u = tid + k * NT;
-                const int r = u / CPRX, ch = u - (u / CPRX) * CPRX;
-                const int col = -a.PL - SX + EX * ch;
-                onx[k] = u < 16 * CPRX;
-                okx[k] = onx[k] && n0 + r < N && (unsigned)col < (unsigned)IW;
-                srcx[k] = reinterpret_cast<const char*>(x) +
-                          (((i64)(n0 + r) * C + o) * plane_x + (i64)oh0 * IW + col) * (i64)sizeof(T);
-                dstx[k] = (unsigned)(G::XOFF + (r * PX + EX * ch) * 2);
-            }
-            const i64 row_g = (i64)OW * (i64)sizeof(T), row_x = (i64)IW * (i64)sizeof(T);
+            // (XG bytes; column -PL - SX at staged column 0), from step 0's rows (grad_output
+            // row oh0 - PTg, x row oh0).
+            StackCopies<T, 16, CPRG, NT> gcopies(go, n0, N, C, o, plane_g, oh0 - PTg, OW, 0, PG, 0u);
+            StackCopies<T, XG, CPRX, NT> xcopies(x, n0, N, C, o, plane_x, oh0, IW, -a.PL - SX, PX, G::XOFF);
             int next = 0;  // the step whose rows the next stage() copies
             auto stage = [&](int slot) {
                 const bool live = next < steps;
-                const bool g_ok = (unsigned)(oh0 + next - PTg) < (unsigned)OH, x_ok = oh0 + next < IH;
                 const unsigned base = xs_addr + (unsigned)(slot * G::SLOT);
-#pragma unroll
-                for (int k = 0; k < CPTG; ++k) {
-                    cp_async_pred<16>(base + dstg[k], srcg[k], g_ok && okg[k], live && ong[k]);
-                    srcg[k] += row_g;
-                }
-#pragma unroll
-                for (int k = 0; k < CPTX; ++k) {
-                    cp_async_pred<XG>(base + dstx[k], srcx[k], x_ok && okx[k], live && onx[k]);
-                    srcx[k] += row_x;
-                }
+                gcopies.issue(base, (unsigned)(oh0 + next - PTg) < (unsigned)OH, live);
+                xcopies.issue(base, oh0 + next < IH, live);
                 ++next;
                 cp_async_commit();
             };
