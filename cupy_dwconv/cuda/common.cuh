@@ -295,7 +295,7 @@ struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };
 struct StackArgs {
-    i64 units;  // (channel, 16 images, band, column segment)
+    i64 units;  // (16 images, band, column segment, channel); n_groups is the host's count (unread)
     int IH, IW, OH, OW, PT, PL, RB, N, C, n_groups, n_bands, n_cs;
 };
 struct WstackArgs {

@@ -90,7 +90,6 @@ struct StackTile {
     static constexpr int PITCH = ((TIW / 8) % 2) ? TIW : TIW + 8;
     static constexpr int E = GRAN / 2;        // elements per copy
     static constexpr int CPR = TIW / E;       // copies per image row
-    static constexpr int CPT = (16 * CPR + NT - 1) / NT;  // copies per thread and row
     // Ring slots: a multiple of KH of at least PF + 1, so that in the sweep unrolled by RS
     // every slot and every ring index of the sums is a constant; RS - 1 rows are in
     // flight beside the one read.
@@ -245,8 +244,9 @@ conv_stack(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
                     a3 = lds32(ra + 8 * PITCH * 2 + 16);
                 }
                 // Tap row kh feeds output row v - kh: ring slot (v - kh) mod KH, a constant
-                // (v0 is a multiple of RS, a multiple of KH). Tap row 0 starts its row from the bias (the
-                // MMA's C operand), overwriting the slot's previous row, staged at step v - 1.
+                // (v0 is a multiple of RS, a multiple of KH). Tap row 0 starts its row from
+                // the bias (the MMA's C operand), overwriting the slot's previous row,
+                // staged at step v - 1.
 #pragma unroll
                 for (int kh = 0; kh < KH; ++kh) {
                     const int s = ((u - kh) % KH + KH) % KH;
