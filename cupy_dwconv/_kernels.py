@@ -221,7 +221,7 @@ ARG_STRUCTS = {
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
     "WstackArgs": ("N", "C", "n_chunks", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "n_bands"),
-    "StackArgs": ("units", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "N", "C", "n_groups", "n_bands", "n_cs"),
+    "StackArgs": ("units", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "N", "C", "n_bands", "n_cs"),
     "BwdRowsArgs": ("units", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "N", "C", "n_chunks"),
 }
 ARG_DTYPES = {
@@ -1185,7 +1185,7 @@ def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, r
     expr = "dw::conv_stack<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, ald, shift, gran, pf, osw, pr.flip,
                                       minb) + ">"
     args = pack_args("StackArgs", units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT, PL=pr.PL, RB=rb,
-                     N=N, C=C, n_groups=n_groups, n_bands=bands, n_cs=n_cs)
+                     N=N, C=C, n_bands=bands, n_cs=n_cs)
     return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,))
 
 

@@ -295,8 +295,8 @@ struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };
 struct StackArgs {
-    i64 units;  // (16 images, band, column segment, channel); n_groups is the host's count (unread)
-    int IH, IW, OH, OW, PT, PL, RB, N, C, n_groups, n_bands, n_cs;
+    i64 units;  // (16 images, band, column segment, channel)
+    int IH, IW, OH, OW, PT, PL, RB, N, C, n_bands, n_cs;
 };
 struct WstackArgs {
     int N, C, n_chunks, IH, IW, OH, OW, PT, PL;  // the forward's geometry (x: IH x IW)
