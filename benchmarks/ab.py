@@ -24,7 +24,7 @@ replaces its padding (e.g. no row padding: every output row meets every tap row)
 --lines-min-taps N lowers the tap count from which the lines family (conv_lines,
 wgrad_lines) accepts a problem, to time it on kernels the dispatcher gives to others.
 
-A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, plane, lines, rows;
+A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, mma_rows, stack, plane, lines, rows;
 rowsa is rows with staged=True) or plan_wgrad's (tile, plane, lines, smem, mma); values
 are ints, true/false or none.
 """

@@ -221,6 +221,7 @@ ARG_STRUCTS = {
     "MmaArgs": ("n_tiles", "IC", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "n_tx", "n_ty", "QC", "DIV", "R"),
     "RowsArgs": ("n_units", "IC", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "QC", "DIV"),
     "WstackArgs": ("N", "C", "n_chunks", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "n_bands"),
+    "MrowsArgs": ("units", "IC", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "n_bands", "n_cs", "QC", "DIV"),
     "StackArgs": ("units", "IH", "IW", "OH", "OW", "PT", "PL", "RB", "N", "C", "n_bands", "n_cs"),
     "BwdRowsArgs": ("units", "IH", "IW", "OH", "OW", "PT", "RB", "n_bands", "n_cs", "N", "C", "n_chunks"),
 }
@@ -1189,6 +1190,111 @@ def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, r
     return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,))
 
 
+# ---- conv_mma_rows (tensor cores, a block sweeps whole rows of one plane) -----------------
+
+MROWS_MAX_KH = 16
+MROWS_MAX_WN = 8      # 8-column output blocks per warp
+MROWS_MAX_NW = 4      # warps per block
+MROWS_UNIT_ROWS = 8   # a unit's fixed cost (filling its copy pipeline), in rows swept
+MROWS_MAX_CPT = 12    # copies per thread and group of 16 rows (their offsets live in registers)
+
+
+def mma_rows_geometry(kh, kw, wn, nw, shift, gran, pfs):
+    """(KS, copies per thread and group, shared-memory bytes) of conv_mma_rows; mirrors
+    MrowsTile in cuda/mma_rows.cu (the kernel traps if it is given less shared memory): a
+    ring of PFS + 1 groups of 16 staged rows (the pitch an odd number of 16-byte units)
+    and two staged blocks of 16 output rows."""
+    ks = _cdiv(shift + 7 + kw, 16)
+    nb = wn * nw
+    tiw = 8 * (nb + 2 * ks - 1)
+    pitch = tiw if (tiw // 8) % 2 else tiw + 8
+    cpt = _cdiv(16 * (tiw // (gran // 2)), 32 * nw)
+    opw = 4 * nb + (0 if nb % 2 else 4)
+    return ks, cpt, (pfs + 1) * 16 * pitch * 2 + 2 * 16 * opw * 4
+
+
+def _mma_rows_shape(pr):
+    """(WN, NW): a block covers the output row where it fits 8 WN NW <= 256 columns
+    (seed_3x7's 250: 4 warps of 8 blocks; mbv2_3x3's 56: 1 warp of 7), else column
+    segments of 256."""
+    nb = _cdiv(pr.OW, 8)
+    wn = min(MROWS_MAX_WN, nb)
+    return wn, min(MROWS_MAX_NW, _cdiv(nb, wn))
+
+
+def _mma_rows_bands(units_per_band, oh, kh, resident, rb=None):
+    """(RB, bands): output rows per unit, a multiple of 16 (a step). Units are swept whole
+    and the grid runs in waves of `resident` blocks, so the bands minimise waves x (rows
+    swept per unit + a unit's fixed cost)."""
+    if rb is not None:
+        return rb, _cdiv(oh, rb)
+    best = None
+    for bands in range(1, _cdiv(oh, 16) + 1):
+        rb_ = 16 * _cdiv(_cdiv(oh, bands), 16)
+        bands = _cdiv(oh, rb_)
+        cost = _cdiv(units_per_band * bands, resident) * (rb_ + kh - 1 + MROWS_UNIT_ROWS)
+        if best is None or cost < best[0]:
+            best = (cost, rb_, bands)
+    return best[1], best[2]
+
+
+def _use_mma_rows(pr, dtype):
+    """Whether the dispatcher takes conv_mma_rows (where it plans 8- or 16-byte copies):
+    16-bit kernels of more than 9 taps on planes wider or taller than conv_stack's 64.
+    Measured (H200, benchmarks/ab.py, us): seed_3x7 float16 forward 154.2 against the
+    row sweep's 163.8 (bfloat16 153.9 / 165.3), with padding (1, 3) 146.8 against 161.0
+    (grad input 146.8 / 160.4); 7x7 float16 on 16 x 96 x 112 x 112 43.1 against conv_mma's
+    44.3 (grad input 43.1 / 45.1), on 8 x 96 x 224 x 224 56.7 against 88.6; 5x5 on 16 x 96
+    x 112 x 112 39.4 against 42.5 (grad input 39.0 / 39.6). Not taken: 3x3 (image_3x3
+    bfloat16 78.9 against 79.5, mbv2_3x3 float16 57.8 against 40.0: units of few steps
+    expose their copy latency), planes up to 64 x 64 (conv_stack, conv_mma, the rows)."""
+    return (dtype in MMA_DTYPES and pr.KH * pr.KW > 9
+            and max(pr.OH, pr.OW) > STACK_MAX_SIDE)
+
+
+def mma_rows_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, nw=None, pfs=None, minb=None, rb=None, gran=None,
+                    blocks=None):
+    """conv_mma_rows plan (MODE 0 correlations, optionally with the flipped kernel); None
+    where it does not apply: 16-bit, sm_80+, stride 1, dilation 1, one input plane per
+    output plane (R == 1), KH <= 16, a copy width of 4 bytes or more with at most two
+    k-steps. `rb` (a multiple of 16) sets the band, `blocks` caps the grid (tests use both
+    to run many units per block)."""
+    if (dtype not in MMA_DTYPES or arch < MMA_MIN_ARCH or pr.mode != 0
+            or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1) or pr.R != 1 or pr.KH > MROWS_MAX_KH
+            or min(pr.OH, pr.OW, pr.IH, pr.IW) < 1):
+        return None
+    staging = _mma_staging(pr, x_ptr, gran)
+    if staging is None or staging[0] < 4:
+        return None
+    gran, shift = staging
+    dwn, dnw = _mma_rows_shape(pr)
+    nw = dnw if nw is None else nw
+    pfs = 2 if pfs is None else pfs
+    if wn is None:  # narrower warps where the copies would not fit their registers (4-byte copies)
+        wn = dwn
+        while wn > 1 and mma_rows_geometry(pr.KH, pr.KW, wn, nw, shift, gran, pfs)[1] > MROWS_MAX_CPT:
+            wn -= 1
+    ks, cpt, smem = mma_rows_geometry(pr.KH, pr.KW, wn, nw, shift, gran, pfs)
+    if ks > 2 or cpt > MROWS_MAX_CPT or smem > SM_SMEM or (rb is not None and (rb < 1 or rb % 16)):
+        return None
+    if minb is None:  # blocks per SM: shared memory, threads, and registers (~96 with few copies, else 128)
+        regs = 96 if cpt <= 6 else 128
+        minb = max(1, min(32, SM_THREADS // (32 * nw), SM_SMEM // (smem + 1024), 65536 // (32 * nw * regs)))
+    osw = 16 if pr.OW % 8 == 0 else 4 if pr.OW % 2 == 0 else 2
+    per_sm = max(1, min(minb, 32, SM_SMEM // (smem + 1024), SM_THREADS // (32 * nw)))
+    n_cs = _cdiv(pr.OW, 8 * wn * nw)
+    rb, bands = _mma_rows_bands(pr.planes * n_cs, pr.OH, pr.KH, sms * per_sm, rb)
+    units = pr.planes * bands * n_cs
+    if n_cs * 8 * wn * nw + pr.KW + 32 > INT32_MAX or pr.OH + pr.KH + 32 > INT32_MAX or pr.IW * 17 > INT32_MAX:
+        return None
+    grid = (max(1, min(units, sms * per_sm, blocks or INT32_MAX, INT32_MAX)), 1, 1)
+    expr = "dw::conv_mma_rows<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, nw, shift, gran, pfs, osw, pr.flip,
+                                         minb) + ">"
+    args = pack_args("MrowsArgs", units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT, PL=pr.PL, RB=rb,
+                     n_bands=bands, n_cs=n_cs, **{k: v for k, v in _channel_fields(pr).items() if k != "R"})
+    return Launch("mma_rows.cu", expr, grid, (32 * nw, 1, 1), smem, (args,))
+
+
 # ---- conv_rows (stride 1: a segment of lanes sweeps a band of rows) ----------------------
 
 ROWS_MAX_TAPS = 64   # weights live in registers
@@ -1528,8 +1634,9 @@ def generic_launch(pr, dtype):
 
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
-    """The launch for a plane-to-plane problem: whole small planes per block, row sweeps
-    (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+: conv_stack for
+    """The launch for a plane-to-plane problem: whole small planes per block, tensor-core
+    row sweeps for 16-bit kernels of more than 9 taps on large planes (conv_mma_rows), row
+    sweeps (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+: conv_stack for
     batches of 16 images and more on small planes, else conv_mma), lines (large kernels
     on whole planes, float32 and float64, stride 1, dilation 1), then tile, then smem,
     then generic. `arch` (compute capability as an int, 90 for sm_90) defaults to
@@ -1549,6 +1656,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return mma_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "stack":
             return stack_launch(q, dtype, x_ptr, arch, sms, **kwargs)
+        if kind == "mma_rows":
+            return mma_rows_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
         if kind == "lines":
@@ -1565,6 +1674,10 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q, dtype) else None
+    if launch is None and _use_mma_rows(q, dtype):
+        launch = mma_rows_launch(q, dtype, x_ptr, arch, sms)
+        if launch is not None and int(split_expr(launch.expr)[1][6]) < 8:  # 4-byte copies: not measured
+            launch = None
     if launch is None and rows and _use_rows_whole(q, dtype):
         launch = rows_whole_launch(q, dtype, x_ptr, sms=sms, arch=arch)
         if launch is not None and int(launch.scalars[0]["n_bands"]) != 1:

@@ -44,6 +44,8 @@ FAMILIES = (
     "conv_mma flip=true",
     "conv_stack flip=false",
     "conv_stack flip=true",
+    "conv_mma_rows flip=false",
+    "conv_mma_rows flip=true",
     "conv_plane flip=false",
     "conv_plane flip=true",
     "conv_lines flip=false",
@@ -70,7 +72,8 @@ FAMILIES = (
     "wgrad_stack",
 )
 # Families that exist for some dtypes only (tensor cores take 16-bit inputs).
-FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", "conv_stack") for b in ("false", "true")}
+FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", "conv_stack", "conv_mma_rows")
+                 for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["wgrad_stack"] = ("float16", "bfloat16")
@@ -143,6 +146,9 @@ def grid_problems():
         # asymmetric padding on a plane of an odd number of grad_output rows whose width
         # is not a multiple of 8 (4-byte copies).
         out.append((_params.conv_params((2, 4, 13, 22), (4, 1, 5, 7), None, 1, ((1, 3), (2, 4)), 1), dtype))
+        # A 16-bit 3x7 kernel on planes wider than 64 columns (conv_mma_rows, forward and
+        # rotated grad input; other dtypes take the row sweeps).
+        out.append((_params.conv_params((2, 3, 40, 136), (3, 1, 3, 7), None, 1, (1, 3), 1), dtype))
         # A plane past conv_lines' shared memory (float64: 125 KB): conv_smem's forward and
         # rotated grad input.
         out.append((_params.conv_params((1, 2, 120, 130), (2, 1, 13, 13), None, 1, 6, 1), dtype))
@@ -158,7 +164,7 @@ def _family(expr):
         name += f" flip={args[9]}"
     elif name == "conv_mma":
         name += f" flip={args[8]}"
-    elif name == "conv_stack":
+    elif name in ("conv_stack", "conv_mma_rows"):
         name += f" flip={args[9]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"

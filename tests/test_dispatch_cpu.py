@@ -301,7 +301,8 @@ def test_rows_dispatch_and_widths():
     """The row sweeps take stride-1 problems with one input plane per output plane
     (forward with any multiplier; grad input with the rotated kernel at multiplier 1).
     conv_rows_async (rows staged by cp.async, sm_80+) where copies of 4 bytes or more (16-bit)
-    or 8 (float32) fit the input rows and pointer: 16-bit 3x3 and 3x7, float32 kernels of
+    or 8 (float32) fit the input rows and pointer: 16-bit 3x3 and 3x7 (3x7 with 8- and
+    16-byte copies on rows past 64 columns takes conv_mma_rows), float32 kernels of
     10 to 49 taps and dilated 3x3; conv_rows (rows in registers) for the 16-bit 3x3 and 3x7
     whose rows only allow narrower copies, or before sm_80. float32 3x3 at dilation 1,
     16-bit 5x5 and 7x7 (tensor cores), strided problems, the grad input of a multiplier,
@@ -312,7 +313,8 @@ def test_rows_dispatch_and_widths():
     SM."""
     seed = params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1)
     back = _params.backward_params(seed.out_shape, seed.x_shape, seed.weight_shape, 1, 0, 1)
-    fwd = _kernels.plan_forward(seed, "float16", 0, 90, 132).expr
+    assert "conv_mma_rows" in _kernels.plan_forward(seed, "float16", 0, 90, 132).expr  # tensor cores there
+    fwd = _kernels.rows_launch(_kernels.forward_problem(seed), "float16", 0, staged=True).expr
     assert "conv_rows_async" in fwd
     v, vl, vs, s, pf, minb = (int(_args(fwd)[i]) for i in (1, 2, 3, 9, 10, 12))
     assert (v, vl, vs, s, pf, minb) == (8, 8, 2, 32, 3, 2)  # rows of 256 in, 250 (4-byte stores) out
@@ -407,7 +409,7 @@ def test_rows_pairs_rule():
     seed = _kernels.forward_problem(params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1))
     assert _args(_kernels.plan_conv(mbv2, "float16", 0, arch=90, sms=132).expr)[-1] == "2"
     assert _args(_kernels.rows_launch(convnext, "float32", 0, staged=True).expr)[-1] == "1"
-    seed_plan = _kernels.plan_conv(seed, "float16", 0, arch=90, sms=132)
+    seed_plan = _kernels.rows_launch(seed, "float16", 0, staged=True)
     assert "conv_rows_async" in seed_plan.expr and _args(seed_plan.expr)[-1] == "1"  # output rows buffered
     assert _kernels.rows_launch(seed, "float16", 0, staged=True, rp=2) is None
 
@@ -629,13 +631,76 @@ def test_stack_takes_batches_of_small_planes():
         assert "conv_stack" in _kernels.plan_forward(convnext, dtype, 0, 90, 132).expr
         assert "conv_stack" in _kernels.plan_grad_input(convnext, dtype, 0, 90, 132).expr
         assert "conv_stack" in _kernels.plan_forward(params((16, 4, 64, 64), (4, 1, 5, 5), 1, 2, 1), dtype, 0, 90, 132).expr
-    for x_shape in ((8, 96, 56, 56), (16, 4, 65, 64), (16, 4, 64, 72)):
+    expr = _kernels.plan_forward(params((8, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1), "float16", 0, 90, 132).expr
+    assert expr.startswith("dw::conv_mma<"), expr
+    for x_shape in ((16, 4, 65, 64), (16, 4, 64, 72)):  # planes past 64: the tensor-core row sweep
         expr = _kernels.plan_forward(params(x_shape, (x_shape[1], 1, 7, 7), 1, 3, 1), "float16", 0, 90, 132).expr
-        assert "conv_mma" in expr, (x_shape, expr)
+        assert expr.startswith("dw::conv_mma_rows<"), (x_shape, expr)
     assert "conv_stack" not in _kernels.plan_forward(params((64, 96, 56, 56), (96, 1, 3, 3), 1, 1, 1),
                                                      "float16", 0, 90, 132).expr
     assert "conv_stack" not in _kernels.plan_forward(convnext, "float32", 0, 90, 132).expr
     assert "conv_stack" not in _kernels.plan_forward(convnext, "float16", 0, 75, 132).expr
+
+
+def test_mma_rows_takes_large_planes():
+    """conv_mma_rows takes 16-bit kernels of more than 9 taps on planes past 64 x 64
+    (forward and grad input) where its copies are 8 or 16 bytes wide: seed_3x7's forward;
+    3x3 kernels, small planes, float32, sm_75 and 4-byte copies keep their families."""
+    seed = params((32, 128, 128, 256), (128, 1, 3, 7), 1, 0, 1)
+    wide = params((16, 96, 112, 112), (96, 1, 7, 7), 1, 3, 1)
+    for dtype in ("float16", "bfloat16"):
+        assert _kernels.plan_forward(seed, dtype, 0, 90, 132).expr.startswith("dw::conv_mma_rows<")
+        assert _kernels.plan_forward(wide, dtype, 0, 90, 132).expr.startswith("dw::conv_mma_rows<")
+        assert _kernels.plan_grad_input(wide, dtype, 0, 90, 132).expr.startswith("dw::conv_mma_rows<")
+        # seed's grad input reads rows of 250 (4-byte copies): the row sweep
+        assert "conv_rows_async" in _kernels.plan_grad_input(seed, dtype, 0, 90, 132).expr
+        assert "conv_rows_async" in _kernels.plan_forward(seed, dtype, 4, 90, 132).expr  # 4-byte aligned input
+    for p, dtype, arch in ((params((64, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1), "float16", 90),
+                           (params((8, 32, 512, 512), (32, 1, 3, 3), 1, 1, 1), "float16", 90),
+                           (params((64, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1), "float16", 90),
+                           (seed, "float32", 90), (seed, "float16", 75)):
+        assert "conv_mma_rows" not in _kernels.plan_forward(p, dtype, 0, arch, 132).expr
+
+
+def test_mma_rows_declines_other_problems():
+    """mma_rows_launch: 16-bit, sm_80+, stride 1, dilation 1, one input plane per output
+    plane, KH <= 16, copies of 4 bytes or more with at most two k-steps and a copy plan
+    that fits the registers; the widest copy with the fewest k-steps."""
+    def launch(x_shape, k, stride=1, padding=0, dilation=1, m=1, dtype="float16", arch=90, ptr=0, gi=False, **kw):
+        p = params(x_shape, (x_shape[1] * m, 1) + k, stride, padding, dilation)
+        pr = _kernels.grad_input_problem(p) if gi else _kernels.forward_problem(p)
+        if gi:
+            pr = _kernels._flipped_problem(pr)
+        return _kernels.mma_rows_launch(pr, dtype, ptr, arch, **kw)
+
+    assert launch((2, 2, 40, 256), (3, 7)) is not None
+    assert launch((2, 2, 40, 256), (3, 7), m=2) is not None                # a multiplier in the forward
+    assert launch((2, 2, 40, 256), (3, 7), m=2, gi=True) is None           # gathers 2 planes
+    assert launch((2, 2, 40, 256), (3, 7), dtype="float32") is None
+    assert launch((2, 2, 40, 256), (3, 7), arch=75) is None
+    assert launch((2, 2, 40, 256), (3, 7), stride=2) is None
+    assert launch((2, 2, 40, 256), (3, 7), dilation=2) is None
+    assert launch((2, 2, 40, 256), (17, 3)) is None                        # KH 17
+    assert launch((2, 2, 40, 256), (3, 27), padding=(1, 13)) is None      # KW 27: three k-steps
+    assert launch((2, 2, 40, 255), (3, 7)) is None                         # odd IW: 2-byte copies
+    assert launch((2, 2, 40, 256), (3, 7), ptr=2) is None
+    assert launch((2, 2, 40, 256), (3, 7), rb=24) is None                  # bands of whole steps
+    for x_shape, k, pad, ptr, want in (
+            # (GRAN, SHIFT, OSW, WN, NW): the widest copy with the fewest k-steps
+            ((2, 2, 40, 256), (3, 7), 0, 0, ("16", "0", "4", "8", "4")),     # OW 250
+            ((2, 2, 40, 256), (3, 7), (1, 3), 0, ("8", "1", "16", "8", "4")),  # 16-byte: 2 k-steps
+            ((2, 2, 40, 256), (3, 7), (1, 3), 8, ("8", "1", "16", "8", "4")),
+            ((2, 2, 40, 56), (3, 3), 1, 0, ("8", "3", "16", "7", "1")),
+            ((2, 2, 40, 302), (5, 5), (2, (2, 3)), 0, ("4", "0", "2", "5", "4"))):  # 4-byte copies: narrower warps
+        args = _kernels.split_expr(launch(x_shape, k, padding=pad, ptr=ptr).expr)[1]
+        assert (args[6], args[5], args[8], args[3], args[4]) == want, (x_shape, k, pad, ptr, args)
+    # Shared memory as the kernel's MrowsTile: 3 ring groups of 16 rows of 33 chunks (528
+    # bytes) and two output blocks of 16 x 132 words; bands of 16-row steps.
+    lp = launch((32, 128, 128, 256), (3, 7))
+    assert lp.shared_mem == 3 * 16 * 528 + 2 * 16 * 132 * 4
+    a = lp.scalars[0]
+    assert int(a["RB"]) % 16 == 0 and int(a["RB"]) * int(a["n_bands"]) >= 126
+    assert int(a["units"]) == 32 * 128 * int(a["n_bands"]) * int(a["n_cs"])
 
 
 def test_stack_declines_other_problems():

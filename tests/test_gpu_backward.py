@@ -437,6 +437,26 @@ def test_grad_input_stack(shape, variant, dtype):
     _check_forced_grad_input_s1(shape, dtype, "stack", **variant)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # N, C, M, H, W, KH, KW, padding: grad input at stride 1 on conv_mma_rows (the
+        # rotated kernel, a block sweeping whole rows): asymmetric padding, KW 9, padding
+        # past the kernel (cropped), a 4-byte-copy width, a 16-row kernel.
+        (2, 3, 1, 19, 38, 3, 7, ((1, 0), (3, 3))),
+        (1, 2, 1, 40, 48, 9, 9, 4),
+        (1, 3, 1, 16, 16, 4, 4, ((5, 5), (5, 4))),
+        (1, 2, 1, 70, 130, 3, 7, 0),
+        (1, 1, 1, 60, 40, 16, 5, (7, 2)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("variant", [{}, dict(rb=16, blocks=2)], ids=str)
+def test_grad_input_mma_rows(shape, variant, dtype):
+    _check_forced_grad_input_s1(shape, dtype, "mma_rows", **variant)
+
+
 def _check_forced_wgrad(shape, dtype, force, seed, stride=1, dilation=1, reduce=None):
     """Weight and bias gradients of a forced plan against the reference on fresh random
     inputs; returns the stage-1 launch (the stage-2 launch when `reduce` replaces it).

@@ -524,6 +524,65 @@ def test_stack_misaligned_input(dtype):
     assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=3, dilation=1), dtype, scale=7.0)
 
 
+# conv_mma_rows (tensor cores, a block sweeping whole rows of one plane in steps of 16):
+# 16-, 8- and 4-byte copies (the last with narrower warps: the copies' registers), output
+# pieces of 16, 4 and 2 bytes (OW a multiple of 8, even, odd), one warp or column segments
+# of several, a channel multiplier, KH 1 to 16 (a step's rows across two ring groups),
+# two k-steps (KW 19), 'same', asymmetric padding and padding past the kernel, rows that
+# end mid-step.
+MROWS_SHAPES = [
+    # N, C, M, H, W, KH, KW, padding
+    (2, 3, 1, 40, 64, 3, 7, 0),
+    (1, 2, 2, 35, 256, 3, 7, ((1, 0), (3, 3))),
+    (2, 2, 1, 50, 56, 3, 3, 1),
+    (1, 3, 1, 33, 302, 5, 5, (2, (2, 3))),
+    (1, 2, 1, 21, 24, 2, 4, "same"),
+    (2, 2, 1, 70, 130, 7, 7, 3),
+    (1, 2, 1, 40, 96, 3, 19, 9),
+    (2, 2, 1, 16, 40, 1, 7, (0, 3)),
+    (1, 2, 1, 12, 16, 3, 3, 5),
+    (1, 1, 1, 150, 64, 16, 3, (8, 1)),
+]
+# Plan variants: the default; bands of one step on 3 blocks (many units per block: the
+# ring, the output buffers and the copies restart per unit); deeper rings (PFS 3 and 4,
+# the ring's last slot wraps at another step); column segments of 2 warps x 16 columns.
+MROWS_VARIANTS = [{}, dict(rb=16, blocks=3), dict(pfs=3), dict(pfs=4, rb=32), dict(wn=2, nw=2)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("variant", MROWS_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", MROWS_SHAPES, ids=str)
+def test_mma_rows(shape, variant, dtype):
+    launch = _check_forced_forward(shape[:5] + shape[5:7] + (1, shape[7], 1), dtype, "mma_rows", 31, **variant)[0]
+    assert launch is not None and "conv_mma_rows" in launch.expr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mma_rows_misaligned_input(dtype):
+    """An input whose data starts 4 bytes past a 16-byte boundary: conv_mma_rows plans
+    4-byte copies (the only width the pointer allows) and stays correct."""
+    import cupy
+
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
+
+    rng = numpy.random.default_rng(37)
+    shape = (2, 2, 37, 64)
+    x = random_array(rng, shape, dtype)
+    w = random_array(rng, (2, 1, 3, 7), dtype)
+    b = random_array(rng, (2,), dtype)
+    buf = cupy.zeros(x.size + 8, dtype=to_gpu(x).dtype)
+    xg = buf[2:2 + x.size].reshape(shape)
+    xg[...] = to_gpu(x)
+    assert xg.data.ptr % 16 == 4
+    p = params(shape, w.shape, True, 1, (1, 3), 1)
+    launch = _kernels.mma_rows_launch(_kernels.forward_problem(p), dtype, xg.data.ptr % 16, 90)
+    assert launch is not None and _kernels.split_expr(launch.expr)[1][6] == "4"  # GRAN
+    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=(1, 3), dilation=1), dtype,
+                 scale=math.sqrt(21))
+
+
 @pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_tile_shapes(th, tw, dtype):

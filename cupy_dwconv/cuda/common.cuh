@@ -298,6 +298,10 @@ struct StackArgs {
     i64 units;  // (16 images, band, column segment, channel)
     int IH, IW, OH, OW, PT, PL, RB, N, C, n_bands, n_cs;
 };
+struct MrowsArgs {
+    i64 units, IC;  // units: (plane, band, column segment)
+    int IH, IW, OH, OW, PT, PL, RB, n_bands, n_cs, QC, DIV;  // RB output rows per band
+};
 struct WstackArgs {
     int N, C, n_chunks, IH, IW, OH, OW, PT, PL;  // the forward's geometry (x: IH x IW)
     int RB, n_bands;                             // x rows per band
