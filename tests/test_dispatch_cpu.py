@@ -685,6 +685,7 @@ def test_mma_rows_declines_other_problems():
     assert launch((2, 2, 40, 255), (3, 7)) is None                         # odd IW: 2-byte copies
     assert launch((2, 2, 40, 256), (3, 7), ptr=2) is None
     assert launch((2, 2, 40, 256), (3, 7), rb=24) is None                  # bands of whole steps
+    assert launch((2, 2, 40, 256), (3, 7), pfs=1) is None                  # ring depth 2 to 4
     for x_shape, k, pad, ptr, want in (
             # (GRAN, SHIFT, OSW, WN, NW): the widest copy with the fewest k-steps
             ((2, 2, 40, 256), (3, 7), 0, 0, ("16", "0", "4", "8", "4")),     # OW 250
