@@ -759,6 +759,12 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
+        if name == "conv_mma_rows":  # 16 rows per step x 8 WN NW columns per block, groups ahead
+            out = f"conv_mma_rows 16x{8 * int(args[3]) * int(args[4])} pf{int(args[7])}"
+            return out + (" flip" if args[9] == "true" else "")
+    except (IndexError, ValueError):
+        pass
+    try:
         if name in ("conv_rows", "conv_rows_async"):  # columns per lane, rows ahead
             out = f"{name} v{int(args[1])} pf{int(args[10])}"
             return out + (" flip" if args[11] == "true" else "")

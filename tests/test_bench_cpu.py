@@ -518,6 +518,8 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::bwd_plane<float, 7, 7, 1, 1, 7, 7, 7, 7, 3, 3, 1, 128, 3>", "bwd_plane"),
         ("dw::bwd_plane<dw::half_t, 5, 5, 1, 1, 5, 5, 5, 5, 2, 2, 2, 64, 4>", "bwd_plane s2"),
         ("dw::bwd_mma<dw::half_t, 7, 7, 7, 4, 1, 16, 8, 2, 4>", "bwd_mma"),
+        ("dw::conv_mma_rows<dw::half_t, 3, 7, 8, 4, 0, 16, 2, 4, false, 5>", "conv_mma_rows 16x256 pf2"),
+        ("dw::conv_mma_rows<dw::bf16_t, 7, 7, 8, 2, 1, 8, 2, 16, true, 8>", "conv_mma_rows 16x128 pf2 flip"),
         ("dw::something_new<float, 1, 2>", "something_new<float, 1, 2>"),
         ("", "?"),
     ],
