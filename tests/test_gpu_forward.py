@@ -499,31 +499,6 @@ def test_stack(shape, variant, dtype):
     assert launch is not None and "conv_stack" in launch.expr
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_stack_misaligned_input(dtype):
-    """An input whose data starts 4 bytes past a 16-byte boundary: conv_stack plans 4-byte
-    copies (the only width the pointer allows) and stays correct."""
-    import cupy
-
-    from cupy_dwconv import _kernels
-    from gpu_util import params, reference_forward, run_conv_launch, to_gpu
-
-    rng = numpy.random.default_rng(29)
-    shape = (16, 2, 20, 32)
-    x = random_array(rng, shape, dtype)
-    w = random_array(rng, (2, 1, 7, 7), dtype)
-    b = random_array(rng, (2,), dtype)
-    buf = cupy.zeros(x.size + 8, dtype=to_gpu(x).dtype)
-    xg = buf[2:2 + x.size].reshape(shape)
-    xg[...] = to_gpu(x)
-    assert xg.data.ptr % 16 == 4
-    p = params(shape, w.shape, True, 1, 3, 1)
-    launch = _kernels.stack_launch(_kernels.forward_problem(p), dtype, xg.data.ptr % 16, 90)
-    assert launch is not None and _kernels.split_expr(launch.expr)[1][6] == "4"  # GRAN
-    out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
-    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=3, dilation=1), dtype, scale=7.0)
-
-
 # conv_mma_rows (tensor cores, a block sweeping whole rows of one plane in steps of 16):
 # 16-, 8- and 4-byte copies (the last with narrower warps: the copies' registers), output
 # pieces of 16, 4 and 2 bytes (OW a multiple of 8, even, odd), one warp or column segments
@@ -558,29 +533,32 @@ def test_mma_rows(shape, variant, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_mma_rows_misaligned_input(dtype):
-    """An input whose data starts 4 bytes past a 16-byte boundary: conv_mma_rows plans
-    4-byte copies (the only width the pointer allows) and stays correct."""
+@pytest.mark.parametrize("family, shape, k, pad", [
+    ("stack", (16, 2, 20, 32), (7, 7), 3),
+    ("mma_rows", (2, 2, 37, 64), (3, 7), (1, 3)),
+], ids=str)
+def test_tensor_core_misaligned_input(family, shape, k, pad, dtype):
+    """An input whose data starts 4 bytes past a 16-byte boundary: conv_stack and
+    conv_mma_rows plan 4-byte copies (the only width the pointer allows) and stay correct."""
     import cupy
 
     from cupy_dwconv import _kernels
     from gpu_util import params, reference_forward, run_conv_launch, to_gpu
 
-    rng = numpy.random.default_rng(37)
-    shape = (2, 2, 37, 64)
+    rng = numpy.random.default_rng(29)
     x = random_array(rng, shape, dtype)
-    w = random_array(rng, (2, 1, 3, 7), dtype)
-    b = random_array(rng, (2,), dtype)
+    w = random_array(rng, (shape[1], 1) + k, dtype)
+    b = random_array(rng, (shape[1],), dtype)
     buf = cupy.zeros(x.size + 8, dtype=to_gpu(x).dtype)
     xg = buf[2:2 + x.size].reshape(shape)
     xg[...] = to_gpu(x)
     assert xg.data.ptr % 16 == 4
-    p = params(shape, w.shape, True, 1, (1, 3), 1)
-    launch = _kernels.mma_rows_launch(_kernels.forward_problem(p), dtype, xg.data.ptr % 16, 90)
+    p = params(shape, w.shape, True, 1, pad, 1)
+    launch = getattr(_kernels, f"{family}_launch")(_kernels.forward_problem(p), dtype, xg.data.ptr % 16, 90)
     assert launch is not None and _kernels.split_expr(launch.expr)[1][6] == "4"  # GRAN
     out = run_conv_launch(launch, xg, to_gpu(w), to_gpu(b), p.out_shape, xg.dtype)
-    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=(1, 3), dilation=1), dtype,
-                 scale=math.sqrt(21))
+    assert_close(out.get(), reference_forward(x, w, b, stride=1, padding=pad, dilation=1), dtype,
+                 scale=math.sqrt(k[0] * k[1]))
 
 
 @pytest.mark.parametrize("th,tw", [(1, 4), (2, 8), (4, 4), (4, 8), (3, 5), (8, 8)])
