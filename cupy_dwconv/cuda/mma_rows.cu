@@ -12,8 +12,9 @@
 // float16: 219-371 us against the row sweep's 164). conv_stack needs 16 images of a
 // channel per MMA, which lie a whole C planes apart on large planes. Here a block owns
 // whole rows (a column segment of a plane) and sweeps down a band of them, so every input
-// row is copied once, as contiguous 16-byte pieces, and the copy plan is made once per
-// unit and only advanced per step.
+// row is copied once, as contiguous 16-, 8- or 4-byte pieces, and the copy plan is made
+// once per unit and only advanced per step (seed_3x7 float16 forward: 154 us against the
+// row sweep's 164; ncu: 55 M warp instructions against 129 M, L2 83 % busy).
 //
 // One tap row kh of 16 output rows m and 8 output columns n is, as in conv_mma,
 //
@@ -27,8 +28,9 @@
 // plane: that is the padding). Per step and tap row a warp reads its WN + 2 KS - 1 chunks of
 // 16 rows with ldmatrix and issues WN * KS MMAs; the sums (started from the bias) are rounded
 // into a shared-memory block of 16 output rows, which the block stores after the next step's
-// barrier as row-contiguous pieces (whole 32-byte sectors per instruction; from the
-// fragments, a lane's 4-byte pairs would split each sector between instructions).
+// barrier as row-contiguous pieces (each store instruction writes consecutive bytes of one
+// row; from the fragments, a lane's 4-byte pairs would split each sector between
+// instructions).
 //
 // Bytes per output: one input element read (plus 8 (2 KS - 1) halo columns per segment and
 // KH - 1 halo rows per band, mostly L2 hits) and one output element written, 2 + 2 bytes.
