@@ -1200,7 +1200,7 @@ MROWS_UNIT_ROWS = 8   # a unit's fixed cost (filling its copy pipeline), in rows
 MROWS_MAX_CPT = 12    # copies per thread and group of 16 rows (their offsets live in registers)
 
 
-def mma_rows_geometry(kh, kw, wn, nw, shift, gran, pfs):
+def mma_rows_geometry(kw, wn, nw, shift, gran, pfs):
     """(KS, copies per thread and group, shared-memory bytes) of conv_mma_rows; mirrors
     MrowsTile in cuda/mma_rows.cu (the kernel traps if it is given less shared memory): a
     ring of PFS + 1 groups of 16 staged rows (the pitch an odd number of 16-byte units)
@@ -1239,9 +1239,11 @@ def _mma_rows_bands(units_per_band, oh, kh, resident, rb=None):
     return best[1], best[2]
 
 
-def _use_mma_rows(pr, dtype):
-    """Whether the dispatcher takes conv_mma_rows (where it plans 8- or 16-byte copies):
-    16-bit kernels of more than 9 taps on planes wider or taller than conv_stack's 64.
+def _use_mma_rows(pr, dtype, x_ptr):
+    """Whether the dispatcher takes conv_mma_rows: 16-bit kernels of more than 9 taps on
+    planes wider or taller than conv_stack's 64, where its copies are 8 or 16 bytes wide
+    (4-byte copies: not measured against the row sweep but on seed's grad input, 305.9 us
+    with spills against 187.3).
     Measured (H200, benchmarks/ab.py, us): seed_3x7 float16 forward 154.2 against the
     row sweep's 163.8 (bfloat16 153.9 / 165.3), with padding (1, 3) 146.8 against 161.0
     (grad input 146.8 / 160.4); 7x7 float16 on 16 x 96 x 112 x 112 43.1 against conv_mma's
@@ -1250,7 +1252,7 @@ def _use_mma_rows(pr, dtype):
     bfloat16 78.9 against 79.5, mbv2_3x3 float16 57.8 against 40.0: units of few steps
     expose their copy latency), planes up to 64 x 64 (conv_stack, conv_mma, the rows)."""
     return (dtype in MMA_DTYPES and pr.KH * pr.KW > 9
-            and max(pr.OH, pr.OW) > STACK_MAX_SIDE)
+            and max(pr.OH, pr.OW) > STACK_MAX_SIDE and _mma_staging(pr, x_ptr)[0] >= 8)
 
 
 def mma_rows_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, nw=None, pfs=None, minb=None, rb=None, gran=None,
@@ -1275,16 +1277,16 @@ def mma_rows_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, nw=None, pfs=None,
         return None
     if wn is None:  # narrower warps where the copies would not fit their registers (4-byte copies)
         wn = dwn
-        while wn > 1 and mma_rows_geometry(pr.KH, pr.KW, wn, nw, shift, gran, pfs)[1] > MROWS_MAX_CPT:
+        while wn > 1 and mma_rows_geometry(pr.KW, wn, nw, shift, gran, pfs)[1] > MROWS_MAX_CPT:
             wn -= 1
-    ks, cpt, smem = mma_rows_geometry(pr.KH, pr.KW, wn, nw, shift, gran, pfs)
+    ks, cpt, smem = mma_rows_geometry(pr.KW, wn, nw, shift, gran, pfs)
     if ks > 2 or cpt > MROWS_MAX_CPT or smem > SM_SMEM or (rb is not None and (rb < 1 or rb % 16)):
         return None
-    if minb is None:  # blocks per SM: shared memory, threads, and registers (~96 with few copies, else 128)
-        regs = 96 if cpt <= 6 else 128
-        minb = max(1, min(32, SM_THREADS // (32 * nw), SM_SMEM // (smem + 1024), 65536 // (32 * nw * regs)))
+    fit = min(32, SM_THREADS // (32 * nw), SM_SMEM // (smem + 1024))  # blocks per SM: shared memory, threads
+    if minb is None:  # and registers (~96 with few copies, else 128)
+        minb = max(1, min(fit, 65536 // (32 * nw * (96 if cpt <= 6 else 128))))
     osw = 16 if pr.OW % 8 == 0 else 4 if pr.OW % 2 == 0 else 2
-    per_sm = max(1, min(minb, 32, SM_SMEM // (smem + 1024), SM_THREADS // (32 * nw)))
+    per_sm = max(1, min(minb, fit))
     n_cs = _cdiv(pr.OW, 8 * wn * nw)
     rb, bands = _mma_rows_bands(pr.planes * n_cs, pr.OH, pr.KH, sms * per_sm, rb)
     units = pr.planes * bands * n_cs
@@ -1294,7 +1296,7 @@ def mma_rows_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, nw=None, pfs=None,
     expr = "dw::conv_mma_rows<" + _targs(CXX_TYPE[dtype], pr.KH, pr.KW, wn, nw, shift, gran, pfs, osw, pr.flip,
                                          minb) + ">"
     args = pack_args("MrowsArgs", units=units, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT, PL=pr.PL, RB=rb,
-                     n_bands=bands, n_cs=n_cs, **{k: v for k, v in _channel_fields(pr).items() if k != "R"})
+                     n_bands=bands, n_cs=n_cs, QC=pr.QC, IC=pr.IC, DIV=pr.DIV)
     return Launch("mma_rows.cu", expr, grid, (32 * nw, 1, 1), smem, (args,))
 
 
@@ -1677,10 +1679,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q, dtype) else None
-    if launch is None and _use_mma_rows(q, dtype):
+    if launch is None and _use_mma_rows(q, dtype, x_ptr):
         launch = mma_rows_launch(q, dtype, x_ptr, arch, sms)
-        if launch is not None and int(split_expr(launch.expr)[1][6]) < 8:  # 4-byte copies: not measured
-            launch = None
     if launch is None and rows and _use_rows_whole(q, dtype):
         launch = rows_whole_launch(q, dtype, x_ptr, sms=sms, arch=arch)
         if launch is not None and int(launch.scalars[0]["n_bands"]) != 1:
