@@ -215,6 +215,7 @@ ARG_STRUCTS = {
     "WmmaArgs": ("units", "IH", "IW", "OH", "OW", "pad_t", "pad_l", "C", "M", "CM", "n_chunks", "BH", "n_bands",
                  "NC", "XP", "GOFF", "GP"),
     "PlaneArgs": ("n_planes", "IC", "QC", "DIV", "R", "P"),
+    "BatchArgs": ("units", "IC", "N", "QC", "DIV"),
     "BmmaArgs": ("N", "C", "n_chunks", "IH", "IW", "OH", "OW", "PT", "PL", "XP", "XR", "GOFF", "GP", "GR", "GT",
                  "GX0"),
     "WplaneArgs": ("N", "C", "M", "CM", "n_chunks", "G", "P"),
@@ -743,6 +744,75 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
 
 
+# ---- conv_batch (small planes: a block per channel across the batch) ---------------------
+
+BATCH_MAX_ROW = 64  # OW sums, one staged row and one weight row live in registers
+
+
+def _batch_layout(pr, dtype):
+    """(LV, RP, IS, KWP, OPS) of conv_batch's shared memory (mirrors BatchLayout and the
+    kernel's constants in cuda/plane.cu): accumulator values per 16-byte read, staged row
+    pitch, staged image stride (an odd number of 16-byte slots), weight row pitch, output
+    plane pitch (storage elements)."""
+    acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
+    lv = 16 // acc
+    rp = _cdiv(pr.IW, lv) * lv
+    ps = pr.IH * rp
+    image = ps if (ps * acc // 16) % 2 == 1 else ps + lv
+    ohw = pr.OH * pr.OW
+    if ITEMSIZE[dtype] == 2:
+        e = _cdiv(ohw, 2) * 2
+        ops = e + (2 if (e // 2) % 2 == 0 else 0)
+    else:
+        ops = ohw + (1 if ohw % 2 == 0 else 0)
+    return lv, rp, image, _cdiv(pr.KW, lv) * lv, ops
+
+
+def batch_smem_bytes(pr, dtype, ng):
+    """Dynamic shared memory of conv_batch: the weights and the 32*NG images' staged input
+    planes (accumulation type), then their output planes (storage type)."""
+    acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
+    _, _, image, kwp, ops = _batch_layout(pr, dtype)
+    return _up16(pr.KH * kwp * acc) + 32 * ng * image * acc + _up16(32 * ng * ops * ITEMSIZE[dtype])
+
+
+def _batch_regs(pr, dtype, ng):
+    """Registers conv_batch needs (32-bit): the row's sums, one staged row and one weight
+    row, the next unit's loads in flight (a warp's images x a plane's elements per lane)
+    and their shared-memory offsets, plus ~32 for addresses and loop state."""
+    _, rp, _, kwp, _ = _batch_layout(pr, dtype)
+    wide = 2 if ACC_DTYPE[dtype] == "float64" else 1
+    ji = _cdiv(pr.IH * pr.IW, 32)
+    ipw = _cdiv(32 * ng, pr.OH * ng)
+    return (pr.OW + rp + kwp + ipw * ji) * wide + ji + 32
+
+
+def batch_launch(pr, dtype, ng=None, minb=None, blocks=None, sms=132):
+    """conv_batch plan (MODE 0 correlations with one input plane per output plane, at any
+    stride, optionally with the rotated kernel); None if a warp per output row does not
+    fit a block. `ng` groups of 32 images per unit (default 1); persistent blocks, at most
+    `blocks` (default: as many as are resident on `sms` multiprocessors)."""
+    if pr.mode != 0 or pr.R != 1 or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW or min(pr.OH, pr.OW) < 1:
+        return None
+    ng = 1 if ng is None else ng
+    block = pr.OH * ng * 32
+    smem = batch_smem_bytes(pr, dtype, ng)
+    if block > 1024 or smem > SM_SMEM:
+        return None
+    per_sm = max(1, min(_plane_minb(block, _batch_regs(pr, dtype, ng)), SM_THREADS // block,
+                        SM_SMEM // (smem + 1024)))
+    minb = per_sm if minb is None else minb
+    expr = "dw::conv_batch<" + _targs(
+        CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL,
+        pr.flip, ng, minb
+    ) + ">"
+    n = pr.planes // pr.QC
+    units = pr.QC * _cdiv(n, 32 * ng)
+    args = pack_args("BatchArgs", units=units, IC=pr.IC, N=n, QC=pr.QC, DIV=pr.DIV)
+    grid = (max(1, min(units, blocks or sms * minb, INT32_MAX)), 1, 1)
+    return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
+
+
 # ---- conv_lines (large kernels on whole planes: a line per thread) ---------------------
 
 LINES_MIN_TAPS = TILE_MAX_TAPS + 1  # smaller kernels go to the tile and row families
@@ -979,6 +1049,30 @@ def _use_plane(pr, dtype):
         return False
     ways = max(_plane_conflicts(pr.IH * pr.IW, dtype), _plane_conflicts(pr.OH * pr.OW, dtype))
     return ways <= 2 or (ways <= 4 and pr.OH * pr.OW >= 144)
+
+
+def _use_batch(pr, dtype):
+    """Small planes at stride 1 go to conv_batch (a unit per channel across the batch, a
+    warp per output row) where it measured ahead of conv_plane (H200, benchmarks/ab.py,
+    us, 64 images, conv_batch against the previous plan; NOTES session 27): 7x7 kernels
+    on 7x7 planes float32 13.4 / 13.4 (grad input) against 14.3 / 14.3, 14x14 float32
+    23.4 / 23.2 against 28.2 / 26.7, float16 22.4 against 24.1; 5x5 on 7x7 float32 15.5
+    against 18.8, on 14x14 31.4 against 33.2; float64 7x7 on 7x7 18.9 against 44.9, on
+    14x14 34.8 against 89.4 (conv_tile), 3x3 on 7x7 20.2 against 22.2. Not taken: 3x3 in
+    float32 (13.0 against 12.5 on 7x7), 16-bit 7x7 planes (13.1 against 12.5), 1xK
+    kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
+    that gathers several planes (multiplier > 1), other strides and dilations (not
+    measured; the forced tests cover them)."""
+    if pr.mode != 0 or pr.R != 1 or pr.KH == 1 or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1):
+        return False
+    if pr.OH * pr.OW > PLANE_MAX_OUTPUTS or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW:
+        return False
+    taps = pr.KH * pr.KW
+    if dtype == "float64":
+        return True
+    if dtype == "float32":
+        return taps >= 25
+    return taps >= 25 and pr.OH * pr.OW >= 144
 
 
 # ---- conv_mma (tensor cores, 16-bit, stride 1, dilation 1) -------------------------------
@@ -1639,7 +1733,8 @@ def generic_launch(pr, dtype):
 
 
 def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
-    """The launch for a plane-to-plane problem: whole small planes per block, tensor-core
+    """The launch for a plane-to-plane problem: small planes across the batch
+    (conv_batch) or whole small planes per block (conv_plane), tensor-core
     row sweeps for 16-bit kernels of more than 9 taps on large planes (conv_mma_rows), row
     sweeps (stride 1), tensor cores (16-bit, stride 1, dilation 1, sm_80+: conv_stack for
     batches of 16 images and more on small planes, else conv_mma), lines (large kernels
@@ -1665,6 +1760,8 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
             return mma_rows_launch(q, dtype, x_ptr, arch, sms, **kwargs)
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
+        if kind == "batch":
+            return batch_launch(q, dtype, sms=sms, **kwargs)
         if kind == "lines":
             return lines_launch(q, dtype, sms=sms, **kwargs)
         if kind == "rows":
@@ -1678,7 +1775,9 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
-    launch = plane_launch(q, dtype, sms=sms) if q.mode == 0 and _use_plane(q, dtype) else None
+    launch = batch_launch(q, dtype, sms=sms) if _use_batch(q, dtype) else None
+    if launch is None and q.mode == 0 and _use_plane(q, dtype):
+        launch = plane_launch(q, dtype, sms=sms)
     if launch is None and _use_mma_rows(q, dtype, x_ptr):
         launch = mma_rows_launch(q, dtype, x_ptr, arch, sms)
     if launch is None and rows and _use_rows_whole(q, dtype):

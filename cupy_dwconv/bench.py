@@ -735,6 +735,11 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
+        if name == "conv_batch":  # images per unit (32 x NG)
+            return f"conv_batch {32 * int(args[14])} images" + (" flip" if args[13] == "true" else "")
+    except (IndexError, ValueError):
+        pass
+    try:
         if name == "conv_plane":  # output rows per thread x plane width, stages
             out = f"conv_plane {int(args[13])}x{int(args[10])}"
             out += " flip" if args[14] == "true" else ""

@@ -508,6 +508,8 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_plane<dw::half_t, 1, 7, 1, 1, 1, 1, 17, 17, 17, 17, 0, 3, 2, true, 2, 256, 2>",
          "conv_plane 2x17 flip s2"),
         ("dw::wgrad_plane<float, 7, 7, 1, 1, 1, 1, 7, 7, 7, 7, 3, 3, 128, 3>", "wgrad_plane"),
+        ("dw::conv_batch<float, 7, 7, 1, 1, 1, 1, 7, 7, 7, 7, 3, 3, false, 1, 4>", "conv_batch 32 images"),
+        ("dw::conv_batch<double, 7, 7, 1, 1, 1, 1, 14, 14, 14, 14, 3, 3, true, 2, 1>", "conv_batch 64 images flip"),
         ("dw::conv_generic<float, 0>", "conv_generic"),
         ("dw::wgrad_tile<float, 3, 7, 1, 1, 1, 1, 2, 8, 4, 0, 4>", "wgrad_tile 2x8"),
         ("dw::wgrad_generic<double>", "wgrad_generic"),

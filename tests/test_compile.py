@@ -48,6 +48,8 @@ FAMILIES = (
     "conv_mma_rows flip=true",
     "conv_plane flip=false",
     "conv_plane flip=true",
+    "conv_batch flip=false",
+    "conv_batch flip=true",
     "conv_lines flip=false",
     "conv_lines flip=true",
     "conv_rows flip=false",
@@ -142,6 +144,8 @@ def grid_problems():
         # wgrad_plane's shared memory).
         out.append((_params.conv_params((2, 3, 7, 7), (6, 1, 7, 7), None, 1, 3, 1), dtype))
         out.append((_params.conv_params((2, 3, 5, 5), (3, 1, 3, 5), None, 1, (1, 2), 1), dtype))
+        # 7x7 on 14x14 planes (conv_batch forward and rotated grad input in every dtype).
+        out.append((_params.conv_params((2, 3, 14, 14), (3, 1, 7, 7), None, 1, 3, 1), dtype))
         # The 16-bit fused backward on tensor cores beside convnext_7x7's: a 5x7 kernel with
         # asymmetric padding on a plane of an odd number of grad_output rows whose width
         # is not a multiple of 8 (4-byte copies).
@@ -168,6 +172,8 @@ def _family(expr):
         name += f" flip={args[9]}"
     elif name == "conv_plane":
         name += f" flip={args[14]}"
+    elif name == "conv_batch":
+        name += f" flip={args[13]}"
     elif name == "conv_lines":
         name += f" flip={args[10]}"
     elif name in ("conv_rows", "conv_rows_async", "conv_rows_whole"):

@@ -143,33 +143,48 @@ def test_tile_multi_plane_loop_only_where_needed():
 
 
 def test_plane_dispatch():
-    """Small odd planes (convnext_7x7_s4: 7x7; inception_1x7: 17x17) take conv_plane
-    (forward; grad input at stride 1, with the rotated kernel), and wgrad_plane up to 64
-    outputs; so do even planes whose lanes share shared-memory banks at most 2 ways, or 4
-    ways from 144 outputs (14 x 14; 10 x 10 in 16-bit); other even planes (8 x 8, 16 x 16:
-    32 ways; 12 x 12: 16; 10 x 10 float32: 4 ways on 100 outputs; float64), large planes
-    and strided grad input do not."""
+    """Small planes at stride 1 whose kernel has 25 taps or more in float32 (16-bit: on
+    planes of 144 outputs or more), and every kernel of more than one row in float64,
+    take conv_batch (forward; grad input with the rotated kernel unless it gathers
+    several planes); other small odd planes (inception_1x7's 17x17 under 1x7, 3x3 in
+    float32) take conv_plane, and wgrad_plane up to 64 outputs; so do even planes whose
+    lanes share shared-memory banks at most 2 ways, or 4 ways from 144 outputs (14 x 14;
+    10 x 10 in 16-bit); other even planes (8 x 8, 16 x 16: 32 ways; 12 x 12: 16; 10 x 10
+    float32: 4 ways on 100 outputs), large planes and strided grad input do not."""
     tiny = params((64, 96, 7, 7), (96, 1, 7, 7), 1, 3, 1)
     back = _params.backward_params(tiny.out_shape, tiny.x_shape, tiny.weight_shape, 1, 3, 1)
-    for dtype in ("float16", "bfloat16", "float32", "float64"):
+    for dtype, family in (("float16", "conv_plane"), ("bfloat16", "conv_plane"), ("float32", "conv_batch"),
+                          ("float64", "conv_batch")):
         fwd = _kernels.plan_forward(tiny, dtype, 0, 90, 132).expr
-        assert "conv_plane" in fwd and _args(fwd)[14] == "false"
+        flip = 13 if family == "conv_batch" else 14
+        assert family in fwd and _args(fwd)[flip] == "false", (dtype, fwd)
         gi = _kernels.plan_grad_input(back, dtype, 0, 90, 132).expr
-        assert "conv_plane" in gi and _args(gi)[14] == "true"
+        assert family in gi and _args(gi)[flip] == "true", (dtype, gi)
+    # A grad input that gathers two planes per output plane (multiplier 2) stays on
+    # conv_plane; its forward reads one plane per output plane.
+    multi = params((64, 48, 7, 7), (96, 1, 7, 7), 1, 3, 1)
+    back_multi = _params.backward_params(multi.out_shape, multi.x_shape, multi.weight_shape, 1, 3, 1)
+    assert "conv_batch" in _kernels.plan_forward(multi, "float32", 0, 90, 132).expr
+    assert "conv_plane" in _kernels.plan_grad_input(back_multi, "float32", 0, 90, 132).expr
+    three7 = params((64, 96, 7, 7), (96, 1, 3, 3), 1, 1, 1)
+    assert "conv_plane" in _kernels.plan_forward(three7, "float32", 0, 90, 132).expr
+    assert "conv_batch" in _kernels.plan_forward(three7, "float64", 0, 90, 132).expr
     for dtype in ("float16", "bfloat16", "float32"):
         assert "wgrad_plane" in _kernels.plan_wgrad(back, dtype, 0, 0, 90, 132)[0].expr
     even = params((4, 8, 8, 8), (8, 1, 3, 3), 1, 1, 1)
     assert "conv_plane" not in _kernels.plan_forward(even, "float32", 0, 90, 132).expr
     assert "wgrad_plane" not in _kernels.plan_wgrad(even, "float32", 0, 0, 90, 132)[0].expr
     for hw, k, dtype, want in (
-        (14, 7, "float32", True), (14, 7, "float16", True), (14, 3, "bfloat16", True), (14, 5, "float32", True),
-        (10, 3, "float16", True), (10, 3, "float32", False), (16, 3, "float32", False), (16, 3, "float16", False),
-        (12, 3, "float32", False), (14, 7, "float64", False),
+        (14, 7, "float32", "conv_batch"), (14, 7, "float16", "conv_batch"), (14, 3, "bfloat16", "conv_plane"),
+        (14, 5, "float32", "conv_batch"), (10, 3, "float16", "conv_plane"), (10, 3, "float32", None),
+        (16, 3, "float32", None), (16, 3, "float16", None), (12, 3, "float32", None), (14, 7, "float64", "conv_batch"),
+        (10, 5, "float16", "conv_plane"), (12, 5, "bfloat16", "conv_batch"),
     ):
         p = params((4, 8, hw, hw), (8, 1, k, k), 1, k // 2, 1)
         back = _params.backward_params(p.out_shape, p.x_shape, p.weight_shape, 1, k // 2, 1)
         for e in (_kernels.plan_forward(p, dtype, 0, 90, 132).expr, _kernels.plan_grad_input(back, dtype, 0, 90, 132).expr):
-            assert ("conv_plane" in e) == want, (hw, k, dtype, e)
+            got = next((f for f in ("conv_batch", "conv_plane") if f in e), None)
+            assert got == want, (hw, k, dtype, e)
     # 1 x 7 on 17x17 planes: one row per thread (no input row is shared between a
     # thread's rows), 8 planes (160 threads, a 16-byte aligned run) per block; a 3 x 3
     # kernel keeps three rows of 17 per thread.
@@ -249,11 +264,20 @@ def test_bwd_mma_dispatch():
 
 def test_plane_launch_budget():
     """conv_plane's blocks fit their shared memory (mirrors the kernel's layout) and a
-    register bound that holds the planned registers; wgrad_plane's too."""
+    register bound that holds the planned registers; wgrad_plane's too. conv_batch: a warp
+    per output row and 32 images, its shared memory as the kernel lays it out, a register
+    bound that holds its estimate, persistent blocks (at most what is resident)."""
     tiny = params((64, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1)
+    pr = _kernels.forward_problem(tiny)
     for dtype in ("float16", "float32", "float64"):
-        launch = _kernels.plan_forward(tiny, dtype, 0, 90, 132)
-        pr = _kernels.forward_problem(tiny)
+        batch = _kernels.plan_forward(tiny, dtype, 0, 90, 132)
+        if dtype != "float16":
+            assert "conv_batch" in batch.expr and batch.block[0] == 7 * 32
+            assert batch.shared_mem == _kernels.batch_smem_bytes(pr, dtype, 1)
+            minb = int(_args(batch.expr)[-1])
+            assert _kernels.reg_cap(batch.block[0], minb) >= _kernels._batch_regs(pr, dtype, 1)
+            assert batch.grid[0] == min(768 * 2, 132 * minb) and int(batch.scalars[0]["units"]) == 768 * 2
+        launch = _kernels.plan_conv(pr, dtype, 0, force=("plane", {}), arch=90, sms=132)
         planes = int(launch.scalars[0]["P"])
         assert launch.shared_mem == _kernels.plane_smem_bytes(pr, dtype, planes) <= _kernels.PLANE_SMEM
         assert planes <= launch.block[0] and launch.block[0] % 32 == 0

@@ -169,8 +169,10 @@ def test_misaligned_buffers(shape, offset, dtype):
     with x rows of 44 or 40 elements and grad_output rows of 42 or 40: the tile kernels
     then load 16-, 8- or 4-byte vectors or single elements, chosen from the pointer and
     the row width; forward, grad input and grad weight are checked on each. The 7x7 planes
-    take conv_plane and wgrad_plane, whose plane runs start at any remainder modulo 16
-    bytes (scalar head, 16-byte body, scalar tail)."""
+    take conv_batch (forward; float32 and float64: element loads at any alignment) or
+    conv_plane, and conv_plane (grad input: two planes per output plane) and wgrad_plane,
+    whose plane runs start at any remainder modulo 16 bytes (scalar head, 16-byte body,
+    scalar tail)."""
     import cupy_dwconv
     from gpu_util import params, reference_backward, reference_forward, to_gpu
 

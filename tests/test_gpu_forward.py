@@ -183,6 +183,36 @@ def test_plane(shape, variant, dtype):
     _check_forced_both_passes(shape, dtype, "plane", 23, variant, grad_input_declined=shape[7] != 1)
 
 
+# conv_batch (a block per channel across 32 or 64 batch items, a warp per output row):
+# batches that leave idle lanes (40, 70 and 3 images: the last chunk partial), odd and
+# even planes, a channel multiplier (grad input declined: it gathers 2 planes per output),
+# asymmetric padding, stride 2 (grad input declined), dilation with padding past the
+# kernel (the rotated grad-input problem crops), a 1x7 kernel on 17 rows, a block of 14
+# rows x 64 images. Variants: the default plan; 64 images per block on a grid of 3 (each
+# block walks several units: staging reuses the shared memory its previous unit read);
+# 32 images at one block per SM.
+BATCH_SHAPES = [
+    # N, C, M, H, W, KH, KW, stride, padding, dilation
+    (40, 3, 1, 7, 7, 7, 7, 1, 3, 1),
+    (33, 2, 2, 5, 6, 3, 5, 1, ((1, 0), (2, 1)), 1),
+    (3, 4, 1, 9, 11, 3, 5, 2, (1, 2), 1),
+    (34, 2, 1, 8, 13, 3, 3, 1, 3, 2),
+    (70, 2, 1, 17, 17, 1, 7, 1, (0, 3), 1),
+    (64, 3, 1, 14, 14, 7, 7, 1, 3, 1),
+]
+BATCH_VARIANTS = [{}, dict(ng=2, blocks=3), dict(ng=1, minb=1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", BATCH_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", BATCH_SHAPES, ids=str)
+def test_batch(shape, variant, dtype):
+    """conv_batch, forced, forward and (at stride 1) grad input, against the reference."""
+    if variant.get("ng") == 2 and shape[3] * 64 > 1024:
+        pytest.skip("64 images of 17 rows: a block of more than 1024 threads")
+    _check_forced_both_passes(shape, dtype, "batch", 37, variant, grad_input_declined=shape[7] != 1 or shape[2] != 1)
+
+
 # conv_lines (large kernels on whole planes, a line per thread, tap rows skipped outside the
 # plane): 'same' padding of odd and even kernels, asymmetric padding, a channel
 # multiplier (its grad input sums two planes per output plane), odd plane sizes (element

@@ -291,6 +291,10 @@ struct PlaneArgs {
     i64 n_planes, IC;
     int QC, DIV, R, P;  // channel map; P planes per block
 };
+struct BatchArgs {
+    i64 units, IC;  // units: (channel, chunk of 32*NG images), channel fastest
+    int N, QC, DIV;  // batch items; channel map (R = 1)
+};
 struct WplaneArgs {
     int N, C, M, CM, n_chunks, G, P;  // G batch items per step, P channels per block
 };

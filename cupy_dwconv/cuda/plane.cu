@@ -5,6 +5,9 @@
 //   conv_plane   forward (and the grad input at stride 1, as a forward with the rotated
 //                kernel): the plane geometry is a template constant, so every padding
 //                test and every index folds at compile time.
+//   conv_batch   the same problems (one input plane per output plane), a unit per
+//                channel across 32-64 batch items and a warp per output row (lanes:
+//                images); persistent blocks load the next unit during this one.
 //   conv_lines   the same for large kernels (more than 64 taps) on planes up to what
 //                shared memory holds: a thread per output row, tap rows outside the
 //                plane skipped at run time, columns at compile time.
@@ -303,6 +306,213 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         if (!more) break;
         if constexpr (NS == 2) cur = nxt;
         else cur = group_at(q_next);
+    }
+}
+
+// conv_batch: small planes, one channel across a chunk of the batch per unit (ConvNeXt's
+// last stage: 64 x 768 planes of 7x7 under a 7x7 kernel). Warp (t, g) computes output
+// row t of the 32 images g*32 .. g*32 + 31 of the unit's chunk, one image per lane.
+//
+// Why, against conv_plane (a thread per whole plane, 49 sums, 145 registers, 12 warps per
+// SM in one wave whose copies, FMAs and stores do not overlap): here a thread holds one
+// output row (OW sums, one staged row, one weight row), so a block of OH warps per 32
+// images leaves room for ~28 warps per SM. The lanes of a warp share a channel and an
+// output row, so the weight reads are broadcasts, and the test whether a tap row lies
+// inside the plane is uniform across the warp (rows outside the plane are skipped without
+// divergence; columns outside it are dropped at compile time). A unit's weights are one
+// channel's KH*KW values for 32*NG planes (conv_plane stages a weight plane per plane).
+//
+// Pipeline: blocks are persistent (units blockIdx.x, blockIdx.x + gridDim.x, ...). The
+// loads of the next unit's planes and weights go out into registers right after this
+// unit's first barrier and land while this unit is computed and stored; they are written
+// to shared memory after the second barrier (every read of the staged unit is done).
+// 16-bit values stay raw in those registers: a conversion next to the load would wait
+// for it.
+//
+// Shared memory: weights [KH][KWP] and input planes [image][IH][RP], both converted to
+// the accumulation type (16-byte row reads, no conversion in the FMA loop); image stride
+// IS with IS*sizeof(A)/16 odd, so the 8 lanes of a quarter-warp reading the same row of 8
+// images hit distinct 16-byte bank groups. Outputs [image][OPS] in the storage type,
+// OPS*sizeof(T) an odd number of 4-byte words (8-byte: of 8-byte words), so the lanes'
+// stores of one output hit distinct banks. Staging and copy-out go warp by image (lanes
+// on consecutive elements of one plane: coalesced).
+//
+// Bytes per output: (IH*IW/(OH*OW) + 1) elements of DRAM traffic, every element moved
+// once; the weights (KH*KW per unit) are L2 hits after the first chunk.
+//
+// One input plane per output plane (forward: any multiplier; grad input at stride 1 with
+// multiplier 1, the rotated problem). Template arguments: T storage type; KH KW SH SW DH
+// DW kernel geometry; IH IW OH OW PT PL plane geometry and padding (negative PT/PL crop:
+// the rotated grad-input problem); FLIP read the kernel rotated by 180 degrees; NG groups
+// of 32 images per unit (BLOCK = OH * NG * 32 threads); MINB launch bound.
+template <class A, int IH, int IW>
+struct BatchLayout {
+    static constexpr int LV = SmemVec<A>::N;       // accumulator values per 16-byte read
+    static constexpr int RP = round_up(IW, LV);   // staged row pitch
+    static constexpr int PS = IH * RP;            // one staged plane
+    // Image stride: an odd number of 16-byte slots.
+    static constexpr int IS = (PS * (int)sizeof(A) / 16) % 2 == 1 ? PS : PS + LV;
+};
+
+template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
+          bool FLIP, int NG, int MINB>
+__global__ void __launch_bounds__(OH * NG * 32, MINB)
+conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+           const BatchArgs a) {
+    typedef typename Traits<T>::acc A;
+    typedef typename Raw<T>::type RT;
+    typedef BatchLayout<A, IH, IW> L;
+    constexpr int BLOCK = OH * NG * 32, NI = NG * 32, NW = BLOCK / 32;
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int RP = L::RP, IS = L::IS;
+    constexpr int KWP = round_up(KW, L::LV);
+    // Output plane pitch: an odd number of 4-byte words (8-byte types: of 8-byte words).
+    constexpr int OPS = sizeof(T) == 2 ? (OHW + 1) / 2 * 2 + ((OHW + 1) / 2 % 2 == 0 ? 2 : 0)
+                                       : OHW + (OHW % 2 == 0 ? 1 : 0);
+    constexpr int IPW = (NI + NW - 1) / NW;                    // images each warp stages and stores
+    constexpr int JI = (IHW + 31) / 32, JO = (OHW + 31) / 32;  // elements per lane of a plane
+    constexpr int WK = (KK + BLOCK - 1) / BLOCK;               // weights per thread
+    static_assert(BLOCK <= 1024, "one warp per output row and image group");
+    static_assert(OW <= 64 && RP <= 64 && KWP <= 64, "register budget: OW sums, one row, one weight row");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    A* const ws = reinterpret_cast<A*>(smem_raw);
+    A* const xs = reinterpret_cast<A*>(smem_raw + round_up(KH * KWP * (int)sizeof(A), 16));
+    RT* const ys = reinterpret_cast<RT*>(xs + NI * IS);  // NI*IS*sizeof(A): a multiple of 16 bytes
+    const RT* const xr = reinterpret_cast<const RT*>(x);
+    const RT* const wr_g = reinterpret_cast<const RT*>(w);
+    RT* const yr = reinterpret_cast<RT*>(y);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t = warp / NG;                     // output row: uniform across the warp
+    const int il = (warp - t * NG) * 32 + lane;  // image within the chunk
+    // Where element lane + 32*j of a plane lands in the padded staged plane: the same for
+    // every image, so worked out once (not a division per element).
+    int soff[JI];
+#pragma unroll
+    for (int j = 0; j < JI; ++j) {
+        const int k = lane + 32 * j, r = k / IW;
+        soff[j] = r * RP + (k - r * IW);
+    }
+    // Image strides of the staged warp's planes and of its output planes (64-bit: they
+    // pass 2^31 on large batches).
+    const i64 x_step = (i64)NW * a.IC * IHW, y_step = (i64)NW * a.QC * OHW;
+
+    // Units advance by gridDim.x: (chunk, channel) steps by (G / QC, G % QC) with a carry,
+    // worked out once (a division per unit cost ~20 instructions of ~600).
+    struct Unit { int ch, n0, ni; };
+    const i64 g_quot = (i64)gridDim.x / a.QC;
+    const int g_rem = (int)((i64)gridDim.x - g_quot * a.QC);
+    const bool has_bias = !FLIP && bias != nullptr;
+    RT v[IPW][JI], wv[WK], bv = RT(0);
+    // Loads of a unit's planes, weights and bias into registers.
+    auto fetch = [&](const Unit& un) {
+        const i64 in0 = a.DIV == 1 ? un.ch : un.ch / a.DIV;
+        const RT* src = xr + ((i64)(un.n0 + warp) * a.IC + in0) * IHW;
+#pragma unroll
+        for (int i = 0; i < IPW; ++i, src += x_step) {
+            if (warp + i * NW < un.ni) {
+#pragma unroll
+                for (int j = 0; j < JI; ++j)
+                    if (lane + 32 * j < IHW) v[i][j] = __ldg(src + lane + 32 * j);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < WK; ++k) {
+            const int e = tid + k * BLOCK;
+            if (e < KK) wv[k] = __ldg(wr_g + (i64)un.ch * KK + (FLIP ? KK - 1 - e : e));
+        }
+        if (has_bias) bv = __ldg(reinterpret_cast<const RT*>(bias) + un.ch);
+    };
+    auto put = [&](const Unit& un) {
+#pragma unroll
+        for (int i = 0; i < IPW; ++i) {
+            const int i2 = warp + i * NW;
+            if (i2 < un.ni) {
+#pragma unroll
+                for (int j = 0; j < JI; ++j)
+                    if (lane + 32 * j < IHW) xs[i2 * IS + soff[j]] = smem_elem<T>(&v[i][j]);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < WK; ++k) {
+            const int e = tid + k * BLOCK;
+            if (e < KK) ws[e / KW * KWP + e % KW] = smem_elem<T>(&wv[k]);
+        }
+    };
+
+    i64 u = blockIdx.x;
+    if (u >= a.units) return;
+    Unit cur;
+    i64 chunk = u / a.QC;  // once per block
+    cur.ch = (int)(u - chunk * a.QC);
+    cur.n0 = (int)chunk * NI;
+    cur.ni = min(NI, a.N - cur.n0);
+    fetch(cur);
+    for (;;) {
+        // ws and xs were last read by the previous unit's FMAs, before its second barrier.
+        put(cur);
+        const A b0 = has_bias ? smem_elem<T>(&bv) : A(0);
+        __syncthreads();
+        const i64 u_next = u + gridDim.x;
+        const bool more = u_next < a.units;
+        Unit nxt;
+        if (more) {
+            unsigned c = (unsigned)cur.ch + (unsigned)g_rem;  // < 2 * QC: no overflow unsigned
+            chunk += g_quot;
+            if (c >= (unsigned)a.QC) {
+                c -= (unsigned)a.QC;
+                ++chunk;
+            }
+            nxt.ch = (int)c;
+            nxt.n0 = (int)chunk * NI;
+            nxt.ni = min(NI, a.N - nxt.n0);
+            fetch(nxt);  // in flight during this unit's FMAs and copy-out
+        }
+
+        A acc[OW];
+#pragma unroll
+        for (int j = 0; j < OW; ++j) acc[j] = b0;
+        const A* const xp = xs + il * IS;
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = t * SH - PT + kh * DH;
+            if ((unsigned)ih >= (unsigned)IH) continue;  // the same for every lane
+            A row[RP], wrow[KWP];
+            smem_row(xp + ih * RP, row);
+            smem_row(ws + kh * KWP, wrow);  // one address for all lanes: a broadcast
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                for (int j = 0; j < OW; ++j) {
+                    const int iw = j * SW - PL + kw * DW;
+                    if (iw >= 0 && iw < IW) acc[j] = fma(row[iw], wrow[kw], acc[j]);
+                }
+        }
+        if (il < cur.ni) {
+#pragma unroll
+            for (int j = 0; j < OW; ++j) {
+                T o;
+                store1(&o, acc[j]);
+                ys[il * OPS + t * OW + j] = *reinterpret_cast<const RT*>(&o);
+            }
+        }
+        __syncthreads();
+        // Each image's output plane is one contiguous run; the next unit writes ys only
+        // after its first barrier, which every thread reaches after this copy.
+        RT* dst = yr + ((i64)(cur.n0 + warp) * a.QC + cur.ch) * OHW;
+#pragma unroll
+        for (int i = 0; i < IPW; ++i, dst += y_step) {
+            const int i2 = warp + i * NW;
+            if (i2 < cur.ni) {
+#pragma unroll
+                for (int j = 0; j < JO; ++j)
+                    if (lane + 32 * j < OHW) dst[lane + 32 * j] = ys[i2 * OPS + lane + 32 * j];
+            }
+        }
+        if (!more) break;
+        cur = nxt;
+        u = u_next;
     }
 }
 
