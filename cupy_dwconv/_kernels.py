@@ -749,65 +749,84 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
 BATCH_MAX_ROW = 64  # OW sums, one staged row and one weight row live in registers
 
 
-def _batch_layout(pr, dtype):
-    """(LV, RP, IS, KWP, OPS) of conv_batch's shared memory (mirrors BatchLayout and the
-    kernel's constants in cuda/plane.cu): accumulator values per 16-byte read, staged row
-    pitch, staged image stride (an odd number of 16-byte slots), weight row pitch, output
-    plane pitch (storage elements)."""
+def _batch_layout(pr, dtype, cg=1):
+    """(LV, RP, IS, KWP, OPS, VE) of conv_batch's shared memory and accesses (mirrors
+    BatchLayout and the kernel's constants in cuda/plane.cu): accumulator values per
+    16-byte read, staged row pitch, staged plane stride (an odd number of 16-byte slots),
+    weight row pitch, output run pitch (storage elements), storage elements per global
+    access."""
     acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
+    size = ITEMSIZE[dtype]
     lv = 16 // acc
     rp = _cdiv(pr.IW, lv) * lv
     ps = pr.IH * rp
     image = ps if (ps * acc // 16) % 2 == 1 else ps + lv
     ohw = pr.OH * pr.OW
-    if ITEMSIZE[dtype] == 2:
+    ve = 1 if cg == 1 else 16 // size
+    if cg > 1:
+        run = cg * ohw
+        ops = run if (run * size // 16) % 2 == 1 else run + ve
+    elif size == 2:
         e = _cdiv(ohw, 2) * 2
         ops = e + (2 if (e // 2) % 2 == 0 else 0)
     else:
         ops = ohw + (1 if ohw % 2 == 0 else 0)
-    return lv, rp, image, _cdiv(pr.KW, lv) * lv, ops
+    return lv, rp, image, _cdiv(pr.KW, lv) * lv, ops, ve
 
 
-def batch_smem_bytes(pr, dtype, ng):
-    """Dynamic shared memory of conv_batch: the weights and the 32*NG images' staged input
-    planes (accumulation type), then their output planes (storage type)."""
+def batch_smem_bytes(pr, dtype, cg=1):
+    """Dynamic shared memory of conv_batch: the unit's weights and its 32 staged input
+    planes (accumulation type), then its output runs (storage type)."""
     acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
-    _, _, image, kwp, ops = _batch_layout(pr, dtype)
-    return _up16(pr.KH * kwp * acc) + 32 * ng * image * acc + _up16(32 * ng * ops * ITEMSIZE[dtype])
+    _, _, image, kwp, ops, _ = _batch_layout(pr, dtype, cg)
+    return _up16(cg * pr.KH * kwp * acc) + 32 * image * acc + _up16((32 // cg) * ops * ITEMSIZE[dtype])
 
 
-def _batch_regs(pr, dtype, ng):
+def _batch_regs(pr, dtype, cg=1):
     """Registers conv_batch needs (32-bit): the row's sums, one staged row and one weight
-    row, the next unit's loads in flight (a warp's images x a plane's elements per lane)
-    and their shared-memory offsets, plus ~32 for addresses and loop state."""
-    _, rp, _, kwp, _ = _batch_layout(pr, dtype)
+    row, the next unit's loads in flight (a warp's runs x accesses per lane) and their
+    shared-memory offsets, plus ~32 for addresses and loop state."""
+    _, rp, _, kwp, _, ve = _batch_layout(pr, dtype, cg)
     wide = 2 if ACC_DTYPE[dtype] == "float64" else 1
-    ji = _cdiv(pr.IH * pr.IW, 32)
-    ipw = _cdiv(32 * ng, pr.OH * ng)
-    return (pr.OW + rp + kwp + ipw * ji) * wide + ji + 32
+    jv = _cdiv(cg * pr.IH * pr.IW // ve, 32)
+    ipw = _cdiv(32 // cg, pr.OH)
+    inflight = ipw * jv * ve * ITEMSIZE[dtype] // 4 if ITEMSIZE[dtype] >= 4 else ipw * jv
+    return (pr.OW + rp + kwp) * wide + inflight + jv * ve + 32
 
 
-def batch_launch(pr, dtype, ng=None, minb=None, blocks=None, sms=132):
+def _batch_groups(pr, dtype, x_ptr):
+    """Channels per conv_batch unit: 4 (16-byte staging and stores) where float32 runs
+    of 4 channels start on 16-byte boundaries (4 | channels, the input pointer 16-byte
+    aligned) and each output channel reads its own input plane; else 1."""
+    ok = ITEMSIZE[dtype] == 4 and pr.DIV == 1 and pr.QC % 4 == 0 and pr.IC % 4 == 0 and x_ptr % 16 == 0
+    return 4 if ok else 1
+
+
+def batch_launch(pr, dtype, x_ptr=0, cg=None, minb=None, blocks=None, sms=132):
     """conv_batch plan (MODE 0 correlations with one input plane per output plane, at any
     stride, optionally with the rotated kernel); None if a warp per output row does not
-    fit a block. `ng` groups of 32 images per unit (default 1); persistent blocks, at most
-    `blocks` (default: as many as are resident on `sms` multiprocessors)."""
+    fit a block, or `cg` 4 is asked where its runs are not 16-byte vectors. `cg` channels
+    per unit (default `_batch_groups`); persistent blocks, at most `blocks` (default: as
+    many as are resident on `sms` multiprocessors)."""
     if pr.mode != 0 or pr.R != 1 or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW or min(pr.OH, pr.OW) < 1:
         return None
-    ng = 1 if ng is None else ng
-    block = pr.OH * ng * 32
-    smem = batch_smem_bytes(pr, dtype, ng)
+    fit = _batch_groups(pr, dtype, x_ptr)
+    cg = fit if cg is None else cg
+    if cg not in (1, fit):
+        return None
+    block = pr.OH * 32
+    smem = batch_smem_bytes(pr, dtype, cg)
     if block > 1024 or smem > SM_SMEM:
         return None
-    per_sm = max(1, min(_plane_minb(block, _batch_regs(pr, dtype, ng)), SM_THREADS // block,
+    per_sm = max(1, min(_plane_minb(block, _batch_regs(pr, dtype, cg)), SM_THREADS // block,
                         SM_SMEM // (smem + 1024)))
     minb = per_sm if minb is None else minb
     expr = "dw::conv_batch<" + _targs(
         CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL,
-        pr.flip, ng, minb
+        pr.flip, cg, minb
     ) + ">"
     n = pr.planes // pr.QC
-    units = pr.QC * _cdiv(n, 32 * ng)
+    units = pr.QC // cg * _cdiv(n, 32 // cg)
     args = pack_args("BatchArgs", units=units, IC=pr.IC, N=n, QC=pr.QC, DIV=pr.DIV)
     grid = (max(1, min(units, blocks or sms * minb, INT32_MAX)), 1, 1)
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
@@ -1054,12 +1073,14 @@ def _use_plane(pr, dtype):
 def _use_batch(pr, dtype):
     """Small planes at stride 1 go to conv_batch (a unit per channel across the batch, a
     warp per output row) where it measured ahead of conv_plane (H200, benchmarks/ab.py,
-    us, 64 images, conv_batch against the previous plan; NOTES session 27): 7x7 kernels
-    on 7x7 planes float32 13.4 / 13.4 (grad input) against 14.3 / 14.3, 14x14 float32
-    23.4 / 23.2 against 28.2 / 26.7, float16 22.4 against 24.1; 5x5 on 7x7 float32 15.5
-    against 18.8, on 14x14 31.4 against 33.2; float64 7x7 on 7x7 18.9 against 44.9, on
-    14x14 34.8 against 89.4 (conv_tile), 3x3 on 7x7 20.2 against 22.2. Not taken: 3x3 in
-    float32 (13.0 against 12.5 on 7x7), 16-bit 7x7 planes (13.1 against 12.5), 1xK
+    us, 64 images, conv_batch against the previous plan; NOTES session 27; float32 at 4
+    channels per unit): 7x7 kernels on 7x7 planes float32 12.7 / 12.6 (grad input)
+    against 14.4 / 14.2, 14x14 float32 22.9 against 28.2, float16 22.4 against 24.1; 5x5
+    on 7x7 float32 14.7 against 18.8, on 14x14 31.4 (one channel per unit) against 33.2;
+    float64 7x7 on 7x7 18.9 against 44.9, on 14x14 34.8 against 89.4 (conv_tile), 3x3 on
+    7x7 20.2 against 22.2. Not taken: 3x3 in float32 (7x7 planes: 12.0 against 12.5 at 4
+    channels per unit, 13.1 at one; not enough to move), 16-bit 7x7 planes (13.1 against
+    12.5), 1xK
     kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
     that gathers several planes (multiplier > 1), other strides and dilations (not
     measured; the forced tests cover them)."""
@@ -1761,7 +1782,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
         if kind == "plane":
             return plane_launch(q, dtype, sms=sms, **kwargs) if q.mode == 0 else None
         if kind == "batch":
-            return batch_launch(q, dtype, sms=sms, **kwargs)
+            return batch_launch(q, dtype, x_ptr, sms=sms, **kwargs)
         if kind == "lines":
             return lines_launch(q, dtype, sms=sms, **kwargs)
         if kind == "rows":
@@ -1775,7 +1796,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
-    launch = batch_launch(q, dtype, sms=sms) if _use_batch(q, dtype) else None
+    launch = batch_launch(q, dtype, x_ptr, sms=sms) if _use_batch(q, dtype) else None
     if launch is None and q.mode == 0 and _use_plane(q, dtype):
         launch = plane_launch(q, dtype, sms=sms)
     if launch is None and _use_mma_rows(q, dtype, x_ptr):

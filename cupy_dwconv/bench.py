@@ -735,8 +735,9 @@ def short_kernel_name(expr):
     except (IndexError, ValueError):
         pass
     try:
-        if name == "conv_batch":  # images per unit (32 x NG)
-            return f"conv_batch {32 * int(args[14])} images" + (" flip" if args[13] == "true" else "")
+        if name == "conv_batch":  # channels x images per unit
+            cg = int(args[14])
+            return f"conv_batch {cg}x{32 // cg}" + (" flip" if args[13] == "true" else "")
     except (IndexError, ValueError):
         pass
     try:

@@ -272,11 +272,17 @@ def test_plane_launch_budget():
     for dtype in ("float16", "float32", "float64"):
         batch = _kernels.plan_forward(tiny, dtype, 0, 90, 132)
         if dtype != "float16":
-            assert "conv_batch" in batch.expr and batch.block[0] == 7 * 32
-            assert batch.shared_mem == _kernels.batch_smem_bytes(pr, dtype, 1)
+            cg = 4 if dtype == "float32" else 1  # float32: 16-byte runs of 4 channels
+            assert "conv_batch" in batch.expr and batch.block[0] == 7 * 32 and _args(batch.expr)[14] == str(cg)
+            assert batch.shared_mem == _kernels.batch_smem_bytes(pr, dtype, cg)
             minb = int(_args(batch.expr)[-1])
-            assert _kernels.reg_cap(batch.block[0], minb) >= _kernels._batch_regs(pr, dtype, 1)
-            assert batch.grid[0] == min(768 * 2, 132 * minb) and int(batch.scalars[0]["units"]) == 768 * 2
+            assert _kernels.reg_cap(batch.block[0], minb) >= _kernels._batch_regs(pr, dtype, cg)
+            units = 768 // cg * (64 // (32 // cg))
+            assert batch.grid[0] == min(units, 132 * minb) and int(batch.scalars[0]["units"]) == units
+        # A misaligned input, or channels not a multiple of 4: one channel per unit.
+        assert _args(_kernels.plan_forward(tiny, "float32", 4, 90, 132).expr)[14] == "1"
+        odd = params((64, 766, 7, 7), (766, 1, 7, 7), 1, 3, 1)
+        assert _args(_kernels.plan_forward(odd, "float32", 0, 90, 132).expr)[14] == "1"
         launch = _kernels.plan_conv(pr, dtype, 0, force=("plane", {}), arch=90, sms=132)
         planes = int(launch.scalars[0]["P"])
         assert launch.shared_mem == _kernels.plane_smem_bytes(pr, dtype, planes) <= _kernels.PLANE_SMEM

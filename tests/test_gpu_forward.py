@@ -183,14 +183,16 @@ def test_plane(shape, variant, dtype):
     _check_forced_both_passes(shape, dtype, "plane", 23, variant, grad_input_declined=shape[7] != 1)
 
 
-# conv_batch (a block per channel across 32 or 64 batch items, a warp per output row):
-# batches that leave idle lanes (40, 70 and 3 images: the last chunk partial), odd and
-# even planes, a channel multiplier (grad input declined: it gathers 2 planes per output),
-# asymmetric padding, stride 2 (grad input declined), dilation with padding past the
-# kernel (the rotated grad-input problem crops), a 1x7 kernel on 17 rows, a block of 14
-# rows x 64 images. Variants: the default plan; 64 images per block on a grid of 3 (each
-# block walks several units: staging reuses the shared memory its previous unit read);
-# 32 images at one block per SM.
+# conv_batch (a unit of one channel across 32 images, or of 4 channels across 8, a warp
+# per output row): batches that leave idle lanes (40, 70, 37 and 3 images: the last
+# chunk partial), odd and even planes, a channel multiplier (grad input declined: it
+# gathers 2 planes per output), asymmetric padding, stride 2 (grad input declined),
+# dilation with padding past the kernel (the rotated grad-input problem crops), a 1x7
+# kernel on 17 rows, 14 rows, 8 and 4 channels (4 per unit in float32: 16-byte runs).
+# Variants: the default plan; one channel per unit on a grid of 3 (each block walks
+# several units: staging reuses the shared memory its previous unit read); one channel
+# at one block per SM; 4 channels per unit on a grid of 5 (float32, 4 | channels, no
+# multiplier; declined elsewhere).
 BATCH_SHAPES = [
     # N, C, M, H, W, KH, KW, stride, padding, dilation
     (40, 3, 1, 7, 7, 7, 7, 1, 3, 1),
@@ -199,8 +201,10 @@ BATCH_SHAPES = [
     (34, 2, 1, 8, 13, 3, 3, 1, 3, 2),
     (70, 2, 1, 17, 17, 1, 7, 1, (0, 3), 1),
     (64, 3, 1, 14, 14, 7, 7, 1, 3, 1),
+    (37, 8, 1, 7, 7, 7, 7, 1, 3, 1),
+    (9, 4, 1, 13, 10, 5, 5, 1, 2, 1),
 ]
-BATCH_VARIANTS = [{}, dict(ng=2, blocks=3), dict(ng=1, minb=1)]
+BATCH_VARIANTS = [{}, dict(cg=1, blocks=3), dict(cg=1, minb=1), dict(cg=4, blocks=5)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -208,8 +212,8 @@ BATCH_VARIANTS = [{}, dict(ng=2, blocks=3), dict(ng=1, minb=1)]
 @pytest.mark.parametrize("shape", BATCH_SHAPES, ids=str)
 def test_batch(shape, variant, dtype):
     """conv_batch, forced, forward and (at stride 1) grad input, against the reference."""
-    if variant.get("ng") == 2 and shape[3] * 64 > 1024:
-        pytest.skip("64 images of 17 rows: a block of more than 1024 threads")
+    if variant.get("cg") == 4 and (dtype != "float32" or shape[1] % 4 or shape[2] != 1):
+        pytest.skip("4 channels per unit: float32, 4 | channels, one input plane per output plane")
     _check_forced_both_passes(shape, dtype, "batch", 37, variant, grad_input_declined=shape[7] != 1 or shape[2] != 1)
 
 

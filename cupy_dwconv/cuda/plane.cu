@@ -6,8 +6,8 @@
 //                kernel): the plane geometry is a template constant, so every padding
 //                test and every index folds at compile time.
 //   conv_batch   the same problems (one input plane per output plane), a unit per
-//                channel across 32-64 batch items and a warp per output row (lanes:
-//                images); persistent blocks load the next unit during this one.
+//                channel (or 4) across 32 (or 8) batch items and a warp per output row
+//                (lanes: planes); persistent blocks load the next unit during this one.
 //   conv_lines   the same for large kernels (more than 64 taps) on planes up to what
 //                shared memory holds: a thread per output row, tap rows outside the
 //                plane skipped at run time, columns at compile time.
@@ -309,120 +309,148 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     }
 }
 
-// conv_batch: small planes, one channel across a chunk of the batch per unit (ConvNeXt's
-// last stage: 64 x 768 planes of 7x7 under a 7x7 kernel). Warp (t, g) computes output
-// row t of the 32 images g*32 .. g*32 + 31 of the unit's chunk, one image per lane.
+// conv_batch: small planes, CG channels across a chunk of 32 / CG images per unit
+// (ConvNeXt's last stage: 64 x 768 planes of 7x7 under a 7x7 kernel). Warp t computes
+// output row t of every plane of the unit, one plane per lane (lane = c * NI + image).
 //
 // Why, against conv_plane (a thread per whole plane, 49 sums, 145 registers, 12 warps per
 // SM in one wave whose copies, FMAs and stores do not overlap): here a thread holds one
-// output row (OW sums, one staged row, one weight row), so a block of OH warps per 32
-// images leaves room for ~28 warps per SM. The lanes of a warp share a channel and an
-// output row, so the weight reads are broadcasts, and the test whether a tap row lies
-// inside the plane is uniform across the warp (rows outside the plane are skipped without
-// divergence; columns outside it are dropped at compile time). A unit's weights are one
-// channel's KH*KW values for 32*NG planes (conv_plane stages a weight plane per plane).
+// output row (OW sums, one staged row, one weight row), so a block of OH warps leaves
+// room for ~28 warps per SM. The lanes of a warp share an output row, so the test whether
+// a tap row lies inside the plane is uniform across the warp (rows outside the plane are
+// skipped without divergence; columns outside it are dropped at compile time), and they
+// share CG channels' weights (broadcast reads; conv_plane stages a weight plane per plane).
+//
+// Staging and copy-out go warp by image: an image's CG planes of the unit are one
+// contiguous run, its lanes take consecutive elements (coalesced). CG == 1: element by
+// element (any alignment, any multiplier). CG == 4 (float32, 4 | channels, a 16-byte
+// aligned input, one input plane per output channel): 16-byte vectors, a quarter of the
+// load and store instructions, which were most of CG == 1's (NOTES, session 27). Where
+// element q of the run lands in shared memory is the same for every image, so it is
+// worked out once per thread.
 //
 // Pipeline: blocks are persistent (units blockIdx.x, blockIdx.x + gridDim.x, ...). The
-// loads of the next unit's planes and weights go out into registers right after this
-// unit's first barrier and land while this unit is computed and stored; they are written
-// to shared memory after the second barrier (every read of the staged unit is done).
-// 16-bit values stay raw in those registers: a conversion next to the load would wait
-// for it.
+// loads of the next unit's planes, weights and bias go out into registers right after
+// this unit's first barrier and land while this unit is computed and stored; they are
+// written to shared memory after the second barrier (every read of the staged unit is
+// done). 16-bit values stay raw in those registers: a conversion next to the load would
+// wait for it.
 //
-// Shared memory: weights [KH][KWP] and input planes [image][IH][RP], both converted to
-// the accumulation type (16-byte row reads, no conversion in the FMA loop); image stride
+// Shared memory: weights [CG][KH][KWP] and input planes [lane][IH][RP], both converted to
+// the accumulation type (16-byte row reads, no conversion in the FMA loop); plane stride
 // IS with IS*sizeof(A)/16 odd, so the 8 lanes of a quarter-warp reading the same row of 8
-// images hit distinct 16-byte bank groups. Outputs [image][OPS] in the storage type,
-// OPS*sizeof(T) an odd number of 4-byte words (8-byte: of 8-byte words), so the lanes'
-// stores of one output hit distinct banks. Staging and copy-out go warp by image (lanes
-// on consecutive elements of one plane: coalesced).
+// planes hit distinct 16-byte bank groups. Outputs [image][OPS] in the storage type (the
+// image's CG output planes, as they lie in memory): CG == 1, OPS*sizeof(T) an odd number
+// of 4-byte words (8-byte types: of 8-byte words); CG == 4, an odd number of 16-byte
+// vectors; either way the lanes' stores of one output hit distinct banks.
 //
 // Bytes per output: (IH*IW/(OH*OW) + 1) elements of DRAM traffic, every element moved
-// once; the weights (KH*KW per unit) are L2 hits after the first chunk.
+// once; the weights (CG*KH*KW per unit) are L2 hits after the first chunk.
 //
-// One input plane per output plane (forward: any multiplier; grad input at stride 1 with
-// multiplier 1, the rotated problem). Template arguments: T storage type; KH KW SH SW DH
-// DW kernel geometry; IH IW OH OW PT PL plane geometry and padding (negative PT/PL crop:
-// the rotated grad-input problem); FLIP read the kernel rotated by 180 degrees; NG groups
-// of 32 images per unit (BLOCK = OH * NG * 32 threads); MINB launch bound.
+// One input plane per output plane (forward: any multiplier at CG == 1; grad input at
+// stride 1 with multiplier 1, the rotated problem). Template arguments: T storage type;
+// KH KW SH SW DH DW kernel geometry; IH IW OH OW PT PL plane geometry and padding
+// (negative PT/PL crop: the rotated grad-input problem); FLIP read the kernel rotated by
+// 180 degrees; CG channels per unit (1 or 4); MINB launch bound (BLOCK = OH * 32).
 template <class A, int IH, int IW>
 struct BatchLayout {
     static constexpr int LV = SmemVec<A>::N;       // accumulator values per 16-byte read
     static constexpr int RP = round_up(IW, LV);   // staged row pitch
     static constexpr int PS = IH * RP;            // one staged plane
-    // Image stride: an odd number of 16-byte slots.
+    // Plane stride: an odd number of 16-byte slots.
     static constexpr int IS = (PS * (int)sizeof(A) / 16) % 2 == 1 ? PS : PS + LV;
 };
 
+// The raw bits of BYTES bytes, loaded and stored as one access.
+template <int BYTES> struct RawBits;
+template <> struct RawBits<2> { typedef unsigned short type; };
+template <> struct RawBits<4> { typedef unsigned type; };
+template <> struct RawBits<8> { typedef unsigned long long type; };
+template <> struct RawBits<16> { typedef uint4 type; };
+
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
-          bool FLIP, int NG, int MINB>
-__global__ void __launch_bounds__(OH * NG * 32, MINB)
+          bool FLIP, int CG, int MINB>
+__global__ void __launch_bounds__(OH * 32, MINB)
 conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
            const BatchArgs a) {
     typedef typename Traits<T>::acc A;
     typedef typename Raw<T>::type RT;
     typedef BatchLayout<A, IH, IW> L;
-    constexpr int BLOCK = OH * NG * 32, NI = NG * 32, NW = BLOCK / 32;
+    constexpr int BLOCK = OH * 32, NW = OH;
+    constexpr int NI = 32 / CG;  // images per unit
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
     constexpr int RP = L::RP, IS = L::IS;
     constexpr int KWP = round_up(KW, L::LV);
-    // Output plane pitch: an odd number of 4-byte words (8-byte types: of 8-byte words).
-    constexpr int OPS = sizeof(T) == 2 ? (OHW + 1) / 2 * 2 + ((OHW + 1) / 2 % 2 == 0 ? 2 : 0)
+    constexpr int VE = CG == 1 ? 1 : 16 / (int)sizeof(T);  // storage elements per global access
+    typedef typename RawBits<VE * (int)sizeof(T)>::type V;
+    constexpr int RUN = CG * IHW, ORUN = CG * OHW;           // an image's input and output run
+    constexpr int JV = (RUN / VE + 31) / 32, JO = (ORUN / VE + 31) / 32;  // accesses per lane and run
+    constexpr int IPW = (NI + NW - 1) / NW;                  // images each warp stages and stores
+    constexpr int OPS = CG > 1 ? (ORUN * (int)sizeof(T) / 16 % 2 == 1 ? ORUN : ORUN + VE)
+                      : sizeof(T) == 2 ? (OHW + 1) / 2 * 2 + ((OHW + 1) / 2 % 2 == 0 ? 2 : 0)
                                        : OHW + (OHW % 2 == 0 ? 1 : 0);
-    constexpr int IPW = (NI + NW - 1) / NW;                    // images each warp stages and stores
-    constexpr int JI = (IHW + 31) / 32, JO = (OHW + 31) / 32;  // elements per lane of a plane
-    constexpr int WK = (KK + BLOCK - 1) / BLOCK;               // weights per thread
-    static_assert(BLOCK <= 1024, "one warp per output row and image group");
+    constexpr int WK = (CG * KK + BLOCK - 1) / BLOCK;        // weights per thread
+    static_assert(CG == 1 || CG == 4, "one channel per unit, or four");
+    static_assert(RUN % VE == 0 && ORUN % VE == 0, "runs of whole vectors");
+    static_assert(BLOCK <= 1024, "one warp per output row");
     static_assert(OW <= 64 && RP <= 64 && KWP <= 64, "register budget: OW sums, one row, one weight row");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     A* const ws = reinterpret_cast<A*>(smem_raw);
-    A* const xs = reinterpret_cast<A*>(smem_raw + round_up(KH * KWP * (int)sizeof(A), 16));
-    RT* const ys = reinterpret_cast<RT*>(xs + NI * IS);  // NI*IS*sizeof(A): a multiple of 16 bytes
-    const RT* const xr = reinterpret_cast<const RT*>(x);
+    A* const xs = reinterpret_cast<A*>(smem_raw + round_up(CG * KH * KWP * (int)sizeof(A), 16));
+    RT* const ys = reinterpret_cast<RT*>(xs + 32 * IS);  // 32*IS*sizeof(A): a multiple of 16 bytes
+    const V* const xv = reinterpret_cast<const V*>(x);
     const RT* const wr_g = reinterpret_cast<const RT*>(w);
-    RT* const yr = reinterpret_cast<RT*>(y);
+    V* const yv = reinterpret_cast<V*>(y);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int t = warp / NG;                     // output row: uniform across the warp
-    const int il = (warp - t * NG) * 32 + lane;  // image within the chunk
-    // Where element lane + 32*j of a plane lands in the padded staged plane: the same for
-    // every image, so worked out once (not a division per element).
-    int soff[JI];
+    const int t = warp;                          // output row: uniform across the warp
+    const int cl = lane / NI, img = lane - cl * NI;  // this lane's channel of the unit and image
+    // Where element q = (lane + 32*j)*VE + e of an image's run lands in the staged planes
+    // (less the image's own offset): the same for every image.
+    int soff[JV][VE];
 #pragma unroll
-    for (int j = 0; j < JI; ++j) {
-        const int k = lane + 32 * j, r = k / IW;
-        soff[j] = r * RP + (k - r * IW);
-    }
-    // Image strides of the staged warp's planes and of its output planes (64-bit: they
-    // pass 2^31 on large batches).
-    const i64 x_step = (i64)NW * a.IC * IHW, y_step = (i64)NW * a.QC * OHW;
+    for (int j = 0; j < JV; ++j)
+#pragma unroll
+        for (int e = 0; e < VE; ++e) {
+            const int q = (lane + 32 * j) * VE + e;
+            const int c = q / IHW, k = q - c * IHW, r = k / IW;
+            soff[j][e] = c * NI * IS + r * RP + (k - r * IW);
+        }
+    // Image strides of a warp's input runs and output runs (64-bit: they pass 2^31 on
+    // large batches), in accesses.
+    const i64 x_step = (i64)NW * a.IC * IHW / VE, y_step = (i64)NW * a.QC * OHW / VE;
+    const int QG = a.QC / CG;  // channel groups
 
-    // Units advance by gridDim.x: (chunk, channel) steps by (G / QC, G % QC) with a carry,
+    // Units advance by gridDim.x: (chunk, group) steps by (G / QG, G % QG) with a carry,
     // worked out once (a division per unit cost ~20 instructions of ~600).
-    struct Unit { int ch, n0, ni; };
-    const i64 g_quot = (i64)gridDim.x / a.QC;
-    const int g_rem = (int)((i64)gridDim.x - g_quot * a.QC);
+    struct Unit { int c0, n0, ni; };
+    const i64 g_quot = (i64)gridDim.x / QG;
+    const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     const bool has_bias = !FLIP && bias != nullptr;
-    RT v[IPW][JI], wv[WK], bv = RT(0);
-    // Loads of a unit's planes, weights and bias into registers.
+    V v[IPW][JV];
+    RT wv[WK], bv = RT(0);
+    // Loads of a unit's runs, weights and bias into registers.
     auto fetch = [&](const Unit& un) {
-        const i64 in0 = a.DIV == 1 ? un.ch : un.ch / a.DIV;
-        const RT* src = xr + ((i64)(un.n0 + warp) * a.IC + in0) * IHW;
+        const i64 in0 = CG > 1 || a.DIV == 1 ? un.c0 : un.c0 / a.DIV;
+        const V* src = xv + ((i64)(un.n0 + warp) * a.IC + in0) * IHW / VE;
 #pragma unroll
         for (int i = 0; i < IPW; ++i, src += x_step) {
             if (warp + i * NW < un.ni) {
 #pragma unroll
-                for (int j = 0; j < JI; ++j)
-                    if (lane + 32 * j < IHW) v[i][j] = __ldg(src + lane + 32 * j);
+                for (int j = 0; j < JV; ++j)
+                    if (lane + 32 * j < RUN / VE) v[i][j] = __ldg(src + lane + 32 * j);
             }
         }
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
-            if (e < KK) wv[k] = __ldg(wr_g + (i64)un.ch * KK + (FLIP ? KK - 1 - e : e));
+            if (e < CG * KK) {
+                const int c = e / KK, kk = e - c * KK;
+                wv[k] = __ldg(wr_g + (i64)(un.c0 + c) * KK + (FLIP ? KK - 1 - kk : kk));
+            }
         }
-        if (has_bias) bv = __ldg(reinterpret_cast<const RT*>(bias) + un.ch);
+        if (has_bias) bv = __ldg(reinterpret_cast<const RT*>(bias) + un.c0 + cl);
     };
     auto put = [&](const Unit& un) {
 #pragma unroll
@@ -430,22 +458,30 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
             const int i2 = warp + i * NW;
             if (i2 < un.ni) {
 #pragma unroll
-                for (int j = 0; j < JI; ++j)
-                    if (lane + 32 * j < IHW) xs[i2 * IS + soff[j]] = smem_elem<T>(&v[i][j]);
+                for (int j = 0; j < JV; ++j)
+                    if (lane + 32 * j < RUN / VE) {
+                        const RT* const r = reinterpret_cast<const RT*>(&v[i][j]);
+#pragma unroll
+                        for (int e = 0; e < VE; ++e) xs[i2 * IS + soff[j][e]] = smem_elem<T>(r + e);
+                    }
             }
         }
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
-            if (e < KK) ws[e / KW * KWP + e % KW] = smem_elem<T>(&wv[k]);
+            if (e < CG * KK) {
+                const int c = e / KK, kk = e - c * KK, kh = kk / KW;
+                ws[(c * KH + kh) * KWP + kk - kh * KW] = smem_elem<T>(&wv[k]);
+            }
         }
     };
 
     i64 u = blockIdx.x;
     if (u >= a.units) return;
     Unit cur;
-    i64 chunk = u / a.QC;  // once per block
-    cur.ch = (int)(u - chunk * a.QC);
+    i64 chunk = u / QG;  // once per block
+    int g = (int)(u - chunk * QG);
+    cur.c0 = g * CG;
     cur.n0 = (int)chunk * NI;
     cur.ni = min(NI, a.N - cur.n0);
     fetch(cur);
@@ -458,13 +494,14 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         const bool more = u_next < a.units;
         Unit nxt;
         if (more) {
-            unsigned c = (unsigned)cur.ch + (unsigned)g_rem;  // < 2 * QC: no overflow unsigned
+            unsigned gg = (unsigned)g + (unsigned)g_rem;  // < 2 * QG: no overflow unsigned
             chunk += g_quot;
-            if (c >= (unsigned)a.QC) {
-                c -= (unsigned)a.QC;
+            if (gg >= (unsigned)QG) {
+                gg -= (unsigned)QG;
                 ++chunk;
             }
-            nxt.ch = (int)c;
+            g = (int)gg;
+            nxt.c0 = g * CG;
             nxt.n0 = (int)chunk * NI;
             nxt.ni = min(NI, a.N - nxt.n0);
             fetch(nxt);  // in flight during this unit's FMAs and copy-out
@@ -473,14 +510,15 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         A acc[OW];
 #pragma unroll
         for (int j = 0; j < OW; ++j) acc[j] = b0;
-        const A* const xp = xs + il * IS;
+        const A* const xp = xs + lane * IS;
+        const A* const wp = ws + cl * KH * KWP;
 #pragma unroll
         for (int kh = 0; kh < KH; ++kh) {
             const int ih = t * SH - PT + kh * DH;
             if ((unsigned)ih >= (unsigned)IH) continue;  // the same for every lane
             A row[RP], wrow[KWP];
             smem_row(xp + ih * RP, row);
-            smem_row(ws + kh * KWP, wrow);  // one address for all lanes: a broadcast
+            smem_row(wp + kh * KWP, wrow);  // CG addresses across the warp: broadcasts
 #pragma unroll
             for (int kw = 0; kw < KW; ++kw)
 #pragma unroll
@@ -489,25 +527,26 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
                     if (iw >= 0 && iw < IW) acc[j] = fma(row[iw], wrow[kw], acc[j]);
                 }
         }
-        if (il < cur.ni) {
+        if (img < cur.ni) {
 #pragma unroll
             for (int j = 0; j < OW; ++j) {
                 T o;
                 store1(&o, acc[j]);
-                ys[il * OPS + t * OW + j] = *reinterpret_cast<const RT*>(&o);
+                ys[img * OPS + cl * OHW + t * OW + j] = *reinterpret_cast<const RT*>(&o);
             }
         }
         __syncthreads();
-        // Each image's output plane is one contiguous run; the next unit writes ys only
-        // after its first barrier, which every thread reaches after this copy.
-        RT* dst = yr + ((i64)(cur.n0 + warp) * a.QC + cur.ch) * OHW;
+        // Each image's output run is contiguous; the next unit writes ys only after its
+        // first barrier, which every thread reaches after this copy.
+        V* dst = yv + ((i64)(cur.n0 + warp) * a.QC + cur.c0) * OHW / VE;
 #pragma unroll
         for (int i = 0; i < IPW; ++i, dst += y_step) {
             const int i2 = warp + i * NW;
             if (i2 < cur.ni) {
+                const V* const s = reinterpret_cast<const V*>(ys + i2 * OPS);
 #pragma unroll
                 for (int j = 0; j < JO; ++j)
-                    if (lane + 32 * j < OHW) dst[lane + 32 * j] = ys[i2 * OPS + lane + 32 * j];
+                    if (lane + 32 * j < ORUN / VE) dst[lane + 32 * j] = s[lane + 32 * j];
             }
         }
         if (!more) break;
