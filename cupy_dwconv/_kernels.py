@@ -744,9 +744,10 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
 
 
-# ---- conv_batch (small planes: a block per channel across the batch) ---------------------
+# ---- conv_batch (small planes: units of 1 or 4 channels across the batch) ----------------
 
-BATCH_MAX_ROW = 64  # OW sums, one staged row and one weight row live in registers
+BATCH_MAX_ROW = 64   # OW sums, one staged row and one weight row live in registers
+BATCH_MAX_ROWS = 16  # the dispatcher's limit on output rows (warps per block): measured 7 and 14
 
 
 def _batch_layout(pr, dtype, cg=1):
@@ -1082,11 +1083,13 @@ def _use_batch(pr, dtype):
     channels per unit, 13.1 at one; not enough to move), 16-bit 7x7 planes (13.1 against
     12.5), 1xK
     kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
-    that gathers several planes (multiplier > 1), other strides and dilations (not
-    measured; the forced tests cover them)."""
+    that gathers several planes (multiplier > 1), other strides and dilations, and planes
+    of more than 16 rows (blocks past 512 threads, whose register cap at one block per SM
+    is under 128 while a row of 20 sums, its staged row and the next unit's loads want
+    more; not measured: the forced tests cover them)."""
     if pr.mode != 0 or pr.R != 1 or pr.KH == 1 or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1):
         return False
-    if pr.OH * pr.OW > PLANE_MAX_OUTPUTS or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW:
+    if pr.OH > BATCH_MAX_ROWS or pr.OH * pr.OW > PLANE_MAX_OUTPUTS or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW:
         return False
     taps = pr.KH * pr.KW
     if dtype == "float64":

@@ -178,7 +178,8 @@ def test_plane_dispatch():
         (14, 7, "float32", "conv_batch"), (14, 7, "float16", "conv_batch"), (14, 3, "bfloat16", "conv_plane"),
         (14, 5, "float32", "conv_batch"), (10, 3, "float16", "conv_plane"), (10, 3, "float32", None),
         (16, 3, "float32", None), (16, 3, "float16", None), (12, 3, "float32", None), (14, 7, "float64", "conv_batch"),
-        (10, 5, "float16", "conv_plane"), (12, 5, "bfloat16", "conv_batch"),
+        (10, 5, "float16", "conv_plane"), (12, 5, "bfloat16", "conv_batch"), (17, 5, "float32", "conv_plane"),
+        (17, 3, "float64", "conv_plane"),
     ):
         p = params((4, 8, hw, hw), (8, 1, k, k), 1, k // 2, 1)
         back = _params.backward_params(p.out_shape, p.x_shape, p.weight_shape, 1, k // 2, 1)
