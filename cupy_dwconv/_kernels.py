@@ -747,7 +747,12 @@ def plane_launch(pr, dtype, rows=None, stages=None, planes=None, blocks=None, sm
 # ---- conv_batch (small planes: units of 1 or 4 channels across the batch) ----------------
 
 BATCH_MAX_ROW = 64   # OW sums, one staged row and one weight row live in registers
-BATCH_MAX_ROWS = 16  # the dispatcher's limit on output rows (warps per block): measured 7 and 14
+# The dispatcher's limits on plane rows (warps per block) and columns: measured 7 and 14;
+# every specialization within them compiles without spills (tests/test_compile.py,
+# test_batch_plans_never_spill). float64 on 13 to 16 rows spills some (3x5 on 15 x 15,
+# 7x5 on 13 x 13: 4-28 bytes at 128 registers).
+BATCH_MAX_SIDE = 16
+BATCH_MAX_SIDE_F64 = 12
 
 
 def _batch_layout(pr, dtype, cg=1):
@@ -1078,20 +1083,24 @@ def _use_batch(pr, dtype):
     channels per unit): 7x7 kernels on 7x7 planes float32 12.7 / 12.6 (grad input)
     against 14.4 / 14.2, 14x14 float32 22.9 against 28.2, float16 22.4 against 24.1; 5x5
     on 7x7 float32 14.7 against 18.8, on 14x14 31.4 (one channel per unit) against 33.2;
-    float64 7x7 on 7x7 18.9 against 44.9, on 14x14 34.8 against 89.4 (conv_tile), 3x3 on
-    7x7 20.2 against 22.2. Not taken: 3x3 in float32 (7x7 planes: 12.0 against 12.5 at 4
+    float64 7x7 on 7x7 18.9 against 44.9, 3x3 on 7x7 20.2 against 22.2 (on 14x14 34.8
+    against 89.4, but float64 planes past 12 rows or columns stay off: some of their
+    specializations spill). Not taken: 3x3 in float32 (7x7 planes: 12.0 against 12.5 at 4
     channels per unit, 13.1 at one; not enough to move), 16-bit 7x7 planes (13.1 against
     12.5), 1xK
     kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
-    that gathers several planes (multiplier > 1), other strides and dilations, and planes
-    of more than 16 rows (blocks past 512 threads, whose register cap at one block per SM
-    is under 128 while a row of 20 sums, its staged row and the next unit's loads want
-    more; not measured: the forced tests cover them)."""
+    that gathers several planes (multiplier > 1), other strides and dilations, kernels of
+    more than 64 taps, and planes of more than 16 rows or columns (blocks past 512
+    threads cap registers under 128 at one block per SM, and a row of 20 or more sums,
+    its staged row and the next unit's loads want more: 5x7 on 13 x 22 spills 52 bytes
+    in float32, 268 in float64; not measured: the forced tests cover them)."""
     if pr.mode != 0 or pr.R != 1 or pr.KH == 1 or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1):
         return False
-    if pr.OH > BATCH_MAX_ROWS or pr.OH * pr.OW > PLANE_MAX_OUTPUTS or max(pr.OW, pr.IW, pr.KW) > BATCH_MAX_ROW:
+    if max(pr.OH, pr.OW, pr.IW) > (BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE):
         return False
     taps = pr.KH * pr.KW
+    if taps > PLANE_MAX_TAPS:
+        return False
     if dtype == "float64":
         return True
     if dtype == "float32":

@@ -18,6 +18,7 @@ which turns the skip into a failure.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import os
@@ -316,3 +317,45 @@ def test_row_sweeps_store_whole_vectors(plan):
     vector = [s for s in stores if s.startswith(".v")]
     scalar = [s for s in stores if not s.startswith(".v")]
     assert len(vector) >= 3 and len(scalar) <= (0 if which == "forward" else 7), (launch.expr, stores)
+
+
+def _batch_grid_expressions():
+    """Every conv_batch specialization the dispatcher picks over a grid of small planes
+    ('same' padding, 64 images, 8 channels: 4 per unit in float32), kernels and dtypes,
+    forward and rotated grad input, on sm_90."""
+    sizes = ((7, 7), (8, 8), (10, 10), (12, 12), (13, 13), (14, 14), (15, 15), (16, 16), (16, 7), (7, 16),
+             (13, 16), (11, 9))
+    kernels = ((2, 2), (3, 3), (3, 5), (3, 7), (5, 5), (5, 7), (7, 5), (7, 7), (2, 9), (9, 7), (8, 8))
+    exprs = set()
+    for dtype in DTYPES:
+        for (h, w), (kh, kw) in ((s, k) for s in sizes for k in kernels):
+            if kh > h or kw > w:
+                continue
+            p = _params.conv_params((64, 8, h, w), (8, 1, kh, kw), None, 1, "same", 1)
+            for launch in (_kernels.plan_forward(p, dtype, 0, 90, 132), _kernels.plan_grad_input(p, dtype, 0, 90, 132)):
+                if "conv_batch" in launch.expr:
+                    exprs.add(launch.expr)
+    return sorted(exprs)
+
+
+def test_batch_plans_never_spill():
+    """conv_batch's dispatch limits (plane sides, float64's lower one) keep every
+    specialization it picks free of local memory: its registers hold a row of sums, a
+    staged row and the next unit's loads, and ptxas spills where they do not fit."""
+    if not nvrtc_compile.nvrtc_available():
+        if REQUIRE_NVRTC:
+            pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
+        pytest.skip("NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)")
+    exprs = _batch_grid_expressions()
+    assert len(exprs) >= 100
+    chunks = [exprs[i:i + CHUNK] for i in range(0, len(exprs), CHUNK)]
+    workers = max(2, min(len(chunks), os.cpu_count() or 2))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        logs = list(pool.map(functools.partial(nvrtc_compile.compile_expressions, "plane.cu", arch=90,
+                                               resource_report=True), chunks))
+    found = {}
+    for log in logs:
+        found.update(nvrtc_compile.parse_resources(log))
+    assert len(found) == len(exprs)
+    spills = sorted(f"{name}: {r}" for name, r in found.items() if r.get("spill_stores") or r.get("stack"))
+    assert not spills, "conv_batch specializations with local memory:\n" + "\n".join(spills)

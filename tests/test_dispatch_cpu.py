@@ -146,7 +146,8 @@ def test_plane_dispatch():
     """Small planes at stride 1 whose kernel has 25 taps or more in float32 (16-bit: on
     planes of 144 outputs or more), and every kernel of more than one row in float64,
     take conv_batch (forward; grad input with the rotated kernel unless it gathers
-    several planes); other small odd planes (inception_1x7's 17x17 under 1x7, 3x3 in
+    several planes) on planes of up to 16 rows and columns (float64: 12); other small
+    odd planes (inception_1x7's 17x17 under 1x7, 3x3 in
     float32) take conv_plane, and wgrad_plane up to 64 outputs; so do even planes whose
     lanes share shared-memory banks at most 2 ways, or 4 ways from 144 outputs (14 x 14;
     10 x 10 in 16-bit); other even planes (8 x 8, 16 x 16: 32 ways; 12 x 12: 16; 10 x 10
@@ -177,7 +178,7 @@ def test_plane_dispatch():
     for hw, k, dtype, want in (
         (14, 7, "float32", "conv_batch"), (14, 7, "float16", "conv_batch"), (14, 3, "bfloat16", "conv_plane"),
         (14, 5, "float32", "conv_batch"), (10, 3, "float16", "conv_plane"), (10, 3, "float32", None),
-        (16, 3, "float32", None), (16, 3, "float16", None), (12, 3, "float32", None), (14, 7, "float64", "conv_batch"),
+        (16, 3, "float32", None), (16, 3, "float16", None), (12, 3, "float32", None), (14, 7, "float64", None), (12, 5, "float64", "conv_batch"),
         (10, 5, "float16", "conv_plane"), (12, 5, "bfloat16", "conv_batch"), (17, 5, "float32", "conv_plane"),
         (17, 3, "float64", "conv_plane"),
     ):
