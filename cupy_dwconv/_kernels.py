@@ -761,8 +761,7 @@ def _batch_layout(pr, dtype, cg=1):
     16-byte read, staged row pitch, staged plane stride (an odd number of 16-byte slots),
     weight row pitch, output run pitch (storage elements), storage elements per global
     access."""
-    acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
-    size = ITEMSIZE[dtype]
+    acc, size = ITEMSIZE[ACC_DTYPE[dtype]], ITEMSIZE[dtype]
     lv = 16 // acc
     rp = _cdiv(pr.IW, lv) * lv
     ps = pr.IH * rp
@@ -783,7 +782,7 @@ def _batch_layout(pr, dtype, cg=1):
 def batch_smem_bytes(pr, dtype, cg=1):
     """Dynamic shared memory of conv_batch: the unit's weights and its 32 staged input
     planes (accumulation type), then its output runs (storage type)."""
-    acc = 8 if ACC_DTYPE[dtype] == "float64" else 4
+    acc = ITEMSIZE[ACC_DTYPE[dtype]]
     _, _, image, kwp, ops, _ = _batch_layout(pr, dtype, cg)
     return _up16(cg * pr.KH * kwp * acc) + 32 * image * acc + _up16((32 // cg) * ops * ITEMSIZE[dtype])
 
@@ -793,7 +792,7 @@ def _batch_regs(pr, dtype, cg=1):
     row, the next unit's loads in flight (a warp's runs x accesses per lane) and their
     shared-memory offsets, plus ~32 for addresses and loop state."""
     _, rp, _, kwp, _, ve = _batch_layout(pr, dtype, cg)
-    wide = 2 if ACC_DTYPE[dtype] == "float64" else 1
+    wide = ITEMSIZE[ACC_DTYPE[dtype]] // 4
     jv = _cdiv(cg * pr.IH * pr.IW // ve, 32)
     ipw = _cdiv(32 // cg, pr.OH)
     inflight = ipw * jv * ve * ITEMSIZE[dtype] // 4 if ITEMSIZE[dtype] >= 4 else ipw * jv
@@ -1087,8 +1086,7 @@ def _use_batch(pr, dtype):
     against 89.4, but float64 planes past 12 rows or columns stay off: some of their
     specializations spill). Not taken: 3x3 in float32 (7x7 planes: 12.0 against 12.5 at 4
     channels per unit, 13.1 at one; not enough to move), 16-bit 7x7 planes (13.1 against
-    12.5), 1xK
-    kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
+    12.5), 1xK kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
     that gathers several planes (multiplier > 1), other strides and dilations, kernels of
     more than 64 taps, and planes of more than 16 rows or columns (blocks past 512
     threads cap registers under 128 at one block per SM, and a row of 20 or more sums,
