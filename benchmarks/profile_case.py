@@ -3,8 +3,9 @@
     ncu --clock-control none -k regex:conv_ --launch-skip 2 --launch-count 1 \
         python3 benchmarks/profile_case.py seed_3x7 float16 [forward|backward]
 
-DWCONV_FORCE=KIND:K=V,... runs a forced forward plan instead (a spec as benchmarks/ab.py
-reads it: plan_conv's families and keyword arguments, rowsa = rows with staged=True).
+DWCONV_FORCE=KIND:K=V,... runs a forced plan instead (a spec as benchmarks/ab.py reads it:
+forward, plan_conv's families and keyword arguments, rowsa = rows with staged=True;
+backward, plan_backward's families and keyword arguments).
 """
 
 from __future__ import annotations
@@ -43,6 +44,25 @@ def main(argv):
         print("forced", launch.expr, flush=True)
         for _ in range(3):
             launch(x.device.id, (x, w, b, y))
+        cupy.cuda.get_current_stream().synchronize()
+        return 0
+    if force and which == "backward":
+        from ab import parse_spec
+
+        from cupy_dwconv import _kernels
+
+        kind, kw_force = parse_spec(force)
+        go = bench._random_gpu(cupy, rs, p.out_shape, dtype)
+        fused = _kernels.plan_backward(p, dtype, x.data.ptr, go.data.ptr, force=dict(kw_force, family=kind))
+        stage1, chunks, _ = fused
+        gx = cupy.empty(p.x_shape, dtype=x.dtype)
+        gw = cupy.empty(p.weight_shape, dtype=x.dtype)
+        gb = cupy.empty((p.CM,), dtype=x.dtype)
+        partial = cupy.empty((p.CM, chunks, p.KH * p.KW + 1), dtype=_kernels.ACC_DTYPE[dtype])
+        counters = cupy.zeros((p.CM,), dtype=cupy.uint32)
+        print("forced", stage1.expr, flush=True)
+        for _ in range(3):
+            stage1(x.device.id, (x, go, w, gx, partial, counters, gw, gb))
         cupy.cuda.get_current_stream().synchronize()
         return 0
     for _ in range(3):  # launches 0-1 warm up (compile, caches), launch 2 is the profiled one

@@ -787,16 +787,36 @@ def batch_smem_bytes(pr, dtype, cg=1):
     return _up16(cg * pr.KH * kwp * acc) + 32 * image * acc + _up16((32 // cg) * ops * ITEMSIZE[dtype])
 
 
+def _batch_runs(dtype, cg, block, h, w):
+    """(flat, accesses per thread, storage elements per access, registers per access) of
+    one tensor's loads in a batch unit (mirrors BatchRuns in cuda/plane.cu: flat where it
+    holds fewer registers than by image and at most two accesses a thread)."""
+    size = ITEMSIZE[dtype]
+    ve = 1 if cg == 1 else 16 // size
+    vr = _cdiv(ve * size, 4)
+    rv = cg * h * w // ve
+    ni, nw = 32 // cg, block // 32
+    jw, jf = _cdiv(rv, 32), _cdiv(ni * rv, block)
+    flat = jf <= 2 and jf * (vr + ve + 2) < _cdiv(ni, nw) * jw * vr + jw * ve
+    return (True, jf, ve, vr) if flat else (False, _cdiv(ni, nw) * jw, ve, vr)
+
+
+def _batch_runs_regs(dtype, cg, block, h, w, offsets_only=False):
+    """Registers of one tensor's loads in flight and their shared-memory offsets in a
+    batch unit (flat: one set per access; by image: one per access of a run, shared by
+    the images), or of the offsets alone."""
+    flat, jv, ve, vr = _batch_runs(dtype, cg, block, h, w)
+    offsets = jv * ve if flat else _cdiv(cg * h * w // ve, 32) * ve
+    return offsets if offsets_only else jv * vr + offsets
+
+
 def _batch_regs(pr, dtype, cg=1):
     """Registers conv_batch needs (32-bit): the row's sums, one staged row and one weight
-    row, the next unit's loads in flight (a warp's runs x accesses per lane) and their
-    shared-memory offsets, plus ~32 for addresses and loop state."""
-    _, rp, _, kwp, _, ve = _batch_layout(pr, dtype, cg)
+    row, the next unit's loads in flight and their shared-memory offsets
+    (_batch_runs_regs), plus ~32 for addresses and loop state."""
+    _, rp, _, kwp, _, _ = _batch_layout(pr, dtype, cg)
     wide = ITEMSIZE[ACC_DTYPE[dtype]] // 4
-    jv = _cdiv(cg * pr.IH * pr.IW // ve, 32)
-    ipw = _cdiv(32 // cg, pr.OH)
-    inflight = ipw * jv * ve * ITEMSIZE[dtype] // 4 if ITEMSIZE[dtype] >= 4 else ipw * jv
-    return (pr.OW + rp + kwp) * wide + inflight + jv * ve + 32
+    return (pr.OW + rp + kwp) * wide + _batch_runs_regs(dtype, cg, pr.OH * 32, pr.IH, pr.IW) + 32
 
 
 def _batch_groups(pr, dtype, x_ptr):
@@ -835,6 +855,139 @@ def batch_launch(pr, dtype, x_ptr=0, cg=None, minb=None, blocks=None, sms=132):
     args = pack_args("BatchArgs", units=units, IC=pr.IC, N=n, QC=pr.QC, DIV=pr.DIV)
     grid = (max(1, min(units, blocks or sms * minb, INT32_MAX)), 1, 1)
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,))
+
+
+def _bwd_batch_layout(p, dtype, cg):
+    """(x plane stride, grad_output plane stride, KWP, OPS, VE) of bwd_batch (mirrors
+    cuda/plane.cu): conv_batch's staged planes for x (H x W) and grad_output (OH x OW),
+    its weight rows, and its output runs for the grad_x planes."""
+    acc, size = ITEMSIZE[ACC_DTYPE[dtype]], ITEMSIZE[dtype]
+    lv = 16 // acc
+
+    def stride(h, w):
+        ps = h * (_cdiv(w, lv) * lv)
+        return ps if (ps * acc // 16) % 2 == 1 else ps + lv
+
+    ihw = p.H * p.W
+    ve = 1 if cg == 1 else 16 // size
+    if cg > 1:
+        run = cg * ihw
+        ops = run if (run * size // 16) % 2 == 1 else run + ve
+    elif size == 2:
+        e = _cdiv(ihw, 2) * 2
+        ops = e + (2 if (e // 2) % 2 == 0 else 0)
+    else:
+        ops = ihw + (1 if ihw % 2 == 0 else 0)
+    return stride(p.H, p.W), stride(p.OH, p.OW), _cdiv(p.KW, lv) * lv, ops, ve
+
+
+def bwd_batch_smem_bytes(p, dtype, cg=1):
+    """Dynamic shared memory of bwd_batch: the unit's weights, its 32 staged x planes and
+    32 grad_output planes (accumulation type), then its grad_x runs (storage type)."""
+    acc = ITEMSIZE[ACC_DTYPE[dtype]]
+    xs, gs, kwp, ops, _ = _bwd_batch_layout(p, dtype, cg)
+    return _up16(cg * p.KH * kwp * acc) + 32 * (xs + gs) * acc + _up16((32 // cg) * ops * ITEMSIZE[dtype])
+
+
+def _bwd_batch_regs(p, dtype, cg=1):
+    """Registers bwd_batch needs (32-bit): the larger phase (a grad_x row's sums, a
+    grad_output row and a weight row; or a tap row's sums and two rows), the next unit's
+    x and grad_output loads in flight with their shared-memory offsets (_batch_runs_regs;
+    the offsets once where both planes have the same shape: the compiler shares them),
+    and the rest: 24 with flat loads, 36 by image (ptxas of the compile test's grid of
+    batch plans, NVRTC 13.0 and 13.x: one channel per unit on 7 x 7 planes spilled 8
+    bytes at a cap of 80 with 28)."""
+    lv = 16 // ITEMSIZE[ACC_DTYPE[dtype]]
+    kwp = _bwd_batch_layout(p, dtype, cg)[2]
+    wide = ITEMSIZE[ACC_DTYPE[dtype]] // 4
+    rx, rg = _cdiv(p.W, lv) * lv, _cdiv(p.OW, lv) * lv
+    phase = max(p.W + rg + kwp, p.KW + rg + rx)
+    block = p.H * 32
+    runs = _batch_runs_regs(dtype, cg, block, p.H, p.W) + _batch_runs_regs(dtype, cg, block, p.OH, p.OW)
+    if (p.H, p.W) == (p.OH, p.OW):
+        runs -= _batch_runs_regs(dtype, cg, block, p.H, p.W, offsets_only=True)
+    flat = _batch_runs(dtype, cg, block, p.H, p.W)[0] and _batch_runs(dtype, cg, block, p.OH, p.OW)[0]
+    return phase * wide + runs + (24 if flat else 36)
+
+
+def _bwd_batch_rotation(p):
+    """bwd_batch's tap-row rotation: warp w sums grad_x row w and tap rows (w + rot) % H
+    + i*H; the rotation whose busiest warp has the fewest row products (a grad_x row's:
+    the tap rows that meet grad_output rows; a tap row's: the grad_output rows that meet
+    x rows), the first of equals. Each unit waits for its slowest warp."""
+    nw = p.H
+    gx = [sum(0 <= t + p.PT - kh * p.DH < p.OH for kh in range(p.KH)) for t in range(nw)]
+    taps = [sum(0 <= oh - p.PT + kh * p.DH < p.H for oh in range(p.OH)) for kh in range(p.KH)]
+
+    def busiest(rot):
+        load = list(gx)
+        for kh, n in enumerate(taps):
+            load[(kh % nw - rot) % nw] += n
+        return max(load)
+
+    return min(range(nw), key=busiest)
+
+
+def _bwd_batch_groups(p, dtype, x_ptr, go_ptr):
+    """Channels per bwd_batch unit: 4 where float32 runs of 4 channels start on 16-byte
+    boundaries in x and grad_output and their loads fit a block's registers (7x7 on 14 x
+    14: not), else 1."""
+    if ITEMSIZE[dtype] == 4 and p.C % 4 == 0 and x_ptr % 16 == 0 and go_ptr % 16 == 0:
+        if _bwd_batch_regs(p, dtype, 4) <= reg_cap(p.H * 32, 1):
+            return 4
+    return 1
+
+
+def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=None, sms=132):
+    """bwd_batch plan (the whole backward of small planes in conv_batch's units: stride 1,
+    multiplier 1): (launch, chunks), or None where it does not take the problem. `cg`
+    channels per unit (default 4 where float32 runs of 4 channels start on 16-byte
+    boundaries in x and grad_output and their loads fit the registers, else 1); persistent blocks, at most `blocks`
+    (default: as many as are resident on `sms` multiprocessors); chunks = batch chunks of
+    32 / cg images (the partial rows per channel)."""
+    if (p.M != 1 or (p.SH, p.SW) != (1, 1) or max(p.W, p.OW, p.KW) > BATCH_MAX_ROW
+            or min(p.N, p.C, p.H, p.W, p.OH, p.OW) < 1):
+        return None
+    fit = 4 if ITEMSIZE[dtype] == 4 and p.C % 4 == 0 and x_ptr % 16 == 0 and go_ptr % 16 == 0 else 1
+    block = p.H * 32
+    cg = _bwd_batch_groups(p, dtype, x_ptr, go_ptr) if cg is None else cg
+    if cg not in (1, fit):
+        return None
+    smem = bwd_batch_smem_bytes(p, dtype, cg)
+    if block > 1024 or smem > SM_SMEM:
+        return None
+    per_sm = max(1, min(_plane_minb(block, _bwd_batch_regs(p, dtype, cg)), SM_THREADS // block,
+                        SM_SMEM // (smem + 1024)))
+    minb = per_sm if minb is None else minb
+    expr = "dw::bwd_batch<" + _targs(
+        CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, cg, _bwd_batch_rotation(p), minb
+    ) + ">"
+    chunks = _cdiv(p.N, 32 // cg)
+    units = p.C // cg * chunks
+    args = pack_args("BatchArgs", units=units, IC=p.C, N=p.N, QC=p.C, DIV=1)
+    grid = (max(1, min(units, blocks or sms * minb, INT32_MAX)), 1, 1)
+    return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,)), chunks
+
+
+def _use_bwd_batch(p, dtype, x_ptr=0, go_ptr=0):
+    """The backward of small planes (stride 1 and dilation 1, no multiplier, kernels of
+    more than one row and at most 64 taps, planes of at most 16 rows and columns, float64
+    12, as _use_batch) in float32 from 25 taps and in float64, where its registers fit a
+    block. Measured (H200, benchmarks/ab.py --pass backward, us, 64 images; NOTES session
+    28): convnext_7x7_s4 float32 24.1-25.0 against bwd_plane's 26.7-26.9; 5x5 on 7x7 (240
+    channels) 12.0 against 15.4; 7x7 on 14 x 14 (96 channels) 21.5 against bwd_rows' 23.9;
+    float64 convnext_7x7_s4 41.6 against 91 for its separate grad input and weight
+    gradient. 16-bit stays with bwd_mma and bwd_plane (7x7 on 14 x 14 float16: 20.2
+    against bwd_mma's 17.6)."""
+    if p.M != 1 or p.KH == 1 or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or dtype not in ("float32", "float64"):
+        return False
+    if max(p.H, p.W, p.OH, p.OW) > (BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE):
+        return False
+    taps = p.KH * p.KW
+    if taps > PLANE_MAX_TAPS or (dtype == "float32" and taps < 25):
+        return False
+    cg = _bwd_batch_groups(p, dtype, x_ptr, go_ptr)
+    return _bwd_batch_regs(p, dtype, cg) <= reg_cap(p.H * 32, 1)
 
 
 # ---- conv_lines (large kernels on whole planes: a line per thread) ---------------------
@@ -2712,9 +2865,9 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     grad_bias itself and leaves the counters zero; with null counters the wgrad_reduce
     launch does.
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
-    family="rows", of bwd_plane_launch with family="plane", of bwd_mma_launch with
-    family="mma" (tests and sweeps; None again where the kernel does not take the
-    problem)."""
+    family="rows", of bwd_plane_launch with family="plane", of bwd_batch_launch with
+    family="batch", of bwd_mma_launch with family="mma" (tests and sweeps; None again
+    where the kernel does not take the problem)."""
     arch = current_arch() if arch is None else arch
     sms = current_sms() if sms is None else sms
     if force is not None:
@@ -2724,6 +2877,8 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
             return _fused_with_reduce(p, dtype, bwd_rows_launch(p, dtype, x_ptr, go_ptr, sms=sms, arch=arch, **force))
         if family == "plane":
             return _fused_with_reduce(p, dtype, bwd_plane_launch(p, dtype, **force))
+        if family == "batch":
+            return _fused_with_reduce(p, dtype, bwd_batch_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
         if family == "mma":
             return _fused_with_reduce(p, dtype, bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=arch, sms=sms, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
@@ -2741,6 +2896,10 @@ def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
     # 0.0327 separate). Then the row sweep where _use_bwd_rows says so and it takes the
     # problem; else bwd_tile, wherever it takes the problem and a channel has enough tiles
     # to amortize the block's weights and closing sum.
+    if _use_bwd_batch(p, dtype, x_ptr, go_ptr):
+        fused = bwd_batch_launch(p, dtype, x_ptr, go_ptr, sms=sms)
+        if fused is not None:
+            return _fused_with_reduce(p, dtype, fused)
     if _use_wgrad_plane(p):
         fused = bwd_plane_launch(p, dtype)
         if fused is not None:

@@ -738,6 +738,9 @@ def short_kernel_name(expr):
         if name == "conv_batch":  # channels x images per unit
             cg = int(args[14])
             return f"conv_batch {cg}x{32 // cg}" + (" flip" if args[13] == "true" else "")
+        if name == "bwd_batch":  # channels x images per unit
+            cg = int(args[11])
+            return f"bwd_batch {cg}x{32 // cg}"
     except (IndexError, ValueError):
         pass
     try:

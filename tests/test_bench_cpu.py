@@ -518,6 +518,8 @@ def test_commit_resolution(monkeypatch, tmp_path):
         ("dw::conv_rows_async<float, 4, 4, 2, 3, 7, 1, 1, 0, 32, 6, false, 2>", "conv_rows_async v4 pf6"),
         ("dw::bwd_rows<dw::bf16_t, 4, 2, 4, 4, 3, 7, 1, 1, 6, 32, 4, 2>", "bwd_rows v4 pf4"),
         ("dw::bwd_plane<float, 7, 7, 1, 1, 7, 7, 7, 7, 3, 3, 1, 128, 3>", "bwd_plane"),
+        ("dw::bwd_batch<float, 7, 7, 1, 1, 7, 7, 7, 7, 3, 3, 4, 3, 2>", "bwd_batch 4x8"),
+        ("dw::bwd_batch<double, 5, 5, 1, 1, 12, 12, 12, 12, 2, 2, 1, 6, 1>", "bwd_batch 1x32"),
         ("dw::bwd_plane<dw::half_t, 5, 5, 1, 1, 5, 5, 5, 5, 2, 2, 2, 64, 4>", "bwd_plane s2"),
         ("dw::bwd_mma<dw::half_t, 7, 7, 7, 4, 1, 16, 8, 2, 4>", "bwd_mma"),
         ("dw::conv_mma_rows<dw::half_t, 3, 7, 8, 4, 0, 16, 2, 4, false, 5>", "conv_mma_rows 16x256 pf2"),
@@ -542,7 +544,7 @@ def test_kernel_labels_for_the_suite():
             # The full backward is one fused kernel where it applies, else grad input + grad weight.
             fused = _kernels.plan_backward(p, dtype, 0, 0, *bench.plan_arch())
             label = bench.kernel_label(p, dtype, "backward")[0]
-            assert label.startswith(("bwd_tile", "bwd_rows", "bwd_plane", "bwd_mma")) if fused is not None else "+" in label
+            assert label.startswith(("bwd_tile", "bwd_rows", "bwd_plane", "bwd_batch", "bwd_mma")) if fused is not None else "+" in label
 
 
 # ---------------------------------------------------------------------------------------

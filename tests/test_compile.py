@@ -71,6 +71,7 @@ FAMILIES = (
     "bwd_tile",
     "bwd_rows",
     "bwd_plane",
+    "bwd_batch",
     "bwd_mma",
     "wgrad_stack",
 )
@@ -320,9 +321,10 @@ def test_row_sweeps_store_whole_vectors(plan):
 
 
 def _batch_grid_expressions():
-    """Every conv_batch specialization the dispatcher picks over a grid of small planes
-    ('same' padding, 64 images, 8 channels: 4 per unit in float32), kernels and dtypes,
-    forward and rotated grad input, on sm_90."""
+    """Every conv_batch and bwd_batch specialization the dispatcher picks over a grid of
+    small planes ('same' padding, 64 images, 8 channels: 4 per unit in float32 where the
+    pointers allow, else 1), kernels and dtypes: forward, rotated grad input and the
+    fused backward, on sm_90."""
     sizes = ((7, 7), (8, 8), (10, 10), (12, 12), (13, 13), (14, 14), (15, 15), (16, 16), (16, 7), (7, 16),
              (13, 16), (11, 9))
     kernels = ((2, 2), (3, 3), (3, 5), (3, 7), (5, 5), (5, 7), (7, 5), (7, 7), (2, 9), (9, 7), (8, 8))
@@ -332,16 +334,22 @@ def _batch_grid_expressions():
             if kh > h or kw > w:
                 continue
             p = _params.conv_params((64, 8, h, w), (8, 1, kh, kw), None, 1, "same", 1)
-            for launch in (_kernels.plan_forward(p, dtype, 0, 90, 132), _kernels.plan_grad_input(p, dtype, 0, 90, 132)):
-                if "conv_batch" in launch.expr:
+            launches = [_kernels.plan_forward(p, dtype, 0, 90, 132), _kernels.plan_grad_input(p, dtype, 0, 90, 132)]
+            for ptr in (0, 4):
+                fused = _kernels.plan_backward(p, dtype, ptr, 0, 90, 132)
+                if fused is not None:
+                    launches.append(fused[0])
+            for launch in launches:
+                if "conv_batch" in launch.expr or "bwd_batch" in launch.expr:
                     exprs.add(launch.expr)
     return sorted(exprs)
 
 
 def test_batch_plans_never_spill():
-    """conv_batch's dispatch limits (plane sides, float64's lower one) keep every
-    specialization it picks free of local memory: its registers hold a row of sums, a
-    staged row and the next unit's loads, and ptxas spills where they do not fit."""
+    """conv_batch's and bwd_batch's dispatch limits (plane sides, float64's lower one)
+    and register estimates (their blocks-per-SM bounds) keep every specialization they
+    pick free of local memory: their registers hold a row of sums, staged rows and the
+    next unit's loads, and ptxas spills where they do not fit."""
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:
             pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
@@ -358,4 +366,4 @@ def test_batch_plans_never_spill():
         found.update(nvrtc_compile.parse_resources(log))
     assert len(found) == len(exprs)
     spills = sorted(f"{name}: {r}" for name, r in found.items() if r.get("spill_stores") or r.get("stack"))
-    assert not spills, "conv_batch specializations with local memory:\n" + "\n".join(spills)
+    assert not spills, "batch specializations with local memory:\n" + "\n".join(spills)

@@ -205,16 +205,19 @@ def test_plane_dispatch():
 
 
 def test_bwd_plane_dispatch():
-    """The backward of small odd planes at stride 1 and multiplier 1 is one bwd_plane
-    launch (convnext_7x7_s4); float64 7x7 needs more registers than a thread has (its
-    separate plans serve it), float64 5x5 fits. It declines a multiplier, a stride, even
-    planes (bank conflicts) and planes over 64 elements."""
+    """The backward of small odd planes at stride 1 and multiplier 1 that bwd_batch does
+    not take is one bwd_plane launch (convnext_7x7_s4 in 16-bit; 3x3 kernels in float32);
+    float64 7x7 needs more registers than a thread has, float64 5x5 fits (forced: the
+    dispatcher gives float64 small planes to bwd_batch). It declines a multiplier, a
+    stride, even planes (bank conflicts) and planes over 64 elements."""
     tiny = params((64, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1)
     assert _kernels.bwd_plane_regs(tiny, "float64") > 255
-    assert _kernels.plan_backward(tiny, "float64", 0, 0, 90, 132) is None
+    assert _kernels.plan_backward(tiny, "float64", 0, 0, 90, 132, force=dict(family="plane")) is None
     five = params((64, 96, 5, 5), (96, 1, 5, 5), 1, 2, 1)
-    assert "bwd_plane" in _kernels.plan_backward(five, "float64", 0, 0, 90, 132)[0].expr
-    for dtype in ("float16", "bfloat16", "float32"):
+    assert "bwd_plane" in _kernels.plan_backward(five, "float64", 0, 0, 90, 132, force=dict(family="plane"))[0].expr
+    three = params((64, 96, 7, 7), (96, 1, 3, 3), 1, 1, 1)
+    assert "bwd_plane" in _kernels.plan_backward(three, "float32", 0, 0, 90, 132)[0].expr
+    for dtype in ("float16", "bfloat16"):
         s1, chunks, s2 = _kernels.plan_backward(tiny, dtype, 0, 0, 90, 132)
         assert "bwd_plane" in s1.expr and "wgrad_reduce" in s2.expr
         assert s1.grid[1] == chunks == int(s1.scalars[0]["n_chunks"]) and s1.grid[0] * int(s1.scalars[0]["P"]) >= 768
@@ -231,6 +234,49 @@ def test_bwd_plane_dispatch():
     ):
         p = params(shape, w_shape, stride, 1, 1)
         assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132, force=dict(family="plane")) is None, shape
+
+
+def test_bwd_batch_dispatch():
+    """The backward of small planes at stride 1 and dilation 1 without a multiplier, 25
+    taps and more in float32, any kernel of more than one row in float64, planes up to 16
+    rows and columns (float64 12) whose registers fit a block, is one bwd_batch launch
+    (16-bit keeps bwd_plane and bwd_mma): 4 channels per unit in float32 where x and grad_output are 16-byte
+    aligned and 4 | channels, else 1. Its launch matches what the kernel reads: a warp per
+    x row, batch chunks of 32 / cg images, units over channel groups and chunks,
+    persistent blocks, the shared memory of its layout."""
+    tiny = params((64, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1)
+    for dtype, ptr, cg in (("float32", 0, 4), ("float32", 4, 1), ("float64", 0, 1)):
+        s1, chunks, s2 = _kernels.plan_backward(tiny, dtype, ptr, 0, 90, 132)
+        args = _args(s1.expr)
+        assert "bwd_batch" in s1.expr and "wgrad_reduce" in s2.expr, (dtype, s1.expr)
+        assert args[11] == str(cg) and chunks == _kernels._cdiv(64, 32 // cg), (dtype, ptr, s1.expr)
+        sc = s1.scalars[0]
+        assert int(sc["units"]) == 768 // cg * chunks and int(sc["N"]) == 64 and int(sc["QC"]) == int(sc["IC"]) == 768
+        assert s1.block[0] == 7 * 32 and s1.grid[0] <= 132 * int(args[13]) and args[12] == "3"
+        assert s1.shared_mem == _kernels.bwd_batch_smem_bytes(tiny, dtype, cg)
+    for dtype in ("float16", "bfloat16"):
+        assert "bwd_batch" not in _kernels.plan_backward(tiny, dtype, 0, 0, 90, 132)[0].expr
+    fourteen = params((64, 96, 14, 14), (96, 1, 7, 7), 1, 3, 1)
+    s1 = _kernels.plan_backward(fourteen, "float32", 0, 0, 90, 132)[0]
+    assert "bwd_batch" in s1.expr and _args(s1.expr)[11] == "1", s1.expr  # 4 channels: too many registers
+    assert "bwd_mma" in _kernels.plan_backward(fourteen, "float16", 0, 0, 90, 132)[0].expr
+    declined = (
+        params((64, 48, 7, 7), (96, 1, 7, 7), 1, 3, 1),     # multiplier
+        params((64, 96, 7, 7), (96, 1, 3, 3), 1, 1, 1),     # 9 taps in float32
+        params((64, 96, 7, 7), (96, 1, 7, 7), 2, 3, 1),     # stride
+        params((64, 96, 7, 7), (96, 1, 3, 3), 1, 2, 2),     # dilation
+        params((64, 96, 17, 17), (96, 1, 5, 5), 1, 2, 1),   # 17 rows
+        params((64, 96, 17, 17), (96, 1, 1, 7), 1, (0, 3), 1),  # one kernel row
+    )
+    for p in declined:
+        fused = _kernels.plan_backward(p, "float32", 0, 0, 90, 132)
+        assert fused is None or "bwd_batch" not in fused[0].expr, p
+    # Forced, it takes any stride-1 problem without a multiplier whose rows fit a block.
+    assert _kernels.plan_backward(declined[0], "float32", 0, 0, 90, 132, force=dict(family="batch")) is None
+    assert _kernels.plan_backward(declined[2], "float32", 0, 0, 90, 132, force=dict(family="batch")) is None
+    assert "bwd_batch" in _kernels.plan_backward(declined[3], "float32", 0, 0, 90, 132,
+                                                 force=dict(family="batch"))[0].expr
+    assert _kernels.plan_backward(tiny, "float16", 0, 0, 90, 132, force=dict(family="batch", cg=4)) is None
 
 
 def test_bwd_mma_dispatch():

@@ -922,13 +922,14 @@ def test_shared_memory_opt_in_only_grows():
         _check_forced_fused(shape, dict(launch, family="plane"), "float32", "bwd_plane", repr((shape, launch)))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("offset", [1, 2, 3])
 def test_bwd_plane_misaligned(offset, dtype):
     """x and grad_output that start `offset` elements into their allocations, through the
     library call and through the wgrad_reduce path: the plane runs start at any remainder
     modulo 16 bytes, and grad_x (a fresh, aligned buffer) then differs from x modulo 16
-    bytes, so its runs leave by element copies."""
+    bytes, so its runs leave by element copies. (float64 small planes go to bwd_batch:
+    test_bwd_batch_misaligned.)"""
     import cupy_dwconv
     from cupy_dwconv import _kernels
     from gpu_util import forced_backward
@@ -938,6 +939,67 @@ def test_bwd_plane_misaligned(offset, dtype):
     for got in (cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=(1, 2)),
                 forced_backward(xg, gog, wg, p, dtype, reduce_kernel=True, family="plane", chunks=2)[:3]):
         _assert_grads(got, ref, dtype, 3 * 5, terms)
+
+
+# bwd_batch (the whole backward in conv_batch's units: a unit is 1 or 4 channels across
+# 32 or 8 images, a warp per grad_x row, a warp per tap row of the weight gradient):
+# ConvNeXt's 7x7 stage with a partial last chunk of images (40 = 32 + 8; 37 = 4 x 8 + 5
+# at 4 channels per unit); asymmetric padding with grad_output smaller than x in one
+# direction and larger in the other; dilation 2 with grad_output taller than x (more
+# grad_output rows than warps); 14 rows (14 warps); 'valid' (grad_output 5 x 5 on 9 x 9);
+# a kernel wider than it is tall, and a kernel larger than the plane (tap rows that meet
+# no row); a one-row plane (one warp stages all 32 planes and owns all three tap rows).
+BWD_BATCH_SHAPES = [
+    # N, C, H, W, KH, KW, padding, dilation
+    (40, 3, 7, 7, 7, 7, 3, 1),
+    (37, 8, 7, 7, 7, 7, 3, 1),
+    (33, 4, 5, 6, 3, 5, ((1, 0), (2, 1)), 1),
+    (34, 2, 8, 13, 3, 3, 3, 2),
+    (64, 3, 14, 14, 7, 7, 3, 1),
+    (9, 4, 9, 9, 5, 5, 0, 1),
+    (3, 2, 3, 12, 2, 9, 0, 1),
+    (2, 4, 4, 4, 7, 7, 3, 1),
+    (6, 4, 1, 9, 3, 3, 1, 1),
+]
+BWD_BATCH_VARIANTS = [{}, dict(cg=1, blocks=3), dict(cg=1, minb=1), dict(cg=4, blocks=5), dict(blocks=1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", BWD_BATCH_VARIANTS, ids=str)
+@pytest.mark.parametrize("shape", BWD_BATCH_SHAPES, ids=str)
+def test_bwd_batch(shape, variant, dtype):
+    """The fused backward in conv_batch's units, forced: all three gradients against the
+    reference (persistent blocks: 3, 5 or one block walking every unit, whose closing
+    step then counts every unit and finishes every channel group), and the weight and
+    bias gradients bitwise equal over two runs."""
+    if variant.get("cg") == 4 and (dtype != "float32" or shape[1] % 4):
+        pytest.skip("4 channels per unit: float32, 4 | channels")
+    _, gw, gb, run = _check_forced_fused(shape, dict(variant, family="batch"), dtype, "bwd_batch",
+                                         repr((shape, variant, dtype, "batch")))
+    _, gw2, gb2, _ = run()
+    assert (gw2.view("u1") == gw.view("u1")).all() and (gb2.view("u1") == gb.view("u1")).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_bwd_batch_misaligned(offset, dtype):
+    """x and grad_output that start `offset` elements into their allocations (one
+    channel per unit: element loads), forced with the closing step and with the
+    wgrad_reduce path (null counters: the kernel leaves the partial rows only), and in
+    float32 and float64 through the library call, which dispatches there."""
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import forced_backward
+
+    p, xg, gog, wg, ref, terms = _misaligned_problem((35, 8, 12, 12, 5, 5, 2), dtype, offset, 171)
+    runs = [forced_backward(xg, gog, wg, p, dtype, family="batch")[:3],
+            forced_backward(xg, gog, wg, p, dtype, reduce_kernel=True, family="batch")[:3]]
+    if dtype != "float16":
+        s1 = _kernels.plan_backward(p, dtype, xg.data.ptr, gog.data.ptr)[0]
+        assert "bwd_batch" in s1.expr and _kernels.split_expr(s1.expr)[1][11] == "1"
+        runs.append(cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=2))
+    for got in runs:
+        _assert_grads(got, ref, dtype, 5 * 5, terms)
 
 
 BWD_MMA_SHAPES = [

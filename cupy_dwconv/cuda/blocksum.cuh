@@ -30,26 +30,13 @@ __device__ __forceinline__ void block_sum_to(A (&v)[NV], A* red, A* out) {
     }
 }
 
-// The closing step of a fused backward block, after it has written its partial rows for
-// the np consecutive channels o0, o0 + 1, ...: the block counts itself in *counter (one
-// counter per group of channels that the same blocks share), and the block that arrives
-// last (every chunk's rows of the group are then written) adds the n_chunks rows of each
-// channel in chunk order, exactly as wgrad_reduce does (the same order whichever block is
-// last: deterministic, and bitwise equal to the two-kernel path), writes grad_weight and
-// grad_bias (either may be null), and resets the counter to zero for the next launch on
-// the stream. This saves the dependent second launch: ~3.5 us per backward
-// (inception_1x7 float32: 18.1 us with wgrad_reduce, 14.5 for the fused kernel alone).
-// Must be called by every thread of the block.
+// grad_weight and grad_bias of the np consecutive channels o0, o0 + 1, ... from their
+// n_chunks partial rows each (KK tap sums and the bias sum), added in chunk order as
+// wgrad_reduce does; either output may be null. The caller has made every row visible
+// (a fence after the count that says they are all written). Must be called by every
+// thread of the block.
 template <class T, class A>
-__device__ __forceinline__ void finish_channels(const A* partial, i64 o0, int np, int n_chunks, int KK,
-                                                unsigned* counter, T* gw, T* gb) {
-    __shared__ unsigned last_block;
-    __threadfence();  // this block's partial rows are visible device-wide ...
-    __syncthreads();  // ... for every thread that wrote part of them, before it is counted
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)(n_chunks - 1);
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();  // the rows counted before this block's atomic are visible to it
+__device__ __forceinline__ void add_chunk_rows(const A* partial, i64 o0, int np, int n_chunks, int KK, T* gw, T* gb) {
     // E sums of U rows each in flight before their adds (in chunk order, as wgrad_reduce):
     // the reads are L2 round trips (other SMs wrote the rows), one per E sums and U chunks
     // (bwd_plane's groups of 16 channels: 800 sums on 128 threads).
@@ -98,6 +85,29 @@ __device__ __forceinline__ void finish_channels(const A* partial, i64 o0, int np
             }
         }
     }
+}
+
+// The closing step of a fused backward block, after it has written its partial rows for
+// the np consecutive channels o0, o0 + 1, ...: the block counts itself in *counter (one
+// counter per group of channels that the same blocks share), and the block that arrives
+// last (every chunk's rows of the group are then written) adds the n_chunks rows of each
+// channel in chunk order, exactly as wgrad_reduce does (the same order whichever block is
+// last: deterministic, and bitwise equal to the two-kernel path), writes grad_weight and
+// grad_bias (either may be null), and resets the counter to zero for the next launch on
+// the stream. This saves the dependent second launch: ~3.5 us per backward
+// (inception_1x7 float32: 18.1 us with wgrad_reduce, 14.5 for the fused kernel alone).
+// Must be called by every thread of the block.
+template <class T, class A>
+__device__ __forceinline__ void finish_channels(const A* partial, i64 o0, int np, int n_chunks, int KK,
+                                                unsigned* counter, T* gw, T* gb) {
+    __shared__ unsigned last_block;
+    __threadfence();  // this block's partial rows are visible device-wide ...
+    __syncthreads();  // ... for every thread that wrote part of them, before it is counted
+    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)(n_chunks - 1);
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();  // the rows counted before this block's atomic are visible to it
+    add_chunk_rows<T, A>(partial, o0, np, n_chunks, KK, gw, gb);
     if (threadIdx.x == 0) *counter = 0u;
 }
 

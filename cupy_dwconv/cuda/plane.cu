@@ -321,13 +321,12 @@ conv_plane(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
 // skipped without divergence; columns outside it are dropped at compile time), and they
 // share CG channels' weights (broadcast reads; conv_plane stages a weight plane per plane).
 //
-// Staging and copy-out go warp by image: an image's CG planes of the unit are one
-// contiguous run, its lanes take consecutive elements (coalesced). CG == 1: element by
-// element (any alignment, any multiplier). CG == 4 (float32, 4 | channels, a 16-byte
-// aligned input, one input plane per output channel): 16-byte vectors, a quarter of the
-// load and store instructions, which were most of CG == 1's (NOTES, session 27). Where
-// element q of the run lands in shared memory is the same for every image, so it is
-// worked out once per thread.
+// Staging and copy-out (BatchRuns, BatchOut): an image's CG planes of the unit are one
+// contiguous run, consecutive lanes take consecutive accesses (coalesced), spread over
+// the block by image or flat (see BatchRuns). CG == 1: element by element (any alignment,
+// any multiplier). CG == 4 (float32, 4 | channels, a 16-byte aligned input, one input
+// plane per output channel): 16-byte vectors, a quarter of the load and store
+// instructions, which were most of CG == 1's (NOTES, session 27).
 //
 // Pipeline: blocks are persistent (units blockIdx.x, blockIdx.x + gridDim.x, ...). The
 // loads of the next unit's planes, weights and bias go out into registers right after
@@ -368,6 +367,158 @@ template <> struct RawBits<4> { typedef unsigned type; };
 template <> struct RawBits<8> { typedef unsigned long long type; };
 template <> struct RawBits<16> { typedef uint4 type; };
 
+// One tensor's planes of a batch unit on their way into shared memory (conv_batch's
+// input; bwd_batch's x and grad_output): CG consecutive channels of NI = 32 / CG images,
+// each image's CG planes one contiguous run of H*W*CG elements, RV accesses of VE elements
+// (16-byte vectors at CG == 4), loaded into registers by fetch (coalesced) and converted
+// to the accumulation type and written to the staged planes [lane][H][RP], IS apart, by
+// put. Where each element lands (soff) is the same for every unit: worked out once. Two
+// ways to spread the accesses over the block's NW warps, whichever holds fewer registers:
+//   by image (FLAT false): warp w loads images w, w + NW, ..., lane l accesses l, l + 32,
+//     ... of each run; soff is the same for every image (one per access of a run).
+//   flat (FLAT true): access q = tid + j*BLOCK of the unit's NI * RV is image q / RV,
+//     access q % RV of its run; soff per access. convnext_7x7_s4 float32 (4 channels x 8
+//     images of 49 vectors on 7 warps): by image 2 images x 2 rounds of 32 lanes (16 of
+//     the 32 vector registers idle), flat 2 vectors a thread. (Under the register caps of
+//     4 blocks per SM the compiler works soff out again every unit, divisions included:
+//     130 of bwd_batch's 1014 instructions per warp and unit on convnext_7x7_s4. A table
+//     of them in shared memory, read back every unit, measured slower: NOTES, session 28.)
+template <class T, int CG, int BLOCK, int H, int W, int RP, int IS>
+struct BatchRuns {
+    typedef typename Traits<T>::acc A;
+    static constexpr int NI = 32 / CG, NW = BLOCK / 32;
+    static constexpr int VE = CG == 1 ? 1 : 16 / (int)sizeof(T);  // storage elements per access
+    typedef typename RawBits<VE * (int)sizeof(T)>::type V;
+    static constexpr int HW = H * W, RUN = CG * HW, RV = RUN / VE;
+    static constexpr int VR = (VE * (int)sizeof(T) + 3) / 4;      // registers per access
+    static constexpr int IPW = (NI + NW - 1) / NW, JW = (RV + 31) / 32;  // by image
+    static constexpr int JF = (NI * RV + BLOCK - 1) / BLOCK;             // flat
+    // Flat where it holds fewer registers (+ each access's image and position) and at most
+    // two accesses a thread: with more, ptxas spilled some specializations at their caps.
+    static constexpr bool FLAT = JF <= 2 && JF * (VR + VE + 2) < IPW * JW * VR + JW * VE;
+    static constexpr int JV = FLAT ? JF : IPW * JW;  // accesses in flight per thread
+    static constexpr int JS = FLAT ? JF : JW;        // soff rows
+    static_assert(RUN % VE == 0, "runs of whole vectors");
+    V v[JV];
+    int soff[JS][VE];  // flat: where access j lands; by image: where access j of image 0's run does
+    int tid;
+
+    __device__ __forceinline__ explicit BatchRuns(int tid_) : tid(tid_) {
+#pragma unroll
+        for (int j = 0; j < JS; ++j) {
+            const int q = FLAT ? tid + j * BLOCK : (tid & 31) + 32 * j, img = FLAT ? q / RV : 0, k = q - img * RV;
+#pragma unroll
+            for (int e = 0; e < VE; ++e) {
+                const int el = k * VE + e, c = el / HW, kk = el - c * HW, r = kk / W;
+                soff[j][e] = (c * NI + img) * IS + r * RP + (kk - r * W);
+            }
+        }
+    }
+    // The unit's runs of tensor x (C channels of H x W planes): images n0 .. n0 + ni - 1,
+    // channels c0 .. c0 + CG - 1. Offsets in 64 bits (they pass 2^31 on large batches).
+    __device__ __forceinline__ void fetch(const T* x, int n0, i64 c0, int C, int ni) {
+        const V* const xv = reinterpret_cast<const V*>(x);
+        if constexpr (FLAT) {
+            const V* const src = xv + ((i64)n0 * C + c0) * HW / VE;
+            const i64 step = (i64)C * HW / VE;
+#pragma unroll
+            for (int j = 0; j < JF; ++j) {
+                const int q = tid + j * BLOCK, img = q / RV;
+                if (q < ni * RV) v[j] = __ldg(src + img * step + (q - img * RV));
+            }
+        } else {
+            const int warp = tid >> 5, lane = tid & 31;
+            const V* src = xv + ((i64)(n0 + warp) * C + c0) * HW / VE;
+            const i64 step = (i64)NW * C * HW / VE;
+#pragma unroll
+            for (int i = 0; i < IPW; ++i, src += step) {
+                if (warp + i * NW < ni) {
+#pragma unroll
+                    for (int j = 0; j < JW; ++j)
+                        if (lane + 32 * j < RV) v[i * JW + j] = __ldg(src + lane + 32 * j);
+                }
+            }
+        }
+    }
+    __device__ __forceinline__ void put(A* xs, int ni) const {
+        typedef typename Raw<T>::type RT;
+        if constexpr (FLAT) {
+#pragma unroll
+            for (int j = 0; j < JF; ++j) {
+                if (tid + j * BLOCK < ni * RV) {
+                    const RT* const r = reinterpret_cast<const RT*>(&v[j]);
+#pragma unroll
+                    for (int e = 0; e < VE; ++e) xs[soff[j][e]] = smem_elem<T>(r + e);
+                }
+            }
+        } else {
+            const int warp = tid >> 5, lane = tid & 31;
+#pragma unroll
+            for (int i = 0; i < IPW; ++i) {
+                const int img = warp + i * NW;
+                if (img < ni) {
+#pragma unroll
+                    for (int j = 0; j < JW; ++j)
+                        if (lane + 32 * j < RV) {
+                            const RT* const r = reinterpret_cast<const RT*>(&v[i * JW + j]);
+#pragma unroll
+                            for (int e = 0; e < VE; ++e) xs[img * IS + soff[j][e]] = smem_elem<T>(r + e);
+                        }
+                }
+            }
+        }
+    }
+};
+
+// A batch unit's output runs (conv_batch's output, bwd_batch's grad_x) from shared memory
+// [image][OPS] (storage type, each image's RUN elements as they lie in memory) to global
+// memory. 16-byte vectors (CG == 4) of at most two accesses a thread: flat as BatchRuns,
+// access q = tid + j*BLOCK; else warp w stores images w, w + NW, ..., lane l accesses l,
+// l + 32, ... (no division, where the flat split would hold many accesses per thread: 14
+// on 14 x 14 planes at CG == 1).
+template <class T, int CG, int BLOCK, int RUN, int OPS>
+struct BatchOut {
+    static constexpr int NI = 32 / CG, NW = BLOCK / 32;
+    static constexpr int VE = CG == 1 ? 1 : 16 / (int)sizeof(T);
+    typedef typename RawBits<VE * (int)sizeof(T)>::type V;
+    static constexpr int RV = RUN / VE, JF = (NI * RV + BLOCK - 1) / BLOCK;
+    static constexpr bool FLAT = CG > 1 && JF <= 2;
+    static_assert(OPS % VE == 0 && RUN % VE == 0, "image runs of whole vectors");
+    int tid;
+
+    __device__ __forceinline__ explicit BatchOut(int tid_) : tid(tid_) {}
+    // os: the staged runs; y: C channels of planes of RUN / CG elements, the unit's images
+    // n0 .. n0 + ni - 1 and channels c0 .. c0 + CG - 1.
+    __device__ __forceinline__ void store(const typename Raw<T>::type* os, T* y, int n0, i64 c0, int C, int ni) const {
+        constexpr int PL = RUN / CG;
+        const V* const sv = reinterpret_cast<const V*>(os);
+        V* const yv = reinterpret_cast<V*>(y);
+        if constexpr (FLAT) {
+            V* const dst = yv + ((i64)n0 * C + c0) * PL / VE;
+            const i64 step = (i64)C * PL / VE;
+#pragma unroll
+            for (int j = 0; j < JF; ++j) {
+                const int q = tid + j * BLOCK, img = q / RV, k = q - img * RV;
+                if (q < ni * RV) dst[img * step + k] = sv[img * (OPS / VE) + k];
+            }
+        } else {
+            const int warp = tid >> 5, lane = tid & 31;
+            constexpr int IPW = (NI + NW - 1) / NW, JW = (RV + 31) / 32;
+            V* dst = yv + ((i64)(n0 + warp) * C + c0) * PL / VE;
+            const i64 step = (i64)NW * C * PL / VE;
+#pragma unroll
+            for (int i = 0; i < IPW; ++i, dst += step) {
+                const int img = warp + i * NW;
+                if (img < ni) {
+#pragma unroll
+                    for (int j = 0; j < JW; ++j)
+                        if (lane + 32 * j < RV) dst[lane + 32 * j] = sv[img * (OPS / VE) + lane + 32 * j];
+                }
+            }
+        }
+    }
+};
+
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
           bool FLIP, int CG, int MINB>
 __global__ void __launch_bounds__(OH * 32, MINB)
@@ -381,17 +532,15 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
     constexpr int RP = L::RP, IS = L::IS;
     constexpr int KWP = round_up(KW, L::LV);
-    constexpr int VE = CG == 1 ? 1 : 16 / (int)sizeof(T);  // storage elements per global access
-    typedef typename RawBits<VE * (int)sizeof(T)>::type V;
-    constexpr int RUN = CG * IHW, ORUN = CG * OHW;           // an image's input and output run
-    constexpr int JV = (RUN / VE + 31) / 32, JO = (ORUN / VE + 31) / 32;  // accesses per lane and run
-    constexpr int IPW = (NI + NW - 1) / NW;                  // images each warp stages and stores
+    typedef BatchRuns<T, CG, BLOCK, IH, IW, RP, IS> XR;
+    constexpr int VE = XR::VE;  // storage elements per global access
+    constexpr int ORUN = CG * OHW;                     // an image's output run
     constexpr int OPS = CG > 1 ? (ORUN * (int)sizeof(T) / 16 % 2 == 1 ? ORUN : ORUN + VE)
                       : sizeof(T) == 2 ? (OHW + 1) / 2 * 2 + ((OHW + 1) / 2 % 2 == 0 ? 2 : 0)
                                        : OHW + (OHW % 2 == 0 ? 1 : 0);
     constexpr int WK = (CG * KK + BLOCK - 1) / BLOCK;        // weights per thread
     static_assert(CG == 1 || CG == 4, "one channel per unit, or four");
-    static_assert(RUN % VE == 0 && ORUN % VE == 0, "runs of whole vectors");
+    static_assert(ORUN % VE == 0, "runs of whole vectors");
     static_assert(BLOCK <= 1024, "one warp per output row");
     static_assert(OW <= 64 && RP <= 64 && KWP <= 64, "register budget: OW sums, one row, one weight row");
 
@@ -399,27 +548,15 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     A* const ws = reinterpret_cast<A*>(smem_raw);
     A* const xs = reinterpret_cast<A*>(smem_raw + round_up(CG * KH * KWP * (int)sizeof(A), 16));
     RT* const ys = reinterpret_cast<RT*>(xs + 32 * IS);  // 32*IS*sizeof(A): a multiple of 16 bytes
-    const V* const xv = reinterpret_cast<const V*>(x);
     const RT* const wr_g = reinterpret_cast<const RT*>(w);
-    V* const yv = reinterpret_cast<V*>(y);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int t = warp;                          // output row: uniform across the warp
     const int cl = lane / NI, img = lane - cl * NI;  // this lane's channel of the unit and image
-    // Where element q = (lane + 32*j)*VE + e of an image's run lands in the staged planes
-    // (less the image's own offset): the same for every image.
-    int soff[JV][VE];
-#pragma unroll
-    for (int j = 0; j < JV; ++j)
-#pragma unroll
-        for (int e = 0; e < VE; ++e) {
-            const int q = (lane + 32 * j) * VE + e;
-            const int c = q / IHW, k = q - c * IHW, r = k / IW;
-            soff[j][e] = c * NI * IS + r * RP + (k - r * IW);
-        }
-    // Image strides of a warp's input runs and output runs (64-bit: they pass 2^31 on
-    // large batches), in accesses.
-    const i64 x_step = (i64)NW * a.IC * IHW / VE, y_step = (i64)NW * a.QC * OHW / VE;
+    XR xr(tid);
+    const BatchOut<T, CG, BLOCK, ORUN, OPS> yo(tid);
+    // Image strides of the input runs and output runs (64-bit: they pass 2^31 on large
+    // batches), in accesses.
     const int QG = a.QC / CG;  // channel groups
 
     // Units advance by gridDim.x: (chunk, group) steps by (G / QG, G % QG) with a carry,
@@ -428,20 +565,11 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     const i64 g_quot = (i64)gridDim.x / QG;
     const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     const bool has_bias = !FLIP && bias != nullptr;
-    V v[IPW][JV];
     RT wv[WK], bv = RT(0);
     // Loads of a unit's runs, weights and bias into registers.
     auto fetch = [&](const Unit& un) {
         const i64 in0 = CG > 1 || a.DIV == 1 ? un.c0 : un.c0 / a.DIV;
-        const V* src = xv + ((i64)(un.n0 + warp) * a.IC + in0) * IHW / VE;
-#pragma unroll
-        for (int i = 0; i < IPW; ++i, src += x_step) {
-            if (warp + i * NW < un.ni) {
-#pragma unroll
-                for (int j = 0; j < JV; ++j)
-                    if (lane + 32 * j < RUN / VE) v[i][j] = __ldg(src + lane + 32 * j);
-            }
-        }
+        xr.fetch(x, un.n0, in0, a.IC, un.ni);
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
@@ -453,19 +581,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         if (has_bias) bv = __ldg(reinterpret_cast<const RT*>(bias) + un.c0 + cl);
     };
     auto put = [&](const Unit& un) {
-#pragma unroll
-        for (int i = 0; i < IPW; ++i) {
-            const int i2 = warp + i * NW;
-            if (i2 < un.ni) {
-#pragma unroll
-                for (int j = 0; j < JV; ++j)
-                    if (lane + 32 * j < RUN / VE) {
-                        const RT* const r = reinterpret_cast<const RT*>(&v[i][j]);
-#pragma unroll
-                        for (int e = 0; e < VE; ++e) xs[i2 * IS + soff[j][e]] = smem_elem<T>(r + e);
-                    }
-            }
-        }
+        xr.put(xs, un.ni);
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
@@ -538,20 +654,281 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         __syncthreads();
         // Each image's output run is contiguous; the next unit writes ys only after its
         // first barrier, which every thread reaches after this copy.
-        V* dst = yv + ((i64)(cur.n0 + warp) * a.QC + cur.c0) * OHW / VE;
-#pragma unroll
-        for (int i = 0; i < IPW; ++i, dst += y_step) {
-            const int i2 = warp + i * NW;
-            if (i2 < cur.ni) {
-                const V* const s = reinterpret_cast<const V*>(ys + i2 * OPS);
-#pragma unroll
-                for (int j = 0; j < JO; ++j)
-                    if (lane + 32 * j < ORUN / VE) dst[lane + 32 * j] = s[lane + 32 * j];
-            }
-        }
+        yo.store(ys, y, cur.n0, cur.c0, a.QC, cur.ni);
         if (!more) break;
         cur = nxt;
         u = u_next;
+    }
+}
+
+// bwd_batch's partial sums of one unit: N sums per lane across the NI images of the
+// lane's channel (consecutive lanes), in a fixed butterfly (deterministic); images past
+// the batch (img >= ni: their planes were not staged) add zeros. The channel's first lane
+// writes the N totals to row[0, N).
+template <int NI, int N, class A>
+__device__ __forceinline__ void batch_partial(A (&s)[N], int img, int ni, A* row) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+        if (img >= ni) s[k] = A(0);
+#pragma unroll
+        for (int off = NI / 2; off > 0; off >>= 1) s[k] += __shfl_xor_sync(0xffffffffu, s[k], off);
+    }
+    if (img == 0) {
+#pragma unroll
+        for (int k = 0; k < N; ++k) row[k] = s[k];
+    }
+}
+
+// bwd_batch: the whole backward of small planes (stride 1, multiplier 1) in conv_batch's
+// units: CG channels across a chunk of 32 / CG images, one plane pair (x, grad_output) per
+// lane, a warp per grad_x row (IH warps). One pass over x and grad_output gives all three
+// gradients.
+//
+// Why, against bwd_plane (a thread per plane pair holding the x plane and the tap sums:
+// 168 registers, few warps per SM, and the grad_x phase after the weight phase in the same
+// thread): the same reasons as conv_batch against conv_plane. Each thread holds one
+// grad_x row, or one tap row's KW sums; the staging and copy-out are conv_batch's.
+//
+// Per unit, after its barrier:
+//   grad_x:  warp t sums grad_x row t of its lane's plane: grad_output row t + PT - kh*DH
+//            through tap row kh (stride 1: the forward's taps read backwards, no rotated
+//            copy of the weights), tests uniform across the warp as in conv_batch.
+//   weights: warp w owns tap rows (w + ROT) % NW + i*NW (no two warps share a tap, so no
+//            sum across warps). ROT, from the host, pairs the warps whose grad_x rows
+//            meet few tap rows (at the plane's edges) with the tap rows that meet many
+//            output rows: convnext_7x7_s4's warps sum 10-11 row products each instead of
+//            8 to 14 (each unit waits for its slowest warp; it measured within noise,
+//            and costs nothing). For each tap row, KW sums over the plane's output rows
+//            and columns, then a fixed butterfly across the unit's NI images (lanes of
+//            one channel; images past the batch add zeros) leaves the unit's partial in
+//            the channel's first lane, which writes it to partial[channel][chunk][tap].
+//            Warp NW - 1 also sums grad_output for the bias partial.
+// The partial rows are (channel, chunk) rows as bwd_plane's. At the block's end one fence
+// makes its rows visible, then the lanes of warp 0 count up to 32 of its units at once in
+// their channel groups' counters (one atomic round trip, not one per unit); the block that
+// counts a group's last chunk adds the group's rows in chunk order (add_chunk_rows:
+// deterministic, the same order whichever block is last) and resets the counter. With
+// null counters the host's wgrad_reduce launch does that instead.
+//
+// Bytes per grad_x element: x and grad_output read once, grad_x written once (elements of
+// DRAM traffic: 1 + OH*OW/(IH*IW) + 1); partials CG*(KH*KW + 1) sums per unit.
+//
+// Template arguments: T storage type; KH KW DH DW kernel geometry (stride 1); IH IW OH OW
+// PT PL plane geometry and padding; CG channels per unit (1, or 4 in float32 with 4 |
+// channels and x, grad_output and grad_x 16-byte aligned: grad_x is always a fresh
+// allocation); ROT the rotation of tap rows over warps; MINB launch bound (BLOCK = IH * 32).
+template <class T, int KH, int KW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL, int CG, int ROT,
+          int MINB>
+__global__ void __launch_bounds__(IH * 32, MINB)
+bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
+          typename Traits<T>::acc* __restrict__ partial, unsigned* __restrict__ counters, T* __restrict__ gw,
+          T* __restrict__ gb, const BatchArgs a) {
+    typedef typename Traits<T>::acc A;
+    typedef typename Raw<T>::type RT;
+    typedef BatchLayout<A, IH, IW> LX;
+    typedef BatchLayout<A, OH, OW> LG;
+    constexpr int NW = IH, BLOCK = NW * 32;
+    constexpr int NI = 32 / CG;
+    constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
+    constexpr int KWP = round_up(KW, LX::LV);
+    typedef BatchRuns<T, CG, BLOCK, IH, IW, LX::RP, LX::IS> XR;
+    typedef BatchRuns<T, CG, BLOCK, OH, OW, LG::RP, LG::IS> GR;
+    constexpr int VE = XR::VE;
+    constexpr int ORUN = CG * IHW;               // an image's grad_x run
+    constexpr int OPS = CG > 1 ? (ORUN * (int)sizeof(T) / 16 % 2 == 1 ? ORUN : ORUN + VE)
+                      : sizeof(T) == 2 ? (IHW + 1) / 2 * 2 + ((IHW + 1) / 2 % 2 == 0 ? 2 : 0)
+                                       : IHW + (IHW % 2 == 0 ? 1 : 0);
+    constexpr int WK = (CG * KK + BLOCK - 1) / BLOCK;  // weights per thread
+    constexpr int KPW = (KH + NW - 1) / NW;             // tap rows per warp
+    static_assert(CG == 1 || CG == 4, "one channel per unit, or four");
+    static_assert(ORUN % VE == 0, "runs of whole vectors");
+    static_assert(BLOCK <= 1024, "one warp per grad_x row");
+    static_assert(ROT >= 0 && ROT < NW, "a rotation of the warps");
+    static_assert(IW <= 64 && LX::RP <= 64 && LG::RP <= 64 && KWP <= 64,
+                  "register budget: IW sums, one row, one weight row");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    A* const ws = reinterpret_cast<A*>(smem_raw);
+    A* const xs = reinterpret_cast<A*>(smem_raw + round_up(CG * KH * KWP * (int)sizeof(A), 16));
+    A* const gs = xs + 32 * LX::IS;                       // 16-byte multiples: IS is whole slots
+    RT* const os = reinterpret_cast<RT*>(gs + 32 * LG::IS);
+    const RT* const wr_g = reinterpret_cast<const RT*>(w);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t = warp;  // grad_x row: uniform across the warp
+    const int cl = lane / NI, img = lane - cl * NI;
+    const int kr = (warp + ROT) % NW;  // this warp's first tap row
+    XR xr(tid);
+    GR gr(tid);
+    const BatchOut<T, CG, BLOCK, ORUN, OPS> gx_out(tid);
+    const int QG = a.QC / CG;
+    const int n_chunks = (a.N + NI - 1) / NI;
+
+    struct Unit { int c0, n0, ni; };
+    const i64 g_quot = (i64)gridDim.x / QG;
+    const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
+    RT wv[WK];
+    auto fetch = [&](const Unit& un) {
+        xr.fetch(x, un.n0, un.c0, a.IC, un.ni);
+        gr.fetch(go, un.n0, un.c0, a.QC, un.ni);
+#pragma unroll
+        for (int k = 0; k < WK; ++k) {
+            const int e = tid + k * BLOCK;
+            if (e < CG * KK) wv[k] = __ldg(wr_g + (i64)un.c0 * KK + e);
+        }
+    };
+    auto put = [&](const Unit& un) {
+        xr.put(xs, un.ni);
+        gr.put(gs, un.ni);
+#pragma unroll
+        for (int k = 0; k < WK; ++k) {
+            const int e = tid + k * BLOCK;
+            if (e < CG * KK) {
+                const int c = e / KK, kk = e - c * KK, kh = kk / KW;
+                ws[(c * KH + kh) * KWP + kk - kh * KW] = smem_elem<T>(&wv[k]);
+            }
+        }
+    };
+    // The unit's partial row of the lane's channel (its chunk's row, from tap k0 on).
+    auto partial_row = [&](const Unit& un, int k0) {
+        return partial + ((i64)(un.c0 + cl) * n_chunks + un.n0 / NI) * (KK + 1) + k0;
+    };
+    i64 u = blockIdx.x;
+    if (u >= a.units) return;
+    Unit cur;
+    i64 chunk = u / QG;
+    int g = (int)(u - chunk * QG);
+    cur.c0 = g * CG;
+    cur.n0 = (int)chunk * NI;
+    cur.ni = min(NI, a.N - cur.n0);
+    fetch(cur);
+    for (;;) {
+        // ws, xs and gs were last read by the previous unit's FMAs, before its second barrier.
+        put(cur);
+        __syncthreads();
+        const i64 u_next = u + gridDim.x;
+        const bool more = u_next < a.units;
+        Unit nxt;
+        if (more) {
+            unsigned gg = (unsigned)g + (unsigned)g_rem;
+            chunk += g_quot;
+            if (gg >= (unsigned)QG) {
+                gg -= (unsigned)QG;
+                ++chunk;
+            }
+            g = (int)gg;
+            nxt.c0 = g * CG;
+            nxt.n0 = (int)chunk * NI;
+            nxt.ni = min(NI, a.N - nxt.n0);
+            fetch(nxt);  // in flight during this unit's FMAs and copy-out
+        }
+        const A* const xp = xs + lane * LX::IS;
+        const A* const gp = gs + lane * LG::IS;
+        const A* const wp = ws + cl * KH * KWP;
+        {
+            // grad_x row t.
+            A acc[IW];
+#pragma unroll
+            for (int j = 0; j < IW; ++j) acc[j] = A(0);
+#pragma unroll
+            for (int kh = 0; kh < KH; ++kh) {
+                const int r = t + PT - kh * DH;
+                if ((unsigned)r >= (unsigned)OH) continue;  // the same for every lane
+                A row[LG::RP], wrow[KWP];
+                smem_row(gp + r * LG::RP, row);
+                smem_row(wp + kh * KWP, wrow);
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                    for (int j = 0; j < IW; ++j) {
+                        const int ow = j + PL - kw * DW;
+                        if (ow >= 0 && ow < OW) acc[j] = fma(row[ow], wrow[kw], acc[j]);
+                    }
+            }
+            if (img < cur.ni) {
+#pragma unroll
+                for (int j = 0; j < IW; ++j) {
+                    T o;
+                    store1(&o, acc[j]);
+                    os[img * OPS + cl * IHW + t * IW + j] = *reinterpret_cast<const RT*>(&o);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < KPW; ++i) {
+            // Tap row kh's sums over the plane (uniform across the warp).
+            const int kh = kr + i * NW;
+            if (kh >= KH) break;
+            A s[KW];
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw) s[kw] = A(0);
+#pragma unroll
+            for (int oh = 0; oh < OH; ++oh) {
+                const int ih = oh - PT + kh * DH;
+                if ((unsigned)ih >= (unsigned)IH) continue;
+                A grow[LG::RP], xrow[LX::RP];
+                smem_row(gp + oh * LG::RP, grow);
+                smem_row(xp + ih * LX::RP, xrow);
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                    for (int ow = 0; ow < OW; ++ow) {
+                        const int iw = ow - PL + kw * DW;
+                        if (iw >= 0 && iw < IW) s[kw] = fma(grow[ow], xrow[iw], s[kw]);
+                    }
+            }
+            batch_partial<NI>(s, img, cur.ni, partial_row(cur, kh * KW));
+        }
+        if (warp == NW - 1) {
+            A b[1] = {A(0)};
+#pragma unroll
+            for (int oh = 0; oh < OH; ++oh) {
+                A grow[LG::RP];
+                smem_row(gp + oh * LG::RP, grow);
+#pragma unroll
+                for (int ow = 0; ow < OW; ++ow) b[0] += grow[ow];
+            }
+            batch_partial<NI>(b, img, cur.ni, partial_row(cur, KK));
+        }
+        __syncthreads();
+        // Each image's grad_x run is contiguous; the next unit writes os only after its
+        // first barrier, which every thread reaches after this copy.
+        gx_out.store(os, gx, cur.n0, cur.c0, a.IC, cur.ni);
+        if (!more) break;
+        cur = nxt;
+        u = u_next;
+    }
+    if (counters == nullptr) return;
+    // Closing: one fence for all of this block's partial rows; then warp 0 counts up to 32
+    // units at once, and the groups whose last chunk it counted are finished in turn.
+    __shared__ unsigned last_mask;
+    __shared__ int last_group[32];
+    __threadfence();
+    __syncthreads();
+    for (i64 first = blockIdx.x; first < a.units; first += 32 * (i64)gridDim.x) {
+        if (warp == 0) {
+            const i64 un = first + (i64)lane * gridDim.x;
+            int gu = 0;
+            bool last = false;
+            if (un < a.units) {
+                gu = (int)(un % QG);
+                last = atomicAdd(counters + gu, 1u) == (unsigned)(n_chunks - 1);
+            }
+            const unsigned mask = __ballot_sync(0xffffffffu, last);
+            if (lane == 0) last_mask = mask;
+            last_group[lane] = gu;
+        }
+        __syncthreads();
+        const unsigned mask = last_mask;
+        if (mask != 0u) {
+            __threadfence();  // the rows counted before these atomics are visible to this block
+            for (unsigned m = mask; m != 0u; m &= m - 1u) {
+                const int gu = last_group[__ffs(m) - 1];
+                add_chunk_rows<T, A>(partial, (i64)gu * CG, CG, n_chunks, KK, gw, gb);
+                if (tid == 0) counters[gu] = 0u;
+            }
+        }
+        __syncthreads();  // last_mask and last_group are rewritten by the next round
     }
 }
 
