@@ -80,6 +80,9 @@ FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", 
                  for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
+# The dispatcher sends float32 and float64 small planes to bwd_batch (16-bit ones keep
+# bwd_plane and bwd_mma; the forced GPU tests cover bwd_batch's 16-bit specializations).
+FAMILY_DTYPES["bwd_batch"] = ("float32", "float64")
 FAMILY_DTYPES["wgrad_stack"] = ("float16", "bfloat16")
 # conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
 FAMILY_DTYPES.update({f"conv_lines flip={b}": ("float32", "float64") for b in ("false", "true")})
@@ -146,6 +149,9 @@ def grid_problems():
         # wgrad_plane's shared memory).
         out.append((_params.conv_params((2, 3, 7, 7), (6, 1, 7, 7), None, 1, 3, 1), dtype))
         out.append((_params.conv_params((2, 3, 5, 5), (3, 1, 3, 5), None, 1, (1, 2), 1), dtype))
+        # 1x7 on 7x7 planes: bwd_plane in every dtype (bwd_batch takes float64 small planes
+        # only for kernels of more than one row).
+        out.append((_params.conv_params((2, 3, 7, 7), (3, 1, 1, 7), None, 1, (0, 3), 1), dtype))
         # 7x7 on 14x14 planes (conv_batch forward and rotated grad input in every dtype).
         out.append((_params.conv_params((2, 3, 14, 14), (3, 1, 7, 7), None, 1, 3, 1), dtype))
         # The 16-bit fused backward on tensor cores beside convnext_7x7's: a 5x7 kernel with
