@@ -755,28 +755,39 @@ BATCH_MAX_SIDE = 16
 BATCH_MAX_SIDE_F64 = 12
 
 
+def _batch_plane_stride(dtype, h, w):
+    """Staged plane stride (accumulator elements) of conv_batch and bwd_batch (mirrors
+    BatchLayout in cuda/plane.cu): rows padded to whole 16-byte reads, an odd number of
+    16-byte slots per plane."""
+    acc = ITEMSIZE[ACC_DTYPE[dtype]]
+    lv = 16 // acc
+    ps = h * (_cdiv(w, lv) * lv)
+    return ps if (ps * acc // 16) % 2 == 1 else ps + lv
+
+
+def batch_out_pitch(dtype, cg, plane):
+    """Pitch (storage elements) of one image's staged output run of `cg` planes of
+    `plane` elements (mirrors batch_out_pitch in cuda/plane.cu)."""
+    size = ITEMSIZE[dtype]
+    if cg > 1:
+        run, ve = cg * plane, 16 // size
+        return run if (run * size // 16) % 2 == 1 else run + ve
+    if size == 2:
+        e = _cdiv(plane, 2) * 2
+        return e + (2 if (e // 2) % 2 == 0 else 0)
+    return plane + (1 if plane % 2 == 0 else 0)
+
+
 def _batch_layout(pr, dtype, cg=1):
     """(LV, RP, IS, KWP, OPS, VE) of conv_batch's shared memory and accesses (mirrors
     BatchLayout and the kernel's constants in cuda/plane.cu): accumulator values per
     16-byte read, staged row pitch, staged plane stride (an odd number of 16-byte slots),
     weight row pitch, output run pitch (storage elements), storage elements per global
     access."""
-    acc, size = ITEMSIZE[ACC_DTYPE[dtype]], ITEMSIZE[dtype]
-    lv = 16 // acc
-    rp = _cdiv(pr.IW, lv) * lv
-    ps = pr.IH * rp
-    image = ps if (ps * acc // 16) % 2 == 1 else ps + lv
-    ohw = pr.OH * pr.OW
-    ve = 1 if cg == 1 else 16 // size
-    if cg > 1:
-        run = cg * ohw
-        ops = run if (run * size // 16) % 2 == 1 else run + ve
-    elif size == 2:
-        e = _cdiv(ohw, 2) * 2
-        ops = e + (2 if (e // 2) % 2 == 0 else 0)
-    else:
-        ops = ohw + (1 if ohw % 2 == 0 else 0)
-    return lv, rp, image, _cdiv(pr.KW, lv) * lv, ops, ve
+    lv = 16 // ITEMSIZE[ACC_DTYPE[dtype]]
+    ve = 1 if cg == 1 else 16 // ITEMSIZE[dtype]
+    return (lv, _cdiv(pr.IW, lv) * lv, _batch_plane_stride(dtype, pr.IH, pr.IW), _cdiv(pr.KW, lv) * lv,
+            batch_out_pitch(dtype, cg, pr.OH * pr.OW), ve)
 
 
 def batch_smem_bytes(pr, dtype, cg=1):
@@ -827,6 +838,12 @@ def _batch_groups(pr, dtype, x_ptr):
     return 4 if ok else 1
 
 
+def _batch_minb(block, need, smem):
+    """Blocks per SM of conv_batch and bwd_batch (their launch bound and persistent grid):
+    as many as registers (`need` per thread), threads and shared memory allow."""
+    return max(1, min(_plane_minb(block, need), SM_THREADS // block, SM_SMEM // (smem + 1024)))
+
+
 def batch_launch(pr, dtype, x_ptr=0, cg=None, minb=None, blocks=None, sms=132):
     """conv_batch plan (MODE 0 correlations with one input plane per output plane, at any
     stride, optionally with the rotated kernel); None if a warp per output row does not
@@ -843,9 +860,7 @@ def batch_launch(pr, dtype, x_ptr=0, cg=None, minb=None, blocks=None, sms=132):
     smem = batch_smem_bytes(pr, dtype, cg)
     if block > 1024 or smem > SM_SMEM:
         return None
-    per_sm = max(1, min(_plane_minb(block, _batch_regs(pr, dtype, cg)), SM_THREADS // block,
-                        SM_SMEM // (smem + 1024)))
-    minb = per_sm if minb is None else minb
+    minb = _batch_minb(block, _batch_regs(pr, dtype, cg), smem) if minb is None else minb
     expr = "dw::conv_batch<" + _targs(
         CXX_TYPE[dtype], pr.KH, pr.KW, pr.SH, pr.SW, pr.DH, pr.DW, pr.IH, pr.IW, pr.OH, pr.OW, pr.PT, pr.PL,
         pr.flip, cg, minb
@@ -861,24 +876,10 @@ def _bwd_batch_layout(p, dtype, cg):
     """(x plane stride, grad_output plane stride, KWP, OPS, VE) of bwd_batch (mirrors
     cuda/plane.cu): conv_batch's staged planes for x (H x W) and grad_output (OH x OW),
     its weight rows, and its output runs for the grad_x planes."""
-    acc, size = ITEMSIZE[ACC_DTYPE[dtype]], ITEMSIZE[dtype]
-    lv = 16 // acc
-
-    def stride(h, w):
-        ps = h * (_cdiv(w, lv) * lv)
-        return ps if (ps * acc // 16) % 2 == 1 else ps + lv
-
-    ihw = p.H * p.W
-    ve = 1 if cg == 1 else 16 // size
-    if cg > 1:
-        run = cg * ihw
-        ops = run if (run * size // 16) % 2 == 1 else run + ve
-    elif size == 2:
-        e = _cdiv(ihw, 2) * 2
-        ops = e + (2 if (e // 2) % 2 == 0 else 0)
-    else:
-        ops = ihw + (1 if ihw % 2 == 0 else 0)
-    return stride(p.H, p.W), stride(p.OH, p.OW), _cdiv(p.KW, lv) * lv, ops, ve
+    lv = 16 // ITEMSIZE[ACC_DTYPE[dtype]]
+    ve = 1 if cg == 1 else 16 // ITEMSIZE[dtype]
+    return (_batch_plane_stride(dtype, p.H, p.W), _batch_plane_stride(dtype, p.OH, p.OW), _cdiv(p.KW, lv) * lv,
+            batch_out_pitch(dtype, cg, p.H * p.W), ve)
 
 
 def bwd_batch_smem_bytes(p, dtype, cg=1):
@@ -956,9 +957,7 @@ def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=Non
     smem = bwd_batch_smem_bytes(p, dtype, cg)
     if block > 1024 or smem > SM_SMEM:
         return None
-    per_sm = max(1, min(_plane_minb(block, _bwd_batch_regs(p, dtype, cg)), SM_THREADS // block,
-                        SM_SMEM // (smem + 1024)))
-    minb = per_sm if minb is None else minb
+    minb = _batch_minb(block, _bwd_batch_regs(p, dtype, cg), smem) if minb is None else minb
     expr = "dw::bwd_batch<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, cg, _bwd_batch_rotation(p), minb
     ) + ">"

@@ -519,6 +519,75 @@ struct BatchOut {
     }
 };
 
+// Pitch (storage elements) of one image's staged output run of CG planes of PLANE
+// elements in conv_batch and bwd_batch (the host mirrors it in _kernels.batch_out_pitch):
+// CG == 4, an odd number of 16-byte vectors; CG == 1, an odd number of 4-byte words
+// (8-byte types: of 8-byte words), so that the lanes' stores of one output hit distinct
+// banks.
+template <class T, int CG, int PLANE>
+__host__ __device__ constexpr int batch_out_pitch() {
+    constexpr int RUN = CG * PLANE, VE = CG == 1 ? 1 : 16 / (int)sizeof(T);
+    return CG > 1 ? (RUN * (int)sizeof(T) / 16 % 2 == 1 ? RUN : RUN + VE)
+         : sizeof(T) == 2 ? (PLANE + 1) / 2 * 2 + ((PLANE + 1) / 2 % 2 == 0 ? 2 : 0)
+                          : PLANE + (PLANE % 2 == 0 ? 1 : 0);
+}
+
+// One unit of conv_batch and bwd_batch: channels c0 .. c0 + CG - 1 of images n0 .. n0 +
+// ni - 1 (chunk `chunk` of NI images, channel group g).
+struct BatchUnit {
+    int c0, n0, ni;
+};
+template <int CG>
+__device__ __forceinline__ BatchUnit batch_unit(int g, i64 chunk, int N) {
+    constexpr int NI = 32 / CG;
+    BatchUnit un;
+    un.c0 = g * CG;
+    un.n0 = (int)chunk * NI;
+    un.ni = min(NI, N - un.n0);
+    return un;
+}
+
+// The next unit of a persistent batch block: blocks walk units blockIdx.x, blockIdx.x +
+// gridDim.x, ..., unit u being (chunk u / QG, channel group u % QG); a step by gridDim.x
+// moves (chunk, group) by (g_quot, g_rem) = (G / QG, G % QG) with a carry, worked out
+// once (a division per unit cost ~20 instructions of ~600).
+__device__ __forceinline__ void batch_step(int& g, i64& chunk, int g_rem, i64 g_quot, int QG) {
+    unsigned gg = (unsigned)g + (unsigned)g_rem;  // < 2 * QG: no overflow unsigned
+    chunk += g_quot;
+    if (gg >= (unsigned)QG) {
+        gg -= (unsigned)QG;
+        ++chunk;
+    }
+    g = (int)gg;
+}
+
+// Row t of one plane's sums in conv_batch and bwd_batch: acc[j] += sum over taps (kh, kw)
+// of src[row][col] * wch[kh][kw], row = t*SH + R0 + kh*RS and col = j*SW + C0 + kw*CS,
+// taps whose row falls outside the plane skipped (the test is uniform across a warp),
+// columns outside it dropped at compile time. conv_batch: (R0, RS, C0, CS) = (-PT, DH,
+// -PL, DW); bwd_batch's grad_x at stride 1: (PT, -DH, PL, -DW), the forward's taps read
+// backwards. src: the lane's staged plane (rows RP apart, H x W); wch: its channel's
+// weight rows (KWP apart; the same addresses across the lanes of a channel: broadcasts).
+template <class A, int KH, int KW, int SH, int SW, int R0, int RS, int C0, int CS, int H, int W, int RP, int KWP,
+          int OUTW>
+__device__ __forceinline__ void batch_row_sums(const A* src, const A* wch, int t, A (&acc)[OUTW]) {
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+        const int r = t * SH + R0 + kh * RS;
+        if ((unsigned)r >= (unsigned)H) continue;  // the same for every lane
+        A row[RP], wrow[KWP];
+        smem_row(src + r * RP, row);
+        smem_row(wch + kh * KWP, wrow);
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+            for (int j = 0; j < OUTW; ++j) {
+                const int c = j * SW + C0 + kw * CS;
+                if (c >= 0 && c < W) acc[j] = fma(row[c], wrow[kw], acc[j]);
+            }
+    }
+}
+
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
           bool FLIP, int CG, int MINB>
 __global__ void __launch_bounds__(OH * 32, MINB)
@@ -535,9 +604,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     typedef BatchRuns<T, CG, BLOCK, IH, IW, RP, IS> XR;
     constexpr int VE = XR::VE;  // storage elements per global access
     constexpr int ORUN = CG * OHW;                     // an image's output run
-    constexpr int OPS = CG > 1 ? (ORUN * (int)sizeof(T) / 16 % 2 == 1 ? ORUN : ORUN + VE)
-                      : sizeof(T) == 2 ? (OHW + 1) / 2 * 2 + ((OHW + 1) / 2 % 2 == 0 ? 2 : 0)
-                                       : OHW + (OHW % 2 == 0 ? 1 : 0);
+    constexpr int OPS = batch_out_pitch<T, CG, OHW>();
     constexpr int WK = (CG * KK + BLOCK - 1) / BLOCK;        // weights per thread
     static_assert(CG == 1 || CG == 4, "one channel per unit, or four");
     static_assert(ORUN % VE == 0, "runs of whole vectors");
@@ -559,9 +626,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     // batches), in accesses.
     const int QG = a.QC / CG;  // channel groups
 
-    // Units advance by gridDim.x: (chunk, group) steps by (G / QG, G % QG) with a carry,
-    // worked out once (a division per unit cost ~20 instructions of ~600).
-    struct Unit { int c0, n0, ni; };
+    typedef BatchUnit Unit;
     const i64 g_quot = (i64)gridDim.x / QG;
     const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     const bool has_bias = !FLIP && bias != nullptr;
@@ -597,9 +662,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     Unit cur;
     i64 chunk = u / QG;  // once per block
     int g = (int)(u - chunk * QG);
-    cur.c0 = g * CG;
-    cur.n0 = (int)chunk * NI;
-    cur.ni = min(NI, a.N - cur.n0);
+    cur = batch_unit<CG>(g, chunk, a.N);
     fetch(cur);
     for (;;) {
         // ws and xs were last read by the previous unit's FMAs, before its second barrier.
@@ -610,39 +673,16 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         const bool more = u_next < a.units;
         Unit nxt;
         if (more) {
-            unsigned gg = (unsigned)g + (unsigned)g_rem;  // < 2 * QG: no overflow unsigned
-            chunk += g_quot;
-            if (gg >= (unsigned)QG) {
-                gg -= (unsigned)QG;
-                ++chunk;
-            }
-            g = (int)gg;
-            nxt.c0 = g * CG;
-            nxt.n0 = (int)chunk * NI;
-            nxt.ni = min(NI, a.N - nxt.n0);
+            batch_step(g, chunk, g_rem, g_quot, QG);
+            nxt = batch_unit<CG>(g, chunk, a.N);
             fetch(nxt);  // in flight during this unit's FMAs and copy-out
         }
 
         A acc[OW];
 #pragma unroll
         for (int j = 0; j < OW; ++j) acc[j] = b0;
-        const A* const xp = xs + lane * IS;
-        const A* const wp = ws + cl * KH * KWP;
-#pragma unroll
-        for (int kh = 0; kh < KH; ++kh) {
-            const int ih = t * SH - PT + kh * DH;
-            if ((unsigned)ih >= (unsigned)IH) continue;  // the same for every lane
-            A row[RP], wrow[KWP];
-            smem_row(xp + ih * RP, row);
-            smem_row(wp + kh * KWP, wrow);  // CG addresses across the warp: broadcasts
-#pragma unroll
-            for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                for (int j = 0; j < OW; ++j) {
-                    const int iw = j * SW - PL + kw * DW;
-                    if (iw >= 0 && iw < IW) acc[j] = fma(row[iw], wrow[kw], acc[j]);
-                }
-        }
+        batch_row_sums<A, KH, KW, SH, SW, -PT, DH, -PL, DW, IH, IW, RP, KWP, OW>(xs + lane * IS, ws + cl * KH * KWP, t,
+                                                                               acc);
         if (img < cur.ni) {
 #pragma unroll
             for (int j = 0; j < OW; ++j) {
@@ -735,9 +775,7 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     typedef BatchRuns<T, CG, BLOCK, OH, OW, LG::RP, LG::IS> GR;
     constexpr int VE = XR::VE;
     constexpr int ORUN = CG * IHW;               // an image's grad_x run
-    constexpr int OPS = CG > 1 ? (ORUN * (int)sizeof(T) / 16 % 2 == 1 ? ORUN : ORUN + VE)
-                      : sizeof(T) == 2 ? (IHW + 1) / 2 * 2 + ((IHW + 1) / 2 % 2 == 0 ? 2 : 0)
-                                       : IHW + (IHW % 2 == 0 ? 1 : 0);
+    constexpr int OPS = batch_out_pitch<T, CG, IHW>();
     constexpr int WK = (CG * KK + BLOCK - 1) / BLOCK;  // weights per thread
     constexpr int KPW = (KH + NW - 1) / NW;             // tap rows per warp
     static_assert(CG == 1 || CG == 4, "one channel per unit, or four");
@@ -764,8 +802,8 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     const int QG = a.QC / CG;
     const int n_chunks = (a.N + NI - 1) / NI;
 
-    struct Unit { int c0, n0, ni; };
-    const i64 g_quot = (i64)gridDim.x / QG;
+    typedef BatchUnit Unit;
+    const i64 g_quot = (i64)gridDim.x / QG;  // unit steps as conv_batch's (batch_step)
     const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     RT wv[WK];
     auto fetch = [&](const Unit& un) {
@@ -798,9 +836,7 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     Unit cur;
     i64 chunk = u / QG;
     int g = (int)(u - chunk * QG);
-    cur.c0 = g * CG;
-    cur.n0 = (int)chunk * NI;
-    cur.ni = min(NI, a.N - cur.n0);
+    cur = batch_unit<CG>(g, chunk, a.N);
     fetch(cur);
     for (;;) {
         // ws, xs and gs were last read by the previous unit's FMAs, before its second barrier.
@@ -810,16 +846,8 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
         const bool more = u_next < a.units;
         Unit nxt;
         if (more) {
-            unsigned gg = (unsigned)g + (unsigned)g_rem;
-            chunk += g_quot;
-            if (gg >= (unsigned)QG) {
-                gg -= (unsigned)QG;
-                ++chunk;
-            }
-            g = (int)gg;
-            nxt.c0 = g * CG;
-            nxt.n0 = (int)chunk * NI;
-            nxt.ni = min(NI, a.N - nxt.n0);
+            batch_step(g, chunk, g_rem, g_quot, QG);
+            nxt = batch_unit<CG>(g, chunk, a.N);
             fetch(nxt);  // in flight during this unit's FMAs and copy-out
         }
         const A* const xp = xs + lane * LX::IS;
@@ -830,21 +858,7 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
             A acc[IW];
 #pragma unroll
             for (int j = 0; j < IW; ++j) acc[j] = A(0);
-#pragma unroll
-            for (int kh = 0; kh < KH; ++kh) {
-                const int r = t + PT - kh * DH;
-                if ((unsigned)r >= (unsigned)OH) continue;  // the same for every lane
-                A row[LG::RP], wrow[KWP];
-                smem_row(gp + r * LG::RP, row);
-                smem_row(wp + kh * KWP, wrow);
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-                    for (int j = 0; j < IW; ++j) {
-                        const int ow = j + PL - kw * DW;
-                        if (ow >= 0 && ow < OW) acc[j] = fma(row[ow], wrow[kw], acc[j]);
-                    }
-            }
+            batch_row_sums<A, KH, KW, 1, 1, PT, -DH, PL, -DW, OH, OW, LG::RP, KWP, IW>(gp, wp, t, acc);
             if (img < cur.ni) {
 #pragma unroll
                 for (int j = 0; j < IW; ++j) {
