@@ -755,6 +755,14 @@ BATCH_MAX_SIDE = 16
 BATCH_MAX_SIDE_F64 = 12
 
 
+def _batch_small(dtype, kh, kw, steps, sides):
+    """The limits the dispatcher shares between conv_batch and bwd_batch: stride 1 and
+    dilation 1 (`steps`), a kernel of more than one row and at most 64 taps, plane sides
+    of at most BATCH_MAX_SIDE (float64: BATCH_MAX_SIDE_F64)."""
+    limit = BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE
+    return kh > 1 and kh * kw <= PLANE_MAX_TAPS and tuple(steps) == (1, 1, 1, 1) and max(sides) <= limit
+
+
 def _batch_plane_stride(dtype, h, w):
     """Staged plane stride (accumulator elements) of conv_batch and bwd_batch (mirrors
     BatchLayout in cuda/plane.cu): rows padded to whole 16-byte reads, an odd number of
@@ -929,30 +937,33 @@ def _bwd_batch_rotation(p):
     return min(range(nw), key=busiest)
 
 
+def _bwd_batch_vectors(p, dtype, x_ptr, go_ptr):
+    """Whether bwd_batch's runs of 4 channels are 16-byte vectors: float32, 4 | channels,
+    x and grad_output 16-byte aligned."""
+    return ITEMSIZE[dtype] == 4 and p.C % 4 == 0 and x_ptr % 16 == 0 and go_ptr % 16 == 0
+
+
 def _bwd_batch_groups(p, dtype, x_ptr, go_ptr):
-    """Channels per bwd_batch unit: 4 where float32 runs of 4 channels start on 16-byte
-    boundaries in x and grad_output and their loads fit a block's registers (7x7 on 14 x
-    14: not), else 1."""
-    if ITEMSIZE[dtype] == 4 and p.C % 4 == 0 and x_ptr % 16 == 0 and go_ptr % 16 == 0:
-        if _bwd_batch_regs(p, dtype, 4) <= reg_cap(p.H * 32, 1):
-            return 4
+    """Channels per bwd_batch unit: 4 where its runs are 16-byte vectors and their loads
+    fit a block's registers (7x7 on 14 x 14: not), else 1."""
+    if _bwd_batch_vectors(p, dtype, x_ptr, go_ptr) and _bwd_batch_regs(p, dtype, 4) <= reg_cap(p.H * 32, 1):
+        return 4
     return 1
 
 
 def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=None, sms=132):
     """bwd_batch plan (the whole backward of small planes in conv_batch's units: stride 1,
     multiplier 1): (launch, chunks), or None where it does not take the problem. `cg`
-    channels per unit (default 4 where float32 runs of 4 channels start on 16-byte
-    boundaries in x and grad_output and their loads fit the registers, else 1); persistent blocks, at most `blocks`
-    (default: as many as are resident on `sms` multiprocessors); chunks = batch chunks of
-    32 / cg images (the partial rows per channel)."""
+    channels per unit (default `_bwd_batch_groups`; 4 only where the runs are 16-byte
+    vectors); persistent blocks, at most `blocks` (default: as many as are resident on
+    `sms` multiprocessors); chunks = batch chunks of 32 / cg images (the partial rows per
+    channel)."""
     if (p.M != 1 or (p.SH, p.SW) != (1, 1) or max(p.W, p.OW, p.KW) > BATCH_MAX_ROW
             or min(p.N, p.C, p.H, p.W, p.OH, p.OW) < 1):
         return None
-    fit = 4 if ITEMSIZE[dtype] == 4 and p.C % 4 == 0 and x_ptr % 16 == 0 and go_ptr % 16 == 0 else 1
     block = p.H * 32
     cg = _bwd_batch_groups(p, dtype, x_ptr, go_ptr) if cg is None else cg
-    if cg not in (1, fit):
+    if cg not in (1, 4) or (cg == 4 and not _bwd_batch_vectors(p, dtype, x_ptr, go_ptr)):
         return None
     smem = bwd_batch_smem_bytes(p, dtype, cg)
     if block > 1024 or smem > SM_SMEM:
@@ -978,12 +989,10 @@ def _use_bwd_batch(p, dtype, x_ptr=0, go_ptr=0):
     float64 convnext_7x7_s4 41.6 against 91 for its separate grad input and weight
     gradient. 16-bit stays with bwd_mma and bwd_plane (7x7 on 14 x 14 float16: 20.2
     against bwd_mma's 17.6)."""
-    if p.M != 1 or p.KH == 1 or (p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or dtype not in ("float32", "float64"):
+    if (p.M != 1 or dtype not in ("float32", "float64")
+            or not _batch_small(dtype, p.KH, p.KW, (p.SH, p.SW, p.DH, p.DW), (p.H, p.W, p.OH, p.OW))):
         return False
-    if max(p.H, p.W, p.OH, p.OW) > (BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE):
-        return False
-    taps = p.KH * p.KW
-    if taps > PLANE_MAX_TAPS or (dtype == "float32" and taps < 25):
+    if dtype == "float32" and p.KH * p.KW < 25:
         return False
     cg = _bwd_batch_groups(p, dtype, x_ptr, go_ptr)
     return _bwd_batch_regs(p, dtype, cg) <= reg_cap(p.H * 32, 1)
@@ -1244,13 +1253,10 @@ def _use_batch(pr, dtype):
     threads cap registers under 128 at one block per SM, and a row of 20 or more sums,
     its staged row and the next unit's loads want more: 5x7 on 13 x 22 spills 52 bytes
     in float32, 268 in float64; not measured: the forced tests cover them)."""
-    if pr.mode != 0 or pr.R != 1 or pr.KH == 1 or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1):
-        return False
-    if max(pr.OH, pr.OW, pr.IW) > (BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE):
+    if pr.mode != 0 or pr.R != 1 or not _batch_small(dtype, pr.KH, pr.KW, (pr.SH, pr.SW, pr.DH, pr.DW),
+                                                      (pr.OH, pr.OW, pr.IW)):
         return False
     taps = pr.KH * pr.KW
-    if taps > PLANE_MAX_TAPS:
-        return False
     if dtype == "float64":
         return True
     if dtype == "float32":

@@ -292,7 +292,7 @@ struct PlaneArgs {
     int QC, DIV, R, P;  // channel map; P planes per block
 };
 struct BatchArgs {
-    i64 units, IC;  // units: (channel, chunk of 32*NG images), channel fastest
+    i64 units, IC;  // units: (chunk of 32 / CG images, group of CG channels), group fastest
     int N, QC, DIV;  // batch items; channel map (R = 1)
 };
 struct WplaneArgs {

@@ -379,10 +379,9 @@ template <> struct RawBits<16> { typedef uint4 type; };
 //   flat (FLAT true): access q = tid + j*BLOCK of the unit's NI * RV is image q / RV,
 //     access q % RV of its run; soff per access. convnext_7x7_s4 float32 (4 channels x 8
 //     images of 49 vectors on 7 warps): by image 2 images x 2 rounds of 32 lanes (16 of
-//     the 32 vector registers idle), flat 2 vectors a thread. (Under the register caps of
-//     4 blocks per SM the compiler works soff out again every unit, divisions included:
-//     130 of bwd_batch's 1014 instructions per warp and unit on convnext_7x7_s4. A table
-//     of them in shared memory, read back every unit, measured slower: NOTES, session 28.)
+//     the 32 vector registers idle), flat 2 vectors a thread. (A table of the offsets in
+//     shared memory, read back every unit instead of held in registers, measured slower:
+//     NOTES, session 28.)
 template <class T, int CG, int BLOCK, int H, int W, int RP, int IS>
 struct BatchRuns {
     typedef typename Traits<T>::acc A;
