@@ -279,6 +279,23 @@ def test_bwd_batch_dispatch():
     assert _kernels.plan_backward(tiny, "float16", 0, 0, 90, 132, force=dict(family="batch", cg=4)) is None
 
 
+def test_batch_declines_units_past_2gb():
+    """conv_batch and bwd_batch keep each thread's offsets within a unit in 32 bits: where
+    a unit's images of one tensor span 2^31 bytes or more (8 images of 4 channels, or 32 of
+    one), both decline and the problem takes another plan."""
+    for c, fits in ((65536, True), (1 << 21, False)):  # 8 images x c x 49 x 4 bytes
+        p = params((8, c, 7, 7), (c, 1, 7, 7), 1, 3, 1)
+        pr = _kernels.forward_problem(p)
+        assert (_kernels.batch_launch(pr, "float32", 0, cg=4) is not None) == fits, c
+        assert (_kernels.bwd_batch_launch(p, "float32", 0, 0, cg=4) is not None) == fits, c
+        if not fits:
+            assert "conv_batch" not in _kernels.plan_forward(p, "float32", 0, 90, 132).expr
+            fused = _kernels.plan_backward(p, "float32", 0, 0, 90, 132)
+            assert fused is None or "bwd_batch" not in fused[0].expr
+    assert _kernels._batch_spans_fit("float32", 1, (1 << 14, 1 << 10)) is False  # 32 images x 2^24 x 4 bytes
+    assert _kernels._batch_spans_fit("float32", 1, ((1 << 14) - 1, 1 << 10)) is True
+
+
 def test_bwd_mma_dispatch():
     """The 16-bit backward of kernels of 21 taps and more on whole planes of up to 64 x 64
     is one bwd_mma launch on sm_80 and newer (convnext_7x7); 3x3 kernels, float32, sm_75,
