@@ -848,8 +848,8 @@ def _batch_groups(pr, dtype, x_ptr):
 
 def _batch_spans_fit(dtype, cg, *tensors):
     """Whether a batch unit's 32 / cg images of each tensor ((channels, plane elements)
-    pairs) span fewer than 2^31 bytes: conv_batch and bwd_batch keep each thread's offsets
-    past the unit's first element in 32 bits."""
+    pairs) span fewer than 2^31 bytes: conv_batch keeps each thread's offsets past the
+    unit's first element in 32 bits (BatchRuns and BatchOut with BOFF)."""
     return all((32 // cg) * c * hw * ITEMSIZE[dtype] < 2**31 for c, hw in tensors)
 
 
@@ -974,7 +974,7 @@ def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=Non
     if cg not in (1, 4) or (cg == 4 and not _bwd_batch_vectors(p, dtype, x_ptr, go_ptr)):
         return None
     smem = bwd_batch_smem_bytes(p, dtype, cg)
-    if block > 1024 or smem > SM_SMEM or not _batch_spans_fit(dtype, cg, (p.C, p.H * p.W), (p.C, p.OH * p.OW)):
+    if block > 1024 or smem > SM_SMEM:
         return None
     minb = _batch_minb(block, _bwd_batch_regs(p, dtype, cg), smem) if minb is None else minb
     expr = "dw::bwd_batch<" + _targs(

@@ -280,18 +280,17 @@ def test_bwd_batch_dispatch():
 
 
 def test_batch_declines_units_past_2gb():
-    """conv_batch and bwd_batch keep each thread's offsets within a unit in 32 bits: where
-    a unit's images of one tensor span 2^31 bytes or more (8 images of 4 channels, or 32 of
-    one), both decline and the problem takes another plan."""
+    """conv_batch keeps each thread's offsets within a unit in 32 bits: where a unit's
+    images of its input or output span 2^31 bytes or more (8 images of 4 channels, or 32
+    of one), it declines and the problem takes another plan (bwd_batch keeps 64-bit
+    offsets and takes it)."""
     for c, fits in ((65536, True), (1 << 21, False)):  # 8 images x c x 49 x 4 bytes
         p = params((8, c, 7, 7), (c, 1, 7, 7), 1, 3, 1)
         pr = _kernels.forward_problem(p)
         assert (_kernels.batch_launch(pr, "float32", 0, cg=4) is not None) == fits, c
-        assert (_kernels.bwd_batch_launch(p, "float32", 0, 0, cg=4) is not None) == fits, c
+        assert _kernels.bwd_batch_launch(p, "float32", 0, 0, cg=4) is not None, c
         if not fits:
             assert "conv_batch" not in _kernels.plan_forward(p, "float32", 0, 90, 132).expr
-            fused = _kernels.plan_backward(p, "float32", 0, 0, 90, 132)
-            assert fused is None or "bwd_batch" not in fused[0].expr
     assert _kernels._batch_spans_fit("float32", 1, (1 << 14, 1 << 10)) is False  # 32 images x 2^24 x 4 bytes
     assert _kernels._batch_spans_fit("float32", 1, ((1 << 14) - 1, 1 << 10)) is True
 

@@ -377,15 +377,16 @@ template <> struct RawBits<16> { typedef uint4 type; };
 //   by image (FLAT false): warp w loads images w, w + NW, ..., lane l accesses l, l + 32,
 //     ... of each run; soff is the same for every image (one per access of a run).
 //   flat (FLAT true): access q = tid + j*BLOCK of the unit's NI * RV is image q / RV,
-//     access q % RV of its run; soff per access, and where it lies past the unit's first
-//     element (boff: bytes, 32 bits; the unit's address is worked out once per unit, not
-//     per access: -28 instructions per warp and unit on convnext_7x7_s4, NOTES session
-//     29). convnext_7x7_s4 float32 (4 channels x 8
-//     images of 49 vectors on 7 warps): by image 2 images x 2 rounds of 32 lanes (16 of
-//     the 32 vector registers idle), flat 2 vectors a thread. (A table of the offsets in
-//     shared memory, read back every unit instead of held in registers, measured slower:
-//     NOTES, session 28.)
-template <class T, int CG, int BLOCK, int H, int W, int RP, int IS>
+//     access q % RV of its run; soff per access. With UB (conv_batch), also where it lies
+//     past the unit's first element (boff: bytes, 32 bits), so the unit's address is worked
+//     out once per unit rather than per access (convnext_7x7_s4: 27 fewer instructions per
+//     warp and unit under NVRTC 13.0; bwd_batch's loop grew by ~50 with them, so it keeps
+//     the per-access 64-bit offsets; NOTES, session 29). convnext_7x7_s4 float32 (4
+//     channels x 8 images of 49 vectors on 7 warps): by image 2 images x 2 rounds of 32
+//     lanes (16 of the 32 vector registers idle), flat 2 vectors a thread. (A table of the
+//     offsets in shared memory, read back every unit instead of held in registers,
+//     measured slower: NOTES, session 28.)
+template <class T, int CG, int BLOCK, int H, int W, int RP, int IS, bool UB>
 struct BatchRuns {
     typedef typename Traits<T>::acc A;
     static constexpr int NI = 32 / CG, NW = BLOCK / 32;
@@ -400,16 +401,17 @@ struct BatchRuns {
     static constexpr bool FLAT = JF <= 2 && JF * (VR + VE + 2) < IPW * JW * VR + JW * VE;
     static constexpr int JV = FLAT ? JF : IPW * JW;  // accesses in flight per thread
     static constexpr int JS = FLAT ? JF : JW;        // soff rows
+    static constexpr bool BOFF = UB && FLAT;         // boff held (see fetch)
     static_assert(RUN % VE == 0, "runs of whole vectors");
     V v[JV];
     int soff[JS][VE];  // flat: where access j lands; by image: where access j of image 0's run does
-    unsigned boff[FLAT ? JF : 1];  // flat: access j's bytes past the unit's first element
+    unsigned boff[BOFF ? JF : 1];  // BOFF: access j's bytes past the unit's first element
     int tid;
 
-    // C: the tensor's channels (its images are C*H*W elements apart; the host checks that
-    // NI images span fewer than 2^31 bytes, so boff fits 32 bits).
+    // C: the tensor's channels (its images are C*H*W elements apart; with BOFF the host
+    // checks that NI images span fewer than 2^31 bytes, so boff fits 32 bits).
     __device__ __forceinline__ BatchRuns(int tid_, int C) : tid(tid_) {
-        if constexpr (FLAT) {
+        if constexpr (BOFF) {
 #pragma unroll
             for (int j = 0; j < JF; ++j) {
                 const int q = tid + j * BLOCK, img = q / RV;
@@ -426,18 +428,27 @@ struct BatchRuns {
             }
         }
     }
-    // The unit's runs of a tensor of C channels of H x W planes, whose first element (image
-    // n0, channel c0) is at `unit`: images n0 .. n0 + ni - 1, channels c0 .. c0 + CG - 1.
-    __device__ __forceinline__ void fetch(const T* unit, int C, int ni) {
-        if constexpr (FLAT) {
-            const char* const src = reinterpret_cast<const char*>(unit);
+    // The unit's runs of tensor x (C channels of H x W planes): images n0 .. n0 + ni - 1,
+    // channels c0 .. c0 + CG - 1. Offsets past x in 64 bits (they pass 2^31 on large
+    // batches). BOFF: the unit's first element once, then each access's 32-bit boff.
+    __device__ __forceinline__ void fetch(const T* x, int n0, i64 c0, int C, int ni) {
+        if constexpr (BOFF) {
+            const char* const src = reinterpret_cast<const char*>(x + ((i64)n0 * C + c0) * HW);
 #pragma unroll
             for (int j = 0; j < JF; ++j)
                 if (tid + j * BLOCK < ni * RV) v[j] = __ldg(reinterpret_cast<const V*>(src + boff[j]));
+        } else if constexpr (FLAT) {
+            const V* const src = reinterpret_cast<const V*>(x) + ((i64)n0 * C + c0) * HW / VE;
+            const i64 step = (i64)C * HW / VE;
+#pragma unroll
+            for (int j = 0; j < JF; ++j) {
+                const int q = tid + j * BLOCK, img = q / RV;
+                if (q < ni * RV) v[j] = __ldg(src + img * step + (q - img * RV));
+            }
         } else {
             const int warp = tid >> 5, lane = tid & 31;
-            const V* src = reinterpret_cast<const V*>(unit + (i64)warp * C * HW);
-            const i64 step = (i64)NW * C * HW / VE;  // 64 bits: a whole batch apart
+            const V* src = reinterpret_cast<const V*>(x) + ((i64)(n0 + warp) * C + c0) * HW / VE;
+            const i64 step = (i64)NW * C * HW / VE;
 #pragma unroll
             for (int i = 0; i < IPW; ++i, src += step) {
                 if (warp + i * NW < ni) {
@@ -484,21 +495,22 @@ struct BatchRuns {
 // access q = tid + j*BLOCK; else warp w stores images w, w + NW, ..., lane l accesses l,
 // l + 32, ... (no division, where the flat split would hold many accesses per thread: 14
 // on 14 x 14 planes at CG == 1).
-template <class T, int CG, int BLOCK, int RUN, int OPS>
+template <class T, int CG, int BLOCK, int RUN, int OPS, bool UB>
 struct BatchOut {
     static constexpr int NI = 32 / CG, NW = BLOCK / 32;
     static constexpr int VE = CG == 1 ? 1 : 16 / (int)sizeof(T);
     typedef typename RawBits<VE * (int)sizeof(T)>::type V;
     static constexpr int RV = RUN / VE, JF = (NI * RV + BLOCK - 1) / BLOCK;
-    static constexpr bool FLAT = CG > 1 && JF <= 2;
+    static constexpr bool FLAT = CG > 1 && JF <= 2, BOFF = UB && FLAT;
     static_assert(OPS % VE == 0 && RUN % VE == 0, "image runs of whole vectors");
     int tid;
-    unsigned boff[FLAT ? JF : 1];  // flat: access j's bytes past the unit's first element
+    unsigned boff[BOFF ? JF : 1];  // BOFF: access j's bytes past the unit's first element
 
-    // C: the output's channels (the host checks that NI images span fewer than 2^31 bytes).
+    // C: the output's channels (with BOFF the host checks that NI images span fewer than
+    // 2^31 bytes).
     __device__ __forceinline__ BatchOut(int tid_, int C) : tid(tid_) {
         constexpr int PL = RUN / CG;
-        if constexpr (FLAT) {
+        if constexpr (BOFF) {
 #pragma unroll
             for (int j = 0; j < JF; ++j) {
                 const int q = tid + j * BLOCK, img = q / RV;
@@ -506,22 +518,30 @@ struct BatchOut {
             }
         }
     }
-    // os: the staged runs; unit: the first element (image n0, channel c0) of the unit's
-    // output, C channels of planes of RUN / CG elements; images n0 .. n0 + ni - 1.
-    __device__ __forceinline__ void store(const typename Raw<T>::type* os, T* unit, int C, int ni) const {
+    // os: the staged runs; y: C channels of planes of RUN / CG elements, the unit's images
+    // n0 .. n0 + ni - 1 and channels c0 .. c0 + CG - 1.
+    __device__ __forceinline__ void store(const typename Raw<T>::type* os, T* y, int n0, i64 c0, int C, int ni) const {
         constexpr int PL = RUN / CG;
         const V* const sv = reinterpret_cast<const V*>(os);
-        if constexpr (FLAT) {
-            char* const dst = reinterpret_cast<char*>(unit);
+        if constexpr (BOFF) {
+            char* const dst = reinterpret_cast<char*>(y + ((i64)n0 * C + c0) * PL);
 #pragma unroll
             for (int j = 0; j < JF; ++j) {
                 const int q = tid + j * BLOCK, img = q / RV, k = q - img * RV;
                 if (q < ni * RV) *reinterpret_cast<V*>(dst + boff[j]) = sv[img * (OPS / VE) + k];
             }
+        } else if constexpr (FLAT) {
+            V* const dst = reinterpret_cast<V*>(y) + ((i64)n0 * C + c0) * PL / VE;
+            const i64 step = (i64)C * PL / VE;
+#pragma unroll
+            for (int j = 0; j < JF; ++j) {
+                const int q = tid + j * BLOCK, img = q / RV, k = q - img * RV;
+                if (q < ni * RV) dst[img * step + k] = sv[img * (OPS / VE) + k];
+            }
         } else {
             const int warp = tid >> 5, lane = tid & 31;
             constexpr int IPW = (NI + NW - 1) / NW, JW = (RV + 31) / 32;
-            V* dst = reinterpret_cast<V*>(unit + (i64)warp * C * PL);
+            V* dst = reinterpret_cast<V*>(y) + ((i64)(n0 + warp) * C + c0) * PL / VE;
             const i64 step = (i64)NW * C * PL / VE;
 #pragma unroll
             for (int i = 0; i < IPW; ++i, dst += step) {
@@ -605,26 +625,6 @@ __device__ __forceinline__ void batch_row_sums(const A* src, const A* wch, int t
     }
 }
 
-// batch_row_sums for row t (uniform across the warp) with the tap-row tests made at compile
-// time: a copy of the sums for each row value TT < NT, the warp branching to its own (NT
-// 0: one copy, the tests at run time); t < NT (TT = NT - 1 is taken untested). On
-// convnext_7x7_s4 this drops each tap row's branch (three instructions, ~25 of ~480 per
-// warp and unit) for 7 copies of ~200 instructions; conv_batch makes copies for planes
-// of up to BATCH_ROW_COPIES rows.
-constexpr int BATCH_ROW_COPIES = 8;
-template <int TT, int NT, class A, int KH, int KW, int SH, int SW, int R0, int RS, int C0, int CS, int H, int W, int RP,
-          int KWP, int OUTW>
-__device__ __forceinline__ void batch_row_sums_at(const A* src, const A* wch, int t, A (&acc)[OUTW]) {
-    if constexpr (NT == 0) {
-        batch_row_sums<A, KH, KW, SH, SW, R0, RS, C0, CS, H, W, RP, KWP, OUTW>(src, wch, t, acc);
-    } else if constexpr (TT == NT - 1) {
-        batch_row_sums<A, KH, KW, SH, SW, R0, RS, C0, CS, H, W, RP, KWP, OUTW>(src, wch, TT, acc);
-    } else {
-        if (t == TT) batch_row_sums<A, KH, KW, SH, SW, R0, RS, C0, CS, H, W, RP, KWP, OUTW>(src, wch, TT, acc);
-        else batch_row_sums_at<TT + 1, NT, A, KH, KW, SH, SW, R0, RS, C0, CS, H, W, RP, KWP, OUTW>(src, wch, t, acc);
-    }
-}
-
 template <class T, int KH, int KW, int SH, int SW, int DH, int DW, int IH, int IW, int OH, int OW, int PT, int PL,
           bool FLIP, int CG, int MINB>
 __global__ void __launch_bounds__(OH * 32, MINB)
@@ -638,7 +638,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
     constexpr int RP = L::RP, IS = L::IS;
     constexpr int KWP = round_up(KW, L::LV);
-    typedef BatchRuns<T, CG, BLOCK, IH, IW, RP, IS> XR;
+    typedef BatchRuns<T, CG, BLOCK, IH, IW, RP, IS, true> XR;
     constexpr int VE = XR::VE;  // storage elements per global access
     constexpr int ORUN = CG * OHW;                     // an image's output run
     constexpr int OPS = batch_out_pitch<T, CG, OHW>();
@@ -658,7 +658,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     const int t = warp;                          // output row: uniform across the warp
     const int cl = lane / NI, img = lane - cl * NI;  // this lane's channel of the unit and image
     XR xr(tid, (int)a.IC);
-    const BatchOut<T, CG, BLOCK, ORUN, OPS> yo(tid, a.QC);
+    const BatchOut<T, CG, BLOCK, ORUN, OPS, true> yo(tid, a.QC);
     const int QG = a.QC / CG;  // channel groups
 
     typedef BatchUnit Unit;
@@ -669,7 +669,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     // Loads of a unit's runs, weights and bias into registers.
     auto fetch = [&](const Unit& un) {
         const i64 in0 = CG > 1 || a.DIV == 1 ? un.c0 : un.c0 / a.DIV;
-        xr.fetch(x + ((i64)un.n0 * a.IC + in0) * IHW, a.IC, un.ni);
+        xr.fetch(x, un.n0, in0, a.IC, un.ni);
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
@@ -716,8 +716,8 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         A acc[OW];
 #pragma unroll
         for (int j = 0; j < OW; ++j) acc[j] = b0;
-        batch_row_sums_at<0, OH <= BATCH_ROW_COPIES ? OH : 0, A, KH, KW, SH, SW, -PT, DH, -PL, DW, IH, IW, RP, KWP, OW>(
-            xs + lane * IS, ws + cl * KH * KWP, t, acc);
+        batch_row_sums<A, KH, KW, SH, SW, -PT, DH, -PL, DW, IH, IW, RP, KWP, OW>(xs + lane * IS, ws + cl * KH * KWP, t,
+                                                                               acc);
         if (img < cur.ni) {
 #pragma unroll
             for (int j = 0; j < OW; ++j) {
@@ -729,7 +729,7 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
         __syncthreads();
         // Each image's output run is contiguous; the next unit writes ys only after its
         // first barrier, which every thread reaches after this copy.
-        yo.store(ys, y + ((i64)cur.n0 * a.QC + cur.c0) * OHW, a.QC, cur.ni);
+        yo.store(ys, y, cur.n0, cur.c0, a.QC, cur.ni);
         if (!more) break;
         cur = nxt;
         u = u_next;
@@ -806,8 +806,8 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     constexpr int NI = 32 / CG;
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
     constexpr int KWP = round_up(KW, LX::LV);
-    typedef BatchRuns<T, CG, BLOCK, IH, IW, LX::RP, LX::IS> XR;
-    typedef BatchRuns<T, CG, BLOCK, OH, OW, LG::RP, LG::IS> GR;
+    typedef BatchRuns<T, CG, BLOCK, IH, IW, LX::RP, LX::IS, false> XR;
+    typedef BatchRuns<T, CG, BLOCK, OH, OW, LG::RP, LG::IS, false> GR;
     constexpr int VE = XR::VE;
     constexpr int ORUN = CG * IHW;               // an image's grad_x run
     constexpr int OPS = batch_out_pitch<T, CG, IHW>();
@@ -833,17 +833,17 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     const int kr = (warp + ROT) % NW;  // this warp's first tap row
     XR xr(tid, (int)a.IC);
     GR gr(tid, a.QC);
-    const BatchOut<T, CG, BLOCK, ORUN, OPS> gx_out(tid, a.IC);
+    const BatchOut<T, CG, BLOCK, ORUN, OPS, false> gx_out(tid, a.IC);
     const int QG = a.QC / CG;
     const int n_chunks = (a.N + NI - 1) / NI;
 
     typedef BatchUnit Unit;
-    const i64 g_quot = gridDim.x / (unsigned)QG;  // unit steps as conv_batch's (batch_step)
-    const int g_rem = (int)(gridDim.x - (unsigned)g_quot * (unsigned)QG);
+    const i64 g_quot = (i64)gridDim.x / QG;  // unit steps as conv_batch's (batch_step)
+    const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     RT wv[WK];
     auto fetch = [&](const Unit& un) {
-        xr.fetch(x + ((i64)un.n0 * a.IC + un.c0) * IHW, a.IC, un.ni);
-        gr.fetch(go + ((i64)un.n0 * a.QC + un.c0) * OHW, a.QC, un.ni);
+        xr.fetch(x, un.n0, un.c0, a.IC, un.ni);
+        gr.fetch(go, un.n0, un.c0, a.QC, un.ni);
 #pragma unroll
         for (int k = 0; k < WK; ++k) {
             const int e = tid + k * BLOCK;
@@ -869,8 +869,8 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
     i64 u = blockIdx.x;
     if (u >= a.units) return;
     Unit cur;
-    i64 chunk = blockIdx.x / (unsigned)QG;
-    int g = (int)(blockIdx.x - (unsigned)chunk * (unsigned)QG);
+    i64 chunk = u / QG;
+    int g = (int)(u - chunk * QG);
     cur = batch_unit<CG>(g, chunk, a.N);
     fetch(cur);
     for (;;) {
@@ -942,7 +942,7 @@ bwd_batch(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict
         __syncthreads();
         // Each image's grad_x run is contiguous; the next unit writes os only after its
         // first barrier, which every thread reaches after this copy.
-        gx_out.store(os, gx + ((i64)cur.n0 * a.IC + cur.c0) * IHW, a.IC, cur.ni);
+        gx_out.store(os, gx, cur.n0, cur.c0, a.IC, cur.ni);
         if (!more) break;
         cur = nxt;
         u = u_next;
