@@ -738,3 +738,23 @@ def test_cold_kernel_cache(monkeypatch):
     assert not Path(tmp).exists()
     if before is not None:
         assert compiler._kernel_cache_backend is before
+
+
+def test_ab_source_inlines_a_tree_as_the_package_does(tmp_path):
+    """benchmarks/ab_source.py compiles a source tree the way the package compiles its
+    own: every kernel file of cupy_dwconv/cuda, read as a tree, is the package's source
+    text; a tree whose header differs gives that header's text, inlined once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ab_source", REPO / "benchmarks" / "ab_source.py")
+    ab_source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab_source)
+    cuda = REPO / "cupy_dwconv" / "cuda"
+    for name in ("plane.cu", "rows.cu", "bwd_mma.cu"):
+        assert ab_source.tree_source(str(cuda), name) == _kernels.source(name), name
+    for f in cuda.iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    (tmp_path / "blocksum.cuh").write_text("#pragma once\n// draft header\n")
+    text = ab_source.tree_source(str(tmp_path), "plane.cu")
+    assert text.count("// draft header") == 1 and "#pragma once" not in text
+    assert text != _kernels.source("plane.cu")
