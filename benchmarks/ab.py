@@ -56,6 +56,18 @@ def parse_spec(spec):
     return kind, kw
 
 
+def checked_time(cupy, run, out, ref, k_sets, repeats, warmup):
+    """run(0) into `out`, poisoned with NaN first, then timed as the sweep times
+    (bench.time_events over k_sets rotated inputs): (largest difference from `ref`, ref,
+    median ms). The first call's output becomes the reference (difference 0)."""
+    out.fill(numpy.nan)
+    run(0)
+    got = out.astype(cupy.float32)
+    if ref is None:
+        ref = got.copy()
+    return float(cupy.abs(got - ref).max()), ref, bench.time_events(run, k_sets, repeats, warmup)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("case")
@@ -112,13 +124,7 @@ def main(argv=None):
         def run(i, launch=launch):
             launch(dev, (xs[i], w, null if b is None else b, outs[i]))
 
-        outs[0].fill(numpy.nan)
-        run(0)
-        got = outs[0].astype(cupy.float32)
-        if ref is None:
-            ref = got.copy()
-        diff = float(cupy.abs(got - ref).max())
-        ms = bench.time_events(run, k_sets, args.repeats, 5)
+        diff, ref, ms = checked_time(cupy, run, outs[0], ref, k_sets, args.repeats, 5)
         print(f"{label:32s} {launch.expr[:70]:70s} regs {kern.num_regs:3d} local {kern.local_size_bytes:3d} "
               f"{ms * 1e3:8.2f} us  max diff {diff:.2e}", flush=True)
     return 0

@@ -23,9 +23,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy  # noqa: E402
 
+from ab import checked_time  # noqa: E402
 from cupy_dwconv import _kernels, bench  # noqa: E402
 
 def tree_source(directory, name):
@@ -103,13 +105,7 @@ def main(argv=None):
             def run(i, kern=kern):
                 kern(launch.grid, launch.block, arrays(i) + launch.scalars, shared_mem=launch.shared_mem)
 
-            outs[0].fill(numpy.nan)
-            run(0)
-            got = outs[0].astype(cupy.float32)
-            if ref is None:
-                ref = got.copy()
-            diff = float(cupy.abs(got - ref).max())
-            ms = bench.time_events(run, k_sets, args.repeats, 10)
+            diff, ref, ms = checked_time(cupy, run, outs[0], ref, k_sets, args.repeats, 10)
             print(f"{tree:40s} regs {kern.num_regs:3d} local {kern.local_size_bytes:3d} {ms * 1e3:8.2f} us  "
                   f"max diff {diff:.2e}", flush=True)
     return 0
