@@ -662,8 +662,8 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     const int QG = a.QC / CG;  // channel groups
 
     typedef BatchUnit Unit;
-    const i64 g_quot = gridDim.x / (unsigned)QG;  // gridDim.x < 2^31
-    const int g_rem = (int)(gridDim.x - (unsigned)g_quot * (unsigned)QG);
+    const i64 g_quot = (i64)gridDim.x / QG;
+    const int g_rem = (int)((i64)gridDim.x - g_quot * QG);
     const bool has_bias = !FLIP && bias != nullptr;
     RT wv[WK], bv = RT(0);
     // Loads of a unit's runs, weights and bias into registers.
@@ -695,8 +695,8 @@ conv_batch(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
     i64 u = blockIdx.x;
     if (u >= a.units) return;
     Unit cur;
-    i64 chunk = blockIdx.x / (unsigned)QG;  // once per block; blockIdx.x < 2^31
-    int g = (int)(blockIdx.x - (unsigned)chunk * (unsigned)QG);
+    i64 chunk = u / QG;  // once per block
+    int g = (int)(u - chunk * QG);
     cur = batch_unit<CG>(g, chunk, a.N);
     fetch(cur);
     for (;;) {
