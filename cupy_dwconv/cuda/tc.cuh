@@ -108,15 +108,18 @@ __device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int byt
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"(dst), "l"(src), "r"(bytes));
 }
 // One copy of B bytes (4, 8 or 16) issued only where `on` (a predicated instruction, not
-// a branch), zero-filled in shared memory when !ok (src unread).
-template <int B> __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, bool ok, bool on) {
+// a branch), zero-filled in shared memory when !ok (src unread). OFF: a constant byte
+// offset on the source, written into the instruction (where a caller adds it to the
+// pointer instead, ptxas keeps base + OFF in a register pair per copy).
+template <int B, int OFF = 0>
+__device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, bool ok, bool on) {
     static_assert(B == 4 || B == 8 || B == 16, "cp.async sizes");
     if constexpr (B == 16)
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global [%0], [%1], 16, %2; }"
-                     :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on));
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global [%0], [%1+%4], 16, %2; }"
+                     :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
     else
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global [%0], [%1], %4, %2; }"
-                     :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B));
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global [%0], [%1+%5], %4, %2; }"
+                     :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
 }
 // Copy a rows x cols block of a row-major global array (row pitch spitch elements) to
 // shared memory at byte address dst (row pitch dpitch elements), the whole block together,
