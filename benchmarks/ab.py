@@ -21,6 +21,12 @@ relative one.
 stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane. --padding PH PW
 replaces its padding (e.g. no row padding: every output row meets every tap row).
 
+--kernel KH KW replaces its kernel size (with --padding 0 0 and 1 1, a probe of a family's
+staging and stores with almost no FMAs).
+
+The spec `copy` times a device-to-device copy of the input's bytes into the output
+(equal sizes only), the access pattern the memory-bound plans are measured against.
+
 --lines-min-taps N lowers the tap count from which the lines family (conv_lines,
 wgrad_lines) accepts a problem, to time it on kernels the dispatcher gives to others.
 
@@ -77,6 +83,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     ap.add_argument("--padding", type=int, nargs=2, metavar=("PH", "PW"), help="padding instead of the case's")
+    ap.add_argument("--kernel", type=int, nargs=2, metavar=("KH", "KW"), help="kernel size instead of the case's")
     ap.add_argument("--lines-min-taps", type=int, help="accept the lines family from this many taps")
     args = ap.parse_args(argv)
     if args.lines_min_taps is not None:
@@ -90,6 +97,8 @@ def main(argv=None):
         case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
     if args.padding:
         case = dataclasses.replace(case, padding=tuple(args.padding))
+    if args.kernel:
+        case = dataclasses.replace(case, KH=args.kernel[0], KW=args.kernel[1])
     p = case.params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
@@ -113,11 +122,24 @@ def main(argv=None):
                else _kernels.plan_grad_input(p, dtype, xs[0].data.ptr, arch, sms))
     launches = [("default", default)]
     for spec in args.specs:
+        if spec == "copy":
+            launches.append((spec, None if in_shape != out_shape else "copy"))
+            continue
         launches.append((spec, _kernels.plan_conv(pr, dtype, xs[0].data.ptr, force=parse_spec(spec), arch=arch, sms=sms)))
     ref = None
     for label, launch in launches:
         if launch is None:
             print(f"{label:32s} declined", flush=True)
+            continue
+        if launch == "copy":
+            nbytes = outs[0].nbytes
+
+            def copy(i):
+                cupy.cuda.runtime.memcpyAsync(outs[i].data.ptr, xs[i].data.ptr, nbytes, 3,
+                                              cupy.cuda.get_current_stream().ptr)
+
+            ms = bench.time_events(copy, k_sets, args.repeats, 5)
+            print(f"{label:32s} {'device-to-device copy of the input':70s} {ms * 1e3:31.2f} us", flush=True)
             continue
         kern = launch.kernel(dev)
 
