@@ -886,7 +886,7 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
             unsigned long long dst = reinterpret_cast<unsigned long long>(gx) +
                                      (unsigned long long)((qp * plane_x + (i64)(oh0 - (Q - 1)) * IW + c0 +
                                                            (OST ? lane * VS : lane * V)) * (i64)sizeof(T));
-            const int rlim = unit_ok ? min(RB, IH - oh0) : 0;
+            const int rlim = unit_ok ? xlim : 0;
 
             __syncwarp();  // the previous unit's reads of the slots are done
 #pragma unroll
