@@ -1735,11 +1735,35 @@ def _staged_segment(ow, v, pl, kw, dw):
     return s, nl, nr
 
 
-def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None):
+ROWS_L2_AHEAD = 2             # rows beyond the copies that conv_rows_async prefetches into L2 ...
+ROWS_L2_AHEAD_MIN_BYTES = 256  # ... on rows of this many bytes and more
+
+
+def _rows_l2_ahead(row_bytes, l2a=None):
+    """L2A of conv_rows_async: each copied row also prefetches the band's row L2A rows
+    further into L2, which puts more DRAM reads in flight than the shared-memory slots
+    hold. Measured (H200, same process, us; none / 2 / 3 / 4 / 8 rows ahead, forward
+    unless named): seed_3x7 float32 (1024-byte rows) 295.2 / 291.4 / 292.8 / 294.4-295.8 /
+    304.2, grad input 285.9 / 280.1 / - / 281.2-281.7; seed_3x7 float16 grad input (500)
+    185.6-185.8 / 176.3 / - / 175.3-175.7 / 182.0; image_3x3 float16 (1024) 79.4 / 77.9 / -
+    / 77.8 / 81.1; dilated_3x3_d2 float32 (256) 75.7 / 74.8 / - / 74.1 / 74.2. On rows of
+    112 bytes it costs (the 128-byte block each copy prefetches already holds the next
+    rows): mbv2_3x3 float16 39.7 / 41.3 / - / 40.9 / 41.2, grad input 39.5 / 41.2 / - /
+    40.7, effnet_5x5 float32 35.0 / 38.0 / - / 37.6 / 37.6. The fused backward (bwd_rows,
+    issue-bound) lost with it: seed_3x7 float16 324.5 -> 361.5 (2 rows), float32 416.5 ->
+    411.5 (2) / 425.9 (4), image_3x3 float16 111.4 -> 123.7, mbv2_3x3 float16 71.5 -> 73.8."""
+    if l2a is not None:
+        return l2a
+    return ROWS_L2_AHEAD if row_bytes >= ROWS_L2_AHEAD_MIN_BYTES else 0
+
+
+def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, staged=False, arch=90, rp=None,
+                l2a=None):
     """conv_rows plan (stride-1 MODE 0 correlations, optionally with the rotated kernel,
     one input plane per output plane); None where the shape does not fit its limits.
     `staged`: conv_rows_async, the rows ahead in shared memory by cp.async (sm_80+;
-    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default)."""
+    copies of 4, 8 or 16 bytes); `rp` its rows per copy wait (_rows_pairs by default);
+    `l2a` its rows prefetched into L2 beyond the copies (_rows_l2_ahead by default)."""
     if (pr.mode != 0 or (pr.SH, pr.SW) != (1, 1) or pr.R != 1 or pr.KH * pr.KW > ROWS_MAX_TAPS
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
@@ -1774,9 +1798,12 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
     if n_cs * bands > INT32_MAX or pr.IW + 64 > INT32_MAX or pr.OH + q > INT32_MAX:
         return None
     grid = (max(1, min(_cdiv(units, segs), sms * minb, INT32_MAX)), 1, 1)
+    l2a = _rows_l2_ahead(pr.IW * ITEMSIZE[dtype], l2a) if staged else 0
+    if l2a < 0:
+        return None
     expr = ("dw::conv_rows_async<" if staged else "dw::conv_rows<") + _targs(
-        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb, *((rp,) if staged else ())
-    ) + ">"
+        CXX_TYPE[dtype], v, vl, vs, pr.KH, pr.KW, pr.DH, pr.DW, pr.PL, s, pf, pr.flip, minb,
+        *((rp,) if staged else ()), *((l2a,) if l2a else ())) + ">"
     args = pack_args("RowsArgs", n_units=units, IC=pr.IC, IH=pr.IH, IW=pr.IW, OH=pr.OH, OW=pr.OW, PT=pr.PT,
                      RB=rb, n_bands=bands, n_cs=n_cs, QC=pr.QC, DIV=pr.DIV)
     return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,))

@@ -504,7 +504,7 @@ def test_rows_pairs_rule():
     assert _args(_kernels.plan_conv(mbv2, "float16", 0, arch=90, sms=132).expr)[-1] == "2"
     assert _args(_kernels.rows_launch(convnext, "float32", 0, staged=True).expr)[-1] == "1"
     seed_plan = _kernels.rows_launch(seed, "float16", 0, staged=True)
-    assert "conv_rows_async" in seed_plan.expr and _args(seed_plan.expr)[-1] == "1"  # output rows buffered
+    assert "conv_rows_async" in seed_plan.expr and _args(seed_plan.expr)[13] == "1"  # output rows buffered
     assert _kernels.rows_launch(seed, "float16", 0, staged=True, rp=2) is None
 
 
@@ -873,3 +873,17 @@ def test_wgrad_stack_takes_batches_of_small_planes():
     # 8-byte x copies (SX 1: the 16-byte ones would need SX 5 > 9 - KW), 6 rows ahead.
     assert _args(l1.expr)[3:7] == ["7", "1", "8", "6"]
     assert l1.shared_mem == _kernels.wstack_geometry(7, 7, 7, 6) == 14 * 16 * (56 + 72) * 2 + 7 * 50 * 4
+
+
+def test_rows_l2_ahead_rule():
+    """conv_rows_async prefetches rows into L2 beyond its copies on rows of 256 bytes and
+    more (a 15th template argument: rows ahead), not on short rows (mbv2_3x3 16-bit, 112
+    bytes: the expression keeps its 14 arguments); a forced value applies anywhere."""
+    mbv2 = _kernels.forward_problem(params((4, 8, 56, 56), (8, 1, 3, 3), 1, 1, 1))
+    seed = _kernels.forward_problem(params((2, 4, 128, 256), (4, 1, 3, 7), 1, 0, 1))
+    dil = _kernels.forward_problem(params((2, 4, 64, 64), (4, 1, 3, 3), 1, 2, 2))
+    assert len(_args(_kernels.rows_launch(mbv2, "float16", 0, staged=True).expr)) == 14
+    assert _args(_kernels.rows_launch(seed, "float16", 0, staged=True).expr)[14] == str(_kernels.ROWS_L2_AHEAD)
+    assert _args(_kernels.rows_launch(dil, "float32", 0, staged=True).expr)[14] == str(_kernels.ROWS_L2_AHEAD)
+    assert _args(_kernels.rows_launch(mbv2, "float16", 0, staged=True, l2a=2).expr)[14] == "2"
+    assert len(_args(_kernels.rows_launch(seed, "float16", 0, staged=True, l2a=0).expr)) == 14

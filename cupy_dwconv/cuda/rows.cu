@@ -401,9 +401,12 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 // zero-filled by the copy); lane l copies chunk l, and lanes below NL + NR also chunk
 // S + l. Bytes per output unchanged: one input element, one output element.
 //
+// L2A (0: off): each copied row also prefetches the band's row L2A rows further into L2
+// (prefetch.global.L2), more DRAM reads in flight than the PF slots hold, on long rows.
+//
 // Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
 template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
-          int MINB, int RP>
+          int MINB, int RP, int L2A = 0>
 __global__ void __launch_bounds__(256, MINB)
 conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 const RowsArgs a) {
@@ -498,6 +501,13 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
             const bool row_ok = (unsigned)ih_next < (unsigned)IH;
             RowCopies<PB, S * CB, NX, NP>::run(seg_base + (unsigned)(slot * ROWB + lane * CB), src, row_ok, col_ok, in_band,
                                                copies);
+            // L2A: the band's row L2A rows beyond this copy into L2 (more DRAM reads in
+            // flight than the slots hold; rows of 256 bytes and more, see _rows_l2_ahead).
+            if constexpr (L2A > 0) {
+                const int ihp = ih_next + L2A;
+                if (copies[0] && col_ok[0][0] && (unsigned)ihp < (unsigned)IH && ihp < ih0 + total)
+                    prefetch_l2(src + L2A * row_bytes);
+            }
             src += row_bytes;
             ++ih_next;
             cp_async_commit();

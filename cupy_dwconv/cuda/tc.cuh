@@ -137,6 +137,11 @@ __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, boo
         asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global" DW_CP_L2 " [%0], [%1+%5], %4, %2; }"
                      :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
 }
+// A hint to bring the 128-byte block at global address p into L2 (no registers written,
+// nothing waited for).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("{ .reg .u64 ga; cvta.to.global.u64 ga, %0; prefetch.global.L2 [ga]; }" ::"l"(p));
+}
 // Copy a rows x cols block of a row-major global array (row pitch spitch elements) to
 // shared memory at byte address dst (row pitch dpitch elements), the whole block together,
 // one cp.async per element (4, 8 or 16 bytes: no conversion); BlockCopy is the plan of one
