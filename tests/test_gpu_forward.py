@@ -310,7 +310,9 @@ def test_rows(shape, dtype, variant):
 # conv_rows shape in 4- and 8-byte types; in 16-bit types (copies of 4 bytes and more),
 # shapes whose input and output rows are both of even width, so that forward and grad
 # input both plan. Variants: the default; one row ahead; four rows ahead with 3-row
-# bands; two columns per lane (4-byte chunks) at one block per SM and one-row bands.
+# bands; two columns per lane (4-byte chunks) at one block per SM and one-row bands;
+# rows prefetched into L2 3 rows beyond the copies, with 5-row bands (the prefetch stops
+# at the band's and the plane's last row).
 ROWS_EVEN_SHAPES = [
     # N, C, M, H, W, KH, KW, stride, padding, dilation
     (2, 3, 1, 19, 36, 3, 7, 1, ((1, 0), (2, 2)), 1),
@@ -325,7 +327,7 @@ ROWS_EVEN_SHAPES = [
     (1, 2, 1, 21, 12, 7, 1, 1, (3, 0), 1),
 ]
 ROWS_ASYNC_VARIANTS = [dict(staged=True), dict(staged=True, pf=1), dict(staged=True, pf=4, rb=3),
-                       dict(staged=True, v=2, pf=2, minb=1, rb=1)]
+                       dict(staged=True, v=2, pf=2, minb=1, rb=1), dict(staged=True, l2a=3, rb=5)]
 
 
 @pytest.mark.parametrize("variant", ROWS_ASYNC_VARIANTS, ids=str)
