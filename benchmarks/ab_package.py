@@ -15,16 +15,16 @@ behind a spin kernel, median, inputs rotated past L2); `backward` is all three g
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import importlib.util
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy  # noqa: E402
 
+from ab_source import case_params, tree_ab_args  # noqa: E402
 from cupy_dwconv import bench  # noqa: E402
 
 
@@ -41,23 +41,11 @@ def load_tree(directory, index):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("case")
-    ap.add_argument("dtype")
-    ap.add_argument("which", choices=["forward", "grad_input", "backward"])
-    ap.add_argument("trees", nargs="+", help="directories holding a cupy_dwconv package")
-    ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=100)
-    args = ap.parse_args(argv)
+    args = tree_ab_args(__doc__, "directories holding a cupy_dwconv package", argv)
 
     import cupy
 
-    cases, _ = bench.load_suite(bench.default_suite_path())
-    case = next(c for c in cases if c.name == args.case)
-    if args.shape:
-        case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
-    p, dtype = case.params(), args.dtype
+    p, dtype = case_params(args)
     size = numpy.dtype(bench._np_dtype(dtype)).itemsize
     l2 = cupy.cuda.Device().attributes["L2CacheSize"]
     k_sets = bench.rotation_sets(3 * numpy.prod(p.x_shape) * size, l2, 6 * 10**9)

@@ -45,24 +45,35 @@ def tree_source(directory, name):
     return expand(name)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def tree_ab_args(description, trees_help, argv=None):
+    """The arguments of the same-process A/B scripts (this one, ab_package.py): a suite
+    case, a dtype, a pass, the trees, and the rounds and calls timed."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("case")
     ap.add_argument("dtype")
     ap.add_argument("which", choices=["forward", "grad_input", "backward"])
-    ap.add_argument("trees", nargs="+", help="directories with the CUDA sources")
+    ap.add_argument("trees", nargs="+", help=trees_help)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=100)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import cupy
 
+def case_params(args):
+    """(ConvParams, dtype) of the suite case the arguments name, with --shape applied."""
     cases, _ = bench.load_suite(bench.default_suite_path())
     case = next(c for c in cases if c.name == args.case)
     if args.shape:
         case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
-    p, dtype = case.params(), args.dtype
+    return case.params(), args.dtype
+
+
+def main(argv=None):
+    args = tree_ab_args(__doc__, "directories with the CUDA sources", argv)
+
+    import cupy
+
+    p, dtype = case_params(args)
     dev = cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
     size = _kernels.ITEMSIZE[dtype]
