@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import types
 from pathlib import Path
 
@@ -758,3 +759,29 @@ def test_ab_source_inlines_a_tree_as_the_package_does(tmp_path):
     text = ab_source.tree_source(str(tmp_path), "plane.cu")
     assert text.count("// draft header") == 1 and "#pragma once" not in text
     assert text != _kernels.source("plane.cu")
+
+
+def test_ab_package_loads_each_tree_as_its_own_package(tmp_path):
+    """benchmarks/ab_package.py imports each package tree under a name of its own: its
+    kernels' sources come from that tree's cuda/ folder (a marker written into a copy's
+    rows.cu shows in the copy's source text, not in this checkout's), and the copy's
+    planner is a different module object from the package's."""
+    import importlib.util
+    import shutil
+
+    bench_dir = str(REPO / "benchmarks")
+    sys.path.insert(0, bench_dir)
+    try:
+        spec = importlib.util.spec_from_file_location("ab_package", REPO / "benchmarks" / "ab_package.py")
+        ab_package = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ab_package)
+    finally:
+        sys.path.remove(bench_dir)
+    shutil.copytree(REPO / "cupy_dwconv", tmp_path / "cupy_dwconv", ignore=shutil.ignore_patterns("__pycache__"))
+    rows = tmp_path / "cupy_dwconv" / "cuda" / "rows.cu"
+    rows.write_text(rows.read_text() + "\n// marker of the copied tree\n")
+    copy = ab_package.load_tree(str(tmp_path), 7)
+    assert copy.__name__ == "cupy_dwconv_ab7" and copy._kernels is not _kernels
+    assert "// marker of the copied tree" in copy._kernels.source("rows.cu")
+    assert "// marker of the copied tree" not in _kernels.source("rows.cu")
+    assert callable(copy.depthwise_conv2d_backward)
