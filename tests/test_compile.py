@@ -7,8 +7,9 @@ aligned widths, 'same' and asymmetric padding, the generic fall-backs). Each sou
 name expressions are compiled for each architecture in NVRTC programs of up to CHUNK
 expressions; the independent programs run in parallel, one worker process per core.
 
-The PTX of a few row-sweep plans is also read: their output stores must stay whole
-vectors (test_row_sweeps_store_whole_vectors).
+The PTX of a few plans is also read: the row sweeps' output stores must stay whole
+vectors (test_row_sweeps_store_whole_vectors), and the copies carry their L2 prefetch
+(test_copies_prefetch_their_l2_block).
 
 NVRTC comes from the `test` extra (cuda-bindings + nvidia-cuda-nvrtc). Where it is
 missing the compile test is skipped, unless CUPY_DWCONV_REQUIRE_NVRTC=1 (set by CI),
@@ -324,6 +325,40 @@ def test_row_sweeps_store_whole_vectors(plan):
     vector = [s for s in stores if s.startswith(".v")]
     scalar = [s for s in stores if not s.startswith(".v")]
     assert len(vector) >= 3 and len(scalar) <= (0 if which == "forward" else 7), (launch.expr, stores)
+
+
+# Plans whose copies the benchmark showed faster with L2 prefetch (benchmarks/NOTES.md,
+# session 31): x shape, weight shape, padding, dtype, pass, family, and whether the plan
+# also prefetches rows ahead into L2 (conv_rows_async on rows of 256 bytes and more).
+L2_PREFETCH_PLANS = [
+    ((2, 8, 56, 56), (8, 1, 3, 3), 1, "float16", "forward", "conv_rows_async", False),    # 112-byte rows
+    ((2, 4, 128, 256), (4, 1, 3, 7), 0, "float32", "forward", "conv_rows_async", True),   # 1024-byte rows
+    ((2, 4, 128, 256), (4, 1, 3, 7), 0, "float16", "forward", "conv_mma_rows", False),
+    ((2, 8, 56, 56), (8, 1, 3, 3), 1, "float16", "backward", "bwd_rows", False),
+    ((32, 8, 56, 56), (8, 1, 7, 7), 3, "float16", "forward", "conv_stack", False),
+    ((4, 8, 28, 28), (8, 1, 7, 7), 3, "float16", "backward", "bwd_mma", False),
+]
+
+
+@pytest.mark.parametrize("plan", L2_PREFETCH_PLANS, ids=str)
+def test_copies_prefetch_their_l2_block(plan):
+    """Every cp.async of these plans carries the 128-byte L2 prefetch (.L2::128B, tc.cuh),
+    and the long-row sweep, only it, also prefetches rows ahead (prefetch.global.L2):
+    an edit that drops either loses 2-5 % on the benchmark's memory-bound rows, with no
+    test failing otherwise."""
+    if not nvrtc_compile.nvrtc_available():
+        if REQUIRE_NVRTC:
+            pytest.fail("NVRTC is required (CUPY_DWCONV_REQUIRE_NVRTC=1) but cannot be loaded")
+        pytest.skip("NVRTC (cuda-bindings + nvidia-cuda-nvrtc) is not available")
+    x_shape, w_shape, pad, dtype, which, family, ahead = plan
+    p = _params.conv_params(x_shape, w_shape, None, 1, pad, 1)
+    launch = (_kernels.plan_forward(p, dtype, 0, 90, 132) if which == "forward"
+              else _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0])
+    assert launch.expr.startswith(f"dw::{family}<"), launch.expr
+    ptx = nvrtc_compile.ptx_of(launch.src, launch.expr, 90)
+    copies = re.findall(r"cp\.async\.c[ag]\.shared\.global(\S*)", ptx)
+    assert copies and set(copies) == {".L2::128B"}, (launch.expr, sorted(set(copies)))
+    assert ("prefetch.global.L2" in ptx) == ahead, launch.expr
 
 
 def _batch_grid_expressions():
