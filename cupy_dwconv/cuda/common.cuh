@@ -227,6 +227,12 @@ struct FastDiv {
 __host__ __device__ constexpr int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 __host__ __device__ constexpr int round_up(int a, int b) { return (a + b - 1) / b * b; }
 
+// A hint to bring the 128-byte block at global address p into L2 (no registers written,
+// nothing waited for): the tile kernels' prefetch_rows and conv_rows_async's rows ahead.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("{\n\t.reg .u64 ga;\n\tcvta.to.global.u64 ga, %0;\n\tprefetch.global.L2 [ga];\n\t}" ::"l"(p));
+}
+
 // Work unit u -> (plane q, row tile rt, column tile cg), column tile fastest so that
 // neighbouring threads read neighbouring columns. 32-bit division when the unit count
 // fits (the common case), 64-bit otherwise: u can pass 2^31 on large tensors.

@@ -107,11 +107,8 @@ __device__ __forceinline__ void toeplitz_row(float (&acc)[WN][4], unsigned ra, c
 // 153.7 / 152.1 / 155.2, seed_3x7 float32 297.2 / 295.0 / 296.0, dilated_3x3_d2 75.6 /
 // 75.5 / 76.9; backward effnet_5x5 57.1 / 54.35 / 54.6, seed_3x7 float32 423.2 / 417.3 /
 // 420.2, mbv2_3x3 float16 72.2 / 71.6 / 70.9; the other sweeps within 0.5 %. 128 B is
-// nowhere slower than none; 256 B is, on some. A source may define DW_CP_L2 before it
-// includes this file.
-#ifndef DW_CP_L2
+// nowhere slower than none; 256 B is, on some.
 #define DW_CP_L2 ".L2::128B"
-#endif
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
@@ -136,11 +133,6 @@ __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, boo
     else
         asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global" DW_CP_L2 " [%0], [%1+%5], %4, %2; }"
                      :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
-}
-// A hint to bring the 128-byte block at global address p into L2 (no registers written,
-// nothing waited for).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-    asm volatile("{ .reg .u64 ga; cvta.to.global.u64 ga, %0; prefetch.global.L2 [ga]; }" ::"l"(p));
 }
 // Copy a rows x cols block of a row-major global array (row pitch spitch elements) to
 // shared memory at byte address dst (row pitch dpitch elements), the whole block together,

@@ -67,10 +67,7 @@ __device__ __forceinline__ void prefetch_rows(const T* plane, int ih, int c0, in
     const int c = min(max(c0, 0), IW - 1);
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-        if ((unsigned)(ih + r) < (unsigned)IH) {
-            const T* p = plane + (i64)(ih + r) * IW + c;
-            asm volatile("{\n\t.reg .u64 ga;\n\tcvta.to.global.u64 ga, %0;\n\tprefetch.global.L2 [ga];\n\t}" ::"l"(p));
-        }
+        if ((unsigned)(ih + r) < (unsigned)IH) prefetch_l2(plane + (i64)(ih + r) * IW + c);
     }
 }
 
