@@ -560,6 +560,58 @@ def test_bwd_mma_channels_past_grid_limits(dtype):
     _check(numpy.random.default_rng(23), 2, 66000, 4, 6, 1, 7, 7, 1, 3, 1, dtype)
 
 
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, True)], ids=str)
+def test_large_tensor_64bit_indices(needs):
+    """More than 2^31 elements in x, grad_output and grad_x: the fused pass (all three
+    gradients), the grad-input pass alone and the weight gradient alone, each on a plane
+    whose last ~1000 rows lie past element 2^31, where 32-bit offsets would wrap.
+    grad_x is checked on the last plane's bottom-right corner against the reference;
+    grad_weight and grad_bias of the last channel (every row of both images) against the
+    same sums evaluated in float64 by CuPy elementwise operations (the NumPy reference
+    would need 12 GB of float64 host arrays per tensor)."""
+    import cupy
+
+    import cupy_dwconv
+    from gpu_util import reference_backward
+
+    N, C, H, W = 2, 3, 19000, 19000  # 2.17e9 elements of float16 per tensor (4.3 GB)
+    gen = cupy.random.default_rng(7)
+    x = gen.standard_normal((N, C, H, W), dtype=cupy.float32).astype(cupy.float16)
+    # grad_output scaled so that the weight-gradient sums (~sqrt(7.2e8) terms) stay
+    # well inside float16's range.
+    go = (gen.standard_normal((N, C, H, W), dtype=cupy.float32) / 64).astype(cupy.float16)
+    assert x.size > 2**31
+    w = random_array(numpy.random.default_rng(8), (C, 1, 3, 3), "float16")
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(go, x, cupy.asarray(w), padding=1, needs=needs)
+    if needs[0]:
+        # The slice's own top row and left column lack grad_output neighbours outside
+        # the slice; its bottom and right edges are the plane's.
+        sl = (slice(N - 1, N), slice(C - 1, C), slice(H - 9, H), slice(W - 40, W))
+        ref = reference_backward(go[sl].get(), x[sl].get(), w[C - 1:], padding=1, needs=(True, False, False))[0]
+        assert_close(gx[sl].get()[..., 1:, 1:], ref[..., 1:, 1:], "float16", scale=3.0, what="grad_x")
+    else:
+        assert gx is None
+    if needs[1]:
+        xc = x[:, C - 1].astype(cupy.float64)
+        gc = go[:, C - 1].astype(cupy.float64)
+        want_w = numpy.empty((3, 3))
+        for kh in range(3):
+            for kw in range(3):
+                # grad_weight[kh, kw] = sum over (n, oh, ow) of go[oh, ow] * x[oh + kh - 1, ow + kw - 1]
+                oh0, ow0 = max(0, 1 - kh), max(0, 1 - kw)
+                oh1, ow1 = min(H, H + 1 - kh), min(W, W + 1 - kw)
+                want_w[kh, kw] = float((gc[:, oh0:oh1, ow0:ow1] *
+                                        xc[:, oh0 + kh - 1:oh1 + kh - 1, ow0 + kw - 1:ow1 + kw - 1]).sum())
+        want_b = float(gc.sum())
+        del xc, gc
+        scale = math.sqrt(N * H * W) / 64
+        assert_close(gw[C - 1, 0].get(), want_w, "float16", scale=scale, what="grad_weight")
+        assert_close(gb[C - 1:].get(), numpy.array([want_b]), "float16", scale=scale, what="grad_bias")
+    else:
+        assert gw is None and gb is None
+    del x, go, gx, gw, gb
+
+
 def test_empty_batch(monkeypatch):
     import cupy
 
