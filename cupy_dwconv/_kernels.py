@@ -1751,7 +1751,9 @@ def _rows_l2_ahead(row_bytes, l2a=None):
     rows): mbv2_3x3 float16 39.7 / 41.3 / - / 40.9 / 41.2, grad input 39.5 / 41.2 / - /
     40.7, effnet_5x5 float32 35.0 / 38.0 / - / 37.6 / 37.6. The fused backward (bwd_rows,
     issue-bound) lost with it: seed_3x7 float16 324.5 -> 361.5 (2 rows), float32 416.5 ->
-    411.5 (2) / 425.9 (4), image_3x3 float16 111.4 -> 123.7, mbv2_3x3 float16 71.5 -> 73.8."""
+    411.5 (2) / 425.9 (4), image_3x3 float16 111.4 -> 123.7, mbv2_3x3 float16 71.5 -> 73.8.
+    Where L2A is 0 the kernel's copies prefetch 256-byte blocks instead of 128 (see
+    conv_rows_async in cuda/rows.cu)."""
     if l2a is not None:
         return l2a
     return ROWS_L2_AHEAD if row_bytes >= ROWS_L2_AHEAD_MIN_BYTES else 0

@@ -269,13 +269,14 @@ __device__ __forceinline__ void ring_row(int u, int i, A (&acc)[RowsWindow<V, KH
 // NP pieces of PB bytes, at constant offsets from one source and one destination address:
 // one 64-bit source address per row instead of one per chunk and piece (bwd_rows on
 // seed_3x7 16-bit: 77 -> 70 instructions besides the 168 FFMA of a step, NVRTC 13.0).
-template <int PB, int REPB, int NX, int NP, int I = 0>
+template <int PB, int REPB, int NX, int NP, bool L2W = false, int I = 0>
 struct RowCopies {
     __device__ __forceinline__ static void run(unsigned dst, const char* src, bool row_ok, const bool (&col_ok)[NX][NP],
                                                bool in_band, const bool (&copies)[NX]) {
         constexpr int rep = I / NP, k = I % NP, off = rep * REPB + k * PB;
-        cp_async_pred<PB, off>(dst + off, src, row_ok && col_ok[rep][k], in_band && copies[rep]);
-        if constexpr (I + 1 < NX * NP) RowCopies<PB, REPB, NX, NP, I + 1>::run(dst, src, row_ok, col_ok, in_band, copies);
+        cp_async_pred<PB, off, L2W>(dst + off, src, row_ok && col_ok[rep][k], in_band && copies[rep]);
+        if constexpr (I + 1 < NX * NP)
+            RowCopies<PB, REPB, NX, NP, L2W, I + 1>::run(dst, src, row_ok, col_ok, in_band, copies);
     }
 };
 
@@ -403,6 +404,11 @@ conv_rows(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 //
 // L2A (0: off): each copied row also prefetches the band's row L2A rows further into L2
 // (prefetch.global.L2), more DRAM reads in flight than the PF slots hold, on long rows.
+// Without it (the host's short rows, under 256 bytes) each copy prefetches its 256-byte
+// block instead of the 128-byte one, the next rows of the band with it (same process, us,
+// 128 / 256 B: mbv2_3x3 forward float16 39.37 / 39.16, bfloat16 39.39 / 39.0, grad input
+// float16 39.47 / 39.03; effnet_5x5 float32 34.9 / 34.95; on long rows 256 B costs:
+// image_3x3 float16 77.7 / 79.0).
 //
 // Extra condition: VL * sizeof(T) is 4, 8 or 16 bytes (cp.async sizes); sm_80+.
 template <class T, int V, int VL, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF, bool FLIP,
@@ -499,8 +505,8 @@ conv_rows_async(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         // copies.
         auto stage_row = [&](bool in_band, int slot) {
             const bool row_ok = (unsigned)ih_next < (unsigned)IH;
-            RowCopies<PB, S * CB, NX, NP>::run(seg_base + (unsigned)(slot * ROWB + lane * CB), src, row_ok, col_ok, in_band,
-                                               copies);
+            RowCopies<PB, S * CB, NX, NP, L2A == 0>::run(seg_base + (unsigned)(slot * ROWB + lane * CB), src, row_ok,
+                                                         col_ok, in_band, copies);
             // L2A: the band's row L2A rows beyond this copy into L2 (more DRAM reads in
             // flight than the slots hold; rows of 256 bytes and more, see _rows_l2_ahead).
             if constexpr (L2A > 0) {

@@ -107,7 +107,8 @@ __device__ __forceinline__ void toeplitz_row(float (&acc)[WN][4], unsigned ra, c
 // 153.7 / 152.1 / 155.2, seed_3x7 float32 297.2 / 295.0 / 296.0, dilated_3x3_d2 75.6 /
 // 75.5 / 76.9; backward effnet_5x5 57.1 / 54.35 / 54.6, seed_3x7 float32 423.2 / 417.3 /
 // 420.2, mbv2_3x3 float16 72.2 / 71.6 / 70.9; the other sweeps within 0.5 %. 128 B is
-// nowhere slower than none; 256 B is, on some.
+// nowhere slower than none; 256 B is, on some. cp_async_pred's L2W takes 256 B where a
+// caller asks: conv_rows_async on rows under 256 bytes (see there).
 #define DW_CP_L2 ".L2::128B"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -123,11 +124,19 @@ __device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int byt
 // One copy of B bytes (4, 8 or 16) issued only where `on` (a predicated instruction, not
 // a branch), zero-filled in shared memory when !ok (src unread). OFF: a constant byte
 // offset on the source, written into the instruction (where a caller adds it to the
-// pointer instead, ptxas keeps base + OFF in a register pair per copy).
-template <int B, int OFF = 0>
+// pointer instead, ptxas keeps base + OFF in a register pair per copy). L2W: the copy
+// prefetches its aligned 256-byte block into L2 instead of the 128-byte one.
+template <int B, int OFF = 0, bool L2W = false>
 __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, bool ok, bool on) {
     static_assert(B == 4 || B == 8 || B == 16, "cp.async sizes");
-    if constexpr (B == 16)
+    if constexpr (L2W) {
+        if constexpr (B == 16)
+            asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global.L2::256B [%0], [%1+%4], 16, %2; }"
+                         :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
+        else
+            asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global.L2::256B [%0], [%1+%5], %4, %2; }"
+                         :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
+    } else if constexpr (B == 16)
         asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global" DW_CP_L2 " [%0], [%1+%4], 16, %2; }"
                      :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
     else
