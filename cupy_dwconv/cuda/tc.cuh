@@ -121,6 +121,9 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int byt
 __device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int bytes = 8) {
     asm volatile("cp.async.ca.shared.global" DW_CP_L2 " [%0], [%1], 8, %2;" :: "r"(dst), "l"(src), "r"(bytes));
 }
+// The predicated copy's text with its L2 qualifier (a string literal: asm takes no other).
+#define DW_CP_PRED16(L2) "{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global" L2 " [%0], [%1+%4], 16, %2; }"
+#define DW_CP_PRED(L2) "{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global" L2 " [%0], [%1+%5], %4, %2; }"
 // One copy of B bytes (4, 8 or 16) issued only where `on` (a predicated instruction, not
 // a branch), zero-filled in shared memory when !ok (src unread). OFF: a constant byte
 // offset on the source, written into the instruction (where a caller adds it to the
@@ -129,19 +132,14 @@ __device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int byt
 template <int B, int OFF = 0, bool L2W = false>
 __device__ __forceinline__ void cp_async_pred(unsigned dst, const void* src, bool ok, bool on) {
     static_assert(B == 4 || B == 8 || B == 16, "cp.async sizes");
-    if constexpr (L2W) {
-        if constexpr (B == 16)
-            asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global.L2::256B [%0], [%1+%4], 16, %2; }"
-                         :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
-        else
-            asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global.L2::256B [%0], [%1+%5], %4, %2; }"
-                         :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
-    } else if constexpr (B == 16)
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global" DW_CP_L2 " [%0], [%1+%4], 16, %2; }"
-                     :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
+    if constexpr (B == 16 && L2W)
+        asm volatile(DW_CP_PRED16(".L2::256B") :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
+    else if constexpr (B == 16)
+        asm volatile(DW_CP_PRED16(DW_CP_L2) :: "r"(dst), "l"(src), "r"(ok ? 16 : 0), "r"((int)on), "n"(OFF));
+    else if constexpr (L2W)
+        asm volatile(DW_CP_PRED(".L2::256B") :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
     else
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.ca.shared.global" DW_CP_L2 " [%0], [%1+%5], %4, %2; }"
-                     :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
+        asm volatile(DW_CP_PRED(DW_CP_L2) :: "r"(dst), "l"(src), "r"(ok ? B : 0), "r"((int)on), "n"(B), "n"(OFF));
 }
 // Copy a rows x cols block of a row-major global array (row pitch spitch elements) to
 // shared memory at byte address dst (row pitch dpitch elements), the whole block together,
