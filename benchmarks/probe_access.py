@@ -8,7 +8,8 @@ of the same pieces and CuPy's copy. Timed as the benchmark times (bench.time_eve
 Modes: 0 rows (8 bytes per lane, a segment sweeps one plane row by row); 1 row pairs (16
 bytes per lane, 32-byte aligned); 2 the same 112-byte pieces in grid order (at step r,
 stream p moves piece r * planes + p: neighbouring streams, neighbouring addresses); 3
-bands of 7 rows, 8 segments per plane.
+bands of 7 rows, 8 segments per plane. Then whole planes (6272 contiguous bytes) through
+shared memory by bulk copies (cp.async.bulk, one thread per warp, two planes in flight).
 """
 
 from __future__ import annotations
@@ -62,6 +63,48 @@ extern "C" __global__ void rows8(const unsigned long long* __restrict__ x, unsig
         }
     }
 }
+
+// Whole planes through shared memory by the bulk-copy (TMA) unit: lane 0 of each warp
+// loads plane k + 1 while plane k is stored (two buffers per warp, one mbarrier each).
+extern "C" __global__ void planes_bulk(const char* __restrict__ x, char* __restrict__ y, int planes, int bytes) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ __align__(8) unsigned long long bar[2 * 32];
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int gw = blockIdx.x * nwarps + warp, ngw = gridDim.x * nwarps;
+    if ((threadIdx.x & 31) != 0) return;
+    unsigned char* buf[2] = {smem + (2 * warp) * bytes, smem + (2 * warp + 1) * bytes};
+    unsigned mb[2];
+    for (int i = 0; i < 2; ++i) {
+        mb[i] = (unsigned)__cvta_generic_to_shared(&bar[2 * warp + i]);
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(mb[i]));
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    unsigned phase[2] = {0, 0};
+    auto load = [&](int p, int i) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(mb[i]), "r"(bytes) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     :: "r"((unsigned)__cvta_generic_to_shared(buf[i])), "l"(x + (long long)p * bytes), "r"(bytes), "r"(mb[i])
+                     : "memory");
+    };
+    int k = 0;
+    if (gw < planes) load(gw, 0);
+    for (int p = gw; p < planes; p += ngw, ++k) {
+        const int i = k & 1;
+        if (p + ngw < planes) {
+            // the other buffer's store must have read its bytes before the next load lands there
+            asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+            load(p + ngw, i ^ 1);
+        }
+        asm volatile("{ .reg .pred d; W: mbarrier.try_wait.parity.shared::cta.b64 d, [%0], %1; @!d bra W; }"
+                     :: "r"(mb[i]), "r"(phase[i]) : "memory");
+        phase[i] ^= 1;
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+                     :: "l"(y + (long long)p * bytes), "r"((unsigned)__cvta_generic_to_shared(buf[i])), "r"(bytes) : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
 '''
 
 MODES = ((0, "rows, 8 B per lane"), (1, "row pairs, 16 B per lane"), (2, "rows in grid order"), (3, "bands of 7 rows"))
@@ -89,6 +132,22 @@ def main():
             assert bool((ys[0] == xs[0]).all()), name
             ms = bench.time_events(run, sets)
             print(f"{grid:4d} blocks  {name:26s} {ms * 1e3:7.2f} us  {2 * n * 8 / ms / 1e6:7.1f} GB/s")
+
+    kb = cupy.RawModule(code=SRC, options=("-std=c++17",)).get_function("planes_bulk")
+    kb.max_dynamic_shared_size_bytes = 16 * 6272
+    for warps, blocks_per_sm in ((8, 2), (4, 4)):
+        grid = 132 * blocks_per_sm
+
+        def run_bulk(i, grid=grid, warps=warps):
+            kb((grid,), (32 * warps,), (xs[i], ys[i], numpy.int32(planes), numpy.int32(6272)),
+               shared_mem=2 * warps * 6272)
+
+        ys[0].fill(0)
+        run_bulk(0)
+        assert bool((ys[0] == xs[0]).all()), "bulk"
+        ms = bench.time_events(run_bulk, sets)
+        print(f"{grid:4d} blocks  {'whole planes, bulk copies':26s} {ms * 1e3:7.2f} us  {2 * n * 8 / ms / 1e6:7.1f} GB/s"
+              f"  ({warps} warps per block, 2 planes in flight per warp)")
 
     def copy(i):
         ys[i][...] = xs[i]
