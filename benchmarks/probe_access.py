@@ -116,12 +116,13 @@ def main():
     k = cupy.RawModule(code=SRC, options=("-std=c++17",)).get_function("rows8")
     planes = 64 * 144
     n = planes * 784  # 8-byte words
-    l2 = cupy.cuda.Device().attributes["L2CacheSize"]
+    attrs = cupy.cuda.Device().attributes
+    l2, sms = attrs["L2CacheSize"], attrs["MultiProcessorCount"]
     sets = bench.rotation_sets(2 * n * 8, l2, 6 * 10**9)
     xs = [cupy.arange(n, dtype=cupy.uint64) + i for i in range(sets)]
     ys = [cupy.empty(n, dtype=cupy.uint64) for _ in range(sets)]
     for blocks_per_sm in (3, 6):
-        grid = 132 * blocks_per_sm
+        grid = sms * blocks_per_sm
         for mode, name in MODES:
             count = numpy.int32(planes * (8 if mode == 3 else 1))
 
@@ -136,7 +137,7 @@ def main():
     kb = cupy.RawModule(code=SRC, options=("-std=c++17",)).get_function("planes_bulk")
     kb.max_dynamic_shared_size_bytes = 16 * 6272
     for warps, blocks_per_sm in ((8, 2), (4, 4)):
-        grid = 132 * blocks_per_sm
+        grid = sms * blocks_per_sm
 
         def run_bulk(i, grid=grid, warps=warps):
             kb((grid,), (32 * warps,), (xs[i], ys[i], numpy.int32(planes), numpy.int32(6272)),

@@ -328,8 +328,9 @@ def test_row_sweeps_store_whole_vectors(plan):
 
 
 # Plans whose copies the benchmark showed faster with L2 prefetch (benchmarks/NOTES.md,
-# session 31): x shape, weight shape, padding, dtype, pass, family, and whether the plan
-# also prefetches rows ahead into L2 (conv_rows_async on rows of 256 bytes and more).
+# sessions 31 and 32): x shape, weight shape, padding, dtype, pass, family, whether the
+# plan also prefetches rows ahead into L2 (conv_rows_async on rows of 256 bytes and
+# more), and the copies' L2 prefetch block (256 B on conv_rows_async's shorter rows).
 L2_PREFETCH_PLANS = [
     ((2, 8, 56, 56), (8, 1, 3, 3), 1, "float16", "forward", "conv_rows_async", False, "256B"),   # 112-byte rows
     ((2, 8, 28, 28), (8, 1, 5, 5), 2, "float32", "forward", "conv_rows_async", False, "256B"),   # 112-byte rows

@@ -108,7 +108,8 @@ __device__ __forceinline__ void toeplitz_row(float (&acc)[WN][4], unsigned ra, c
 // 75.5 / 76.9; backward effnet_5x5 57.1 / 54.35 / 54.6, seed_3x7 float32 423.2 / 417.3 /
 // 420.2, mbv2_3x3 float16 72.2 / 71.6 / 70.9; the other sweeps within 0.5 %. 128 B is
 // nowhere slower than none; 256 B is, on some. cp_async_pred's L2W takes 256 B where a
-// caller asks: conv_rows_async on rows under 256 bytes (see there).
+// caller asks: conv_rows_async without rows ahead (L2A 0, the host's rows under 256
+// bytes; see there).
 #define DW_CP_L2 ".L2::128B"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
