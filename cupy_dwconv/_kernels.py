@@ -2688,6 +2688,20 @@ def _bwd_rows_minb(taps):
     return 2 if taps <= 25 else 1
 
 
+def _bwd_rows_narrow(p, dtype):
+    """Whether bwd_rows runs 8 columns per lane in blocks of 128 threads, 4 per SM (16
+    warps, as 2 blocks of 256 at 4 columns): 16-bit, a tap reach of at most 4 rows (the
+    ring of 8-column sums fits the registers) and 9 taps, rows of 33 to 56 columns. Same
+    process (H200, us, 3x3 at padding 1; 4 columns / 8 columns in blocks of 128): 64 x 144
+    x 56 x 56 float16 71.2 / 63.2, bfloat16 71.7 / 62.8; 64 x 96 x 48 x 48 float16 44.8 /
+    33.0; 64 x 128 x 40 x 40 bfloat16 37.4 / 33.2; 64 x 128 x 36 x 36 float16 38.6 / 37.4.
+    Measured on 3x3 kernels only; the tap limit keeps the 8-column specializations
+    within 128 registers (no spills). Outside that range the 4-column plan stays: 32 x 256 x 64 x 64 float16 63.8 / 66.2,
+    64 x 96 x 28 x 28 20.3 / 24.6, 64 x 576 x 14 x 14 63.8 / 94.4, seed_3x7 324.9 / 371
+    (NOTES, session 33)."""
+    return (dtype in MMA_DTYPES and (p.KH - 1) * p.DH + 1 <= 4 and p.KH * p.KW <= 9 and 33 <= p.W <= 56)
+
+
 def _use_bwd_rows(p, dtype):
     """Whether the fused backward is the row sweep (bwd_rows) rather than bwd_tile, where
     it takes the problem. Sweep (H200, ms, the three gradients). Session 10: 16-bit 3x3
@@ -2708,17 +2722,23 @@ def _use_bwd_rows(p, dtype):
     return dtype == "float32" and taps >= 21
 
 
-def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None, chunks=None, sms=132, arch=90):
+def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None, chunks=None, sms=132, arch=90,
+                    block=None):
     """(bwd_rows launch, chunks) for the fused backward as a row sweep; None where it does
     not apply: stride 1, multiplier 1, sm_80+, up to BWD_ROWS_MAX_TAPS taps, padding
     within the kernel's reach on the top, left and bottom (every grad_output row is some
     band's own), grad_output columns within the segments' (every column some lane's),
-    and copies of 4 bytes or more."""
+    and copies of 4 bytes or more. `block`: threads per block (a multiple of 32 and of
+    the segment's lanes; ROWS_BLOCK unless _bwd_rows_narrow's plan applies)."""
     taps = p.KH * p.KW
     reach_h, reach_w = (p.KH - 1) * p.DH, (p.KW - 1) * p.DW
     if ((p.SH, p.SW) != (1, 1) or p.M != 1 or arch < 80 or taps > BWD_ROWS_MAX_TAPS or p.PT > reach_h
             or p.PB > reach_h or p.PL > reach_w or min(p.OH, p.OW, p.H, p.W) < 1):
         return None
+    if v is None and minb is None and block is None and _bwd_rows_narrow(p, dtype):
+        planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, 8, pf, 4, rb, chunks, sms, arch, 128)
+        if planned is not None:
+            return planned
     size = ITEMSIZE[dtype]
     v = _bwd_rows_lanes(dtype) if v is None else v
     v = max(1, min(v, 16 // size))
@@ -2735,20 +2755,24 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     n_cs = _cdiv(p.W, s * v)
     if p.OW > n_cs * s * v:
         return None
-    segs = ROWS_BLOCK // s
+    block = ROWS_BLOCK if block is None else block
+    if block % 32 or block % s or not 32 <= block <= 1024:
+        return None
+    segs = block // s
     # Each slot: the grad_output row (S + NL + NR chunks) and the x row (S chunks).
     smem = segs * (_rows_slots(q, pf) * (2 * s + nl + nr) + (s if vs < v else 0)) * v * size
-    if smem > SM_SMEM // minb - 1024 - (256 // 32) * (taps + 1) * ITEMSIZE[ACC_DTYPE[dtype]]:
+    if smem > SM_SMEM // minb - 1024 - (block // 32) * (taps + 1) * ITEMSIZE[ACC_DTYPE[dtype]]:
         return None
     rb, bands, chunks = _bwd_rows_split(p, n_cs, q, segs, sms * minb, rb, chunks)
     units = p.N * bands * n_cs
     if n_cs * bands > INT32_MAX or p.W + 64 > INT32_MAX or p.H + q > INT32_MAX:
         return None
-    expr = "dw::bwd_rows<" + _targs(CXX_TYPE[dtype], v, vl, vx, vs, p.KH, p.KW, p.DH, p.DW, plr, s, pf, minb) + ">"
+    expr = "dw::bwd_rows<" + _targs(CXX_TYPE[dtype], v, vl, vx, vs, p.KH, p.KW, p.DH, p.DW, plr, s, pf, minb,
+                                     *(() if block == ROWS_BLOCK else (block,))) + ">"
     args = pack_args("BwdRowsArgs", units=units, IH=p.H, IW=p.W, OH=p.OH, OW=p.OW, PT=p.PT, RB=rb, n_bands=bands,
                      n_cs=n_cs, N=p.N, C=p.C, n_chunks=chunks)
     grid = (chunks, min(p.C, 65535), 1)
-    return Launch("rows.cu", expr, grid, (ROWS_BLOCK, 1, 1), smem, (args,)), chunks
+    return Launch("rows.cu", expr, grid, (block, 1, 1), smem, (args,)), chunks
 
 
 # ---- fused backward on tensor cores (bwd_mma, 16-bit small kernels on whole planes) ----------

@@ -391,6 +391,35 @@ def test_fused_backward_takes_and_declines():
         assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132) is None
 
 
+def test_bwd_rows_narrow_rows_plan():
+    """16-bit bwd_rows on rows of 33 to 56 columns, a tap reach of at most 4 rows and 9
+    taps runs 8 columns per lane in blocks of 128 threads, 4 per SM; wider and narrower
+    rows, float32, 5x5 and dilated 3x3 (a reach of 5 rows) keep 4 columns in blocks of
+    256. Where the 8-column plan is declined the 4-column plan is taken instead."""
+    for dtype, w_shape, width, dil, narrow in (
+            ("float16", (4, 1, 3, 3), 56, 1, True), ("bfloat16", (4, 1, 3, 3), 34, 1, True),
+            ("float16", (4, 1, 1, 3), 48, 1, True), ("float16", (4, 1, 3, 3), 64, 1, False),
+            ("float16", (4, 1, 3, 3), 28, 1, False), ("float32", (4, 1, 3, 3), 56, 1, False),
+            ("bfloat16", (4, 1, 5, 5), 56, 1, False), ("float16", (4, 1, 3, 3), 56, 2, False)):
+        p = params((8, 4, 40, width), w_shape, 1, "same", dil)
+        s1 = _kernels.plan_backward(p, dtype, 0, 0, 90, 132, force=dict(family="rows"))[0]
+        assert ("bwd_rows" in s1.expr and (_args(s1.expr)[1] == "8") == narrow
+                and s1.block[0] == (128 if narrow else 256)), (dtype, w_shape, width, s1.expr, s1.block)
+        if narrow:
+            assert _args(s1.expr)[-2:] == ["4", "128"], s1.expr
+    p = params((8, 4, 40, 48), (4, 1, 5, 5), 1, "same", 1)
+    standard = _kernels.bwd_rows_launch(p, "float16", 0, 0)[0]
+    orig = _kernels._bwd_rows_narrow
+    try:
+        _kernels._bwd_rows_narrow = lambda p, dtype: True  # 5 tap rows x 8 columns: declined
+        fallback = _kernels.bwd_rows_launch(p, "float16", 0, 0)[0]
+    finally:
+        _kernels._bwd_rows_narrow = orig
+    assert fallback.expr == standard.expr and _args(fallback.expr)[1] == "4" and fallback.block == (256, 1, 1)
+    assert _kernels.bwd_rows_launch(p, "float16", 0, 0, v=8, minb=4, block=128) is None
+    assert _kernels.bwd_rows_launch(p, "float16", 0, 0, block=48) is None  # not whole warps
+
+
 def test_rows_dispatch_and_widths():
     """The row sweeps take stride-1 problems with one input plane per output plane
     (forward with any multiplier; grad input with the rotated kernel at multiplier 1).

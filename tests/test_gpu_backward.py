@@ -863,23 +863,31 @@ BWD_ROWS_SHAPES = [
     (1, 2, 6, 4, 3, 3, 1, 1),
     (2, 3, 12, 28, 5, 5, 2, 1),
     (2, 2, 13, 30, 7, 7, 3, 1),
+    # Rows of 33 to 56 columns: 16-bit 3x3 plans 8 columns per lane in blocks of 128
+    # ('same', and asymmetric padding with 'valid' rows on top).
+    (2, 3, 14, 48, 3, 3, 1, 1),
+    (1, 3, 11, 34, 3, 3, ((2, 0), (1, 1)), 1),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "launch",
-    [{}, dict(pf=1, chunks=1), dict(v=2, pf=2, rb=3, chunks=3), dict(minb=1, rb=1, chunks=7)],
+    [{}, dict(pf=1, chunks=1), dict(v=2, pf=2, rb=3, chunks=3), dict(minb=1, rb=1, chunks=7),
+     dict(v=8, minb=4, block=128)],
     ids=str,
 )
 @pytest.mark.parametrize("shape", BWD_ROWS_SHAPES, ids=str)
 def test_bwd_rows(shape, launch, dtype):
     """The row-sweep fused backward, forced: all three gradients against the reference
     (one band, or bands of 3 rows or 1 row whose overlap rows must not count twice in the
-    bias; one to seven chunks per channel; one to four rows ahead), and the weight and
-    bias gradients bitwise equal over two runs."""
+    bias; one to seven chunks per channel; one to four rows ahead; blocks of 128 threads
+    with 8 columns per lane in 16-bit), and the weight and bias gradients bitwise equal
+    over two runs."""
     if dtype == "float64" and launch.get("v") == 2:
         launch = dict(launch, v=1)  # 16-byte chunks at most
+    if launch.get("v") == 8 and (shape[4] - 1) * shape[7] + 1 > 4:
+        launch = dict(launch, v=4)  # a ring of 8-column sums holds 4 tap rows at most
     _, gw, gb, run = _check_forced_fused(shape, dict(launch, family="rows"), dtype, "bwd_rows",
                                          repr((shape, launch, dtype, "rows")))
     _, gw2, gb2, _ = run()

@@ -781,8 +781,8 @@ conv_rows_whole(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 // grad_output plane (top and bottom padding within the kernel's reach, OW within the
 // segments' columns), so that every grad_output element is some band's and lane's own.
 template <class T, int V, int VL, int VX, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF,
-          int MINB>
-__global__ void __launch_bounds__(256, MINB)
+          int MINB, int NTB = 256>
+__global__ void __launch_bounds__(NTB, MINB)
 bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict__ w, T* __restrict__ gx,
          typename Traits<T>::acc* __restrict__ partial, unsigned* __restrict__ counters, T* __restrict__ gw,
          T* __restrict__ gb, const BwdRowsArgs a) {
@@ -808,7 +808,7 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
     constexpr int ROWB = GROWB + S * CB;           // and the x row beside it
     constexpr bool OST = VS < V;
     constexpr int SEGB = U * ROWB + (OST ? S * CB : 0);
-    constexpr int SEGS = 256 / S;
+    constexpr int SEGS = NTB / S;
     constexpr int KK = KH * KW;
     constexpr int NX = NL + NR > 0 ? 2 : 1;
     constexpr int NP = V / VL, NPX = V / VX;
@@ -820,7 +820,7 @@ bwd_rows(const T* __restrict__ x, const T* __restrict__ go, const T* __restrict_
     static_assert(KK <= 64 && Q * V <= 32, "register budget");
     static_assert(PF >= 1, "at least one row ahead");
     extern __shared__ __align__(16) unsigned char rows_smem[];
-    __shared__ A red[(256 / 32) * (KK + 1)];
+    __shared__ A red[(NTB / 32) * (KK + 1)];
 
     const int IH = a.IH, IW = a.IW, OH = a.OH, OW = a.OW, RB = a.RB, C = a.C, n_chunks = a.n_chunks;
     const int PTR = (KH - 1) * DH - a.PT;  // the rotated problem's top padding
