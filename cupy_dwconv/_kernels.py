@@ -2691,14 +2691,14 @@ def _bwd_rows_minb(taps):
 def _bwd_rows_narrow(p, dtype):
     """Whether bwd_rows runs 8 columns per lane in blocks of 128 threads, 4 per SM (16
     warps, as 2 blocks of 256 at 4 columns): 16-bit, a tap reach of at most 4 rows (the
-    ring of 8-column sums fits the registers) and 9 taps, rows of 33 to 56 columns. Same
-    process (H200, us, 3x3 at padding 1; 4 columns / 8 columns in blocks of 128): 64 x 144
-    x 56 x 56 float16 71.2 / 63.2, bfloat16 71.7 / 62.8; 64 x 96 x 48 x 48 float16 44.8 /
-    33.0; 64 x 128 x 40 x 40 bfloat16 37.4 / 33.2; 64 x 128 x 36 x 36 float16 38.6 / 37.4.
-    Measured on 3x3 kernels only; the tap limit keeps the 8-column specializations
-    within 128 registers (no spills). Outside that range the 4-column plan stays: 32 x 256 x 64 x 64 float16 63.8 / 66.2,
-    64 x 96 x 28 x 28 20.3 / 24.6, 64 x 576 x 14 x 14 63.8 / 94.4, seed_3x7 324.9 / 371
-    (NOTES, session 33)."""
+    ring of 8-column sums fits the registers), at most 9 taps (the 8-column plans stay
+    within 128 registers, no spills) and rows of 33 to 56 columns. Measured on 3x3 at
+    padding 1, same process (H200, us; 4 columns in blocks of 256 / 8 columns in blocks of
+    128): 64 x 144 x 56 x 56 float16 71.2 / 63.2, bfloat16 71.7 / 62.8; 64 x 96 x 48 x 48
+    float16 44.8 / 33.0; 64 x 128 x 40 x 40 bfloat16 37.4 / 33.2; 64 x 128 x 36 x 36
+    float16 38.6 / 37.4. Outside that range the 4-column plan stays: 32 x 256 x 64 x 64
+    float16 63.8 / 66.2; 64 x 96 x 28 x 28 20.3 / 24.6; 64 x 576 x 14 x 14 63.8 / 94.4;
+    seed_3x7 (256 columns, 21 taps) 324.9 / 371 (NOTES, session 33)."""
     return (dtype in MMA_DTYPES and (p.KH - 1) * p.DH + 1 <= 4 and p.KH * p.KW <= 9 and 33 <= p.W <= 56)
 
 
