@@ -8,9 +8,16 @@ report (registers, spills) for scripts/resource_report.py.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import time
 
 from cupy_dwconv import _kernels
+
+# NVRTC 13 returns a repeated compile (same source, same options) from a cache, without
+# ptxas's report: a program compiled for its report carries a declaration of its own.
+_REPORT_IDS = itertools.count()
 
 
 def nvrtc_available():
@@ -60,13 +67,16 @@ def compile_source(code, name, arch):
 def compile_expressions(src_name, expressions, arch, resource_report=False):
     """Compile `expressions` of cuda/<src_name> to a cubin for sm_<arch>.
 
-    Returns the NVRTC log (with the ptxas report when resource_report is set).
+    Returns the NVRTC log (with the ptxas report when resource_report is set: the source
+    then ends in a declaration no other compile has, so no cached result stands in).
     Raises RuntimeError with the log on any compile error.
     """
     from cuda.bindings import nvrtc
 
-    code = _kernels.source(src_name).encode()
-    (prog,) = _check(nvrtc.nvrtcCreateProgram(code, src_name.encode(), 0, [], []), what="create")
+    code = _kernels.source(src_name)
+    if resource_report:
+        code += f"\nnamespace {{ constexpr int resource_report_{os.getpid()}_{time.time_ns()}_{next(_REPORT_IDS)} = 0; }}\n"
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(code.encode(), src_name.encode(), 0, [], []), what="create")
     try:
         for expr in expressions:
             _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), what=f"name expression {expr}")
