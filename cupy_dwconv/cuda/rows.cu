@@ -778,9 +778,10 @@ conv_rows_whole(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 //
 // Template arguments as conv_rows_async, plus VX: elements per x copy (x rows: the
 // segment's own chunks only), and NTB: threads per block (256; 128 where 16-bit lanes of
-// 8 columns run 4 blocks per SM, _kernels._bwd_rows_narrow). The host checks that bands and segments cover the
-// grad_output plane (top and bottom padding within the kernel's reach, OW within the
-// segments' columns), so that every grad_output element is some band's and lane's own.
+// 8 columns run 4 blocks per SM, _kernels._bwd_rows_narrow). The host checks that bands
+// and segments cover the grad_output plane (top and bottom padding within the kernel's
+// reach, OW within the segments' columns), so that every grad_output element is some
+// band's and lane's own.
 template <class T, int V, int VL, int VX, int VS, int KH, int KW, int DH, int DW, int PL, int S, int PF,
           int MINB, int NTB = 256>
 __global__ void __launch_bounds__(NTB, MINB)
