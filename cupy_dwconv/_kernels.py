@@ -2728,8 +2728,8 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     not apply: stride 1, multiplier 1, sm_80+, up to BWD_ROWS_MAX_TAPS taps, padding
     within the kernel's reach on the top, left and bottom (every grad_output row is some
     band's own), grad_output columns within the segments' (every column some lane's),
-    and copies of 4 bytes or more. `block`: threads per block (a multiple of 32 and of
-    the segment's lanes; ROWS_BLOCK unless _bwd_rows_narrow's plan applies)."""
+    and copies of 4 bytes or more. `block`: threads per block (a multiple of 32;
+    ROWS_BLOCK unless _bwd_rows_narrow's plan applies)."""
     taps = p.KH * p.KW
     reach_h, reach_w = (p.KH - 1) * p.DH, (p.KW - 1) * p.DW
     if ((p.SH, p.SW) != (1, 1) or p.M != 1 or arch < 80 or taps > BWD_ROWS_MAX_TAPS or p.PT > reach_h
@@ -2756,7 +2756,7 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     if p.OW > n_cs * s * v:
         return None
     block = ROWS_BLOCK if block is None else block
-    if block % 32 or block % s or not 32 <= block <= 1024:
+    if block % 32 or not 32 <= block <= 1024:  # whole warps (a segment is a power-of-two part of one)
         return None
     segs = block // s
     # Each slot: the grad_output row (S + NL + NR chunks) and the x row (S chunks).

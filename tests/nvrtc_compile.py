@@ -8,17 +8,13 @@ report (registers, spills) for scripts/resource_report.py.
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import time
+import uuid
 
 from cupy_dwconv import _kernels
 
 # NVRTC 13 returns a repeated compile (same source, same options) from a cache, without
 # ptxas's report: a program compiled for its report carries a declaration of its own.
-_REPORT_IDS = itertools.count()
-
 
 def nvrtc_available():
     try:
@@ -75,7 +71,7 @@ def compile_expressions(src_name, expressions, arch, resource_report=False):
 
     code = _kernels.source(src_name)
     if resource_report:
-        code += f"\nnamespace {{ constexpr int resource_report_{os.getpid()}_{time.time_ns()}_{next(_REPORT_IDS)} = 0; }}\n"
+        code += f"\nnamespace {{ constexpr int resource_report_{uuid.uuid4().hex} = 0; }}\n"
     (prog,) = _check(nvrtc.nvrtcCreateProgram(code.encode(), src_name.encode(), 0, [], []), what="create")
     try:
         for expr in expressions:
