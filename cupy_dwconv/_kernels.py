@@ -375,6 +375,11 @@ def _tile_shape(pr, dtype):
     if dtype == "float32":
         if taps <= 9 and pr.DH == 1 and pr.DW == 1:
             th, tw, minb, nt = 4, 4, 3, 10.0
+        elif pr.KH == 1:
+            # Rows of one-row kernels (1x31 on 16 x 128 x 32 x 256, H200, us): 1x8 60.3,
+            # 2x8 59.5 (125 registers), 4x8 57.7 with 48 B spilled, 4x4 71.0, 2x4 63.6;
+            # conv_rows_async 98.3.
+            th, tw, minb, nt = 1, 8, 2, None
         elif pr.SW > 1:
             th, tw, minb, nt = 4, 4, 2, 1.0
         else:
@@ -757,10 +762,30 @@ BATCH_MAX_SIDE_F64 = 12
 
 def _batch_small(dtype, kh, kw, steps, sides):
     """The limits the dispatcher shares between conv_batch and bwd_batch: stride 1 and
-    dilation 1 (`steps`), a kernel of more than one row and at most 64 taps, plane sides
-    of at most BATCH_MAX_SIDE (float64: BATCH_MAX_SIDE_F64)."""
+    dilation 1 (`steps`), a kernel of more than one row, plane sides of at most
+    BATCH_MAX_SIDE (float64: BATCH_MAX_SIDE_F64), and at most 64 taps, or rows of at
+    most BATCH_MAX_ROW taps past that in float32 and 16-bit (_batch_large)."""
     limit = BATCH_MAX_SIDE_F64 if dtype == "float64" else BATCH_MAX_SIDE
-    return kh > 1 and kh * kw <= PLANE_MAX_TAPS and tuple(steps) == (1, 1, 1, 1) and max(sides) <= limit
+    if kh <= 1 or tuple(steps) != (1, 1, 1, 1) or max(sides) > limit:
+        return False
+    return kh * kw <= PLANE_MAX_TAPS or (dtype != "float64" and kw <= BATCH_MAX_ROW)
+
+
+def _batch_large(kh, kw):
+    """Kernels past 64 taps on conv_batch's small planes (RepLKNet's later stages: 13x13 on
+    7 x 7 and 14 x 14, 27x27 on 14 x 14). A warp's row skips the tap rows outside the
+    plane and the columns outside it at compile time, so a 13x13 kernel on a 7 x 7 plane
+    costs 49 FMAs an output, not 169; the tensor-core and lines paths pay for the padding
+    taps or for whole-plane staging per block. Measured (H200, benchmarks/ab.py, us,
+    conv_batch against the previous plan; forward, grad input alike): 32 x 1024 planes of
+    7 x 7 under 13x13 float32 13.0 against conv_lines' 39.1, float16 13.8 / bfloat16 14.0
+    against conv_mma's 153-155; 32 x 512 planes of 14 x 14 under 13x13 float32 26.3
+    against 62.0, float16 25.6 against 73.4; under 27x27 float32 49.6 against 77.7,
+    float16 53.5 against 288; 64 x 256 planes of 16 x 16 under 9x9 float32 21.5 against
+    40.0. 16-bit problems conv_stack takes stay there (9x9 on 16 x 16 float16: conv_stack
+    13.2 against 21.7). float64 keeps its 64-tap limit (not measured; its 12-side planes
+    already fill the registers)."""
+    return kh * kw > PLANE_MAX_TAPS
 
 
 def _batch_plane_stride(dtype, h, w):
@@ -976,7 +1001,12 @@ def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=Non
     smem = bwd_batch_smem_bytes(p, dtype, cg)
     if block > 1024 or smem > SM_SMEM:
         return None
-    minb = _batch_minb(block, _bwd_batch_regs(p, dtype, cg), smem) if minb is None else minb
+    if minb is None:
+        minb = _batch_minb(block, _bwd_batch_regs(p, dtype, cg), smem)
+        if _batch_large(p.KH, p.KW):
+            # Past 64 taps the estimate misses (13x13 on 7 x 7 float32, 4 channels a unit,
+            # spilled 32 bytes at 3 blocks per SM): at most 2 blocks, one above 8 warps.
+            minb = min(minb, 2 if block <= 256 else 1)
     expr = "dw::bwd_batch<" + _targs(
         CXX_TYPE[dtype], p.KH, p.KW, p.DH, p.DW, p.H, p.W, p.OH, p.OW, p.PT, p.PL, cg, _bwd_batch_rotation(p), minb
     ) + ">"
@@ -987,7 +1017,7 @@ def bwd_batch_launch(p, dtype, x_ptr=0, go_ptr=0, cg=None, minb=None, blocks=Non
     return Launch("plane.cu", expr, grid, (block, 1, 1), smem, (args,)), chunks
 
 
-def _use_bwd_batch(p, dtype, x_ptr=0, go_ptr=0):
+def _use_bwd_batch(p, dtype, x_ptr=0, go_ptr=0, arch=90):
     """The backward of small planes (stride 1 and dilation 1, no multiplier, kernels of
     more than one row and at most 64 taps, planes of at most 16 rows and columns, float64
     12, as _use_batch) in float32 from 25 taps and in float64, where its registers fit a
@@ -996,14 +1026,39 @@ def _use_bwd_batch(p, dtype, x_ptr=0, go_ptr=0):
     channels) 12.0 against 15.4; 7x7 on 14 x 14 (96 channels) 21.5 against bwd_rows' 23.9;
     float64 convnext_7x7_s4 41.6 against 91 for its separate grad input and weight
     gradient. 16-bit stays with bwd_mma and bwd_plane (7x7 on 14 x 14 float16: 20.2
-    against bwd_mma's 17.6)."""
-    if (p.M != 1 or dtype not in ("float32", "float64")
+    against bwd_mma's 17.6) up to 64 taps; past 64 taps see _bwd_batch_large."""
+    if (p.M != 1 or (dtype in MMA_DTYPES and not _batch_large(p.KH, p.KW))
             or not _batch_small(dtype, p.KH, p.KW, (p.SH, p.SW, p.DH, p.DW), (p.H, p.W, p.OH, p.OW))):
         return False
     if dtype == "float32" and p.KH * p.KW < 25:
         return False
+    if _batch_large(p.KH, p.KW):
+        return _bwd_batch_large(p, dtype, x_ptr, arch)
     cg = _bwd_batch_groups(p, dtype, x_ptr, go_ptr)
     return _bwd_batch_regs(p, dtype, cg) <= reg_cap(p.H * 32, 1)
+
+
+BWD_BATCH_LARGE_MAX_TAPS_F32 = 13 * 13
+
+
+def _bwd_batch_large(p, dtype, x_ptr=0, arch=90):
+    """bwd_batch for kernels past 64 taps (_batch_large), against the split backward (grad
+    input on conv_batch, weight gradient on wgrad_lines or the tensor cores). Measured
+    (H200, benchmarks/ab.py, us; bwd_batch / grad input + weight gradient timed apart):
+    13x13 on 32 x 1024 x 7 x 7 float32 28.1 / 12.9 + 38.8, float16 30.2 / 13.8 + 196
+    (wgrad_mma); on 32 x 512 x 14 x 14 float32 55.0 / 27.0 + 42.4, float16 53.3 / 25.7 +
+    128; 9x9 on 64 x 256 x 16 x 16 float32 45.0 / 21.4 + 32.3. Not taken: float32 past
+    169 taps (27x27 on 14 x 14: 203.9 / 48.5 + 118.0, its tap rows' sums hold the block's
+    registers at one block per SM), and 16-bit problems whose forward conv_stack takes
+    (9x9 on 16 x 16 float16: 44.4 / 13.4 + 24.6 on conv_stack and wgrad_stack). Blocks
+    of more than 8 warps run one per SM (bwd_batch_launch); their registers are not
+    estimated: the compile test's grid of large kernels checks ptxas's report."""
+    if dtype == "float32" and p.KH * p.KW > BWD_BATCH_LARGE_MAX_TAPS_F32:
+        return False
+    if dtype in MMA_DTYPES:
+        q = forward_problem(p)
+        return not (_use_stack(q) and stack_launch(q, dtype, x_ptr, arch) is not None)
+    return True
 
 
 # ---- conv_lines (large kernels on whole planes: a line per thread) ---------------------
@@ -1256,8 +1311,9 @@ def _use_batch(pr, dtype):
     specializations spill). Not taken: 3x3 in float32 (7x7 planes: 12.0 against 12.5 at 4
     channels per unit, 13.1 at one; not enough to move), 16-bit 7x7 planes (13.1 against
     12.5), 1xK kernels (inception_1x7: 10.9 against 9.4; float64 17.7 against 15.1), a grad input
-    that gathers several planes (multiplier > 1), other strides and dilations, kernels of
-    more than 64 taps, and planes of more than 16 rows or columns (blocks past 512
+    that gathers several planes (multiplier > 1), other strides and dilations, float64
+    kernels of more than 64 taps (float32 and 16-bit take them: _batch_large), and
+    planes of more than 16 rows or columns (blocks past 512
     threads cap registers under 128 at one block per SM, and a row of 20 or more sums,
     its staged row and the next unit's loads want more: 5x7 on 13 x 22 spills 52 bytes
     in float32, 268 in float64; not measured: the forced tests cover them)."""
@@ -1265,11 +1321,11 @@ def _use_batch(pr, dtype):
                                                       (pr.OH, pr.OW, pr.IW)):
         return False
     taps = pr.KH * pr.KW
-    if dtype == "float64":
+    if dtype == "float64" or (dtype == "float32" and taps >= 25):
         return True
-    if dtype == "float32":
-        return taps >= 25
-    return taps >= 25 and pr.OH * pr.OW >= 144
+    if _batch_large(pr.KH, pr.KW):
+        return True  # 16-bit: after conv_stack where it takes the problem (_auto_plan)
+    return dtype in MMA_DTYPES and taps >= 25 and pr.OH * pr.OW >= 144
 
 
 # ---- conv_mma (tensor cores, 16-bit, stride 1, dilation 1) -------------------------------
@@ -1658,6 +1714,18 @@ def _rows_shape(pr, dtype):
     return 1, 1, 2
 
 
+def _rows_scalar_lanes(pr):
+    """Columns per lane of conv_rows where its rows take scalar loads (16-bit rows of an
+    odd width, or an input that starts off a 4-byte boundary: conv_rows_async declines
+    them, its copies are at least 4 bytes): 2 up to 9 taps, 4 beyond. 8-column lanes
+    load the lane's columns and halo one by one and spill at the shipped launch bounds.
+    Measured (H200, benchmarks/ab.py, us; 2 / 4 / 8 columns): 16 x 64 x 33 x 47 3x3
+    float16 10.2 / 10.9 (24 B spilled) / 20.3 (136 B spilled); 64 x 144 x 56 x 55 3x3
+    float16 74.6 / 76.1 / 195.4; seed_3x7 on 32 x 128 x 128 x 255 float16 434.1 / 283.7 /
+    394.8 (40 B spilled)."""
+    return 2 if pr.KH * pr.KW <= 9 else 4
+
+
 def _rows_async_shape(pr, dtype):
     """(V, PF, MINB) of conv_rows_async, from the sweep (H200, session 10, ms; forward /
     grad input where both were measured; benchmarks/NOTES.md):
@@ -1770,6 +1838,8 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
             or not -ROWS_MAX_PAD <= pr.PL <= ROWS_MAX_PAD or min(pr.OH, pr.OW) < 1):
         return None
     dv, dpf, dminb = _rows_async_shape(pr, dtype) if staged else _rows_shape(pr, dtype)
+    if v is None and not staged and _load_width(dtype, pr.IW, x_ptr, dv) == 1:
+        dv = _rows_scalar_lanes(pr)
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
@@ -1840,7 +1910,7 @@ def _use_rows_whole(pr, dtype):
     the memory latency."""
     if dtype != "float32" or (pr.SH, pr.SW) != (1, 1) or (pr.DH, pr.DW) != (1, 1):
         return False
-    if not 26 <= pr.KH * pr.KW <= 49:
+    if not 26 <= pr.KH * pr.KW <= 49 or pr.KH == 1:  # one-row kernels: conv_tile (_tile_shape)
         return False
     v, s = _rows_whole_shape(pr, dtype)
     return v * s == pr.OW
@@ -1928,7 +1998,7 @@ def _use_rows_async(pr, dtype, x_ptr):
         return False
     taps, dilated = pr.KH * pr.KW, (pr.DH, pr.DW) != (1, 1)
     if 10 <= taps <= 49 and not dilated and dtype == "float32":
-        return True
+        return pr.KH > 1  # one-row kernels have no rows to reuse: conv_tile (_tile_shape)
     if dtype in MMA_DTYPES:
         return _use_rows(pr, dtype)
     return dilated and taps <= 21 and (pr.KH - 1) * pr.DH + 1 <= 7
@@ -2001,7 +2071,12 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 
 
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
-    launch = batch_launch(q, dtype, x_ptr, sms=sms) if _use_batch(q, dtype) else None
+    launch = None
+    if _use_batch(q, dtype):
+        if dtype in MMA_DTYPES and _batch_large(q.KH, q.KW) and _use_stack(q):
+            launch = stack_launch(q, dtype, x_ptr, arch, sms)  # see _batch_large
+        if launch is None:
+            launch = batch_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0 and _use_plane(q, dtype):
         launch = plane_launch(q, dtype, sms=sms)
     if launch is None and _use_mma_rows(q, dtype, x_ptr):
@@ -2702,6 +2777,29 @@ def _bwd_rows_narrow(p, dtype):
     return (dtype in MMA_DTYPES and (p.KH - 1) * p.DH + 1 <= 4 and p.KH * p.KW <= 9 and 33 <= p.W <= 56)
 
 
+def _bwd_rows_small(p, dtype, x_ptr=0, go_ptr=0):
+    """Columns per lane of bwd_rows at 3 blocks of 256 threads per SM (no more than 85
+    registers) on 16-bit rows of at most 32 columns and kernels of at most 9 taps, or None
+    for the default plan: 2 where the grad_output or x rows load, or grad_x stores,
+    partial 8-byte vectors; 4 where all are whole and the data is float16 at dilation 1
+    (bfloat16's conversions spill 16 bytes there, dilation 2 60-188: NVRTC 13.0);
+    dilated bfloat16 keeps the default (2 columns spill 16 bytes with NVRTC 13.5).
+    Measured (H200, benchmarks/ab.py --pass backward, us, float16 3x3 at padding 1; 2
+    blocks of 4 columns, the default / 3 blocks of 2 columns / 3 blocks of 4): 64 x 576 x
+    10 x 10 48.8 / 28.3 / -; 64 x 384 x 14 x 14 50.7 / 21.6 / 39.9 (32 bytes spilled;
+    bfloat16 50.5 / 21.7); 64 x 256 x 20 x 20 26.7 / 33.1 / 23.7; 64 x 128 x 24 x 24 18.9
+    / 24.2 / 17.5; 64 x 192 x 28 x 28 35.7 / 31.0 / 28.4; dilation 2 on 64 x 256 x 14 x 14
+    21.6 / 18.4. At 56 columns the 8-column plan stays (63.0 against 61.6 at 3 blocks of
+    4 columns); 5x5 (25 taps) spills at 3 blocks."""
+    if dtype not in MMA_DTYPES or p.KH * p.KW > 9 or p.W > 32:
+        return None
+    if dtype == "bfloat16" and (p.DH, p.DW) != (1, 1):
+        return None  # 2 columns spill 16 bytes (NVRTC 13.5)
+    if not all(_load_width(dtype, n, ptr, 4) == 4 for n, ptr in ((p.OW, go_ptr), (p.W, x_ptr), (p.W, 0))):
+        return 2
+    return 4 if dtype == "float16" and (p.DH, p.DW) == (1, 1) else None
+
+
 def _use_bwd_rows(p, dtype):
     """Whether the fused backward is the row sweep (bwd_rows) rather than bwd_tile, where
     it takes the problem. Sweep (H200, ms, the three gradients). Session 10: 16-bit 3x3
@@ -2737,6 +2835,11 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
         return None
     if v is None and minb is None and block is None and _bwd_rows_narrow(p, dtype):
         planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, 8, pf, 4, rb, chunks, sms, arch, 128)
+        if planned is not None:
+            return planned
+    lanes = _bwd_rows_small(p, dtype, x_ptr, go_ptr) if v is None and minb is None and block is None else None
+    if lanes is not None:
+        planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, lanes, pf, 3, rb, chunks, sms, arch)
         if planned is not None:
             return planned
     size = ITEMSIZE[dtype]
@@ -2962,7 +3065,7 @@ def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
     # 0.0327 separate). Then the row sweep where _use_bwd_rows says so and it takes the
     # problem; else bwd_tile, wherever it takes the problem and a channel has enough tiles
     # to amortize the block's weights and closing sum.
-    if _use_bwd_batch(p, dtype, x_ptr, go_ptr):
+    if _use_bwd_batch(p, dtype, x_ptr, go_ptr, arch):
         fused = bwd_batch_launch(p, dtype, x_ptr, go_ptr, sms=sms)
         if fused is not None:
             return _fused_with_reduce(p, dtype, fused)

@@ -81,9 +81,9 @@ FAMILY_DTYPES = {f"{f} flip={b}": ("float16", "bfloat16") for f in ("conv_mma", 
                  for b in ("false", "true")}
 FAMILY_DTYPES["wgrad_mma"] = ("float16", "bfloat16")
 FAMILY_DTYPES["bwd_mma"] = ("float16", "bfloat16")
-# The dispatcher sends float32 and float64 small planes to bwd_batch (16-bit ones keep
-# bwd_plane and bwd_mma; the forced GPU tests cover bwd_batch's 16-bit specializations).
-FAMILY_DTYPES["bwd_batch"] = ("float32", "float64")
+# The dispatcher sends float32 and float64 small planes to bwd_batch, and 16-bit ones
+# under kernels past 64 taps (the others keep bwd_plane and bwd_mma).
+FAMILY_DTYPES["bwd_batch"] = DTYPES
 FAMILY_DTYPES["wgrad_stack"] = ("float16", "bfloat16")
 # conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
 FAMILY_DTYPES.update({f"conv_lines flip={b}": ("float32", "float64") for b in ("false", "true")})
@@ -155,6 +155,8 @@ def grid_problems():
         out.append((_params.conv_params((2, 3, 7, 7), (3, 1, 1, 7), None, 1, (0, 3), 1), dtype))
         # 7x7 on 14x14 planes (conv_batch forward and rotated grad input in every dtype).
         out.append((_params.conv_params((2, 3, 14, 14), (3, 1, 7, 7), None, 1, 3, 1), dtype))
+        # 13x13 on 7x7 planes: conv_batch and bwd_batch past 64 taps (float64: conv_lines).
+        out.append((_params.conv_params((2, 3, 7, 7), (3, 1, 13, 13), None, 1, 6, 1), dtype))
         # The 16-bit fused backward on tensor cores beside convnext_7x7's: a 5x7 kernel with
         # asymmetric padding on a plane of an odd number of grad_output rows whose width
         # is not a multiple of 8 (4-byte copies).
@@ -371,10 +373,12 @@ def _batch_grid_expressions():
     sizes = ((7, 7), (8, 8), (10, 10), (12, 12), (13, 13), (14, 14), (15, 15), (16, 16), (16, 7), (7, 16),
              (13, 16), (11, 9))
     kernels = ((2, 2), (3, 3), (3, 5), (3, 7), (5, 5), (5, 7), (7, 5), (7, 7), (2, 9), (9, 7), (8, 8))
+    # Kernels past 64 taps (_kernels._batch_large), also larger than the plane.
+    large = tuple(((h, w), k) for h, w in ((7, 7), (14, 14), (16, 16), (13, 16)) for k in ((9, 9), (13, 13), (27, 27)))
     exprs = set()
     for dtype in DTYPES:
-        for (h, w), (kh, kw) in ((s, k) for s in sizes for k in kernels):
-            if kh > h or kw > w:
+        for (h, w), (kh, kw) in tuple((s, k) for s in sizes for k in kernels) + large:
+            if (kh > h or kw > w) and kh * kw <= 64:
                 continue
             p = _params.conv_params((64, 8, h, w), (8, 1, kh, kw), None, 1, "same", 1)
             launches = [_kernels.plan_forward(p, dtype, 0, 90, 132), _kernels.plan_grad_input(p, dtype, 0, 90, 132)]
@@ -388,25 +392,58 @@ def _batch_grid_expressions():
     return sorted(exprs)
 
 
-def test_batch_plans_never_spill():
-    """conv_batch's and bwd_batch's dispatch limits (plane sides, float64's lower one)
-    and register estimates (their blocks-per-SM bounds) keep every specialization they
-    pick free of local memory: their registers hold a row of sums, staged rows and the
-    next unit's loads, and ptxas spills where they do not fit."""
+def _narrow_rows_expressions():
+    """Every conv_rows and bwd_rows specialization the dispatcher picks for 16-bit rows of
+    8 to 33 columns (odd widths: conv_rows with scalar loads; even: bwd_rows at 3 blocks
+    per SM), 3x3 at dilation 1 and 2 and 3x7, forward, rotated grad input and the fused
+    backward, on sm_90, with 16- and 2-byte aligned inputs."""
+    exprs = set()
+    for dtype in ("float16", "bfloat16"):
+        for width in range(8, 34):
+            for (kh, kw), d in (((3, 3), 1), ((3, 3), 2), ((3, 7), 1)):
+                p = _params.conv_params((4, 8, 14, width), (8, 1, kh, kw), None, 1, "same", d)
+                for ptr in (0, 2):
+                    launches = [_kernels.plan_forward(p, dtype, ptr, 90, 132),
+                                _kernels.plan_grad_input(p, dtype, ptr, 90, 132)]
+                    fused = _kernels.plan_backward(p, dtype, ptr, 0, 90, 132)
+                    if fused is not None:
+                        launches.append(fused[0])
+                    exprs |= {launch.expr for launch in launches
+                              if _kernels.split_expr(launch.expr)[0] in ("conv_rows", "bwd_rows")}
+    return sorted(exprs)
+
+
+def _assert_no_local_memory(src, exprs, what):
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:
             pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
         pytest.skip("NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)")
-    exprs = _batch_grid_expressions()
-    assert len(exprs) >= 100
     chunks = [exprs[i:i + CHUNK] for i in range(0, len(exprs), CHUNK)]
     workers = max(2, min(len(chunks), os.cpu_count() or 2))
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        logs = list(pool.map(functools.partial(nvrtc_compile.compile_expressions, "plane.cu", arch=90,
+        logs = list(pool.map(functools.partial(nvrtc_compile.compile_expressions, src, arch=90,
                                                resource_report=True), chunks))
     found = {}
     for log in logs:
         found.update(nvrtc_compile.parse_resources(log))
     assert len(found) == len(exprs)
     spills = sorted(f"{name}: {r}" for name, r in found.items() if r.get("spill_stores") or r.get("stack"))
-    assert not spills, "batch specializations with local memory:\n" + "\n".join(spills)
+    assert not spills, f"{what} with local memory:\n" + "\n".join(spills)
+
+
+def test_narrow_row_plans_never_spill():
+    """The row sweeps' lanes on narrow 16-bit rows (_kernels._rows_scalar_lanes,
+    _bwd_rows_small) keep every specialization they pick free of local memory."""
+    exprs = _narrow_rows_expressions()
+    assert len(exprs) >= 20
+    _assert_no_local_memory("rows.cu", exprs, "narrow-row sweeps")
+
+
+def test_batch_plans_never_spill():
+    """conv_batch's and bwd_batch's dispatch limits (plane sides, float64's lower one)
+    and register estimates (their blocks-per-SM bounds) keep every specialization they
+    pick free of local memory: their registers hold a row of sums, staged rows and the
+    next unit's loads, and ptxas spills where they do not fit."""
+    exprs = _batch_grid_expressions()
+    assert len(exprs) >= 100
+    _assert_no_local_memory("plane.cu", exprs, "batch specializations")

@@ -385,7 +385,7 @@ def test_fused_backward_takes_and_declines():
         ((1, 2, 16, 16), (2, 1, 3, 3), 2, 1),   # stride 2
         ((1, 2, 16, 16), (4, 1, 3, 3), 1, 1),   # channel multiplier 2
         ((1, 2, 16, 16), (2, 1, 3, 3), 1, 3),   # padding past the kernel: grad_output larger than x
-        ((1, 2, 16, 16), (2, 1, 9, 9), 1, 4),   # 81 taps
+        ((1, 2, 24, 24), (2, 1, 9, 9), 1, 4),   # 81 taps on planes past bwd_batch's 16 rows
     ):
         p = params(x_shape, w_shape, stride, pad, 1)
         assert _kernels.plan_backward(p, "float32", 0, 0, 90, 132) is None
@@ -916,3 +916,48 @@ def test_rows_l2_ahead_rule():
     assert _args(_kernels.rows_launch(dil, "float32", 0, staged=True).expr)[14] == str(_kernels.ROWS_L2_AHEAD)
     assert _args(_kernels.rows_launch(mbv2, "float16", 0, staged=True, l2a=2).expr)[14] == "2"
     assert len(_args(_kernels.rows_launch(seed, "float16", 0, staged=True, l2a=0).expr)) == 14
+
+
+def test_breadth_rules():
+    """The rules from the breadth check beyond the suite (benchmarks/wide.py; measured in
+    _batch_large, _bwd_batch_large, _bwd_rows_small, _rows_scalar_lanes, _tile_shape)."""
+    def plans(x_shape, k, pad, dtype, ptr=0):
+        p = params(x_shape, (x_shape[1], 1) + k, 1, pad, 1)
+        fused = _kernels.plan_backward(p, dtype, ptr, 0, 90, 132)
+        return (_kernels.plan_forward(p, dtype, ptr, 90, 132).expr, _kernels.plan_grad_input(p, dtype, ptr, 90, 132).expr,
+                None if fused is None else fused[0].expr)
+
+    # Kernels past 64 taps on planes of at most 16 sides: conv_batch both ways.
+    for dtype in ("float32", "float16", "bfloat16"):
+        for x_shape, k, pad in (((32, 64, 7, 7), (13, 13), 6), ((32, 64, 14, 14), (27, 27), 13)):
+            fwd, gi, bwd = plans(x_shape, k, pad, dtype)
+            assert "conv_batch" in fwd and "conv_batch" in gi, (dtype, fwd, gi)
+            # bwd_batch, except float32 past 169 taps (the split backward).
+            assert (bwd is None) if dtype == "float32" and k == (27, 27) else "bwd_batch" in bwd, (dtype, k, bwd)
+    # 16-bit problems conv_stack takes stay there, backward split; float64 keeps 64 taps.
+    fwd, gi, bwd = plans((32, 64, 16, 16), (9, 9), 4, "float16")
+    assert "conv_stack" in fwd and bwd is None
+    assert "bwd_batch" in plans((32, 64, 16, 16), (9, 9), 4, "float32")[2]
+    assert "conv_batch" not in plans((32, 64, 7, 7), (13, 13), 6, "float64")[0]
+    # Past 64 taps bwd_batch runs at most 2 blocks per SM, one above 8 warps.
+    assert _args(plans((32, 64, 7, 7), (13, 13), 6, "float32")[2])[-1] == "2"
+    assert _args(plans((32, 64, 14, 14), (13, 13), 6, "float16")[2])[-1] == "1"
+    # 16-bit backward rows of at most 32 columns: 3 blocks per SM, 4 columns per lane on
+    # whole 8-byte vectors, else 2; 33 to 56 columns keep the 8-column plan.
+    for dtype, width, v, minb in (("bfloat16", 14, "2", "3"), ("float16", 10, "2", "3"), ("float16", 20, "4", "3"),
+                                  ("float16", 28, "4", "3"), ("bfloat16", 28, "4", "2"), ("float16", 56, "8", "4")):
+        bwd = _args(plans((64, 32, width, width), (3, 3), 1, dtype)[2])
+        assert (bwd[1], bwd[12]) == (v, minb), (dtype, width, bwd)
+    p = params((64, 32, 20, 20), (32, 1, 3, 3), 1, 2, 2)  # dilation 2 on whole vectors: as before
+    assert _args(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)[1::11] == ["4", "2"]
+    assert _args(plans((64, 32, 14, 14), (5, 5), 2, "float16")[2])[12] == "2"  # 25 taps: as before
+    # 16-bit rows with scalar loads (odd widths; conv_rows_async declines them): 2 columns
+    # per lane up to 9 taps, 4 beyond; 8 where the rows load vectors (sm_75).
+    assert _args(plans((2, 3, 33, 47), (3, 3), 1, "float16")[0])[1] == "2"
+    assert _args(plans((2, 3, 20, 255), (3, 7), 1, "bfloat16")[0])[1] == "4"
+    p = params((2, 3, 20, 64), (3, 1, 3, 3), 1, 1, 1)
+    assert _args(_kernels.plan_forward(p, "float16", 0, 75, 132).expr)[:2] == ["dw::half_t", "8"]
+    # One-row float32 kernels of 10 taps and more: conv_tile rows of 8, not the row sweep.
+    fwd, gi, _ = plans((16, 32, 32, 256), (1, 31), (0, 15), "float32")
+    assert "conv_tile" in fwd and _args(fwd)[8:10] == ["1", "8"], fwd
+    assert "conv_rows_async" in plans((16, 32, 32, 256), (3, 7), 0, "float32")[0]

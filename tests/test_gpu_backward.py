@@ -112,6 +112,62 @@ def test_large_kernels_on_many_planes(shape, dtype):
     _check(rng, N, C, hw, hw, 1, k, k, 1, pad, 1, dtype)
 
 
+# Default plans chosen from the breadth check beyond the suite (benchmarks/wide.py): large
+# kernels on small planes (conv_batch forward and grad input, bwd_batch backward; float32
+# past 169 taps keeps the split backward), 16-bit backward rows of at most 32 columns
+# (bwd_rows at 3 blocks per SM: 2 columns per lane on rows of partial 8-byte vectors, 4 on
+# whole ones), 16-bit rows that take scalar loads (conv_rows at 2 columns per lane up to 9
+# taps, 4 beyond), one-row float32 kernels (conv_tile rows of 8). Each case asserts the
+# plan, then checks the forward (with bias) and all three gradients against the reference.
+BREADTH_CASES = [
+    # (N, C, H, W, KH, KW, padding), dtype, forward (family, {argument index: value}), fused backward family
+    ((5, 8, 7, 7, 13, 13, 6), "float32", ("conv_batch", {}), "bwd_batch"),
+    ((5, 6, 7, 7, 13, 13, 6), "float16", ("conv_batch", {}), "bwd_batch"),
+    ((3, 4, 14, 14, 27, 27, 13), "bfloat16", ("conv_batch", {}), "bwd_batch"),
+    ((3, 4, 14, 14, 27, 27, 13), "float32", ("conv_batch", {}), None),
+    ((3, 5, 16, 16, 9, 9, 4), "float32", ("conv_batch", {}), "bwd_batch"),
+    ((3, 5, 14, 14, 3, 3, 1), "float16", ("conv_plane", {}), ("bwd_rows", {1: 2, 12: 3})),
+    ((3, 5, 20, 20, 3, 3, 1), "float16", ("conv_rows_async", {}), ("bwd_rows", {1: 4, 12: 3})),
+    ((3, 5, 14, 14, 3, 3, 1), "bfloat16", ("conv_plane", {}), ("bwd_rows", {1: 2, 12: 3})),
+    ((2, 3, 33, 47, 3, 3, 1), "float16", ("conv_rows", {1: 2}), None),
+    ((2, 3, 20, 255, 3, 7, 1), "bfloat16", ("conv_rows", {1: 4}), None),
+    ((2, 3, 16, 100, 1, 31, (0, 15)), "float32", ("conv_tile", {8: 1, 9: 8}), "bwd_rows"),
+]
+
+
+def _family_args(expr, want):
+    from cupy_dwconv import _kernels
+
+    name, args = _kernels.split_expr(expr)
+    family, fixed = (want, {}) if isinstance(want, str) else want
+    return name == family and all(args[i] == str(v) for i, v in fixed.items())
+
+
+@pytest.mark.parametrize("shape,dtype,forward,backward", BREADTH_CASES, ids=str)
+def test_breadth_default_plans(shape, dtype, forward, backward):
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, to_gpu
+
+    N, C, H, W, KH, KW, pad = shape
+    rng = numpy.random.default_rng(zlib.crc32(repr(shape).encode()))
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    b = random_array(rng, (C,), dtype)
+    p = params(x.shape, w.shape, True, 1, pad, 1)
+    xg, wg, bg = to_gpu(x), to_gpu(w), to_gpu(b)
+    launch = _kernels.plan_forward(p, dtype, xg.data.ptr)
+    assert _family_args(launch.expr, forward), launch.expr
+    fused = _kernels.plan_backward(p, dtype, xg.data.ptr, 0)
+    if backward is None:
+        assert fused is None, fused[0].expr
+    else:
+        assert fused is not None and _family_args(fused[0].expr, backward), fused and fused[0].expr
+    y = cupy_dwconv.depthwise_conv2d(xg, wg, bg, padding=pad)
+    assert_close(y.get(), reference_forward(x, w, b, padding=pad), dtype, scale=math.sqrt(KH * KW), what="forward")
+    _check(rng, N, C, H, W, 1, KH, KW, 1, pad, 1, dtype)
+
+
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False)])
 def test_needs(needs):
     _check(numpy.random.default_rng(8), 2, 3, 20, 30, 2, 3, 5, (2, 1), 1, 1, "float32", needs=needs)
