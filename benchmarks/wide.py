@@ -19,7 +19,10 @@ It prints one row per (case, dtype, pass) with the ratios, flags every row where
 cupy_dwconv is slower than the general path ("GENERIC") or than the best PyTorch time
 ("TORCH"), and writes JSON with --json. Exit code 1 if a result is wrong.
 
-    python benchmarks/wide.py [--suite FILE] [--cases NAME ...] [--json FILE]
+    python benchmarks/wide.py [--suite FILE] [--cases NAME ...] [--json FILE] [--commit REV]
+
+Results of a run on the H200: benchmarks/results/wide_h200.json (and the printed table
+beside it, wide_h200.txt).
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--commit", help="commit to record (default: $CUPY_DWCONV_COMMIT, else git rev-parse HEAD)")
     args = ap.parse_args(argv)
 
     import cupy
@@ -193,7 +197,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             props = cupy.cuda.runtime.getDeviceProperties(dev.id)
             name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-            json.dump({"gpu": name, "commit": bench.resolve_commit(None), "suite": os.path.basename(args.suite),
+            json.dump({"gpu": name, "commit": bench.resolve_commit(args.commit), "suite": os.path.basename(args.suite),
                        "rows": rows}, f, indent=1)
     return 1 if any(("WRONG" in r["flags"] or "ERROR" in r["flags"]) for r in rows) else 0
 
