@@ -19,7 +19,7 @@ It prints one row per (case, dtype, pass) with the ratios, flags every row where
 cupy_dwconv is slower than the general path ("GENERIC") or than the best PyTorch time
 ("TORCH"), and writes JSON with --json. Exit code 1 if a result is wrong.
 
-    python benchmarks/wide.py [--suite FILE] [--cases NAME ...] [--json FILE] [--commit REV]
+    python benchmarks/wide.py [--suite FILE] [--cases NAME ...] [--dtypes DTYPE ...] [--json FILE] [--commit REV]
 
 Results of a run on the H200: benchmarks/results/wide_h200.json (and the printed table
 beside it, wide_h200.txt).
@@ -149,6 +149,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default=os.path.join(HERE, "wide.json"))
     ap.add_argument("--cases", nargs="+")
+    ap.add_argument("--dtypes", nargs="+", help="run only these dtypes (of each case's)")
     ap.add_argument("--json")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -181,6 +182,8 @@ def main(argv=None):
 
     for case in cases:
         for dtype in dtypes_of(case, data, half):
+            if args.dtypes and dtype not in args.dtypes:
+                continue
             try:
                 run_case(cupy, torch, case, dtype, ctx, rows, log)
             except Exception as e:

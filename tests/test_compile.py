@@ -413,6 +413,35 @@ def _narrow_rows_expressions():
     return sorted(exprs)
 
 
+def _small_half_tile_expressions():
+    """The float16 tile plans of small planes (at most 400 elements): the fused backward's
+    2x4 tiles at 3 blocks per SM (dilation 1, up to 9 taps, where bwd_rows declines: odd
+    widths) and the strided grad input's narrow tiles at 3 blocks per SM (up to 25 taps),
+    on sm_90, with 16- and 2-byte aligned inputs: {source: [name expressions]}."""
+    out = {"bwd.cu": set(), "conv.cu": set()}
+    for h, w in ((5, 5), (7, 7), (9, 9), (11, 13), (13, 13), (14, 14), (15, 17), (17, 17), (19, 19), (20, 20)):
+        for ptr in (0, 2):
+            for k in ((3, 3), (1, 7), (7, 1), (1, 3), (3, 1), (2, 2)):
+                p = _params.conv_params((64, 8, h, w), (8, 1) + k, None, 1, "same", 1)
+                fused = _kernels.plan_backward(p, "float16", ptr, 0, 90, 132)
+                if fused is not None and _kernels.split_expr(fused[0].expr)[0] == "bwd_tile":
+                    out["bwd.cu"].add(fused[0].expr)
+            for k, s in (((3, 3), 2), ((5, 5), 2), ((3, 5), 2), ((3, 3), 3), ((5, 5), 3), ((2, 2), 2)):
+                p = _params.conv_params((64, 8, h, w), (8, 1) + k, None, s, k[0] // 2, 1)
+                launch = _kernels.plan_grad_input(p, "float16", ptr, 90, 132)
+                if _kernels.split_expr(launch.expr)[0] == "conv_tile":
+                    out["conv.cu"].add(launch.expr)
+    return {src: sorted(e) for src, e in out.items()}
+
+
+def test_small_half_tile_plans_never_spill():
+    """float16 tiles on small planes at 3 blocks per SM (_kernels._bwd_tile_shape and
+    _tile_shape's strided grad input) stay free of local memory."""
+    for src, exprs in sorted(_small_half_tile_expressions().items()):
+        assert len(exprs) >= 5, src
+        _assert_no_local_memory(src, exprs, "small float16 tiles")
+
+
 def _assert_no_local_memory(src, exprs, what):
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:

@@ -961,3 +961,27 @@ def test_breadth_rules():
     fwd, gi, _ = plans((16, 32, 32, 256), (1, 31), (0, 15), "float32")
     assert "conv_tile" in fwd and _args(fwd)[8:10] == ["1", "8"], fwd
     assert "conv_rows_async" in plans((16, 32, 32, 256), (3, 7), 0, "float32")[0]
+
+
+def test_small_half_tiles():
+    """float16 tiles on planes of at most 400 elements at 3 blocks per SM: the fused
+    backward's 2x4 tiles (dilation 1, up to 9 taps; dilated and larger planes keep 2x8),
+    the strided grad input's narrow tiles (up to 25 taps; 7x7 and large planes keep 4x8)."""
+    def fused(x_shape, k, pad, d=1):
+        p = params(x_shape, (x_shape[1], 1) + k, 1, pad, d)
+        return _args(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)
+
+    assert fused((32, 4, 17, 17), (7, 1), (3, 0))[7:9] == ["2", "4"]
+    assert fused((32, 4, 17, 17), (7, 1), (3, 0))[13] == "3"
+    assert fused((64, 4, 17, 17), (3, 3), 2, 2)[7:9] == ["2", "8"]  # dilated
+    assert fused((64, 4, 21, 21), (3, 3), 1)[7:9] == ["2", "8"]     # 441 elements
+
+    def gi(x_shape, k, s, pad):
+        p = params(x_shape, (x_shape[1], 1) + k, s, pad, 1)
+        return _args(_kernels.plan_grad_input(p, "float16", 0, 90, 132).expr)
+
+    assert gi((64, 8, 14, 14), (5, 5), 2, 2)[8:10] == ["4", "4"] and gi((64, 8, 14, 14), (5, 5), 2, 2)[15] == "3"
+    assert gi((64, 8, 14, 14), (7, 7), 2, 3)[8:10] == ["4", "8"]
+    assert gi((64, 8, 112, 112), (3, 3), 2, 1)[8:10] == ["4", "8"]
+    assert gi((64, 8, 14, 14), (5, 5), 2, 2) != _args(_kernels.plan_grad_input(
+        params((64, 8, 14, 14), (8, 1, 5, 5), 2, 2, 1), "bfloat16", 0, 90, 132).expr)  # bfloat16 as before

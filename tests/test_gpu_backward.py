@@ -117,7 +117,9 @@ def test_large_kernels_on_many_planes(shape, dtype):
 # past 169 taps keeps the split backward), 16-bit backward rows of at most 32 columns
 # (bwd_rows at 3 blocks per SM: 2 columns per lane on rows of partial 8-byte vectors, 4 on
 # whole ones), 16-bit rows that take scalar loads (conv_rows at 2 columns per lane up to 9
-# taps, 4 beyond), one-row float32 kernels (conv_tile rows of 8). Each case asserts the
+# taps, 4 beyond), one-row float32 kernels (conv_tile rows of 8), float16 tiles on small
+# planes (bwd_tile 2x4 at 3 blocks per SM where bwd_rows declines; the strided grad
+# input's 4x4 tiles, checked in test_breadth_strided_half_grad_input). Each case asserts the
 # plan, then checks the forward (with bias) and all three gradients against the reference.
 BREADTH_CASES = [
     # (N, C, H, W, KH, KW, padding), dtype, forward (family, {argument index: value}), fused backward family
@@ -132,6 +134,8 @@ BREADTH_CASES = [
     ((2, 3, 33, 47, 3, 3, 1), "float16", ("conv_rows", {1: 2}), None),
     ((2, 3, 20, 255, 3, 7, 1), "bfloat16", ("conv_rows", {1: 4}), None),
     ((2, 3, 16, 100, 1, 31, (0, 15)), "float32", ("conv_tile", {8: 1, 9: 8}), "bwd_rows"),
+    ((32, 2, 17, 17, 7, 1, (3, 0)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3})),
+    ((32, 2, 17, 17, 1, 7, (0, 3)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3})),
 ]
 
 
@@ -166,6 +170,22 @@ def test_breadth_default_plans(shape, dtype, forward, backward):
     y = cupy_dwconv.depthwise_conv2d(xg, wg, bg, padding=pad)
     assert_close(y.get(), reference_forward(x, w, b, padding=pad), dtype, scale=math.sqrt(KH * KW), what="forward")
     _check(rng, N, C, H, W, 1, KH, KW, 1, pad, 1, dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 14, 14, 5, 5, 2, 2), (2, 3, 13, 11, 3, 3, 3, 1), (2, 2, 19, 20, 3, 5, 2, 1)],
+                         ids=str)
+def test_breadth_strided_half_grad_input(shape):
+    """float16 grad input at stride 2 and 3 on planes of at most 400 elements: the narrow
+    tiles at 3 blocks per SM (float32's), then all three gradients against the reference."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    N, C, H, W, KH, KW, s, pad = shape
+    p = params((N, C, H, W), (C, 1, KH, KW), False, s, pad, 1)
+    name, args = _kernels.split_expr(_kernels.plan_grad_input(p, "float16", 0).expr)
+    assert name == "conv_tile" and args[1] == "1" and args[15] == "3", (name, args)
+    assert int(args[9]) == s * max(1, 4 // s)  # tile width: float32's, not 8 columns
+    _check(numpy.random.default_rng(zlib.crc32(repr(shape).encode())), N, C, H, W, 1, KH, KW, s, pad, 1, "float16")
 
 
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False)])
