@@ -3,7 +3,7 @@
 # with its own time limit so a slow stage cannot starve the rest. Logs go to $OUT
 # (or ./device-out). Usage:
 #   bash scripts/device_run.sh "tests sweep bench"  [sweep args...]
-# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, ncu, dispatch, main, cache_out.
+# Stages: env, tests, sweep, sweep_gi, bench, bench_bwd, wide, ncu, dispatch, main, cache_out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final="${OUT:-device-out}"
@@ -57,6 +57,11 @@ for stage in $stages; do
         --json "benchmarks/results/$result.json" --plot "benchmarks/results/$result.png" > "$out/bench.log" 2>&1
       rc=$?
       cp "benchmarks/results/$result.json" "benchmarks/results/$result.png" "$out/" 2>/dev/null ;;
+    wide)
+      # The breadth check beyond the suite (benchmarks/wide.json), WIDE_ARGS for others.
+      limit "${WIDE_LIMIT:-240}" python3 benchmarks/wide.py --commit "$commit" ${WIDE_ARGS:-} \
+        --json "$out/wide.json" > "$out/wide.log" 2>&1
+      rc=$? ;;
     ncu)
       # Hardware counters for a few kernels (clocks left as they are).
       for spec in ${NCU_CASES:-seed_3x7:float32:forward seed_3x7:float16:forward replk_31x31:float32:forward}; do

@@ -785,3 +785,29 @@ def test_ab_package_loads_each_tree_as_its_own_package(tmp_path):
     assert "// marker of the copied tree" in copy._kernels.source("rows.cu")
     assert "// marker of the copied tree" not in _kernels.source("rows.cu")
     assert callable(copy.depthwise_conv2d_backward)
+
+
+@pytest.mark.parametrize("name", ["wide.json", "wide16.json"])
+def test_breadth_lists_plan_every_case(name):
+    """benchmarks/wide.py's case lists parse as suites, and every case plans on the CPU:
+    the dispatcher's forward, grad input, weight gradient and fused backward, and the
+    general path wide.py times beside them."""
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        import wide
+    finally:
+        sys.path.remove(str(bench_dir))
+    data = json.loads((bench_dir / name).read_text())
+    cases, half = bench.parse_suite(data, source=name)
+    assert len(cases) >= 15 and set(half) <= {c.name for c in cases}
+    for case in cases:
+        p = case.params()
+        for dtype in wide.dtypes_of(case, data, half):
+            assert _kernels.plan_forward(p, dtype, 0, 90, 132) is not None
+            assert _kernels.plan_grad_input(p, dtype, 0, 90, 132) is not None
+            assert len(_kernels.plan_wgrad(p, dtype, 0, 0, 90, 132)) == 3
+            _kernels.plan_backward(p, dtype, 0, 0, 90, 132)
+            assert wide.generic_forward(p, dtype).expr.startswith("dw::conv_generic<")
+            gi, s1, chunks, s2 = wide.generic_backward(p, dtype)
+            assert "conv_generic" in gi.expr and "wgrad_generic" in s1.expr and chunks >= 1
