@@ -6,8 +6,8 @@ irregular shapes), this times, in one process and with the benchmark's method (C
 events, median after warm-up, inputs rotated past L2):
 
 - cupy_dwconv's forward and fused backward (all three gradients) through the public API,
-  each first checked against PyTorch in float64 (or the NumPy reference) with the
-  benchmark's per-dtype tolerance;
+  each first checked (outputs allocated as NaN) against PyTorch in float64 (or the NumPy
+  reference) with the benchmark's per-dtype tolerance;
 - the general path on the same problem (conv_generic forward; conv_generic on the
   grad-input problem plus wgrad_generic and its reduction for the backward), which every
   specialized plan must beat;
@@ -28,9 +28,12 @@ beside it, wide_h200.txt).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+
+import numpy
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -59,6 +62,19 @@ def generic_backward(p, dtype):
     gi = _kernels.generic_launch(_kernels.grad_input_problem(p), dtype)
     s1, chunks = _kernels.wgrad_generic_launch(p, dtype)
     return gi, s1, chunks, _kernels.reduce_launch(p, dtype, chunks)
+
+
+@contextlib.contextmanager
+def nan_outputs(cupy):
+    """Within the block every output buffer the library allocates starts as NaN, so an
+    element a kernel fails to write fails the check (a pooled buffer could otherwise hold
+    an earlier call's right answer)."""
+    plain = _api._new_output
+    _api._new_output = lambda cp, shape, dtype: cp.full(shape, numpy.nan, dtype=dtype)
+    try:
+        yield
+    finally:
+        _api._new_output = plain
 
 
 def run_case(cupy, torch, case, dtype, ctx, rows, log):
@@ -112,11 +128,14 @@ def run_case(cupy, torch, case, dtype, ctx, rows, log):
                 gi(dev, (gos[k], w, null, gx))
                 s1(dev, (xs[k], gos[k], part))
                 s2(dev, (part, gw, gb))
-        res = ours(0)
+        with nan_outputs(cupy):
+            res = ours(0)
         cupy.cuda.get_current_stream().synchronize()
         err = ref.error(pass_name, res)
         del res
         ms = bench.time_events(ours, K, reps, warm)
+        for a in ([outs[0]] if pass_name == "forward" else [gx, gw, gb]):
+            a.fill(numpy.nan)
         generic(0)
         gerr = ref.error(pass_name, outs[0] if pass_name == "forward" else (gx, gw, gb))
         gms = bench.time_events(generic, K, GENERIC_REPEATS, 2)
