@@ -1060,10 +1060,7 @@ def _bwd_batch_large(p, dtype, x_ptr=0, arch=90):
     estimated: the compile test's grid of large kernels checks ptxas's report."""
     if dtype == "float32" and p.KH * p.KW > BWD_BATCH_LARGE_MAX_TAPS_F32:
         return False
-    if dtype in MMA_DTYPES:
-        q = forward_problem(p)
-        return not (_use_stack(q) and stack_launch(q, dtype, x_ptr, arch) is not None)
-    return True
+    return _large_on_stack(forward_problem(p), dtype, x_ptr, arch) is None
 
 
 # ---- conv_lines (large kernels on whole planes: a line per thread) ---------------------
@@ -1302,6 +1299,14 @@ def _use_plane(pr, dtype):
         return False
     ways = max(_plane_conflicts(pr.IH * pr.IW, dtype), _plane_conflicts(pr.OH * pr.OW, dtype))
     return ways <= 2 or (ways <= 4 and pr.OH * pr.OW >= 144)
+
+
+def _large_on_stack(pr, dtype, x_ptr, arch, sms=132):
+    """The conv_stack launch of a 16-bit problem past 64 taps that conv_stack takes, else
+    None: such problems stay on the tensor cores, forward and backward (_batch_large)."""
+    if dtype not in MMA_DTYPES or not _batch_large(pr.KH, pr.KW) or not _use_stack(pr):
+        return None
+    return stack_launch(pr, dtype, x_ptr, arch, sms)
 
 
 def _use_batch(pr, dtype):
@@ -2078,10 +2083,7 @@ def plan_conv(pr, dtype, x_ptr, force=None, arch=None, sms=None):
 def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
     launch = None
     if _use_batch(q, dtype):
-        if dtype in MMA_DTYPES and _batch_large(q.KH, q.KW) and _use_stack(q):
-            launch = stack_launch(q, dtype, x_ptr, arch, sms)  # see _batch_large
-        if launch is None:
-            launch = batch_launch(q, dtype, x_ptr, sms=sms)
+        launch = _large_on_stack(q, dtype, x_ptr, arch, sms) or batch_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0 and _use_plane(q, dtype):
         launch = plane_launch(q, dtype, sms=sms)
     if launch is None and _use_mma_rows(q, dtype, x_ptr):
@@ -2800,13 +2802,12 @@ def _bwd_rows_small(p, dtype, x_ptr=0, go_ptr=0):
     / 24.2 / 17.5; 64 x 192 x 28 x 28 35.7 / 31.0 / 28.4; dilation 2 on 64 x 256 x 14 x 14
     21.6 / 18.4. At 56 columns the 8-column plan stays (63.0 against 61.6 at 3 blocks of
     4 columns); 5x5 (25 taps) spills at 3 blocks."""
-    if dtype not in MMA_DTYPES or p.KH * p.KW > 9 or p.W > 32:
-        return None
-    if dtype == "bfloat16" and (p.DH, p.DW) != (1, 1):
-        return None  # 2 columns spill 16 bytes (NVRTC 13.5)
+    dilated = (p.DH, p.DW) != (1, 1)
+    if dtype not in MMA_DTYPES or p.KH * p.KW > 9 or p.W > 32 or (dtype == "bfloat16" and dilated):
+        return None  # dilated bfloat16: 2 columns spill 16 bytes (NVRTC 13.5)
     if not all(_load_width(dtype, n, ptr, 4) == 4 for n, ptr in ((p.OW, go_ptr), (p.W, x_ptr), (p.W, 0))):
         return 2
-    return 4 if dtype == "float16" and (p.DH, p.DW) == (1, 1) else None
+    return 4 if dtype == "float16" and not dilated else None
 
 
 def _use_bwd_rows(p, dtype):
@@ -2842,15 +2843,16 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
     if ((p.SH, p.SW) != (1, 1) or p.M != 1 or arch < 80 or taps > BWD_ROWS_MAX_TAPS or p.PT > reach_h
             or p.PB > reach_h or p.PL > reach_w or min(p.OH, p.OW, p.H, p.W) < 1):
         return None
-    if v is None and minb is None and block is None and _bwd_rows_narrow(p, dtype):
-        planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, 8, pf, 4, rb, chunks, sms, arch, 128)
-        if planned is not None:
-            return planned
-    lanes = _bwd_rows_small(p, dtype, x_ptr, go_ptr) if v is None and minb is None and block is None else None
-    if lanes is not None:
-        planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, lanes, pf, 3, rb, chunks, sms, arch)
-        if planned is not None:
-            return planned
+    if v is None and minb is None and block is None:
+        # (columns per lane, blocks per SM, block) of the narrow- and small-row plans, which
+        # fall back to the default where they decline.
+        lanes = _bwd_rows_small(p, dtype, x_ptr, go_ptr)
+        preset = (8, 4, 128) if _bwd_rows_narrow(p, dtype) else (lanes, 3, None) if lanes else None
+        if preset is not None:
+            planned = bwd_rows_launch(p, dtype, x_ptr, go_ptr, preset[0], pf, preset[1], rb, chunks, sms, arch,
+                                      preset[2])
+            if planned is not None:
+                return planned
     size = ITEMSIZE[dtype]
     v = _bwd_rows_lanes(dtype) if v is None else v
     v = max(1, min(v, 16 // size))
