@@ -809,26 +809,33 @@ def plan_arch():
 
 def kernel_label(p, dtype, pass_name, ptr=0):
     """Short names of the specializations cupy_dwconv plans for this pass, and their full
-    expressions (a set, to tell whether a first call compiled something new)."""
+    expressions (a set, to tell whether a first call compiled something new). On a GPU
+    the plans are the library's for it (its compiler answers which register tiles fit)."""
     from . import _kernels
 
-    arch = plan_arch()
+    arch, sms = plan_arch()
+    try:
+        import cupy
+
+        probe = _kernels.device_probe(cupy.cuda.runtime.getDevice())
+    except Exception:  # no GPU (--list on a CPU): each family's first candidate
+        probe = None
     exprs = []
     if pass_name == "forward":
-        launch = _kernels.plan_forward(p, dtype, ptr, *arch)
+        launch = _kernels.plan_forward(p, dtype, ptr, arch, sms, probe)
         return short_kernel_name(launch.expr), {launch.expr}
     parts = []
     needs = NEEDS[pass_name]
     if needs[0] and (needs[1] or needs[2]):
-        fused = _kernels.plan_backward(p, dtype, ptr, ptr, *arch)
+        fused = _kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, probe=probe)
         if fused is not None:
             return short_kernel_name(fused[0].expr), {fused[0].expr, fused[2].expr}
     if NEEDS[pass_name][0]:
-        gi = _kernels.plan_grad_input(p, dtype, ptr, *arch)
+        gi = _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe)
         parts.append(short_kernel_name(gi.expr))
         exprs.append(gi.expr)
     if NEEDS[pass_name][1] or NEEDS[pass_name][2]:
-        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, ptr, ptr, *arch)
+        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe)
         parts.append(short_kernel_name(s1.expr))
         exprs += [s1.expr, s2.expr]
     return " + ".join(parts), set(exprs)

@@ -60,11 +60,12 @@ def compile_source(code, name, arch):
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def compile_expressions(src_name, expressions, arch, resource_report=False):
+def compile_expressions(src_name, expressions, arch, resource_report=False, lowered=None):
     """Compile `expressions` of cuda/<src_name> to a cubin for sm_<arch>.
 
     Returns the NVRTC log (with the ptxas report when resource_report is set: the source
     then ends in a declaration no other compile has, so no cached result stands in).
+    `lowered`, a dict, receives each expression's mangled name.
     Raises RuntimeError with the log on any compile error.
     """
     from cuda.bindings import nvrtc
@@ -84,7 +85,9 @@ def compile_expressions(src_name, expressions, arch, resource_report=False):
         if int(err) != 0:
             raise RuntimeError(f"NVRTC compile of {src_name} for sm_{arch} failed: {err}\n{log}")
         for expr in expressions:
-            _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), prog, f"lowered name of {expr}")
+            (name,) = _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), prog, f"lowered name of {expr}")
+            if lowered is not None:
+                lowered[expr] = name.decode() if isinstance(name, bytes) else str(name)
         return log
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
@@ -138,3 +141,62 @@ def ptx_of(src_name, expr, arch):
         return buf.decode(errors="replace").rstrip("\x00")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def local_memory(src_name, expressions, arch):
+    """{expression: bytes of local memory per thread} (the larger of ptxas's spill stores
+    and stack frame) of `expressions` of cuda/<src_name> compiled for sm_<arch>."""
+    names = {}
+    found = parse_resources(compile_expressions(src_name, expressions, arch, resource_report=True, lowered=names))
+    out = {}
+    for expr in expressions:
+        r = found[names[expr]]
+        out[expr] = max(r.get("spill_stores", 0), r.get("stack", 0))
+    return out
+
+
+class ReportProbe:
+    """A probe for `_kernels.local_memory_probe` answered from ptxas reports made here
+    (`known`: {(src, expr): bytes}). A specialization not yet compiled is recorded in
+    `missing` and answered as free of local memory; `settle_plans` compiles those and
+    plans again until no plan needs one."""
+
+    def __init__(self, known):
+        self.known = known
+        self.missing = set()
+
+    def __call__(self, src, expr):
+        local = self.known.get((src, expr))
+        if local is None:
+            self.missing.add((src, expr))
+            return 0
+        return local
+
+
+def settle_plans(problems, arch, known=None, chunk=24, workers=2):
+    """({src: set(expressions)}, known): every specialization the dispatcher picks for
+    `problems` on an sm_<arch> device whose compiler is this NVRTC (each register-tile
+    family's first candidate free of local memory), and the local memory of every
+    specialization compiled on the way ({(src, expr): bytes}, extended in place).
+    Rounds: plan with what is known, compile what the plans asked about, again."""
+    import concurrent.futures
+    import multiprocessing
+
+    known = {} if known is None else known
+    while True:
+        probe = ReportProbe(known)
+        exprs = _kernels.expressions_for(problems, archs=(arch,), probe=probe)
+        need = set(probe.missing)
+        need |= {(src, e) for src, es in exprs.items() for e in es if (src, e) not in known}
+        if not need:
+            return exprs, known
+        by_src = {}
+        for src, e in sorted(need):
+            by_src.setdefault(src, []).append(e)
+        jobs = [(src, es[i:i + chunk]) for src, es in by_src.items() for i in range(0, len(es), chunk)]
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(local_memory, src, es, arch): src for src, es in jobs}
+            for fut in concurrent.futures.as_completed(futures):
+                src = futures[fut]
+                known.update({(src, e): b for e, b in fut.result().items()})

@@ -33,6 +33,8 @@ from cupy_dwconv import _kernels, _params
 import nvrtc_compile
 
 ARCHS = (80, 90)
+PROBE_ARCH = 90  # the architecture whose plans the local-memory test settles
+_REPORTS = {}    # {(src, expr): local bytes} of the sm_90 programs, from the compile test
 SUITE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "suite.json"
 REQUIRE_NVRTC = os.environ.get("CUPY_DWCONV_REQUIRE_NVRTC") == "1"
 
@@ -233,14 +235,19 @@ def test_every_specialization_compiles():
     # work; "spawn" starts the workers from a clean interpreter. One per core (at least 2).
     workers = max(2, min(len(PROGRAMS), os.cpu_count() or 2))
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # The sm_90 programs also return ptxas's report, which the local-memory test
+        # below starts from.
         futures = {
-            pool.submit(nvrtc_compile.compile_expressions, src, list(exprs), arch): (src, arch, exprs)
+            pool.submit(nvrtc_compile.local_memory if arch == PROBE_ARCH else nvrtc_compile.compile_expressions,
+                        src, list(exprs), arch): (src, arch, exprs)
             for src, arch, exprs in PROGRAMS
         }
         for fut in concurrent.futures.as_completed(futures):
             src, arch, exprs = futures[fut]
             try:
-                fut.result()
+                result = fut.result()
+                if arch == PROBE_ARCH:
+                    _REPORTS.update({(src, e): b for e, b in result.items()})
             except Exception as e:  # RuntimeError with the NVRTC log, or a broken worker
                 failures.append(f"{src} for sm_{arch} ({len(exprs)} of its specializations, from {exprs[0]}): "
                                 f"{type(e).__name__}: {e}")
@@ -250,6 +257,24 @@ def test_every_specialization_compiles():
     assert len(EXPRESSIONS) >= 2
     if failures:
         pytest.fail("\n\n".join(sorted(failures)), pytrace=False)
+
+
+def test_dispatched_plans_use_no_local_memory():
+    """Local memory (register spills, or a stack frame) puts DRAM-latency loads in the
+    inner loops. Every plan the dispatcher makes for the compile problems, for an sm_90
+    device whose compiler is this NVRTC, uses none: the register-tile families take
+    their first candidate that ptxas keeps in registers (`_kernels.first_in_registers`),
+    asked here of ptxas's report as the library asks the device's compiler at run time.
+    Plans that are not register tiles have one candidate, which must fit by its rules."""
+    if not nvrtc_compile.nvrtc_available():
+        if REQUIRE_NVRTC:
+            pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
+        pytest.skip("NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)")
+    exprs, known = nvrtc_compile.settle_plans(suite_problems() + grid_problems(), PROBE_ARCH, _REPORTS,
+                                              chunk=CHUNK, workers=max(2, os.cpu_count() or 2))
+    with_local = sorted(f"{e}: {known[(src, e)]} B" for src, es in exprs.items() for e in es if known[(src, e)])
+    assert sum(len(es) for es in exprs.values()) >= 400
+    assert not with_local, "plans with local memory:\n" + "\n".join(with_local)
 
 
 def _abi_source():

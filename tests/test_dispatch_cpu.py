@@ -613,7 +613,14 @@ def test_smem_whole_planes_and_tiles_per_block():
     assert plan(32, 256, 28, 13) == (2, 32, 8192)              # replk_13x13: 28 threads, 1 plane per block
     assert plan(1, 128, 56, 31)[0] == 0                        # 128 planes < 2 x 132 SMs: 28 x 56 tiles
     assert plan(1, 128, 56, 31, sms=64)[0] == 2
-    assert plan(32, 128, 56, 31, "float64")[0] == 0            # 4x4 micro-tiles: 196 threads a plane
+    # float64 values take two registers: a 31-wide window spills on every micro-tile
+    # (924-1500 bytes, NVRTC 13.0), so conv_smem declines it; 13x13 keeps 4x4 micro-tiles.
+    p31 = params((32, 128, 56, 56), (128, 1, 31, 31), 1, 15, 1)
+    assert _kernels.plan_conv(_kernels.forward_problem(p31), "float64", 0, force=("smem", {}), arch=90, sms=132) is None
+    p13 = params((32, 128, 56, 56), (128, 1, 13, 13), 1, 6, 1)
+    name, args = _kernels.split_expr(_kernels.plan_conv(_kernels.forward_problem(p13), "float64", 0,
+                                                        force=("smem", {}), arch=90, sms=132).expr)
+    assert (name, args[7], args[8]) == ("conv_smem", "4", "4")
     whole, block, grid = plan(3, 89, 35, 13)                   # 45 threads a plane: 2 per block
     assert (whole, block, grid) == (2, 96, 134)
 
@@ -985,3 +992,72 @@ def test_small_half_tiles():
     assert gi((64, 8, 112, 112), (3, 3), 2, 1)[8:10] == ["4", "8"]
     assert gi((64, 8, 14, 14), (5, 5), 2, 2) != _args(_kernels.plan_grad_input(
         params((64, 8, 14, 14), (8, 1, 5, 5), 2, 2, 1), "bfloat16", 0, 90, 132).expr)  # bfloat16 as before
+
+
+# ---- register-tile candidates asked of a local-memory probe ---------------------------------
+
+class _FakeProbe:
+    """A probe that reports local memory for expressions containing any of `spilling`
+    (substrings) and records what it was asked."""
+
+    def __init__(self, *spilling, local=8):
+        self.spilling, self.local, self.asked = spilling, local, []
+
+    def __call__(self, src, expr):
+        self.asked.append(expr)
+        return self.local if any(s in expr for s in self.spilling) else 0
+
+
+def test_shrink_chain_order():
+    """The same tile at 128 registers where it had 80, then smaller tiles rows first, then
+    255 registers; strided grad-input tiles stay multiples of the stride; TW stops at 2."""
+    assert _kernels.shrink_chain(2, 8, 3) == [(2, 8, 3), (2, 8, 2), (1, 8, 2), (1, 4, 2), (1, 2, 2),
+                                              (2, 8, 1), (1, 8, 1), (1, 4, 1), (1, 2, 1)]
+    assert _kernels.shrink_chain(2, 4, 1) == [(2, 4, 1), (1, 4, 1), (1, 2, 1)]
+    chain = _kernels.shrink_chain(4, 4, 3, 2, 2)
+    assert chain[:4] == [(4, 4, 3), (4, 4, 2), (2, 4, 2), (2, 2, 2)]
+    assert all(a % 2 == 0 and b % 2 == 0 for a, b, _ in chain)
+    assert len(set(chain)) == len(chain)
+
+
+def test_first_in_registers():
+    a = _kernels.Launch("conv.cu", "dw::k<1>", (1,), (1,), 0, ())
+    b = _kernels.Launch("conv.cu", "dw::k<2>", (1,), (1,), 0, ())
+    c = _kernels.Launch("conv.cu", "dw::k<3>", (1,), (1,), 0, ())
+    assert _kernels.first_in_registers([None, a, b]) is a  # no probe: the first candidate
+    with _kernels.local_memory_probe(_FakeProbe("<1>")):
+        assert _kernels.first_in_registers([a, b, c]) is b
+        assert _kernels.first_in_registers([(a, 4), (b, 5)]) == (b, 5)
+    probe = {"dw::k<1>": 16, "dw::k<2>": 8, "dw::k<3>": 24}
+    with _kernels.local_memory_probe(lambda src, e: probe[e]):
+        assert _kernels.first_in_registers([a, b, c]) is b  # all spill: the least
+        assert _kernels.first_in_registers([a, b, c], require=True) is None
+    assert _kernels.first_in_registers([]) is None
+
+
+def test_probe_picks_the_next_register_tile():
+    """A plan made with a probe takes the next candidate where the first spills; plans are
+    memoized per probe, so plans made without one stay the table's."""
+    p = params((2, 8, 64, 64), (8, 1, 3, 3), 2, 1, 1)  # float16 stride 2: conv_tile 2x8 at 3 blocks
+    first = _kernels.plan_forward(p, "float16", 0, 90, 132)
+    assert _args(first.expr)[8:10] == ["2", "8"] and _args(first.expr)[15] == "3"
+    probe = _FakeProbe(", 3, 1, false>")  # the 3-blocks-per-SM tile spills
+    probed = _kernels.plan_forward(p, "float16", 0, 90, 132, probe)
+    assert _args(probed.expr)[8:10] == ["2", "8"] and _args(probed.expr)[15] == "2"
+    assert probe.asked == [first.expr, probed.expr]
+    assert _kernels.plan_forward(p, "float16", 0, 90, 132) is first
+    # Every 80- and 128-register tile spills: 255 registers.
+    wide = _FakeProbe(", 3, 1, false>", ", 2, 1, false>")
+    assert _args(_kernels.plan_forward(p, "float16", 0, 90, 132, wide).expr)[15] == "1"
+
+
+def test_probe_sends_spilling_fused_tiles_to_the_split_backward():
+    """Where every bwd_tile candidate spills, the fused backward declines (the split
+    backward's kernels hold half as much); the weight gradient's tiles shrink."""
+    p = params((4, 8, 64, 64), (8, 1, 5, 5), 1, 2, 1)
+    assert "bwd_tile" in _kernels.plan_backward(p, "float64", 0, 0, 90, 132)[0].expr
+    assert _kernels.plan_backward(p, "float64", 0, 0, 90, 132, probe=_FakeProbe("bwd_tile")) is None
+    first = _kernels.plan_wgrad(p, "float64", 0, 0, 90, 132)[0]
+    tiles = _kernels.plan_wgrad(p, "float64", 0, 0, 90, 132, probe=_FakeProbe(first.expr))[0]
+    assert "wgrad_tile" in tiles.expr and tiles.expr != first.expr
+    assert int(_args(tiles.expr)[7]) * int(_args(tiles.expr)[8]) < int(_args(first.expr)[7]) * int(_args(first.expr)[8])

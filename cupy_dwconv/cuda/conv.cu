@@ -481,10 +481,13 @@ conv_generic(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
     typedef typename Traits<T>::acc A;
     const i64 plane_in = (i64)IH * IW;
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
-        const int ow = (int)(idx % OW);
+        // One 64-bit division per level, the remainder by a multiply: with `%` and `/`
+        // each, the float64 grad-input kernel kept the division routine's registers on
+        // the stack (16 bytes of spills, NVRTC 13.0).
         const i64 t = idx / OW;
-        const int oh = (int)(t % OH);
+        const int ow = (int)(idx - t * OW);
         const i64 q = t / OH;
+        const int oh = (int)(t - q * OH);
         const PlaneMap pm = map_plane(q, QC, IC, DIV, R);
         A acc = (MODE == 0 && bias != nullptr) ? load1(bias + pm.ch) : A(0);
         for (int m = 0; m < R; ++m) {

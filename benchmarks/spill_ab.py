@@ -1,0 +1,190 @@
+"""A/B timing of the register-tile plans with and without the local-memory probe.
+
+For each case, pass, dtype and data-pointer offset (elements past a 256-byte boundary,
+the alignment a sliced tensor has), plans the pass twice: as the table alone picks it
+(each family's first candidate) and as the library plans for this device (the first
+candidate its compiler keeps in registers, `_kernels.first_in_registers`). Where the two
+differ, times both (CUDA events, median, inputs rotated past L2), prints each plan's local
+memory per thread, and the largest difference between their outputs (relative to the
+largest magnitude for the weight and bias gradients, whose sums run in another order).
+
+    python benchmarks/spill_ab.py [--repeats 50] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy  # noqa: E402
+
+from cupy_dwconv import _kernels, _params, bench  # noqa: E402
+
+# (label, x shape, kernel, stride, padding, dilation, dtype, offset in elements, passes):
+# suite shapes at the alignments and dtypes where NVRTC 13.0 spills the first candidate.
+CASES = [
+    ("seed_3x7", (32, 128, 128, 256), (3, 7), 1, (1, 3), 1, "float32", 1, ("forward", "grad_input")),
+    ("seed_3x7", (32, 128, 128, 256), (3, 7), 1, (1, 3), 1, "float16", 4, ("forward",)),
+    ("seed_3x7", (32, 128, 128, 256), (3, 7), 1, (1, 3), 1, "float16", 1, ("backward",)),
+    ("seed_3x7", (32, 128, 128, 256), (3, 7), 1, (1, 3), 1, "bfloat16", 1, ("backward",)),
+    ("mbv2_3x3", (64, 144, 56, 56), (3, 3), 1, 1, 1, "float16", 1, ("backward",)),
+    ("mbv2_3x3_s2", (64, 96, 112, 112), (3, 3), 2, 1, 1, "float16", 0, ("forward",)),
+    ("mbv2_3x3_s2", (64, 96, 112, 112), (3, 3), 2, 1, 1, "float16", 2, ("forward",)),
+    ("mbv2_3x3_s2", (64, 96, 112, 112), (3, 3), 2, 1, 1, "float16", 1, ("grad_weight",)),
+    ("mbv2_3x3_s2", (64, 96, 112, 112), (3, 3), 2, 1, 1, "bfloat16", 1, ("forward",)),
+    ("mbv2_3x3_s2", (64, 96, 112, 112), (3, 3), 2, 1, 1, "float32", 1, ("forward",)),
+    ("effnet_5x5", (64, 240, 28, 28), (5, 5), 1, 2, 1, "float32", 1, ("forward", "grad_input")),
+    ("effnet_5x5", (64, 240, 28, 28), (5, 5), 1, 2, 1, "float16", 1, ("backward",)),
+    ("effnet_5x5", (64, 240, 28, 28), (5, 5), 1, 2, 1, "bfloat16", 0, ("backward",)),
+    ("effnet_5x5", (64, 240, 28, 28), (5, 5), 1, 2, 1, "bfloat16", 1, ("backward",)),
+    ("effnet_5x5_s2", (64, 144, 56, 56), (5, 5), 2, 2, 1, "float32", 2, ("forward", "grad_weight")),
+    ("effnet_5x5_s2", (64, 144, 56, 56), (5, 5), 2, 2, 1, "float16", 0, ("forward",)),
+    ("effnet_5x5_s2", (64, 144, 56, 56), (5, 5), 2, 2, 1, "bfloat16", 1, ("forward",)),
+    ("convnext_7x7", (64, 96, 56, 56), (7, 7), 1, 3, 1, "float16", 4, ("grad_weight",)),
+    ("convnext_7x7", (64, 96, 56, 56), (7, 7), 1, 3, 1, "bfloat16", 1, ("grad_weight",)),
+    ("dilated_3x3_d2", (32, 256, 64, 64), (3, 3), 1, 2, 2, "float32", 1, ("forward", "grad_input", "grad_weight")),
+    ("dilated_3x3_d2", (32, 256, 64, 64), (3, 3), 1, 2, 2, "float16", 0, ("forward", "grad_input")),
+    ("dilated_3x3_d2", (32, 256, 64, 64), (3, 3), 1, 2, 2, "float16", 1, ("backward",)),
+    ("dilated_3x3_d2", (32, 256, 64, 64), (3, 3), 1, 2, 2, "bfloat16", 1, ("forward",)),
+]
+
+
+def _offset_random(cupy, rs, shape, dtype, offset):
+    """A C-contiguous random array whose data starts `offset` elements past the start of
+    its (256-byte aligned) allocation."""
+    n = int(numpy.prod(shape))
+    flat = bench._random_gpu(cupy, rs, (n + offset,), dtype)
+    return flat[offset:].reshape(shape)
+
+
+def _plans(p, dtype, which, ptr, arch, sms, probe):
+    if which == "forward":
+        return _kernels.plan_forward(p, dtype, ptr, arch, sms, probe)
+    if which == "grad_input":
+        return _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe)
+    if which == "grad_weight":
+        return _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe)
+    fused = _kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, probe=probe)
+    if fused is not None:
+        return ("fused",) + fused
+    return ("split", _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe),
+            _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe))
+
+
+def _describe(plan, which, dev):
+    if which in ("forward", "grad_input"):
+        launches = [plan]
+    elif which == "grad_weight":
+        launches = [plan[0]]
+    elif plan[0] == "fused":
+        launches = [plan[1]]
+    else:
+        launches = [plan[1], plan[2][0]]
+    return " + ".join(f"{bench.short_kernel_name(L.expr)} [{L.expr.split('<', 1)[1][:-1]}] "
+                      f"local {L.kernel(dev).local_size_bytes}" for L in launches)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--only", help="cases whose label contains this")
+    args = ap.parse_args(argv)
+
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    arch, sms = _kernels.device_arch(dev)
+    probe = _kernels.device_probe(dev)
+    l2 = cupy.cuda.Device(dev).attributes["L2CacheSize"]
+    null = numpy.uint64(0)
+    for label, shape, (kh, kw), stride, padding, dilation, dtype, offset, passes in CASES:
+        if args.only and args.only not in label:
+            continue
+        n, c, h, w = shape
+        p = _params.conv_params(shape, (c, 1, kh, kw), None, stride, padding, dilation)
+        size = _kernels.ITEMSIZE[dtype]
+        ptr = (offset * size) % 16
+        set_bytes = (numpy.prod(p.x_shape) * 2 + numpy.prod(p.out_shape)) * size
+        k_sets = bench.rotation_sets(set_bytes, l2, 6 * 10**9)
+        rs = cupy.random.RandomState(0)
+        xs = [_offset_random(cupy, rs, p.x_shape, dtype, offset) for _ in range(k_sets)]
+        gos = [_offset_random(cupy, rs, p.out_shape, dtype, offset) for _ in range(k_sets)]
+        wt = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
+        for which in passes:
+            old = _plans(p, dtype, which, ptr, arch, sms, None)
+            new = _plans(p, dtype, which, ptr, arch, sms, probe)
+            head = f"{label} {dtype} +{offset} {which}"
+            if _describe(old, which, dev) == _describe(new, which, dev):
+                print(f"{head}: same plan ({_describe(new, which, dev)})", flush=True)
+                continue
+            results = []
+            for plan in (old, new):
+                outs = _runner(cupy, p, dtype, which, plan, xs, gos, wt, null, dev)
+                run, collect = outs
+                run(0)
+                got = collect()
+                ms = bench.time_events(run, k_sets, args.repeats, 5)
+                results.append((ms, got))
+            diffs = []
+            for a, b in zip(results[0][1], results[1][1]):
+                scale = float(cupy.abs(a).max()) if which in ("grad_weight",) else 1.0
+                diffs.append(float(cupy.abs(a - b).max()) / max(scale, 1e-30))
+            print(f"{head}:\n    table {_describe(old, which, dev)}: {results[0][0] * 1e3:.2f} us\n"
+                  f"    probe {_describe(new, which, dev)}: {results[1][0] * 1e3:.2f} us"
+                  f"   (max diff {max(diffs):.2e})", flush=True)
+    return 0
+
+
+def _runner(cupy, p, dtype, which, plan, xs, gos, wt, null, dev):
+    """(run(k), collect()) for one plan: run into NaN-poisoned outputs; collect returns
+    the outputs as float32 arrays."""
+    acc = _kernels.ACC_DTYPE[dtype]
+    if which in ("forward", "grad_input"):
+        fwd = which == "forward"
+        out = cupy.full(p.out_shape if fwd else p.x_shape, numpy.nan, dtype=xs[0].dtype)
+        src = xs if fwd else gos
+
+        def run(k):
+            plan(dev, (src[k], wt, null, out))
+
+        return run, lambda: [out.astype(cupy.float32)]
+    gw = cupy.full(p.weight_shape, numpy.nan, dtype=xs[0].dtype)
+    gb = cupy.full((p.CM,), numpy.nan, dtype=xs[0].dtype)
+    if which == "grad_weight":
+        s1, chunks, s2 = plan
+        partial = cupy.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=acc)
+
+        def run(k):
+            s1(dev, (xs[k], gos[k], partial))
+            s2(dev, (partial, gw, gb))
+
+        return run, lambda: [gw.astype(cupy.float32), gb.astype(cupy.float32)]
+    gx = cupy.full(p.x_shape, numpy.nan, dtype=xs[0].dtype)
+    if plan[0] == "fused":
+        _, s1, chunks, _ = plan
+        partial = cupy.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=acc)
+        counters = cupy.zeros((p.CM,), dtype=cupy.uint32)
+
+        def run(k):
+            s1(dev, (xs[k], gos[k], wt, gx, partial, counters, gw, gb))
+    else:
+        _, gi, (s1, chunks, s2) = plan
+        partial = cupy.full((p.CM, chunks, p.KH * p.KW + 1), numpy.nan, dtype=acc)
+
+        def run(k):
+            gi(dev, (gos[k], wt, null, gx))
+            s1(dev, (xs[k], gos[k], partial))
+            s2(dev, (partial, gw, gb))
+
+    def collect():
+        scale = float(cupy.abs(gw.astype(cupy.float32)).max())
+        return [gx.astype(cupy.float32), gw.astype(cupy.float32) / scale, gb.astype(cupy.float32) / scale]
+
+    return run, collect
+
+
+if __name__ == "__main__":
+    sys.exit(main())
