@@ -13,14 +13,17 @@ its bits, must not depend on timing noise), costs nothing on first use, and was 
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
 try other variants through the same code path.
 
-One question the table cannot answer is whether ptxas keeps a register-tile kernel in
-registers: the families that hold a whole tile, its window row and every weight in
-registers (conv_tile, bwd_tile, wgrad_tile) spill or not in ways no register count
-predicts (a smaller tile can spill where a larger one does not). Those families offer
-candidates in order of preference, and a plan made for a device takes the first whose
-compiled kernel uses no local memory, asking the compiler that will run it (see
-`local_memory_probe`); plans made without a device (the CPU tests, `expressions_for`)
-take a probe argument or the first candidate.
+One question the table cannot answer is whether ptxas keeps a kernel in registers:
+the register-tile families spill or not in ways no register count predicts (a smaller
+tile can spill where a larger one does not). conv_stack and wgrad_stack therefore offer
+occupancy bounds in order of preference, and a plan made for a device takes the first
+whose compiled kernel uses no local memory, asking the compiler that will run it
+(`first_in_registers`, `device_probe`); plans made without a device (the CPU tests,
+`expressions_for`) take a probe argument or the first candidate. The register-tile
+families (conv_tile, bwd_tile, wgrad_tile, and the row sweeps' lanes) keep their table's
+tile where ptxas spills a few bytes of it outside the benchmark suite: their spill-free
+candidates (smaller tiles, fewer blocks per SM) measured slower on most shapes
+(benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
 
 Specializations are compiled on first use by cupy.RawModule (NVRTC) and cached by CuPy
 per device in memory and on disk.
@@ -139,12 +142,11 @@ def device_probe(device_id):
     return probe
 
 
-def first_in_registers(candidates, require=False):
+def first_in_registers(candidates):
     """The first candidate (a Launch, or a tuple whose first item is one; None entries
     skipped) whose kernel the current probe reports free of local memory. Without a
     probe, the first candidate; where every candidate uses local memory, the one that
-    uses least (the first of equals), or None with `require`. None where there is no
-    candidate."""
+    uses least (the first of equals). None where there is no candidate."""
     probe = _PROBE.get()
     best = None
     for cand in candidates:
@@ -158,29 +160,7 @@ def first_in_registers(candidates, require=False):
             return cand
         if best is None or local < best[0]:
             best = (local, cand)
-    return None if best is None or require else best[1]
-
-
-def shrink_chain(th, tw, minb, sh=1, sw=1):
-    """Register-tile shapes (TH, TW, MINB) to try after (th, tw, minb), by preference:
-    the same tile with 128 registers where it had 80 (3 -> 2 blocks per SM); then
-    smaller tiles at that budget, rows first (TH halved down to SH, then TW down to SW;
-    both stay multiples of the stride, as strided grad-input tiles must); then the same
-    sequence with 255 registers (1 block per SM). TW stops at 2 columns (or SW)."""
-    out = [(th, tw, minb)]
-    budgets = ([2] if minb >= 3 else [minb]) + ([1] if minb >= 2 else [])
-    for m in budgets:
-        a, b = th, tw
-        while True:
-            if (a, b, m) not in out:
-                out.append((a, b, m))
-            if a > sh:
-                a = max(sh, a // 2 // sh * sh)
-            elif b > max(sw, 2):
-                b = max(sw, 2, b // 2 // sw * sw)
-            else:
-                break
-    return out
+    return None if best is None else best[1]
 
 
 def _targs(*values):
@@ -521,9 +501,6 @@ def tile_launch(pr, dtype, x_ptr, th=None, tw=None, minb=None, nt=None, pf=None,
         th, tw, minb_default, nt_default = _tile_shape(pr, dtype)
         minb = minb_default if minb is None else minb
         nt = nt_default if nt is None else nt
-        sh, sw = (pr.SH, pr.SW) if pr.mode == 1 else (1, 1)
-        return first_in_registers(tile_launch(pr, dtype, x_ptr, a, b, m, nt, pf, sms)
-                                  for a, b, m in shrink_chain(th, tw, minb, sh, sw))
     if minb is None:
         minb = 2
     v = 16 // ITEMSIZE[dtype]
@@ -1740,11 +1717,6 @@ def mma_rows_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, nw=None, pfs=None,
     fit = min(32, SM_THREADS // (32 * nw), SM_SMEM // (smem + 1024))  # blocks per SM: shared memory, threads
     if minb is None:  # and registers (~96 with few copies, else 128)
         minb = max(1, min(fit, 65536 // (32 * nw * (96 if cpt <= 6 else 128))))
-        # Where ptxas spills at that budget (9x9 kernels, 4-byte output pieces), fewer
-        # blocks per SM, each step a larger register cap.
-        budgets = [m for m in range(minb, 0, -1) if m == minb or reg_cap(32 * nw, m) > reg_cap(32 * nw, m + 1)]
-        return first_in_registers(mma_rows_launch(pr, dtype, x_ptr, arch, sms, wn, nw, pfs, m, rb, gran, blocks)
-                                  for m in budgets)
     osw = 16 if pr.OW % 8 == 0 else 4 if pr.OW % 2 == 0 else 2
     per_sm = max(1, min(minb, fit))
     n_cs = _cdiv(pr.OW, 8 * wn * nw)
@@ -1953,13 +1925,6 @@ def rows_launch(pr, dtype, x_ptr, v=None, pf=None, minb=None, rb=None, sms=132, 
     dv, dpf, dminb = _rows_async_shape(pr, dtype) if staged else _rows_shape(pr, dtype)
     if v is None and not staged and _load_width(dtype, pr.IW, x_ptr, dv) == 1:
         dv = _rows_scalar_lanes(pr)
-    if not staged and v is None and pf is None and minb is None:
-        # Where ptxas spills the lane (16-bit 3x3 at 3 blocks per SM on rows of 4-byte
-        # loads), one row fewer ahead, then narrower lanes, then 2 blocks per SM.
-        chain = [(a, b, dminb) for a in (dv, dv // 2, dv // 4) if a >= 1 for b in (dpf, dpf - 1) if b >= 1]
-        chain += [(dv, dpf, m) for m in (2, 1) if m < dminb]
-        return first_in_registers(rows_launch(pr, dtype, x_ptr, a, b, m, rb, sms, False, arch, rp, l2a)
-                                  for a, b, m in chain)
     v = dv if v is None else v
     pf = dpf if pf is None else pf
     minb = dminb if minb is None else minb
@@ -2330,8 +2295,6 @@ def wgrad_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=N
         if p.OW < tw:
             tw = max(1, p.OW)
         th = min(th, p.OH)
-        return first_in_registers(wgrad_tile_launch(p, dtype, x_ptr, go_ptr, a, b, m, pf, chunks)
-                                  for a, b, m in shrink_chain(th, tw, rule_minb if minb is None else minb))
     if minb is None:
         minb = rule_minb
     span_w = (tw - 1) * p.SW + (p.KW - 1) * p.DW + 1
@@ -2831,12 +2794,6 @@ def bwd_tile_launch(p, dtype, x_ptr, go_ptr, th=None, tw=None, minb=None, pf=Non
     if p.PT > (p.KH - 1) * p.DH or p.PL > (p.KW - 1) * p.DW:
         return None
     dth, dtw, dminb, dpf = _bwd_tile_shape(p, dtype)
-    if th is None and tw is None:
-        # Where every candidate would use local memory the split backward serves (its
-        # kernels hold half as much: no weights beside the tap sums, or no tap sums).
-        return first_in_registers((bwd_tile_launch(p, dtype, x_ptr, go_ptr, a, b, m, pf, chunks, sms, min_units)
-                                   for a, b, m in shrink_chain(dth, dtw, dminb if minb is None else minb)),
-                                  require=True)
     th = dth if th is None else th
     tw = dtw if tw is None else tw
     minb = dminb if minb is None else minb
@@ -2990,12 +2947,6 @@ def bwd_rows_launch(p, dtype, x_ptr, go_ptr, v=None, pf=None, minb=None, rb=None
                                       preset[2])
             if planned is not None:
                 return planned
-    if v is None and pf is None and minb is None and block is None:
-        # Where ptxas spills the default (bfloat16 5x5: 32-64 bytes), fewer rows ahead, then
-        # narrower lanes; where every candidate spills, bwd_tile or the split backward.
-        dv, dminb = _bwd_rows_lanes(dtype), _bwd_rows_minb(taps)
-        return first_in_registers((bwd_rows_launch(p, dtype, x_ptr, go_ptr, a, b, dminb, rb, chunks, sms, arch, ROWS_BLOCK)
-                                   for a in (dv, dv // 2) if a >= 1 for b in (4, 3, 2)), require=True)
     size = ITEMSIZE[dtype]
     v = _bwd_rows_lanes(dtype) if v is None else v
     v = max(1, min(v, 16 // size))

@@ -169,6 +169,10 @@ def grid_problems():
         # A plane past conv_lines' shared memory (float64: 125 KB): conv_smem's forward and
         # rotated grad input.
         out.append((_params.conv_params((1, 2, 120, 130), (2, 1, 13, 13), None, 1, 6, 1), dtype))
+        # 16-bit 9x9 on batches of 16 images of 64 x 64: conv_stack and wgrad_stack, whose
+        # 3 blocks per SM spill there (NVRTC 13.0): the local-memory test settles them.
+        if dtype in ("float16", "bfloat16"):
+            out.append((_params.conv_params((16, 2, 64, 64), (2, 1, 9, 9), None, 1, 4, 1), dtype))
     return out
 
 
@@ -259,21 +263,41 @@ def test_every_specialization_compiles():
         pytest.fail("\n\n".join(sorted(failures)), pytrace=False)
 
 
+# Families whose table keeps a tile ptxas spills a few bytes of, outside the benchmark
+# suite: their spill-free candidates (smaller tiles, fewer blocks per SM) measured slower
+# on most shapes (benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
+SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
+
+
 def test_dispatched_plans_use_no_local_memory():
     """Local memory (register spills, or a stack frame) puts DRAM-latency loads in the
     inner loops. Every plan the dispatcher makes for the compile problems, for an sm_90
-    device whose compiler is this NVRTC, uses none: the register-tile families take
-    their first candidate that ptxas keeps in registers (`_kernels.first_in_registers`),
-    asked here of ptxas's report as the library asks the device's compiler at run time.
-    Plans that are not register tiles have one candidate, which must fit by its rules."""
+    device whose compiler is this NVRTC, uses none, apart from the register-tile
+    families of SPILL_MEASURED: conv_stack and wgrad_stack take their first occupancy
+    bound that ptxas keeps in registers (`_kernels.first_in_registers`), asked here of
+    ptxas's report as the library asks the device's compiler at run time; the other
+    families fit by their rules."""
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:
             pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
         pytest.skip("NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)")
     exprs, known = nvrtc_compile.settle_plans(suite_problems() + grid_problems(), PROBE_ARCH, _REPORTS,
                                               chunk=CHUNK, workers=max(2, os.cpu_count() or 2))
-    with_local = sorted(f"{e}: {known[(src, e)]} B" for src, es in exprs.items() for e in es if known[(src, e)])
     assert sum(len(es) for es in exprs.values()) >= 400
+
+    def every_bound_spills(src, expr):
+        # conv_stack / wgrad_stack: the same specialization at 3, 2 and 1 blocks per SM (the
+        # last template argument) all use local memory (NVRTC 13.5 spills 9x9 wgrad_stack
+        # by 8 bytes at each): the plan then takes the least, as first_in_registers says.
+        name, args = _kernels.split_expr(expr)
+        if name not in ("conv_stack", "wgrad_stack"):
+            return False
+        head = expr[:expr.rindex(",")]
+        return all(known.get((src, f"{head}, {m}>"), 0) > 0 for m in (3, 2, 1))
+
+    with_local = sorted(f"{e}: {known[(src, e)]} B" for src, es in exprs.items() for e in es
+                        if known[(src, e)] and _kernels.split_expr(e)[0] not in SPILL_MEASURED
+                        and not every_bound_spills(src, e))
     assert not with_local, "plans with local memory:\n" + "\n".join(with_local)
 
 

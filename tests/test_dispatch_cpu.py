@@ -1008,18 +1008,6 @@ class _FakeProbe:
         return self.local if any(s in expr for s in self.spilling) else 0
 
 
-def test_shrink_chain_order():
-    """The same tile at 128 registers where it had 80, then smaller tiles rows first, then
-    255 registers; strided grad-input tiles stay multiples of the stride; TW stops at 2."""
-    assert _kernels.shrink_chain(2, 8, 3) == [(2, 8, 3), (2, 8, 2), (1, 8, 2), (1, 4, 2), (1, 2, 2),
-                                              (2, 8, 1), (1, 8, 1), (1, 4, 1), (1, 2, 1)]
-    assert _kernels.shrink_chain(2, 4, 1) == [(2, 4, 1), (1, 4, 1), (1, 2, 1)]
-    chain = _kernels.shrink_chain(4, 4, 3, 2, 2)
-    assert chain[:4] == [(4, 4, 3), (4, 4, 2), (2, 4, 2), (2, 2, 2)]
-    assert all(a % 2 == 0 and b % 2 == 0 for a, b, _ in chain)
-    assert len(set(chain)) == len(chain)
-
-
 def test_first_in_registers():
     a = _kernels.Launch("conv.cu", "dw::k<1>", (1,), (1,), 0, ())
     b = _kernels.Launch("conv.cu", "dw::k<2>", (1,), (1,), 0, ())
@@ -1031,33 +1019,26 @@ def test_first_in_registers():
     probe = {"dw::k<1>": 16, "dw::k<2>": 8, "dw::k<3>": 24}
     with _kernels.local_memory_probe(lambda src, e: probe[e]):
         assert _kernels.first_in_registers([a, b, c]) is b  # all spill: the least
-        assert _kernels.first_in_registers([a, b, c], require=True) is None
     assert _kernels.first_in_registers([]) is None
 
 
-def test_probe_picks_the_next_register_tile():
-    """A plan made with a probe takes the next candidate where the first spills; plans are
-    memoized per probe, so plans made without one stay the table's."""
-    p = params((2, 8, 64, 64), (8, 1, 3, 3), 2, 1, 1)  # float16 stride 2: conv_tile 2x8 at 3 blocks
+def test_probe_picks_the_stack_occupancy():
+    """conv_stack and wgrad_stack take 3 blocks per SM unless the probe reports that
+    specialization spilling, then 2, then 1; plans are memoized per probe, so plans made
+    without one stay the table's."""
+    p = params((16, 8, 64, 64), (8, 1, 9, 9), 1, 4, 1)
     first = _kernels.plan_forward(p, "float16", 0, 90, 132)
-    assert _args(first.expr)[8:10] == ["2", "8"] and _args(first.expr)[15] == "3"
-    probe = _FakeProbe(", 3, 1, false>")  # the 3-blocks-per-SM tile spills
+    assert "conv_stack" in first.expr and _args(first.expr)[-1] == "3"
+    probe = _FakeProbe(", 3>")
     probed = _kernels.plan_forward(p, "float16", 0, 90, 132, probe)
-    assert _args(probed.expr)[8:10] == ["2", "8"] and _args(probed.expr)[15] == "2"
+    assert "conv_stack" in probed.expr and _args(probed.expr)[-1] == "2"
     assert probe.asked == [first.expr, probed.expr]
     assert _kernels.plan_forward(p, "float16", 0, 90, 132) is first
-    # Every 80- and 128-register tile spills: 255 registers.
-    wide = _FakeProbe(", 3, 1, false>", ", 2, 1, false>")
-    assert _args(_kernels.plan_forward(p, "float16", 0, 90, 132, wide).expr)[15] == "1"
-
-
-def test_probe_sends_spilling_fused_tiles_to_the_split_backward():
-    """Where every bwd_tile candidate spills, the fused backward declines (the split
-    backward's kernels hold half as much); the weight gradient's tiles shrink."""
-    p = params((4, 8, 64, 64), (8, 1, 5, 5), 1, 2, 1)
-    assert "bwd_tile" in _kernels.plan_backward(p, "float64", 0, 0, 90, 132)[0].expr
-    assert _kernels.plan_backward(p, "float64", 0, 0, 90, 132, probe=_FakeProbe("bwd_tile")) is None
-    first = _kernels.plan_wgrad(p, "float64", 0, 0, 90, 132)[0]
-    tiles = _kernels.plan_wgrad(p, "float64", 0, 0, 90, 132, probe=_FakeProbe(first.expr))[0]
-    assert "wgrad_tile" in tiles.expr and tiles.expr != first.expr
-    assert int(_args(tiles.expr)[7]) * int(_args(tiles.expr)[8]) < int(_args(first.expr)[7]) * int(_args(first.expr)[8])
+    assert _args(_kernels.plan_forward(p, "float16", 0, 90, 132, _FakeProbe(", 3>", ", 2>")).expr)[-1] == "1"
+    w = _kernels.plan_wgrad(p, "float16", 0, 0, 90, 132)[0]
+    assert "wgrad_stack" in w.expr and _args(w.expr)[-1] == "3"
+    assert _args(_kernels.plan_wgrad(p, "float16", 0, 0, 90, 132, probe=_FakeProbe(", 3>"))[0].expr)[-1] == "2"
+    # The register tiles keep the table's tile whatever the probe says.
+    q = params((2, 8, 64, 64), (8, 1, 3, 3), 2, 1, 1)
+    assert (_kernels.plan_forward(q, "float16", 0, 90, 132, _FakeProbe("conv_tile")).expr
+            == _kernels.plan_forward(q, "float16", 0, 90, 132).expr)

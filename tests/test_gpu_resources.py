@@ -36,11 +36,13 @@ def test_suite_specializations_use_no_local_memory():
     assert not with_local, "local memory in suite specializations:\n" + "\n".join(with_local)
 
 
-# Problems whose first register-tile candidate NVRTC 13.0 spills on sm_90 (the compile
-# test's grid; benchmarks/NOTES.md, session 35): (x shape, kernel, stride, padding,
-# dilation, multiplier, dtype, data offset in elements). The library plans them with the
-# device's compiler as probe (`_kernels.first_in_registers`): here the results must match
-# the reference, and every kernel the plans launch must use no local memory.
+# Problems whose table plans NVRTC 13.0 spills on sm_90 (the compile test's grid and the
+# breadth lists; benchmarks/NOTES.md, session 35): (x shape, kernel, stride, padding,
+# dilation, multiplier, dtype, data offset in elements). Results must match the reference
+# (the odd alignments and the spilling tiles run as the library runs them), and only the
+# register-tile families whose spills measured faster than their spill-free candidates
+# may use local memory (tests/test_compile.py, SPILL_MEASURED); conv_stack and
+# wgrad_stack take the occupancy bound this device's compiler keeps in registers.
 SPILL_PRONE = [
     ((2, 3, 13, 32), (3, 3), 3, ((1, 0), (2, 1)), 2, 1, "float16", 2),
     ((2, 3, 13, 32), (3, 3), 3, ((1, 0), (2, 1)), 2, 1, "float16", 0),
@@ -54,7 +56,10 @@ SPILL_PRONE = [
     ((2, 16, 28, 28), (5, 5), 1, 2, 1, 1, "float16", 1),
     ((2, 8, 64, 64), (3, 3), 1, 2, 2, 1, "float16", 0),
     ((2, 8, 56, 56), (3, 7), 1, (1, 3), 1, 1, "float32", 1),
+    ((16, 2, 64, 64), (9, 9), 1, 4, 1, 1, "float16", 0),
+    ((16, 2, 64, 64), (9, 9), 1, 4, 1, 1, "bfloat16", 0),
 ]
+SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
 
 
 def _offset_copy(cp, a, offset):
@@ -68,7 +73,7 @@ def _offset_copy(cp, a, offset):
 
 @pytest.mark.parametrize("case", SPILL_PRONE, ids=lambda c: f"{c[6]}-{'x'.join(map(str, c[0]))}-k{c[1][0]}x{c[1][1]}"
                          f"-s{c[2]}-d{c[4]}-m{c[5]}-off{c[7]}".replace(" ", ""))
-def test_register_tile_plans_use_no_local_memory(case):
+def test_spill_prone_plans(case):
     import cupy
 
     from conftest import assert_close, random_array
@@ -104,5 +109,6 @@ def test_register_tile_plans_use_no_local_memory(case):
     fused = _kernels.plan_backward(p, dtype, xg.data.ptr, gog.data.ptr, arch, sms, probe=probe)
     if fused is not None:
         launches += [fused[0], fused[2]]
-    with_local = [f"{L.expr}: {L.kernel(dev).local_size_bytes} B" for L in launches if L.kernel(dev).local_size_bytes]
+    with_local = [f"{L.expr}: {L.kernel(dev).local_size_bytes} B" for L in launches
+                  if L.kernel(dev).local_size_bytes and _kernels.split_expr(L.expr)[0] not in SPILL_MEASURED]
     assert not with_local, "plans with local memory:\n" + "\n".join(with_local)
