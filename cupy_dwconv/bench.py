@@ -809,17 +809,14 @@ def plan_arch():
 
 def kernel_label(p, dtype, pass_name, ptr=0):
     """Short names of the specializations cupy_dwconv plans for this pass, and their full
-    expressions (a set, to tell whether a first call compiled something new). On a GPU
-    the plans are the library's for it (its compiler answers which register tiles fit)."""
+    expressions (a set, to tell whether a first call compiled something new). Planned
+    without the local-memory probe, which would compile the stack families' candidates
+    here, before the first call's compile is timed: where a stack plan's first bound
+    spills, the label names the same family and the call compiles its next bound."""
     from . import _kernels
 
     arch, sms = plan_arch()
-    try:
-        import cupy
-
-        probe = _kernels.device_probe(cupy.cuda.runtime.getDevice())
-    except Exception:  # no GPU (--list on a CPU): each family's first candidate
-        probe = None
+    probe = None
     exprs = []
     if pass_name == "forward":
         launch = _kernels.plan_forward(p, dtype, ptr, arch, sms, probe)
