@@ -2,12 +2,12 @@
 candidates.
 
 For each case, pass, dtype and data-pointer offset (elements past a 256-byte boundary,
-the alignment a sliced tensor has): the table's plan (each family's first candidate), and
-where its kernels use local memory on this device, the first candidate this device's
-compiler keeps in registers: the library's own plan for conv_stack and wgrad_stack
-(`_kernels.first_in_registers`), else the register tile's shrink chain (the same tile at
-128 registers where it had 80, then smaller tiles rows first, then 255 registers; the row
-sweep's lanes: fewer rows ahead, then narrower lanes), forced through the planners. Times
+the alignment a sliced tensor has): the library's plan, and where its kernels use local
+memory on this device, the first candidate this device's compiler keeps in registers,
+forced through the planners: the register tile's shrink chain (the same tile at 128
+registers where it had 80, then smaller tiles rows first, then 255 registers), the row
+sweep's lanes (fewer rows ahead, then narrower lanes), the stacked tensor-core kernels'
+occupancy bounds (3, 2, then 1 block per SM). Times
 both (CUDA events, median, inputs rotated past L2), prints each plan's local memory per
 thread, and the largest difference between their outputs (relative to the largest
 magnitude for the weight and bias gradients, whose sums run in another order).
@@ -84,15 +84,12 @@ def shrink_chain(th, tw, minb, sh=1, sw=1):
     return out[1:]
 
 
-def _spill_free(p, dtype, which, ptr, arch, sms, table, dev, probe):
-    """The first candidate after the table's plan whose kernels use no local memory, or
+def _spill_free(p, dtype, which, ptr, arch, sms, table, dev):
+    """The first candidate after the library's plan whose kernels use no local memory, or
     None."""
     def local(plan):
         return sum(L.kernel(dev).local_size_bytes for L in _launches(plan, which))
 
-    library = _plans(p, dtype, which, ptr, arch, sms, probe)
-    if _describe(library, which, dev) != _describe(table, which, dev):
-        return library
     first = _launches(table, which)[0]
     name, args = _kernels.split_expr(first.expr)
     cands = []
@@ -108,6 +105,13 @@ def _spill_free(p, dtype, which, ptr, arch, sms, table, dev, probe):
         cands = [_kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, force=dict(th=a, tw=b, minb=m))
                  for a, b, m in shrink_chain(int(args[7]), int(args[8]), int(args[13]))]
         cands = [None if c is None else ("fused",) + c for c in cands]
+    elif name == "conv_stack" and which in ("forward", "grad_input"):
+        pr = _kernels.forward_problem(p) if which == "forward" else _kernels.grad_input_problem(p)
+        cands = [_kernels.plan_conv(pr, dtype, ptr, force=("stack", dict(minb=m)), arch=arch, sms=sms)
+                 for m in range(int(args[-1]) - 1, 0, -1)]
+    elif name == "wgrad_stack" and which == "grad_weight":
+        cands = [_kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, force=("stack", dict(minb=m)))
+                 for m in range(int(args[-1]) - 1, 0, -1)]
     elif name == "bwd_rows" and which == "backward":
         v = int(args[1])
         cands = [_kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, force=dict(family="rows", v=a, pf=b))
@@ -126,18 +130,18 @@ def _launches(plan, which):
     return [plan[1], plan[2][0]]
 
 
-def _plans(p, dtype, which, ptr, arch, sms, probe):
+def _plans(p, dtype, which, ptr, arch, sms):
     if which == "forward":
-        return _kernels.plan_forward(p, dtype, ptr, arch, sms, probe)
+        return _kernels.plan_forward(p, dtype, ptr, arch, sms)
     if which == "grad_input":
-        return _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe)
+        return _kernels.plan_grad_input(p, dtype, ptr, arch, sms)
     if which == "grad_weight":
-        return _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe)
-    fused = _kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, probe=probe)
+        return _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms)
+    fused = _kernels.plan_backward(p, dtype, ptr, ptr, arch, sms)
     if fused is not None:
         return ("fused",) + fused
-    return ("split", _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe),
-            _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe))
+    return ("split", _kernels.plan_grad_input(p, dtype, ptr, arch, sms),
+            _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms))
 
 
 def _describe(plan, which, dev):
@@ -156,7 +160,6 @@ def main(argv=None):
 
     dev = cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
-    probe = _kernels.device_probe(dev)
     l2 = cupy.cuda.Device(dev).attributes["L2CacheSize"]
     null = numpy.uint64(0)
     for label, shape, (kh, kw), stride, padding, dilation, dtype, offset, passes in CASES:
@@ -173,12 +176,12 @@ def main(argv=None):
         gos = [_offset_random(cupy, rs, p.out_shape, dtype, offset) for _ in range(k_sets)]
         wt = bench._random_gpu(cupy, rs, p.weight_shape, dtype)
         for which in passes:
-            old = _plans(p, dtype, which, ptr, arch, sms, None)
+            old = _plans(p, dtype, which, ptr, arch, sms)
             head = f"{label} {dtype} +{offset} {which}"
             if not any(L.kernel(dev).local_size_bytes for L in _launches(old, which)):
                 print(f"{head}: no local memory ({_describe(old, which, dev)})", flush=True)
                 continue
-            new = _spill_free(p, dtype, which, ptr, arch, sms, old, dev, probe)
+            new = _spill_free(p, dtype, which, ptr, arch, sms, old, dev)
             if new is None:
                 print(f"{head}: no spill-free candidate ({_describe(old, which, dev)})", flush=True)
                 continue
@@ -194,7 +197,7 @@ def main(argv=None):
             for a, b in zip(results[0][1], results[1][1]):
                 scale = float(cupy.abs(a).max()) if which in ("grad_weight",) else 1.0
                 diffs.append(float(cupy.abs(a - b).max()) / max(scale, 1e-30))
-            print(f"{head}:\n    table      {_describe(old, which, dev)}: {results[0][0] * 1e3:.2f} us\n"
+            print(f"{head}:\n    plan       {_describe(old, which, dev)}: {results[0][0] * 1e3:.2f} us\n"
                   f"    spill-free {_describe(new, which, dev)}: {results[1][0] * 1e3:.2f} us"
                   f"   (max diff {max(diffs):.2e})", flush=True)
     return 0

@@ -13,26 +13,12 @@ its bits, must not depend on timing noise), costs nothing on first use, and was 
 measured sweeps recorded in benchmarks/NOTES.md. `force` arguments let the sweep script
 try other variants through the same code path.
 
-One question the table cannot answer is whether ptxas keeps a kernel in registers:
-the register-tile families spill or not in ways no register count predicts (a smaller
-tile can spill where a larger one does not). conv_stack and wgrad_stack therefore offer
-occupancy bounds in order of preference, and a plan made for a device takes the first
-whose compiled kernel uses no local memory, asking the compiler that will run it
-(`first_in_registers`, `device_probe`); plans made without a device (the CPU tests,
-`expressions_for`) take a probe argument or the first candidate. The register-tile
-families (conv_tile, bwd_tile, wgrad_tile, and the row sweeps' lanes) keep their table's
-tile where ptxas spills a few bytes of it outside the benchmark suite: their spill-free
-candidates (smaller tiles, fewer blocks per SM) measured slower on most shapes
-(benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
-
 Specializations are compiled on first use by cupy.RawModule (NVRTC) and cached by CuPy
 per device in memory and on disk.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import ctypes
 import dataclasses
 import functools
@@ -107,60 +93,6 @@ def get_kernel(device_id, src_name, expr, shared_mem):
             kern.max_dynamic_shared_size_bytes = shared_mem
             _SMEM_OPT_IN[key] = shared_mem
     return kern
-
-
-# ---------------------------------------------------------------------------------------
-# Local memory: which candidate plan ptxas keeps in registers
-
-# The probe of the plan being made: a callable (src, expr) -> bytes of local memory per
-# thread of that specialization, or None (take the first candidate). A context variable,
-# so that threads planning at once do not see each other's probes.
-_PROBE = contextvars.ContextVar("cupy_dwconv_local_memory_probe", default=None)
-
-
-@contextlib.contextmanager
-def local_memory_probe(probe):
-    """Plans made inside take, of each family's candidates, the first that `probe`
-    reports free of local memory (spill stores or stack frame)."""
-    token = _PROBE.set(probe)
-    try:
-        yield
-    finally:
-        _PROBE.reset(token)
-
-
-@functools.lru_cache(maxsize=None)
-def device_probe(device_id):
-    """The probe of one device: compiles the specialization there (as its first launch
-    would; CuPy caches the result in memory and on disk) and reads the function's local
-    memory from the driver. One object per device, so that memoized plans key on it."""
-
-    def probe(src, expr):
-        return int(_module(device_id, src, expr).get_function(expr).local_size_bytes)
-
-    probe.device_id = device_id
-    return probe
-
-
-def first_in_registers(candidates):
-    """The first candidate (a Launch, or a tuple whose first item is one; None entries
-    skipped) whose kernel the current probe reports free of local memory. Without a
-    probe, the first candidate; where every candidate uses local memory, the one that
-    uses least (the first of equals). None where there is no candidate."""
-    probe = _PROBE.get()
-    best = None
-    for cand in candidates:
-        if cand is None:
-            continue
-        if probe is None:
-            return cand
-        launch = cand[0] if isinstance(cand, tuple) else cand
-        local = probe(launch.src, launch.expr)
-        if local == 0:
-            return cand
-        if best is None or local < best[0]:
-            best = (local, cand)
-    return None if best is None else best[1]
 
 
 def _targs(*values):
@@ -622,7 +554,7 @@ def _smem_candidate(pr, dtype, th, tw, bh=None, bw=None, tiles_per_block=None, s
     pitch, per_tile, rwv, kwp, rtf = _smem_geometry(pr, dtype, th, tw, bh, bw)
     # Two input rows in flight, a weight row and the accumulators must fit 128 registers
     # (ptxas report: 31-wide kernels spill with TW = 8, fit with TW = 4; a float64 value
-    # takes two: 13x13 on 4x8 tiles spilled 580-756 bytes).
+    # takes two: 13x13 on 4x8 tiles spilled 580-756 bytes, 31x31 on any tile 924-1500).
     words = ITEMSIZE[ACC_DTYPE[dtype]] // 4
     if words * (th * tw + 2 * rwv + kwp) > 132 or th * tw > 64:
         return None
@@ -1592,11 +1524,6 @@ def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, r
             or (pr.SH, pr.SW, pr.DH, pr.DW) != (1, 1, 1, 1) or pr.R != 1 or pr.DIV != 1
             or pr.OW % 2 or pr.KH > STACK_MAX_KH or min(pr.OH, pr.OW, pr.IH, pr.IW) < 1):
         return None
-    if minb is None:
-        # 3 blocks per SM (80 registers at 7 warps); fewer where ptxas spills there (9x9:
-        # 16-32 bytes, NVRTC 13.0).
-        return first_in_registers(stack_launch(pr, dtype, x_ptr, arch, sms, wn, pf, m, rb, gran, blocks)
-                                  for m in (3, 2, 1))
     staging = _stack_staging(pr, x_ptr, gran)
     if staging is None:
         return None
@@ -2205,43 +2132,28 @@ def current_sms():
     return device_arch(cupy.cuda.runtime.getDevice())[1]
 
 
-def _device_args(arch, sms, probe):
-    """(arch, sms, probe) with the current device's where arch is None: a plan made for the
-    device also asks its compiler which register tiles fit (`device_probe`)."""
-    if arch is None:
-        import cupy
-
-        dev = cupy.cuda.runtime.getDevice()
-        arch = device_arch(dev)[0]
-        probe = device_probe(dev) if probe is None else probe
-    return arch, current_sms() if sms is None else sms, probe
-
-
-def plan_forward(p, dtype, x_ptr, arch=None, sms=None, probe=None):
+def plan_forward(p, dtype, x_ptr, arch=None, sms=None):
     """Forward launch for ConvParams p and input data pointer x_ptr (memoized per pointer
-    alignment, architecture, SM count and probe; the first three default to the current
-    device's, see _device_args)."""
-    arch, sms, probe = _device_args(arch, sms, probe)
-    return _plan_forward(p, dtype, x_ptr % 16, arch, sms, probe)
+    alignment, architecture and SM count; the last two default to the current device's)."""
+    return _plan_forward(p, dtype, x_ptr % 16, current_arch() if arch is None else arch,
+                         current_sms() if sms is None else sms)
 
 
-def plan_grad_input(p, dtype, go_ptr, arch=None, sms=None, probe=None):
+def plan_grad_input(p, dtype, go_ptr, arch=None, sms=None):
     """Grad-input launch for ConvParams p and grad_output data pointer go_ptr (memoized
     like plan_forward)."""
-    arch, sms, probe = _device_args(arch, sms, probe)
-    return _plan_grad_input(p, dtype, go_ptr % 16, arch, sms, probe)
+    return _plan_grad_input(p, dtype, go_ptr % 16, current_arch() if arch is None else arch,
+                            current_sms() if sms is None else sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_forward(p, dtype, x_ptr, arch, sms, probe):
-    with local_memory_probe(probe):
-        return plan_conv(forward_problem(p), dtype, x_ptr, arch=arch, sms=sms)
+def _plan_forward(p, dtype, x_ptr, arch, sms):
+    return plan_conv(forward_problem(p), dtype, x_ptr, arch=arch, sms=sms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_grad_input(p, dtype, go_ptr, arch, sms, probe):
-    with local_memory_probe(probe):
-        return plan_conv(grad_input_problem(p), dtype, go_ptr, arch=arch, sms=sms)
+def _plan_grad_input(p, dtype, go_ptr, arch, sms):
+    return plan_conv(grad_input_problem(p), dtype, go_ptr, arch=arch, sms=sms)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -2630,7 +2542,7 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
     return Launch("wgrad_mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,)), chunks
 
 
-def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, probe=None):
+def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
     for small planes, wgrad_stack (16-bit, more than 25 taps, 16 images and more, planes
     up to 64 x 64), wgrad_tile for small kernels; for large ones wgrad_mma (16-bit,
@@ -2638,10 +2550,11 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, probe=N
     planes that fit), else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the
     data pointers (only their alignment matters). `force` is None, a family name ("mma",
     "stack", "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
-    tests and sweeps. `probe` as plan_forward's."""
-    arch, sms, probe = _device_args(arch, sms, probe)
+    tests and sweeps."""
+    arch = current_arch() if arch is None else arch
+    sms = current_sms() if sms is None else sms
     if force is None:
-        return _plan_wgrad(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms, probe)
+        return _plan_wgrad(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
     kind, kwargs = (force, {}) if isinstance(force, str) else force
     res = None
     if kind == "mma":
@@ -2709,12 +2622,7 @@ def _use_wgrad_mma(p):
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms, probe):
-    with local_memory_probe(probe):
-        return _wgrad_plan(p, dtype, x_ptr, go_ptr, arch, sms)
-
-
-def _wgrad_plan(p, dtype, x_ptr, go_ptr, arch, sms):
+def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
     if res is None and _use_wgrad_stack(p, dtype):
         res = wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms)
@@ -3106,11 +3014,6 @@ def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=
             or p.OW % 8 or go_ptr % 16 or min(p.N, p.C, p.OH, p.OW, p.H, p.W) < 1
             or max(p.H, p.W, p.OH, p.OW) > WSTACK_MAX_SIDE):
         return None
-    if minb is None:
-        # 3 blocks per SM (96 registers at 7 warps); fewer where ptxas spills there (9x9:
-        # 120 bytes, NVRTC 13.0).
-        return first_in_registers(wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms, pf, m, chunks, xgran, rb)
-                                  for m in (3, 2, 1))
     wn = p.OW // 8
     options = [g for g in (16, 8, 4) if p.W % (g // 2) == 0 and x_ptr % g == 0 and (-p.PL) % (g // 2) + p.KW <= 9]
     if xgran is not None:
@@ -3136,7 +3039,7 @@ def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=
     return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,)), chunks
 
 
-def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, probe=None):
+def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
     grad_weight or grad_bias, or None where the separate grad-input and grad-weight
     plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials,
@@ -3146,8 +3049,9 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, prob
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
     family="rows", of bwd_plane_launch with family="plane", of bwd_batch_launch with
     family="batch", of bwd_mma_launch with family="mma" (tests and sweeps; None again
-    where the kernel does not take the problem). `probe` as plan_forward's."""
-    arch, sms, probe = _device_args(arch, sms, probe)
+    where the kernel does not take the problem)."""
+    arch = current_arch() if arch is None else arch
+    sms = current_sms() if sms is None else sms
     if force is not None:
         force = dict(force)
         family = force.pop("family", "tile")
@@ -3160,7 +3064,7 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, prob
         if family == "mma":
             return _fused_with_reduce(p, dtype, bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=arch, sms=sms, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
-    return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms, probe)
+    return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
 
 
 def _fused_with_reduce(p, dtype, res):
@@ -3168,12 +3072,7 @@ def _fused_with_reduce(p, dtype, res):
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms, probe):
-    with local_memory_probe(probe):
-        return _backward_plan(p, dtype, x_ptr, go_ptr, arch, sms)
-
-
-def _backward_plan(p, dtype, x_ptr, go_ptr, arch, sms):
+def _plan_backward(p, dtype, x_ptr, go_ptr, arch, sms):
     # Small planes: bwd_plane where it takes the problem (else conv_plane + wgrad_plane:
     # bwd_tile on convnext_7x7_s4, 64 x 7x7 tiles per channel, 0.048 ms at best against
     # 0.0327 separate). Then the row sweep where _use_bwd_rows says so and it takes the
@@ -3202,21 +3101,20 @@ def _backward_plan(p, dtype, x_ptr, go_ptr, arch, sms):
 # Every specialization the dispatcher can pick for a list of problems (the CPU compile
 # check and the resource report use this).
 
-def expressions_for(problems, archs=(75, 90), probe=None):
+def expressions_for(problems, archs=(75, 90)):
     """{src: set(name expressions)} for the given (ConvParams, dtype) pairs, all passes,
-    pointer alignments 16, 8, 4 and 2 bytes, as planned for devices of the given compute
-    capabilities (before sm_80 the 16-bit problems take the non-tensor-core paths), with
-    `probe` answering which register tiles fit (None: each family's first candidate)."""
+    pointer alignments 16, 8, 4 and 2 bytes, as planned for devices of the given compute capabilities (before
+    sm_80 the 16-bit problems take the non-tensor-core paths)."""
     out = {}
     for p, dtype in problems:
         launches = []
         # Pointer alignments 16, 8, 4 and 2 bytes: every load width the planner can pick.
         for ptr, arch in itertools.product((0, 8, 4, 2), archs):
-            launches.append(plan_forward(p, dtype, ptr, arch, 132, probe))
-            launches.append(plan_grad_input(p, dtype, ptr, arch, 132, probe))
-            s1, _, s2 = plan_wgrad(p, dtype, ptr, ptr, arch, 132, probe=probe)
+            launches.append(plan_forward(p, dtype, ptr, arch, 132))
+            launches.append(plan_grad_input(p, dtype, ptr, arch, 132))
+            s1, _, s2 = plan_wgrad(p, dtype, ptr, ptr, arch, 132)
             launches += [s1, s2]
-            fused = plan_backward(p, dtype, ptr, ptr, arch, 132, probe=probe)
+            fused = plan_backward(p, dtype, ptr, ptr, arch, 132)
             if fused is not None:
                 launches += [fused[0], fused[2]]
         for launch in launches:

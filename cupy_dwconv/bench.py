@@ -809,30 +809,26 @@ def plan_arch():
 
 def kernel_label(p, dtype, pass_name, ptr=0):
     """Short names of the specializations cupy_dwconv plans for this pass, and their full
-    expressions (a set, to tell whether a first call compiled something new). Planned
-    without the local-memory probe, which would compile the stack families' candidates
-    here, before the first call's compile is timed: where a stack plan's first bound
-    spills, the label names the same family and the call compiles its next bound."""
+    expressions (a set, to tell whether a first call compiled something new)."""
     from . import _kernels
 
-    arch, sms = plan_arch()
-    probe = None
+    arch = plan_arch()
     exprs = []
     if pass_name == "forward":
-        launch = _kernels.plan_forward(p, dtype, ptr, arch, sms, probe)
+        launch = _kernels.plan_forward(p, dtype, ptr, *arch)
         return short_kernel_name(launch.expr), {launch.expr}
     parts = []
     needs = NEEDS[pass_name]
     if needs[0] and (needs[1] or needs[2]):
-        fused = _kernels.plan_backward(p, dtype, ptr, ptr, arch, sms, probe=probe)
+        fused = _kernels.plan_backward(p, dtype, ptr, ptr, *arch)
         if fused is not None:
             return short_kernel_name(fused[0].expr), {fused[0].expr, fused[2].expr}
     if NEEDS[pass_name][0]:
-        gi = _kernels.plan_grad_input(p, dtype, ptr, arch, sms, probe)
+        gi = _kernels.plan_grad_input(p, dtype, ptr, *arch)
         parts.append(short_kernel_name(gi.expr))
         exprs.append(gi.expr)
     if NEEDS[pass_name][1] or NEEDS[pass_name][2]:
-        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, ptr, ptr, arch, sms, probe=probe)
+        s1, _chunks, s2 = _kernels.plan_wgrad(p, dtype, ptr, ptr, *arch)
         parts.append(short_kernel_name(s1.expr))
         exprs += [s1.expr, s2.expr]
     return " + ".join(parts), set(exprs)
