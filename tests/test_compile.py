@@ -33,7 +33,7 @@ from cupy_dwconv import _kernels, _params
 import nvrtc_compile
 
 ARCHS = (80, 90)
-PROBE_ARCH = 90  # the architecture whose ptxas reports the local-memory test reads
+REPORT_ARCH = 90  # the architecture whose ptxas reports the local-memory test reads
 _REPORTS = {}    # {(src, expr): local bytes} of the sm_90 programs, from the compile test
 SUITE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "suite.json"
 REQUIRE_NVRTC = os.environ.get("CUPY_DWCONV_REQUIRE_NVRTC") == "1"
@@ -238,7 +238,7 @@ def test_every_specialization_compiles():
         # The sm_90 programs also return ptxas's report, which the local-memory test
         # below reads.
         futures = {
-            pool.submit(nvrtc_compile.local_memory if arch == PROBE_ARCH else nvrtc_compile.compile_expressions,
+            pool.submit(nvrtc_compile.local_memory if arch == REPORT_ARCH else nvrtc_compile.compile_expressions,
                         src, list(exprs), arch): (src, arch, exprs)
             for src, arch, exprs in PROGRAMS
         }
@@ -246,7 +246,7 @@ def test_every_specialization_compiles():
             src, arch, exprs = futures[fut]
             try:
                 result = fut.result()
-                if arch == PROBE_ARCH:
+                if arch == REPORT_ARCH:
                     _REPORTS.update({(src, e): b for e, b in result.items()})
             except Exception as e:  # RuntimeError with the NVRTC log, or a broken worker
                 failures.append(f"{src} for sm_{arch} ({len(exprs)} of its specializations, from {exprs[0]}): "
@@ -276,12 +276,12 @@ def test_dispatched_plans_use_no_local_memory():
             pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
         pytest.skip("NVRTC is not available (pip install '.[test]' provides cuda-bindings and nvidia-cuda-nvrtc)")
     programs = [(src, exprs) for src, arch, exprs in PROGRAMS
-                if arch == PROBE_ARCH and any((src, e) not in _REPORTS for e in exprs)]
+                if arch == REPORT_ARCH and any((src, e) not in _REPORTS for e in exprs)]
     if programs:
         workers = max(2, min(len(programs), os.cpu_count() or 2))
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers,
                                                     mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(nvrtc_compile.local_memory, src, list(exprs), PROBE_ARCH): src
+            futures = {pool.submit(nvrtc_compile.local_memory, src, list(exprs), REPORT_ARCH): src
                        for src, exprs in programs}
             for fut in concurrent.futures.as_completed(futures):
                 _REPORTS.update({(futures[fut], e): b for e, b in fut.result().items()})
