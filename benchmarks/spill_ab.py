@@ -187,15 +187,14 @@ def main(argv=None):
                 continue
             results = []
             for plan in (old, new):
-                outs = _runner(cupy, p, dtype, which, plan, xs, gos, wt, null, dev)
-                run, collect = outs
+                run, collect = _runner(cupy, p, dtype, which, plan, xs, gos, wt, null, dev)
                 run(0)
                 got = collect()
                 ms = bench.time_events(run, k_sets, args.repeats, 5)
                 results.append((ms, got))
             diffs = []
             for a, b in zip(results[0][1], results[1][1]):
-                scale = float(cupy.abs(a).max()) if which in ("grad_weight",) else 1.0
+                scale = float(cupy.abs(a).max()) if which == "grad_weight" else 1.0
                 diffs.append(float(cupy.abs(a - b).max()) / max(scale, 1e-30))
             print(f"{head}:\n    plan       {_describe(old, which, dev)}: {results[0][0] * 1e3:.2f} us\n"
                   f"    spill-free {_describe(new, which, dev)}: {results[1][0] * 1e3:.2f} us"

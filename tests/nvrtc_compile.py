@@ -143,6 +143,14 @@ def ptx_of(src_name, expr, arch):
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+# Kernel families whose table keeps a tile ptxas spills a few bytes of, outside the
+# benchmark suite: their spill-free candidates (smaller tiles, fewer blocks per SM)
+# measured slower on most shapes (benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
+# Every other family must use no local memory (tests/test_compile.py on ptxas's report,
+# tests/test_gpu_resources.py on the device's compiled functions).
+SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
+
+
 def local_memory(src_name, expressions, arch):
     """{expression: bytes of local memory per thread} (the larger of ptxas's spill stores
     and stack frame) of `expressions` of cuda/<src_name> compiled for sm_<arch>."""

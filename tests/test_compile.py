@@ -259,18 +259,12 @@ def test_every_specialization_compiles():
         pytest.fail("\n\n".join(sorted(failures)), pytrace=False)
 
 
-# Families whose table keeps a tile ptxas spills a few bytes of, outside the benchmark
-# suite: their spill-free candidates (smaller tiles, fewer blocks per SM) measured slower
-# on most shapes (benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
-SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
-
-
 def test_dispatched_plans_use_no_local_memory():
     """Local memory (register spills, or a stack frame) puts DRAM-latency loads in the
     inner loops. No specialization the dispatcher picks for the compile problems, compiled
     for sm_90 by this NVRTC, uses any, apart from the register-tile families of
-    SPILL_MEASURED. Reads the ptxas reports the compile test gathered (or compiles the
-    sm_90 programs itself when run alone)."""
+    nvrtc_compile.SPILL_MEASURED. Reads the ptxas reports the compile test gathered (or
+    compiles the sm_90 programs itself when run alone)."""
     if not nvrtc_compile.nvrtc_available():
         if REQUIRE_NVRTC:
             pytest.fail("NVRTC is not available, and CUPY_DWCONV_REQUIRE_NVRTC=1 requires it", pytrace=False)
@@ -288,7 +282,7 @@ def test_dispatched_plans_use_no_local_memory():
     checked = [(src, e) for src, es in EXPRESSIONS.items() for e in es]
     assert len(checked) >= 400 and all(k in _REPORTS for k in checked)
     with_local = sorted(f"{e}: {_REPORTS[(src, e)]} B" for src, e in checked
-                        if _REPORTS[(src, e)] and _kernels.split_expr(e)[0] not in SPILL_MEASURED)
+                        if _REPORTS[(src, e)] and _kernels.split_expr(e)[0] not in nvrtc_compile.SPILL_MEASURED)
     assert not with_local, "specializations with local memory:\n" + "\n".join(with_local)
 
 

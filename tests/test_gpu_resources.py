@@ -41,7 +41,7 @@ def test_suite_specializations_use_no_local_memory():
 # data offset in elements). Results must match the reference (the odd alignments and the
 # spilling tiles run as the library runs them), and only the register-tile families whose
 # spills measured faster than their spill-free candidates may use local memory
-# (tests/test_compile.py, SPILL_MEASURED).
+# (nvrtc_compile.SPILL_MEASURED).
 SPILL_PRONE = [
     ((2, 3, 13, 32), (3, 3), 3, ((1, 0), (2, 1)), 2, 1, "float16", 2),
     ((2, 3, 13, 32), (3, 3), 3, ((1, 0), (2, 1)), 2, 1, "float16", 0),
@@ -56,7 +56,6 @@ SPILL_PRONE = [
     ((2, 8, 64, 64), (3, 3), 1, 2, 2, 1, "float16", 0),
     ((2, 8, 56, 56), (3, 7), 1, (1, 3), 1, 1, "float32", 1),
 ]
-SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
 
 
 def _offset_copy(cp, a, offset):
@@ -76,6 +75,7 @@ def test_spill_prone_plans(case):
     from conftest import assert_close, random_array
     from cupy_dwconv import _kernels, _params, depthwise_conv2d, depthwise_conv2d_backward
     from gpu_util import reference_backward, reference_forward
+    from nvrtc_compile import SPILL_MEASURED
 
     shape, (kh, kw), stride, padding, dilation, m, dtype, offset = case
     n, c, h, w = shape
@@ -105,6 +105,6 @@ def test_spill_prone_plans(case):
     fused = _kernels.plan_backward(p, dtype, xg.data.ptr, gog.data.ptr, arch, sms)
     if fused is not None:
         launches += [fused[0], fused[2]]
-    with_local = [f"{L.expr}: {L.kernel(dev).local_size_bytes} B" for L in launches
-                  if L.kernel(dev).local_size_bytes and _kernels.split_expr(L.expr)[0] not in SPILL_MEASURED]
+    local = [(L.expr, L.kernel(dev).local_size_bytes) for L in launches]
+    with_local = [f"{e}: {b} B" for e, b in local if b and _kernels.split_expr(e)[0] not in SPILL_MEASURED]
     assert not with_local, "plans with local memory:\n" + "\n".join(with_local)
