@@ -21,6 +21,8 @@ relative one.
 stay): a proxy for a draft, e.g. two 56-row planes as one 112-row plane. --padding PH PW
 replaces its padding (e.g. no row padding: every output row meets every tap row).
 
+--stride SH SW and --dilation DH DW replace the case's stride and dilation.
+
 --kernel KH KW replaces its kernel size (with --padding 0 0 and 1 1, a probe of a family's
 staging and stores with almost no FMAs).
 
@@ -84,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
     ap.add_argument("--padding", type=int, nargs=2, metavar=("PH", "PW"), help="padding instead of the case's")
     ap.add_argument("--kernel", type=int, nargs=2, metavar=("KH", "KW"), help="kernel size instead of the case's")
+    ap.add_argument("--stride", type=int, nargs=2, metavar=("SH", "SW"), help="stride instead of the case's")
+    ap.add_argument("--dilation", type=int, nargs=2, metavar=("DH", "DW"), help="dilation instead of the case's")
     ap.add_argument("--lines-min-taps", type=int, help="accept the lines family from this many taps")
     args = ap.parse_args(argv)
     if args.lines_min_taps is not None:
@@ -99,6 +103,10 @@ def main(argv=None):
         case = dataclasses.replace(case, padding=tuple(args.padding))
     if args.kernel:
         case = dataclasses.replace(case, KH=args.kernel[0], KW=args.kernel[1])
+    if args.stride:
+        case = dataclasses.replace(case, stride=tuple(args.stride))
+    if args.dilation:
+        case = dataclasses.replace(case, dilation=tuple(args.dilation))
     p = case.params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)

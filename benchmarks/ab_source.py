@@ -54,17 +54,24 @@ def tree_ab_args(description, trees_help, argv=None):
     ap.add_argument("which", choices=["forward", "grad_input", "backward"])
     ap.add_argument("trees", nargs="+", help=trees_help)
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape instead of the case's")
+    ap.add_argument("--kernel", type=int, nargs=2, metavar=("KH", "KW"), help="kernel size instead of the case's")
+    ap.add_argument("--padding", type=int, nargs=2, metavar=("PH", "PW"), help="padding instead of the case's")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=100)
     return ap.parse_args(argv)
 
 
 def case_params(args):
-    """(ConvParams, dtype) of the suite case the arguments name, with --shape applied."""
+    """(ConvParams, dtype) of the suite case the arguments name, with --shape, --kernel
+    and --padding applied."""
     cases, _ = bench.load_suite(bench.default_suite_path())
     case = next(c for c in cases if c.name == args.case)
     if args.shape:
         case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
+    if args.kernel:
+        case = dataclasses.replace(case, KH=args.kernel[0], KW=args.kernel[1])
+    if args.padding:
+        case = dataclasses.replace(case, padding=tuple(args.padding))
     return case.params(), args.dtype
 
 

@@ -1480,17 +1480,25 @@ def _stack_staging(pr, x_ptr, gran=None):
     return options[0] if options else None
 
 
-def _stack_bands(units_per_band, oh, kh, resident, rb=None):
+def _stack_bands(units_per_band, oh, kh, resident, rb=None, partial=False):
     """(RB, bands): output rows per unit. Units are swept whole and the grid runs in
     waves of `resident` blocks, so the bands minimise waves x (rows swept per unit + a
-    unit's fixed cost)."""
+    unit's fixed cost). `partial` (conv_stack) weighs waves as 0.3 x blocks / resident +
+    0.7 x whole waves: blocks on SMs with free slots run faster, so a partial last wave
+    costs less than a whole one (7x7 float16 on 64 x 192 x 28 x 28, 768 units at 4 blocks
+    per SM: one band 25.3 us, two 27.5, where whole waves counted 2 x 38 rows against
+    3 x 24; 11x5 on 64 x 96 x 56 x 56 at 2 blocks per SM: two bands 42.0, one 43.1). The
+    weight fits the session-36 A/Bs (benchmarks/NOTES.md) and keeps every plan measured
+    before it (convnext_7x7: one band)."""
     if rb is not None:
         return rb, _cdiv(oh, rb)
     best = None
     for bands in range(1, min(oh, 64) + 1):
         rb_ = _cdiv(oh, bands)
         bands = _cdiv(oh, rb_)
-        cost = _cdiv(units_per_band * bands, resident) * (rb_ + kh - 1 + STACK_UNIT_ROWS)
+        blocks = units_per_band * bands
+        waves = 0.3 * blocks / resident + 0.7 * _cdiv(blocks, resident) if partial else _cdiv(blocks, resident)
+        cost = waves * (rb_ + kh - 1 + STACK_UNIT_ROWS)
         if best is None or cost < best[0]:
             best = (cost, rb_, bands)
     return best[1], best[2]
@@ -1498,6 +1506,36 @@ def _stack_bands(units_per_band, oh, kh, resident, rb=None):
 
 STACK_MIN_IMAGES = 16  # the MMA rows: images past the batch are computed and dropped
 STACK_MAX_SIDE = 64    # the plane sizes measured (56 x 56, 64 x 64, 32 x 32, 28 x 28)
+
+
+def _stack_regs(kh):
+    """Registers a conv_stack thread takes where the launch bounds leave it room (ptxas
+    of NVRTC 13.0 for sm_90, blocks of up to 5 warps: 94-124 up to 9 tap rows, 118-138
+    at 11, 124-166 at 13, 147-180 at 16), rounded up to the allocation granule of 8."""
+    return 128 if kh <= 9 else 144 if kh <= 11 else 168 if kh <= 13 else 184
+
+
+def _stack_resident(kh, wn, minb, smem):
+    """Blocks of conv_stack one SM holds: MINB (the launch bounds guarantee it), more where
+    the estimated registers, shared memory and threads allow (blocks of up to 4 warps:
+    4 and more, where the band plan assumed 3 and cut 28-row planes into two bands)."""
+    by_regs = max(minb, 65536 // (32 * wn * _stack_regs(kh)))
+    return max(1, min(by_regs, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wn)))
+
+
+def _stack_minb(kh, wn, bands_at_3):
+    """conv_stack's blocks per SM: 3 (launch bounds of 80 registers at 7 and 8 warps:
+    convnext_7x7 fits without spills), 2 where those 80 registers spill and cost more than
+    the third block gives: blocks of 6 warps and more with more than 9 tap rows (ptxas
+    spills 16 to 2272 bytes there), or more than 7 rows where the plan at 3 blocks
+    cuts the planes into bands. Measured (H200, benchmarks/ab.py, float16 forward, us, 3
+    blocks against 2): 11x5 on 64 x 96 x 56 x 56 55.3 / 42.1, 16x5 143.3 / 78.1, 9x9 on
+    64 x 128 x 64 x 64 68.8 / 50.2 (bfloat16 67.7 / 49.9); kept at 3: 9x9 on
+    64 x 96 x 56 x 56 39.1 / 39.7 (24 bytes spilled, one band), 9x7 38.9 / 40.1, 7x9 30.9
+    / 35.9, 7x7 30.9 / 35.8."""
+    if wn >= 6 and (kh > 9 or (kh > 7 and bands_at_3 > 1)):
+        return 2
+    return 3
 
 
 def _use_stack(pr):
@@ -1530,14 +1568,19 @@ def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, r
     gran, ald, shift = staging
     wn = min(STACK_MAX_WN, _cdiv(pr.OW, 8)) if wn is None else wn
     pf = 6 if pf is None else pf        # RS = 7 slots for 7 tap rows (convnext_7x7 fp16: 32.0 us; PF 4: 33.2, 13: 32.4)
-    minb = 3 if minb is None else minb  # <= 80 registers at 7 warps (4 blocks: 72, spills)
     osw = 16 if pr.OW % 8 == 0 else 4
     smem = stack_geometry(pr.KH, wn, ald, pf)
-    per_sm = max(1, min(minb, SM_SMEM // (smem + 1024), SM_THREADS // (32 * wn)))
     C = pr.QC
     N = pr.planes // C
     n_groups, n_cs = _cdiv(N, 16), _cdiv(pr.OW, 8 * wn)
-    rb, bands = _stack_bands(C * n_groups * n_cs, pr.OH, pr.KH, sms * per_sm, rb)
+
+    def plan_bands(mb):
+        return _stack_bands(C * n_groups * n_cs, pr.OH, pr.KH, sms * _stack_resident(pr.KH, wn, mb, smem), rb,
+                            partial=True)
+
+    if minb is None:
+        minb = _stack_minb(pr.KH, wn, plan_bands(3)[1])
+    rb, bands = plan_bands(minb)
     units = C * n_groups * bands * n_cs
     if n_cs * 8 * wn + pr.KW + 16 > INT32_MAX or pr.OH + pr.KH > INT32_MAX or N + 16 > INT32_MAX:
         return None
@@ -2176,16 +2219,26 @@ def _wgrad_tile_shape(p, dtype):
     taps = p.KH * p.KW
     if dtype == "float64":
         return (2 if taps > 25 else 4), 4, 1
+    small = p.OH * p.OW <= 400
+    if p.SH * p.SW > 1 and (taps > 9 or p.OW > 8):
+        # H200 sweep, session 14 (ms): effnet_5x5_s2 4x4 at 1 block per SM 0.0696, 3x4 at 2
+        # 0.0559 (4x4 at 2 spills); mbv2_3x3_s2 2x8 at 1 0.1244, 1x4 at 3 0.0991, 4x4 at 2 0.1005.
+        # 16-bit alike (session 36, ab.py, float16, us, against the 16-bit rows' 4x8 or 2x8 at
+        # 1 block): mbv2_3x3_s2 90.0 / 154.1 (bfloat16 90.4 / 159.4), effnet_5x5_s2 63.2 /
+        # 117.1, both at stride 3: 77.4 / 162.5 and 72.7 / 107.2. Small strided planes too
+        # (session 36, against the small-plane 2x8 at 1 block; float16 / float32): 3x3 stride
+        # 2 on 64 x 96 x 28 x 28 1x4 at 3 17.4 / 15.7 against 28.6 / 19.1; 5x5 stride 2 on
+        # 64 x 144 x 28 x 28 4x4 at 2 43.5 / 28.2 against 68.2 / 38.5, on 14 x 14 (7 x 7
+        # outputs) 18.7 / 18.4 against 27.9 / 18.8.
+        if taps > 9:
+            return (4, 4, 2) if small else (3, 4, 2)
+        return 1, 4, 3
     if p.OW <= 8:
         return 2, 8, 1  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)
-    if p.OH * p.OW <= 400:
+    if small:
         return 2, 8, 1  # small planes: more units per channel (inception_1x7 sweep, session 6: 4x8 0.0237, 2x8 0.0173)
     if dtype in ("float16", "bfloat16"):
         return ((2, 8) if 9 < taps < 49 else (4, 8)) + (1,)  # seed_3x7 0.61 -> 0.40 ms; 7x7 4x8 0.141 vs 2x8 0.151
-    if p.SH * p.SW > 1:
-        # H200 sweep, session 14 (ms): effnet_5x5_s2 4x4 at 1 block per SM 0.0696, 3x4 at 2
-        # 0.0559 (4x4 at 2 spills); mbv2_3x3_s2 2x8 at 1 0.1244, 1x4 at 3 0.0991, 4x4 at 2 0.1005.
-        return (3, 4, 2) if taps > 9 else (1, 4, 3)
     if p.DH * p.DW > 1:
         return ((8, 8) if taps <= 9 else (2, 8)) + (1,)  # dilated_3x3_d2 0.115 -> 0.104
     if 9 < taps < 25:
@@ -3001,6 +3054,17 @@ def _use_wgrad_stack(p, dtype):
     return dtype in MMA_DTYPES and p.KH * p.KW > 25 and p.N >= STACK_MIN_IMAGES
 
 
+def _wstack_minb(kh, wn):
+    """wgrad_stack's blocks per SM: 3 (a cap of 96 registers at 7 warps, 80 at 8:
+    convnext_7x7 fits), 2 where the cap spills more than the third block gives: more
+    than 11 tap rows, or more than 7 at 8 warps. Measured (H200, benchmarks/ab.py --pass
+    grad_weight, float16, stage 1 and its reduction, us, 3 blocks against 2): 16x5 on
+    64 x 96 x 56 x 56 130.4 / 102.3, 9x9 on 64 x 128 x 64 x 64 94.4 / 74.6; kept at 3:
+    9x9 on 64 x 96 x 56 x 56 63.9 / 79.4 (64 bytes spilled), 11x5 77.0 / 77.8, 7x7 on
+    64 x 96 x 64 x 64 47.7 / 57.7."""
+    return 2 if kh > 11 or (kh > 7 and wn == 8) else 3
+
+
 def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=None, chunks=None, xgran=None,
                        rb=None):
     """(wgrad_stack launch, chunks): the 16-bit weight gradient's stage 1 with 16 images
@@ -3023,7 +3087,7 @@ def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=
     xg = options[0]
     sx = (-p.PL) % (xg // 2)
     pf = 6 if pf is None else pf
-    minb = 3 if minb is None else minb  # 96 registers at 7 warps (convnext_7x7: no spills)
+    minb = _wstack_minb(p.KH, wn) if minb is None else minb
     smem = wstack_geometry(p.KH, p.KW, wn, pf)
     if smem > SM_SMEM:
         return None

@@ -146,9 +146,14 @@ def ptx_of(src_name, expr, arch):
 # Kernel families whose table keeps a tile ptxas spills a few bytes of, outside the
 # benchmark suite: their spill-free candidates (smaller tiles, fewer blocks per SM)
 # measured slower on most shapes (benchmarks/NOTES.md, session 35; benchmarks/spill_ab.py).
+# conv_stack and wgrad_stack (session 36): 3 blocks per SM with 9 tap rows spill 24 and
+# 64 bytes and ran faster than 2 blocks without (64 x 96 x 56 x 56 float16: 38.9 / 39.7
+# and 63.9 / 79.4 us); wgrad_stack's 9x9 at 8 warps spills 16 bytes at 2 blocks, its
+# fewest (3 blocks: 116 bytes, 94.4 against 74.6 us).
 # Every other family must use no local memory (tests/test_compile.py on ptxas's report,
 # tests/test_gpu_resources.py on the device's compiled functions).
-SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows")
+SPILL_MEASURED = ("conv_tile", "bwd_tile", "wgrad_tile", "conv_rows", "bwd_rows", "conv_mma_rows", "conv_stack",
+                  "wgrad_stack")
 
 
 def local_memory(src_name, expressions, arch):

@@ -169,6 +169,13 @@ def grid_problems():
         # A plane past conv_lines' shared memory (float64: 125 KB): conv_smem's forward and
         # rotated grad input.
         out.append((_params.conv_params((1, 2, 120, 130), (2, 1, 13, 13), None, 1, 6, 1), dtype))
+    # conv_stack and wgrad_stack past 7 tap rows (16 images and more): 9x9 on 64 x 64 planes
+    # at 2 blocks per SM (8 warps), 9x9 on 56 x 56 at 3 (24 bytes spilled, measured faster
+    # than 2), 13x5 at 2.
+    for dtype in ("float16", "bfloat16"):
+        out.append((_params.conv_params((64, 128, 64, 64), (128, 1, 9, 9), None, 1, 4, 1), dtype))
+        out.append((_params.conv_params((64, 96, 56, 56), (96, 1, 9, 9), None, 1, 4, 1), dtype))
+        out.append((_params.conv_params((64, 96, 56, 56), (96, 1, 13, 5), None, 1, (6, 2), 1), dtype))
     return out
 
 

@@ -89,8 +89,9 @@ def test_prefetch_rules():
 
 def test_wgrad_tile_blocks_per_sm():
     """wgrad_tile's tile and MINB (its 8th, 9th and 13th template arguments): strided
-    float32 problems run 2-3 blocks per SM on small tiles (effnet_5x5_s2: 3x4 at 2,
-    mbv2_3x3_s2: 1x4 at 3); stride-1 and 16-bit ones keep one block per SM."""
+    problems, float32 and 16-bit, run 2-3 blocks per SM on small tiles (effnet_5x5_s2:
+    3x4 at 2, mbv2_3x3_s2: 1x4 at 3; 5x5 on small planes 4x4 at 2); stride-1 ones keep
+    one block per SM."""
     def shape(p, dtype):
         a = _args(_kernels.plan_wgrad(p, dtype, 0, 0, 90, 132)[0].expr)
         assert a[0] == _kernels.CXX_TYPE[dtype]
@@ -102,7 +103,10 @@ def test_wgrad_tile_blocks_per_sm():
     assert shape(effnet_s2, "float32") == (3, 4, 2)
     assert shape(mbv2_s2, "float32") == (1, 4, 3)
     assert shape(mbv2, "float32") == (4, 8, 1)
-    assert shape(mbv2_s2, "float16") == (4, 8, 1)
+    assert shape(mbv2_s2, "float16") == shape(mbv2_s2, "bfloat16") == (1, 4, 3)
+    assert shape(effnet_s2, "float16") == (3, 4, 2)
+    assert shape(params((64, 144, 14, 14), (144, 1, 5, 5), 2, 2, 1), "float16") == (4, 4, 2)
+    assert shape(mbv2, "float16") == (4, 8, 1)
     assert shape(effnet_s2, "float64") == (4, 4, 1)
 
 
@@ -878,6 +882,38 @@ def test_stack_units_and_bands():
     a = _kernels.stack_launch(p, "float16", 0, 90).scalars[0]
     assert int(a["n_cs"]) == 3 and int(a["n_bands"]) > 1
     assert int(a["units"]) == 8 * int(a["n_bands"]) * 3 and int(a["RB"]) * int(a["n_bands"]) >= 64
+
+
+def test_stack_blocks_per_sm_and_bands():
+    """conv_stack at 2 blocks per SM where 3 blocks' 80 registers spill and cost more than
+    the third block gives (more than 9 tap rows at 6 warps and more; more than 7 where 3
+    blocks would cut the planes into bands); blocks of 4 warps count 4 per SM in the band
+    plan (28-row planes in one band, not two); wgrad_stack at 2 past 11 tap rows or past 7
+    at 8 warps."""
+    def stack(shape, k, pad):
+        launch = _kernels.stack_launch(
+            _kernels.forward_problem(params(shape, (shape[1], 1) + k, 1, pad, 1)), "float16", 0, 90)
+        a = launch.scalars[0]
+        return int(_args(launch.expr)[-1]), int(a["RB"]), int(a["n_bands"])
+
+    assert stack((64, 96, 56, 56), (7, 7), 3) == (3, 56, 1)      # convnext_7x7
+    assert stack((64, 96, 56, 56), (9, 9), 4) == (3, 56, 1)      # one band at 3: stays
+    assert stack((64, 128, 64, 64), (9, 9), 4) == (2, 64, 1)     # 3 blocks: two bands
+    assert stack((64, 96, 56, 56), (11, 5), (5, 2))[0] == 2
+    assert stack((64, 96, 56, 56), (16, 5), (8, 2))[0] == 2
+    assert stack((32, 128, 32, 32), (13, 5), (6, 2))[0] == 3     # 4 warps: no cap at 3
+    assert stack((32, 256, 28, 28), (7, 7), 3) == (3, 28, 1)
+    assert stack((64, 192, 28, 28), (7, 7), 3) == (3, 28, 1)
+    assert _kernels._stack_resident(7, 4, 3, 14080) == 4 and _kernels._stack_resident(7, 7, 3, 19712) == 3
+
+    def wstack_minb(shape, k, pad):
+        launch = _kernels.wgrad_stack_launch(params(shape, (shape[1], 1) + k, 1, pad, 1), "float16", 0, 0)[0]
+        return int(_args(launch.expr)[-1])
+
+    assert wstack_minb((64, 96, 56, 56), (7, 7), 3) == 3
+    assert wstack_minb((64, 96, 56, 56), (9, 9), 4) == 3
+    assert wstack_minb((64, 128, 64, 64), (9, 9), 4) == 2
+    assert wstack_minb((64, 96, 56, 56), (16, 5), (8, 2)) == 2
 
 
 def test_wgrad_stack_takes_batches_of_small_planes():

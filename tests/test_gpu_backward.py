@@ -188,6 +188,29 @@ def test_breadth_strided_half_grad_input(shape):
     _check(numpy.random.default_rng(zlib.crc32(repr(shape).encode())), N, C, H, W, 1, KH, KW, s, pad, 1, "float16")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape,tile", [
+    # N, C, H, W, KH, KW, stride, padding; (TH, TW, MINB) of wgrad_tile
+    ((3, 4, 40, 45, 3, 3, 2, 1), (1, 4, 3)),
+    ((2, 3, 37, 50, 3, 3, 3, 1), (1, 4, 3)),
+    ((3, 4, 48, 50, 5, 5, 2, 2), (3, 4, 2)),
+    ((4, 3, 28, 27, 5, 5, 2, 2), (4, 4, 2)),
+    ((4, 3, 14, 14, 5, 3, 2, (2, 1)), (4, 4, 2)),
+], ids=str)
+def test_strided_half_weight_gradient_tiles(shape, tile, dtype):
+    """The 16-bit weight gradient at stride 2 and 3 takes float32's strided tiles (1x4 at
+    3 blocks per SM up to 9 taps, 3x4 at 2 beyond, 4x4 at 2 on planes of at most 400
+    outputs), tails in both directions; then all three gradients against the reference."""
+    from cupy_dwconv import _kernels
+    from gpu_util import params
+
+    N, C, H, W, KH, KW, s, pad = shape
+    p = params((N, C, H, W), (C, 1, KH, KW), False, s, pad, 1)
+    name, args = _kernels.split_expr(_kernels.plan_wgrad(p, dtype, 0, 0, 90, 132)[0].expr)
+    assert name == "wgrad_tile" and (int(args[7]), int(args[8]), int(args[12])) == tile, (name, args)
+    _check(numpy.random.default_rng(zlib.crc32(repr(shape).encode())), N, C, H, W, 1, KH, KW, s, pad, 1, dtype)
+
+
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True), (True, True, False)])
 def test_needs(needs):
     _check(numpy.random.default_rng(8), 2, 3, 20, 30, 2, 3, 5, (2, 1), 1, 1, "float32", needs=needs)
@@ -1205,6 +1228,9 @@ WGRAD_STACK_SHAPES = [
     (16, 2, 64, 64, 3, 3, 1),
     (16, 2, 12, 16, 4, 8, "same"),
     (16, 2, 12, 18, 3, 3, 0),
+    # 2 blocks per SM (_wstack_minb): 9x9 at 8 warps, 13 tap rows at 7.
+    (16, 2, 20, 64, 9, 9, 4),
+    (17, 2, 18, 56, 13, 5, (6, 2)),
 ]
 
 

@@ -506,7 +506,7 @@ def test_mma(shape, tile, dtype):
 # block read by ldmatrix (ALD 0) or by 4-byte reads (ALD > 0: convnext's pad 3 and KW 9's
 # pad 4 under 16-byte copies); 16-byte output stores (OW a multiple of 8) and 4-byte ones;
 # column segments (OW past 64, and wn=2), bands, 'valid', 'same', asymmetric padding and
-# padding past the kernel; KH 1 to 9 (the ring), KW up to 9 (one k-step).
+# padding past the kernel; KH 1 to 16 (the ring), KW up to 9 (one k-step).
 STACK_SHAPES = [
     # N, C, H, W, KH, KW, padding
     (20, 3, 19, 38, 3, 7, ((1, 0), (3, 3))),
@@ -519,6 +519,10 @@ STACK_SHAPES = [
     (16, 1, 70, 130, 7, 7, 3),
     (16, 2, 12, 16, 3, 3, 5),
     (16, 2, 9, 40, 1, 7, (0, 3)),
+    # More than 9 tap rows at 6 to 8 warps: 2 blocks per SM (_stack_minb).
+    (16, 2, 30, 56, 11, 5, (5, 2)),
+    (17, 2, 20, 64, 13, 5, 6),
+    (16, 1, 24, 48, 16, 3, (8, 1)),
 ]
 # Plan variants: the default; short bands on 3 blocks (many units per block: the ring,
 # the output buffers and the copies restart per unit); one row ahead (PF 1: the smallest
