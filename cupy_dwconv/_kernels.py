@@ -361,12 +361,17 @@ def _tile_shape(pr, dtype):
     """
     if pr.mode == 1 and (pr.SH, pr.SW) != (1, 1):
         # Tiles start on a stride phase: multiples of the stride. (At stride 1 the
-        # grad-input gather has the forward's shape of work and uses its table.) float16
-        # on planes of up to 400 elements takes float32's narrow tiles at 3 blocks per SM
-        # (H200, us, 5x5 stride 2 on 64 x 672 x 14 x 14: 4x8 at 2 blocks 78.8, 4x4 at 3
-        # 32.6, 2x4 at 3 32.6; on mbv2_3x3_s2's 112 x 112 planes 4x8 stays: 58.6 against
-        # 70.1 for 4x4).
-        small = dtype == "float16" and pr.OH * pr.OW <= 400 and pr.KH * pr.KW <= 25  # 7x7 spills at 3
+        # grad-input gather has the forward's shape of work and uses its table.) 16-bit
+        # grad_x planes of up to 40 x 40 take float32's narrow tiles at 3 blocks per SM
+        # (H200, us, against 4x8 or 3x6 at 2 blocks; float16 / bfloat16): 5x5 stride 2 on
+        # 64 x 672 x 14 x 14 32.9 / 34.1 against 78.8 / 79.1 (bfloat16 spills 8 bytes); on
+        # 64 x 144 x 28 x 28 18.0 / 17.9 against 29.7 / 29.8; 3x3 stride 2 on 64 x 96 x 28 x
+        # 28 11.3 / 11.3 against 20.6 / 20.8; 3x3 stride 3 on 32 x 64 x 40 x 40 11.3 / 11.7
+        # against 16.0 / 15.7. From 56 x 56 the wide tiles win: 3x3 stride 2 on 64 x 144 x
+        # 56 x 56 29.3 / 29.6 against 32.8 / 32.8, 80 x 80 22.5 against 24.2, 112 x 112
+        # 58.6 against 70.1; 5x5 stride 2 on 56 x 56 42.3 against 45.7; 3x3 stride 3 on
+        # 72 x 72 15.7 against 21.0.
+        small = dtype in ("float16", "bfloat16") and pr.OH * pr.OW <= 1600 and pr.KH * pr.KW <= 25  # 7x7 spills at 3
         th = pr.SH * max(1, 4 // pr.SH)
         tw = pr.SW * max(1, (4 if dtype in ("float32", "float64") or small else 8) // pr.SW)
         if dtype == "float32":
@@ -2232,6 +2237,12 @@ def _wgrad_tile_shape(p, dtype):
         # outputs) 18.7 / 18.4 against 27.9 / 18.8.
         if taps > 9:
             return (4, 4, 2) if small else (3, 4, 2)
+        if dtype in ("float16", "bfloat16") and (p.SH, p.SW) == (2, 2) and p.OW >= 56:
+            # 16-bit 3x3 at stride 2 on rows of 56 outputs and more: 1x8 at 2 blocks (float16
+            # / bfloat16, us, against 1x4 at 3: mbv2_3x3_s2 81.0 / 80.9 against 90.0 / 90.4;
+            # 32 x 32 x 224 x 224 57.6 against 64.6; on 64 x 144 x 56 x 56, 28 outputs a row,
+            # 43.4 / 45.0 against 44.1 / 43.5; float32 loses: 104.4 against 96.8).
+            return 1, 8, 2
         return 1, 4, 3
     if p.OW <= 8:
         return 2, 8, 1  # one tile spans the plane's width (convnext_7x7_s4: 2x7 0.050 vs 4x4 0.056)

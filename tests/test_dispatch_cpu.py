@@ -90,8 +90,8 @@ def test_prefetch_rules():
 def test_wgrad_tile_blocks_per_sm():
     """wgrad_tile's tile and MINB (its 8th, 9th and 13th template arguments): strided
     problems, float32 and 16-bit, run 2-3 blocks per SM on small tiles (effnet_5x5_s2:
-    3x4 at 2, mbv2_3x3_s2: 1x4 at 3; 5x5 on small planes 4x4 at 2); stride-1 ones keep
-    one block per SM."""
+    3x4 at 2, mbv2_3x3_s2: 1x4 at 3, 16-bit 1x8 at 2; 5x5 on small planes 4x4 at 2);
+    stride-1 ones keep one block per SM."""
     def shape(p, dtype):
         a = _args(_kernels.plan_wgrad(p, dtype, 0, 0, 90, 132)[0].expr)
         assert a[0] == _kernels.CXX_TYPE[dtype]
@@ -103,7 +103,8 @@ def test_wgrad_tile_blocks_per_sm():
     assert shape(effnet_s2, "float32") == (3, 4, 2)
     assert shape(mbv2_s2, "float32") == (1, 4, 3)
     assert shape(mbv2, "float32") == (4, 8, 1)
-    assert shape(mbv2_s2, "float16") == shape(mbv2_s2, "bfloat16") == (1, 4, 3)
+    assert shape(mbv2_s2, "float16") == shape(mbv2_s2, "bfloat16") == (1, 8, 2)  # rows of 56 outputs
+    assert shape(params((64, 144, 56, 56), (144, 1, 3, 3), 2, 1, 1), "float16") == (1, 4, 3)
     assert shape(effnet_s2, "float16") == (3, 4, 2)
     assert shape(params((64, 144, 14, 14), (144, 1, 5, 5), 2, 2, 1), "float16") == (4, 4, 2)
     assert shape(mbv2, "float16") == (4, 8, 1)
@@ -1009,7 +1010,8 @@ def test_breadth_rules():
 def test_small_half_tiles():
     """float16 tiles on planes of at most 400 elements at 3 blocks per SM: the fused
     backward's 2x4 tiles (dilation 1, up to 9 taps; dilated and larger planes keep 2x8),
-    the strided grad input's narrow tiles (up to 25 taps; 7x7 and large planes keep 4x8)."""
+    the strided grad input's narrow tiles in float16 and bfloat16 (up to 25 taps on grad_x
+    planes of at most 40 x 40; 7x7 and larger planes keep 4x8)."""
     def fused(x_shape, k, pad, d=1):
         p = params(x_shape, (x_shape[1], 1) + k, 1, pad, d)
         return _args(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)
@@ -1019,12 +1021,14 @@ def test_small_half_tiles():
     assert fused((64, 4, 17, 17), (3, 3), 2, 2)[7:9] == ["2", "8"]  # dilated
     assert fused((64, 4, 21, 21), (3, 3), 1)[7:9] == ["2", "8"]     # 441 elements
 
-    def gi(x_shape, k, s, pad):
+    def gi(x_shape, k, s, pad, dtype="float16"):
         p = params(x_shape, (x_shape[1], 1) + k, s, pad, 1)
-        return _args(_kernels.plan_grad_input(p, "float16", 0, 90, 132).expr)
+        return _args(_kernels.plan_grad_input(p, dtype, 0, 90, 132).expr)
 
-    assert gi((64, 8, 14, 14), (5, 5), 2, 2)[8:10] == ["4", "4"] and gi((64, 8, 14, 14), (5, 5), 2, 2)[15] == "3"
-    assert gi((64, 8, 14, 14), (7, 7), 2, 3)[8:10] == ["4", "8"]
-    assert gi((64, 8, 112, 112), (3, 3), 2, 1)[8:10] == ["4", "8"]
-    assert gi((64, 8, 14, 14), (5, 5), 2, 2) != _args(_kernels.plan_grad_input(
-        params((64, 8, 14, 14), (8, 1, 5, 5), 2, 2, 1), "bfloat16", 0, 90, 132).expr)  # bfloat16 as before
+    for dtype in ("float16", "bfloat16"):
+        assert gi((64, 8, 14, 14), (5, 5), 2, 2, dtype)[8:10] == ["4", "4"]
+        assert gi((64, 8, 14, 14), (5, 5), 2, 2, dtype)[15] == "3"
+        assert gi((64, 8, 40, 40), (3, 3), 3, 1, dtype)[8:10] == ["3", "3"]
+        assert gi((64, 8, 14, 14), (7, 7), 2, 3, dtype)[8:10] == ["4", "8"]
+        assert gi((64, 8, 56, 56), (3, 3), 2, 1, dtype)[8:10] == ["4", "8"]
+        assert gi((64, 8, 112, 112), (3, 3), 2, 1, dtype)[8:10] == ["4", "8"]

@@ -172,26 +172,28 @@ def test_breadth_default_plans(shape, dtype, forward, backward):
     _check(rng, N, C, H, W, 1, KH, KW, 1, pad, 1, dtype)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 14, 14, 5, 5, 2, 2), (2, 3, 13, 11, 3, 3, 3, 1), (2, 2, 19, 20, 3, 5, 2, 1)],
-                         ids=str)
-def test_breadth_strided_half_grad_input(shape):
-    """float16 grad input at stride 2 and 3 on planes of at most 400 elements: the narrow
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", [(3, 4, 14, 14, 5, 5, 2, 2), (2, 3, 13, 11, 3, 3, 3, 1), (2, 2, 19, 20, 3, 5, 2, 1),
+                                   (2, 3, 28, 29, 3, 3, 2, 1), (2, 2, 40, 40, 3, 3, 3, 1)], ids=str)
+def test_breadth_strided_half_grad_input(shape, dtype):
+    """16-bit grad input at stride 2 and 3 on grad_x planes of at most 40 x 40: the narrow
     tiles at 3 blocks per SM (float32's), then all three gradients against the reference."""
     from cupy_dwconv import _kernels
     from gpu_util import params
 
     N, C, H, W, KH, KW, s, pad = shape
     p = params((N, C, H, W), (C, 1, KH, KW), False, s, pad, 1)
-    name, args = _kernels.split_expr(_kernels.plan_grad_input(p, "float16", 0).expr)
+    name, args = _kernels.split_expr(_kernels.plan_grad_input(p, dtype, 0).expr)
     assert name == "conv_tile" and args[1] == "1" and args[15] == "3", (name, args)
     assert int(args[9]) == s * max(1, 4 // s)  # tile width: float32's, not 8 columns
-    _check(numpy.random.default_rng(zlib.crc32(repr(shape).encode())), N, C, H, W, 1, KH, KW, s, pad, 1, "float16")
+    _check(numpy.random.default_rng(zlib.crc32(repr(shape).encode())), N, C, H, W, 1, KH, KW, s, pad, 1, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("shape,tile", [
     # N, C, H, W, KH, KW, stride, padding; (TH, TW, MINB) of wgrad_tile
     ((3, 4, 40, 45, 3, 3, 2, 1), (1, 4, 3)),
+    ((2, 3, 112, 113, 3, 3, 2, 1), (1, 8, 2)),
     ((2, 3, 37, 50, 3, 3, 3, 1), (1, 4, 3)),
     ((3, 4, 48, 50, 5, 5, 2, 2), (3, 4, 2)),
     ((4, 3, 28, 27, 5, 5, 2, 2), (4, 4, 2)),
@@ -200,7 +202,8 @@ def test_breadth_strided_half_grad_input(shape):
 def test_strided_half_weight_gradient_tiles(shape, tile, dtype):
     """The 16-bit weight gradient at stride 2 and 3 takes float32's strided tiles (1x4 at
     3 blocks per SM up to 9 taps, 3x4 at 2 beyond, 4x4 at 2 on planes of at most 400
-    outputs), tails in both directions; then all three gradients against the reference."""
+    outputs; 1x8 at 2 for 3x3 at stride 2 on rows of 56 outputs and more), tails in both
+    directions; then all three gradients against the reference."""
     from cupy_dwconv import _kernels
     from gpu_util import params
 
