@@ -64,6 +64,22 @@ def parse_spec(spec):
     return kind, kw
 
 
+def suite_case(args):
+    """The suite case args.case names, with the overrides the arguments carry (--shape,
+    --padding, --kernel, --stride, --dilation, where the script defines them) applied."""
+    cases, _ = bench.load_suite(bench.default_suite_path())
+    case = next(c for c in cases if c.name == args.case)
+    shape, kernel = getattr(args, "shape", None), getattr(args, "kernel", None)
+    if shape:
+        case = dataclasses.replace(case, **dict(zip("NCHW", shape)))
+    if kernel:
+        case = dataclasses.replace(case, KH=kernel[0], KW=kernel[1])
+    for name in ("padding", "stride", "dilation"):
+        if getattr(args, name, None):
+            case = dataclasses.replace(case, **{name: tuple(getattr(args, name))})
+    return case
+
+
 def checked_time(cupy, run, out, ref, k_sets, repeats, warmup):
     """run(0) into `out`, poisoned with NaN first, then timed as the sweep times
     (bench.time_events over k_sets rotated inputs): (largest difference from `ref`, ref,
@@ -95,19 +111,7 @@ def main(argv=None):
 
     import cupy
 
-    cases, _ = bench.load_suite(bench.default_suite_path())
-    case = next(c for c in cases if c.name == args.case)
-    if args.shape:
-        case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
-    if args.padding:
-        case = dataclasses.replace(case, padding=tuple(args.padding))
-    if args.kernel:
-        case = dataclasses.replace(case, KH=args.kernel[0], KW=args.kernel[1])
-    if args.stride:
-        case = dataclasses.replace(case, stride=tuple(args.stride))
-    if args.dilation:
-        case = dataclasses.replace(case, dilation=tuple(args.dilation))
-    p = case.params()
+    p = suite_case(args).params()
     dtype, dev = args.dtype, cupy.cuda.runtime.getDevice()
     arch, sms = _kernels.device_arch(dev)
     if args.which == "grad_weight":

@@ -18,7 +18,6 @@ timed as bench.time_events (CUDA events, median, inputs rotated past L2).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -27,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy  # noqa: E402
 
-from ab import checked_time  # noqa: E402
+from ab import checked_time, suite_case  # noqa: E402
 from cupy_dwconv import _kernels, bench  # noqa: E402
 
 def tree_source(directory, name):
@@ -64,15 +63,7 @@ def tree_ab_args(description, trees_help, argv=None):
 def case_params(args):
     """(ConvParams, dtype) of the suite case the arguments name, with --shape, --kernel
     and --padding applied."""
-    cases, _ = bench.load_suite(bench.default_suite_path())
-    case = next(c for c in cases if c.name == args.case)
-    if args.shape:
-        case = dataclasses.replace(case, **dict(zip("NCHW", args.shape)))
-    if args.kernel:
-        case = dataclasses.replace(case, KH=args.kernel[0], KW=args.kernel[1])
-    if args.padding:
-        case = dataclasses.replace(case, padding=tuple(args.padding))
-    return case.params(), args.dtype
+    return suite_case(args).params(), args.dtype
 
 
 def main(argv=None):

@@ -1584,8 +1584,11 @@ def stack_launch(pr, dtype, x_ptr, arch, sms=132, wn=None, pf=None, minb=None, r
                             partial=True)
 
     if minb is None:
-        minb = _stack_minb(pr.KH, wn, plan_bands(3)[1])
-    rb, bands = plan_bands(minb)
+        at_3 = plan_bands(3)
+        minb = _stack_minb(pr.KH, wn, at_3[1])
+        rb, bands = at_3 if minb == 3 else plan_bands(minb)
+    else:
+        rb, bands = plan_bands(minb)
     units = C * n_groups * bands * n_cs
     if n_cs * 8 * wn + pr.KW + 16 > INT32_MAX or pr.OH + pr.KH > INT32_MAX or N + 16 > INT32_MAX:
         return None
