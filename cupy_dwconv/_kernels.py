@@ -1205,15 +1205,17 @@ def lines_launch(pr, dtype, planes=None, minb=None, wv=None, cw=None, sms=132):
 
 def wgrad_lines_smem_bytes(p, dtype, planes):
     """Dynamic shared memory of wgrad_lines: P x planes, then P grad_output planes, each an
-    odd number of 16-byte vectors apart (the bias sums reuse the x region)."""
-    size = ITEMSIZE[dtype]
-    return planes * (lines_pitch(dtype, p.H * p.W) + lines_pitch(dtype, p.OH * p.OW)) * size
+    odd number of 16-byte vectors apart (the bias sums reuse the x region); 16-bit planes
+    are staged converted to float32."""
+    acc = ACC_DTYPE[dtype]
+    return planes * (lines_pitch(acc, p.H * p.W) + lines_pitch(acc, p.OH * p.OW)) * ITEMSIZE[acc]
 
 
 def wgrad_lines_launch(p, dtype, planes=None, chunks=None, sms=132):
-    """wgrad_lines plan (stride 1, dilation 1, more than 64 taps, float32 and float64, a
-    grad_output row and KW sums within the register budget): (stage-1 launch, chunks), or
-    None. `planes` (channels per block) and `chunks` (batch chunks) are forced by sweeps.
+    """wgrad_lines plan (stride 1, dilation 1, more than 64 taps, a grad_output row and KW
+    sums within the register budget; 16-bit planes staged as float32): (stage-1 launch,
+    chunks), or None. `planes` (channels per block) and `chunks` (batch chunks) are forced
+    by sweeps.
 
     Channels per block: at least 90 % useful lanes (KH*P threads over whole warps), then
     the smallest block (more blocks per SM, whose copies overlap one another's FMAs),
@@ -1223,12 +1225,13 @@ def wgrad_lines_launch(p, dtype, planes=None, chunks=None, sms=132):
     channels 71.9 / **68.1** / 70.0 / 71.1 / 70.6 (16 chunks; 32 chunks of one item: 72.3 at
     7, 78.5 at 17); replk_31x31 1 / 2 / 4 channels **424.6** / 431.6 / 425.3 (8 chunks; 32:
     457.3)."""
-    words = ITEMSIZE[dtype] // 4
-    if ((p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1) or dtype not in ("float32", "float64")
+    acc = ACC_DTYPE[dtype]
+    words = ITEMSIZE[acc] // 4
+    if ((p.SH, p.SW, p.DH, p.DW) != (1, 1, 1, 1)
             or p.KH * p.KW < LINES_MIN_TAPS or min(p.OH, p.OW, p.N, p.CM) < 1
             or (p.OW + p.KW) * words > LINES_SUM_BUDGET):
         return None
-    regs = _lines_regs(p, dtype, p.OW)
+    regs = _lines_regs(p, acc, p.OW)
     best = None
     for pl in ([planes] if planes is not None else range(1, min(p.CM, LINES_MAX_PLANES) + 1)):
         block = _cdiv(p.KH * pl, 32) * 32
@@ -2612,9 +2615,10 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
 def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
     for small planes, wgrad_stack (16-bit, more than 25 taps, 16 images and more, planes
-    up to 64 x 64), wgrad_tile for small kernels; for large ones wgrad_mma (16-bit,
-    stride 1, dilation 1, sm_80+), wgrad_lines (float32 and float64, stride 1, dilation 1,
-    planes that fit), else wgrad_smem (stride 1), else generic. x_ptr and go_ptr are the
+    up to 64 x 64), wgrad_tile for small kernels; for large ones wgrad_lines (16-bit on
+    small planes, _use_wgrad_lines16), wgrad_mma (16-bit, stride 1, dilation 1, sm_80+),
+    wgrad_lines (stride 1, dilation 1, planes that fit), else wgrad_smem (stride 1), else
+    generic. x_ptr and go_ptr are the
     data pointers (only their alignment matters). `force` is None, a family name ("mma",
     "stack", "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
     tests and sweeps."""
@@ -2688,11 +2692,34 @@ def _use_wgrad_mma(p):
     return p.KH * p.KW > TILE_MAX_TAPS
 
 
+WGRAD_LINES16_MAX_OUTPUTS = 400       # 16-bit wgrad_lines before the tensor cores: any kernel
+WGRAD_LINES16_MID_OUTPUTS = 28 * 28   # ... and up to 13x13 kernels on planes up to this
+
+
+def _use_wgrad_lines16(p, dtype):
+    """16-bit weight gradients of large kernels on small planes: wgrad_lines (planes
+    staged as float32, FFMA) before wgrad_mma, whose 16 x 8 tap tiles and per-image
+    fragments cost more than the taps there. Measured (H200, float16, ab.py --pass
+    grad_weight, us, wgrad_mma / wgrad_lines; bfloat16 within 1 %): 13x13 on 64 x 768 x
+    7 x 7 220.0 / 43.3, 9x9 202.7 / 32.1, 11x11 on 64 x 512 x 7 x 7 194.3 / 32.5; on
+    64 x 384 x 14 x 14 13x13 160.9 / 49.3, 9x9 152.8 / 33.1; 31x31 on 32 x 256 x 14 x 14
+    117.8 / 81.3; on 32 x 256 planes 13x13 20 x 20 75.3 / 40.2, 24 x 24 91.3 / 60.7,
+    28 x 28 103.4 / 79.7, 9x9 on 28 x 28 100.6 / 60.4. The tensor cores keep larger
+    problems: 17x17 on 32 x 128 x 32 x 32 81.0 / 84.9, 31x31 on 32 x 128 x 28 x 28 97.6 /
+    114.4, 13x13 on 16 x 128 x 56 x 56 71.6 / 131.9, replk_31x31 189.8 / 454.9."""
+    if dtype not in MMA_DTYPES:
+        return False
+    n = p.OH * p.OW
+    return n <= WGRAD_LINES16_MAX_OUTPUTS or (n <= WGRAD_LINES16_MID_OUTPUTS and p.KH * p.KW <= 13 * 13)
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
     res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
     if res is None and _use_wgrad_stack(p, dtype):
         res = wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms)
+    if res is None and _use_wgrad_mma(p) and _use_wgrad_lines16(p, dtype):
+        res = wgrad_lines_launch(p, dtype, sms=sms)
     if res is None and _use_wgrad_mma(p):
         res = wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms)
     if res is None:

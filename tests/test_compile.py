@@ -89,7 +89,6 @@ FAMILY_DTYPES["bwd_batch"] = DTYPES
 FAMILY_DTYPES["wgrad_stack"] = ("float16", "bfloat16")
 # conv_lines reads 4- and 8-byte types (16-bit large kernels go to the tensor cores).
 FAMILY_DTYPES.update({f"conv_lines flip={b}": ("float32", "float64") for b in ("false", "true")})
-FAMILY_DTYPES["wgrad_lines"] = ("float32", "float64")
 # The dispatcher sends only 16-bit problems to conv_rows, and no float64 problem to
 # conv_rows_async (those plans exist for the forced GPU tests and the sweep).
 FAMILY_DTYPES.update({f"conv_rows flip={b}": ("float16", "bfloat16") for b in ("false", "true")})

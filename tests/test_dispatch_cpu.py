@@ -23,20 +23,21 @@ def test_wgrad_mma_declines_other_problems():
 
 def test_wgrad_dispatch():
     """wgrad_tile for small kernels in every dtype; tensor cores for large 16-bit kernels
-    at stride 1 on sm_80+, wgrad_smem for them before sm_80; wgrad_lines in float32 and
-    float64 where a grad_output row and a tap row of sums fit the register budget,
-    wgrad_smem for wider planes."""
+    at stride 1 on sm_80+ (on small planes see the next test); wgrad_lines where a
+    grad_output row and a tap row of sums fit the register budget (16-bit before sm_80
+    too), wgrad_smem for wider planes."""
     small = params((2, 4, 30, 30), (4, 1, 3, 3), 1, 1, 1)
     large = params((2, 4, 56, 56), (4, 1, 31, 31), 1, 15, 1)
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         assert "wgrad_tile" in _kernels.plan_wgrad(small, dtype, 0, 0, 90, 132)[0].expr
     assert "wgrad_mma" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 80, 108)[0].expr
     assert "wgrad_mma" in _kernels.plan_wgrad(large, "float16", 2, 2, 90, 132)[0].expr
-    assert "wgrad_smem" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 75, 80)[0].expr
+    assert "wgrad_lines<dw::bf16_t" in _kernels.plan_wgrad(large, "bfloat16", 0, 0, 75, 80)[0].expr
     assert "wgrad_lines" in _kernels.plan_wgrad(large, "float32", 0, 0, 90, 132)[0].expr
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "float64", 0, 0, 90, 132)[0].expr  # 2 x (56 + 31) words
     wide = params((2, 4, 80, 80), (4, 1, 31, 31), 1, 15, 1)
     assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float32", 0, 0, 90, 132)[0].expr
+    assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float16", 0, 0, 75, 80)[0].expr
     # replk_13x13: 7 channels per block (91 of 96 lanes), 16 chunks of 2 items;
     # replk_31x31: one channel per block (31 of 32 lanes), 8 chunks of 4.
     s1, chunks, _ = _kernels.plan_wgrad(params((32, 256, 28, 28), (256, 1, 13, 13), 1, 6, 1), "float32", 0, 0, 90, 132)
@@ -44,6 +45,38 @@ def test_wgrad_dispatch():
     assert s1.scalars[0]["P"] == 7 and s1.scalars[0]["G"] == 2
     s1, chunks, _ = _kernels.plan_wgrad(params((32, 128, 56, 56), (128, 1, 31, 31), 1, 15, 1), "float32", 0, 0, 90, 132)
     assert s1.block == (32, 1, 1) and s1.grid == (128, 8, 1) and s1.scalars[0]["G"] == 4
+
+
+def test_wgrad_lines16_dispatch():
+    """16-bit large kernels on small planes: wgrad_lines (float32 sums of converted
+    planes) before the tensor cores, on planes of up to 400 outputs for any kernel and up
+    to 28 x 28 for kernels up to 13x13; the tensor cores above (measurements in
+    _use_wgrad_lines16). Every other dtype and problem keeps its plan."""
+    def family(shape, k, dtype, arch=90):
+        p = params(shape, (shape[1], 1, k, k), 1, k // 2, 1)
+        return _kernels.split_expr(_kernels.plan_wgrad(p, dtype, 0, 0, arch, 132)[0].expr)[0]
+
+    for dtype in ("float16", "bfloat16"):
+        assert family((64, 768, 7, 7), 13, dtype) == "wgrad_lines"
+        assert family((64, 384, 14, 14), 9, dtype) == "wgrad_lines"
+        assert family((32, 256, 14, 14), 31, dtype) == "wgrad_lines"   # 196 outputs: any kernel
+        assert family((32, 256, 20, 20), 31, dtype) == "wgrad_lines"   # 400
+        assert family((32, 256, 21, 21), 31, dtype) == "wgrad_mma"     # 441 outputs, 961 taps
+        assert family((32, 256, 28, 28), 13, dtype) == "wgrad_lines"   # 784 outputs, 169 taps
+        assert family((32, 256, 28, 28), 15, dtype) == "wgrad_mma"
+        assert family((32, 256, 29, 29), 13, dtype) == "wgrad_mma"
+        assert family((32, 128, 56, 56), 31, dtype) == "wgrad_mma"
+        # 64 taps and fewer stay with the small-kernel families.
+        assert family((64, 384, 14, 14), 7, dtype) not in ("wgrad_lines", "wgrad_mma")
+    for dtype in ("float32", "float64"):
+        assert family((64, 768, 7, 7), 13, dtype) == "wgrad_lines"
+    # The channels of a block read their input channels' planes once (a multiplier shares
+    # one plane between channels); the plan itself does not depend on it.
+    p = params((4, 6, 7, 7), (12, 1, 9, 9), 1, 4, 1)
+    s1 = _kernels.plan_wgrad(p, "float16", 0, 0, 90, 132)[0]
+    assert "wgrad_lines" in s1.expr and s1.shared_mem == _kernels.wgrad_lines_smem_bytes(p, "float16", s1.scalars[0]["P"])
+    # Planes are staged as float32: the same shared memory as float32's plan.
+    assert _kernels.wgrad_lines_smem_bytes(p, "bfloat16", 3) == _kernels.wgrad_lines_smem_bytes(p, "float32", 3)
 
 
 def _args(expr):

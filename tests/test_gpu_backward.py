@@ -812,10 +812,12 @@ def test_wgrad_smem(shape, dtype, stage_async):
 
 # wgrad_lines (large kernels on whole planes, a thread per tap row): 'same' padding,
 # asymmetric padding with an even kernel, 'valid' padding (grad_output smaller than x),
-# padding beyond the kernel, multipliers (an x plane shared by channels of two blocks),
-# odd plane sizes (element copies, scalar reads), channel groups and batch chunks that do
-# not divide C*M and N. Variants: the default plan, 3 channels per block in 2 chunks, one
-# channel per block in one chunk (a block walks every batch item).
+# padding beyond the kernel, multipliers (an x plane shared by channels of two blocks;
+# 16-bit blocks stage each input channel's plane once for the channels that read it),
+# odd plane sizes (element copies, scalar reads; 16-bit runs that start off a 4-byte
+# boundary), channel groups and batch chunks that do not divide C*M and N. Variants: the
+# default plan, 3 channels per block in 2 chunks, one channel per block in one chunk (a
+# block walks every batch item).
 WGRAD_LINES_SHAPES = [
     # N, C, M, H, W, KH, KW, padding
     (3, 5, 1, 28, 28, 13, 13, 6),
@@ -827,12 +829,34 @@ WGRAD_LINES_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", [{}, dict(planes=3, chunks=2), dict(planes=1, chunks=1)], ids=str)
 @pytest.mark.parametrize("shape", WGRAD_LINES_SHAPES, ids=str)
 def test_wgrad_lines(shape, variant, dtype):
     launch = _check_forced_wgrad(shape, dtype, ("lines", variant), 19)
     assert "wgrad_lines" in launch.expr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize(
+    "shape", [(5, 6, 7, 7, 13, 13, 6), (3, 5, 14, 13, 9, 9, ((4, 3), (4, 5))), (2, 3, 28, 28, 13, 13, 6)], ids=str
+)
+def test_wgrad_lines16_library(shape, offset, dtype):
+    """The 16-bit weight gradient of large kernels on small planes (the dispatcher's
+    wgrad_lines, planes staged as float32) through the library call with needs=(False,
+    True, True), x and grad_output starting `offset` elements into their allocations: the
+    plane runs start on or off a 4-byte boundary (a head element read alone), odd and
+    even plane sizes (a tail element)."""
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+
+    p, xg, gog, wg, ref, terms = _misaligned_problem(shape, dtype, offset, 230)
+    assert "wgrad_lines" in _kernels.plan_wgrad(p, dtype, xg.data.ptr, gog.data.ptr)[0].expr
+    gx, gw, gb = cupy_dwconv.depthwise_conv2d_backward(gog, xg, wg, padding=shape[-1], needs=(False, True, True))
+    assert gx is None
+    assert_close(gw.get(), ref[1], dtype, scale=math.sqrt(terms), what="grad_weight")
+    assert_close(gb.get(), ref[2], dtype, scale=math.sqrt(terms), what="grad_bias")
 
 
 # Backward problems that take the split path (grad input, then the weight gradient's two

@@ -1281,8 +1281,85 @@ __device__ __forceinline__ void lines_wrow(const A* gr, const A* xr, A (&acc)[KW
     for_columns<A, XVEC, C0, C1>(xr, feed);
 }
 
+// A run of 16-bit planes (HW elements each) in global memory, staged converted to float
+// planes PITCH elements apart: read as 32-bit words (two elements) from the first 4-byte
+// boundary, an element before it (head) and one after the last word (tail) read alone.
+// Words rather than 16-byte vectors: a lane converts its elements into consecutive
+// floats, so lanes store a word's stride apart (two lanes per bank) where 8-element
+// vectors would put eight in one bank.
+template <class T, int HW, int PITCH>
+struct CvtRun {
+    const unsigned short* src;
+    float* dst;
+    int head, words, count;
+    __device__ __forceinline__ CvtRun(const T* s, float* d, int npl)
+        : src(reinterpret_cast<const unsigned short*>(s)), dst(d), count(npl * HW) {
+        head = min(count, (int)((reinterpret_cast<unsigned long long>(src) >> 1) & 1));  // off a 4-byte boundary
+        words = (count - head) / 2;
+    }
+    __device__ __forceinline__ int scalars() const { return count - 2 * words; }
+    __device__ __forceinline__ int scalar_index(int i) const { return i < head ? i : i + 2 * words; }
+    __device__ __forceinline__ unsigned word(int i) const {
+        return __ldg(reinterpret_cast<const unsigned*>(src + head) + i);
+    }
+    __device__ __forceinline__ void put(int e, unsigned short v) const {
+        const int k = e / HW;  // a constant divisor
+        dst[k * PITCH + e - k * HW] = to_acc16<T>(v);
+    }
+};
+
+// Stages, converted to float, the 16-bit planes of one wgrad_lines item: nx x planes
+// (IHW elements each, XP apart in xdst) from the run at xsrc, then ng grad_output planes
+// (OHW each, GP apart) from the run at gsrc, the whole block together. Plain loads (a
+// 16-bit plane of odd size, 7 x 7 = 98 bytes, rarely starts on a 16-byte boundary, so
+// cp.async's 4- to 16-byte copies do not fit it): each thread issues U word loads before
+// its first store, and its head or tail element (at most 4 in all, so one per thread)
+// before those, so that its requests are in flight together (a load-convert-store loop
+// would wait a memory latency per word). The caller's barrier publishes the planes.
+template <class T, int IHW, int XP, int OHW, int GP>
+__device__ __forceinline__ void stage_planes_cvt(const T* xsrc, float* xdst, int nx, const T* gsrc, float* gdst,
+                                                 int ng) {
+    constexpr int U = 8;
+    const CvtRun<T, IHW, XP> rx(xsrc, xdst, nx);
+    const CvtRun<T, OHW, GP> rg(gsrc, gdst, ng);
+    const int tid = threadIdx.x, nthr = blockDim.x;
+    const int sx = rx.scalars(), ns = sx + rg.scalars();  // ns <= 4 < blockDim.x
+    int se = -1;
+    unsigned short sv = 0;
+    if (tid < ns) {
+        se = tid < sx ? rx.scalar_index(tid) : rg.scalar_index(tid - sx);
+        sv = __ldg((tid < sx ? rx.src : rg.src) + se);
+    }
+    const int nw = rx.words + rg.words;
+    for (int i0 = tid; i0 < nw; i0 += U * nthr) {
+        unsigned v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int i = i0 + u * nthr;
+            if (i < nw) v[u] = i < rx.words ? rx.word(i) : rg.word(i - rx.words);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int i = i0 + u * nthr;
+            if (i < rx.words) {
+                const int e = rx.head + 2 * i;
+                rx.put(e, (unsigned short)(v[u] & 0xffffu));
+                rx.put(e + 1, (unsigned short)(v[u] >> 16));
+            } else if (i < nw) {
+                const int e = rg.head + 2 * (i - rx.words);
+                rg.put(e, (unsigned short)(v[u] & 0xffffu));
+                rg.put(e + 1, (unsigned short)(v[u] >> 16));
+            }
+        }
+    }
+    if (se >= 0) {
+        if (tid < sx) rx.put(se, sv);
+        else rg.put(se, sv);
+    }
+}
+
 // wgrad_lines: weight and bias gradients of large kernels on whole planes (stride 1,
-// dilation 1; float32 and float64), conv_lines' counterpart:
+// dilation 1; all four types), conv_lines' counterpart:
 //   dW[o, kh, kw] = sum over n, oh, ow of go[n, o, oh, ow] * x[n, o / M, oh - PT + kh, ow - PL + kw].
 // Grid (channel groups, batch chunks): a block owns P channels and walks the batch items
 // of its chunk, staging each item's P x planes and P grad_output planes (cp.async; planes
@@ -1296,21 +1373,29 @@ __device__ __forceinline__ void lines_wrow(const A* gr, const A* xr, A (&acc)[KW
 // Bias: thread (kh, c) also adds grad_output rows kh, kh + KH, ... of its channel; the KH
 // threads of a channel are added in order at the end. Partials per (channel, chunk) are
 // summed in order by wgrad_reduce: deterministic, no atomics.
+// 16-bit types are staged converted to float (stage_planes_cvt): the lines then run
+// float32's code on float32's layout, the sums in float32 (a 16-bit row would need a
+// conversion per FMA operand; the staged planes are small, their shared memory twice
+// the 16-bit size). Their x planes are staged once per input channel: a block's channels
+// o0 .. o0 + np - 1 read the input channels o0 / M ..; 4- and 8-byte types copy a plane
+// per channel (cp.async, no conversion).
 // Bytes: x and grad_output read once from DRAM (each block owns distinct planes).
 template <class T, int KH, int KW, int IH, int IW, int OH, int OW, int PT, int PL, int BLOCK, int MINB>
 __global__ void __launch_bounds__(BLOCK, MINB)
-wgrad_lines(const T* __restrict__ x, const T* __restrict__ go, T* __restrict__ partial, const WplaneArgs a) {
-    typedef T A;
-    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "4- and 8-byte types (no conversion on the way in)");
+wgrad_lines(const T* __restrict__ x, const T* __restrict__ go, typename Traits<T>::acc* __restrict__ partial,
+            const WplaneArgs a) {
+    typedef typename Traits<T>::acc A;
+    constexpr bool CVT = sizeof(T) == 2;
+    static_assert(CVT || sizeof(T) == sizeof(A), "4- and 8-byte types are staged as they are");
     constexpr int KK = KH * KW, IHW = IH * IW, OHW = OH * OW;
-    constexpr int V = 16 / (int)sizeof(T);
-    constexpr int XP = lines_pitch<T, IHW>(), GP = lines_pitch<T, OHW>();
-    static_assert(OW + KW <= 100 * 4 / (int)sizeof(T), "register budget: a grad_output row and KW sums");
+    constexpr int V = 16 / (int)sizeof(A);
+    constexpr int XP = lines_pitch<A, IHW>(), GP = lines_pitch<A, OHW>();
+    static_assert(OW + KW <= 100 * 4 / (int)sizeof(A), "register budget: a grad_output row and KW sums");
     const int N = a.N, C = a.C, M = a.M, CM = a.CM, n_chunks = a.n_chunks, n_per = a.G, P = a.P;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* const xs = reinterpret_cast<T*>(smem_raw);
-    T* const gs = xs + P * XP;  // XP is whole vectors: gs starts on a 16-byte boundary
+    A* const xs = reinterpret_cast<A*>(smem_raw);
+    A* const gs = xs + P * XP;  // XP is whole vectors: gs starts on a 16-byte boundary
     A* const red = reinterpret_cast<A*>(smem_raw);  // bias sums, once the last item is read
 
     const int o0 = blockIdx.x * P;
@@ -1323,20 +1408,31 @@ wgrad_lines(const T* __restrict__ x, const T* __restrict__ go, T* __restrict__ p
     // Output rows whose input row oh - PT + kh lies in [0, IH).
     const int oh0 = max(0, PT - kh), oh1 = min(OH, IH + PT - kh);
 
+    // The x plane of channel slot c: its own copy, or (CVT) its input channel's.
+    const int q0 = CVT ? o0 / M : 0;
+    const int xslot = CVT ? (o0 + c) / M - q0 : c;
+
     A acc[KW];
 #pragma unroll
     for (int k = 0; k < KW; ++k) acc[k] = A(0);
     A bsum = A(0);
     for (int n = n_begin; n < n_end; ++n) {
-        for (int cc = 0; cc < np; ++cc) {
-            const int o = o0 + cc;
-            stage_planes<T, IHW, XP>(x + ((i64)n * C + o / M) * IHW, xs + cc * XP, 1);
-            stage_planes<T, OHW, GP>(go + ((i64)n * CM + o) * OHW, gs + cc * GP, 1);
+        if constexpr (CVT) {
+            const int nq = (o0 + np - 1) / M - q0 + 1;
+            stage_planes_cvt<T, IHW, XP, OHW, GP>(x + ((i64)n * C + q0) * IHW, xs, nq, go + ((i64)n * CM + o0) * OHW,
+                                                  gs, np);
+            __syncthreads();  // the staged planes are in place before any line reads them
+        } else {
+            for (int cc = 0; cc < np; ++cc) {
+                const int o = o0 + cc;
+                stage_planes<T, IHW, XP>(x + ((i64)n * C + o / M) * IHW, xs + cc * XP, 1);
+                stage_planes<T, OHW, GP>(go + ((i64)n * CM + o) * OHW, gs + cc * GP, 1);
+            }
+            stage_commit_wait<0>();
         }
-        stage_commit_wait<0>();
         if (active) {
             const A* const gp = gs + c * GP;
-            const A* const xp = xs + c * XP + (kh - PT) * IW;  // x row of output row oh: xp + oh * IW
+            const A* const xp = xs + xslot * XP + (kh - PT) * IW;  // x row of output row oh: xp + oh * IW
             for (int oh = oh0; oh < oh1; ++oh)
                 lines_wrow<A, KW, IW, OW, PL, IW % V == 0, OW % V == 0>(gp + oh * OW, xp + oh * IW, acc);
             for (int oh = kh; oh < OH; oh += KH)
@@ -1346,7 +1442,7 @@ wgrad_lines(const T* __restrict__ x, const T* __restrict__ go, T* __restrict__ p
         __syncthreads();  // every line has read this item's planes before the next copies
     }
     if (active) {
-        T* const out = partial + ((i64)(o0 + c) * n_chunks + chunk) * (KK + 1) + kh * KW;
+        A* const out = partial + ((i64)(o0 + c) * n_chunks + chunk) * (KK + 1) + kh * KW;
 #pragma unroll
         for (int k = 0; k < KW; ++k) out[k] = acc[k];
         red[tid] = bsum;
