@@ -217,7 +217,7 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
         weight = _contiguous(cupy, weight)
         if bias is not None:
             bias = _contiguous(cupy, bias)
-        launch = _kernels.plan_forward(p, dtype, x.data.ptr, *_kernels.device_arch(dev))
+        launch = _kernels.plan_forward(p, dtype, x.data.ptr, *_kernels.device_limits(dev))
         launch(dev, (x, weight, _NULL if bias is None else bias, out))
         if contiguous:
             _remember(key, (p.out_shape, _kernels.CachedLaunch(launch, dev)))
@@ -256,7 +256,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
     gx = gw = gb = None
     with x.device:
         go = _contiguous(cupy, grad_output)
-        arch = _kernels.device_arch(dev)
+        arch, sms, smem = _kernels.device_limits(dev)
         if needs[0]:
             gx = _new_output(cupy, p.x_shape, x.dtype)
         if needs[1]:
@@ -276,7 +276,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
         if needs[0] and gx.size and want_w:
             # All three gradients from one pass over grad_output, where the fused kernel
             # takes the problem.
-            fused = _kernels.plan_backward(p, dtype, xc.data.ptr, go.data.ptr, *arch)
+            fused = _kernels.plan_backward(p, dtype, xc.data.ptr, go.data.ptr, arch, sms, smem=smem)
             if fused is not None:
                 # The fused kernel also finishes grad_weight and grad_bias itself (the last
                 # block of each channel adds the chunks' partial rows in order), so its
@@ -288,7 +288,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
                              _NULL if gw is None else gw, _NULL if gb is None else gb))
                 return gx, gw, gb
         if want_w:
-            stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, *arch)
+            stage1, chunks, stage2 = _kernels.plan_wgrad(p, dtype, xc.data.ptr, go.data.ptr, arch, sms, smem=smem)
             partial = _new_output(cupy, (p.CM, chunks, p.KH * p.KW + 1), _kernels.ACC_DTYPE[dtype])
         side = None
         if needs[0] and gx.size:
@@ -305,7 +305,7 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilat
                     side = _side_stream(cupy, dev, streams == "wgrad_first")
                     side.wait_event(main.record())
             w = _contiguous(cupy, weight)
-            launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, *arch)
+            launch = _kernels.plan_grad_input(p, dtype, go.data.ptr, arch, sms, smem=smem)
             launch(dev, (go, w, _NULL, gx))
         if want_w:
             if side is None:

@@ -2174,6 +2174,63 @@ def device_arch(device_id):
     return int(dev.compute_capability), int(dev.attributes["MultiProcessorCount"])
 
 
+# Shared memory one block may opt in to (KB), by compute capability (the CUDA programming
+# guide's table). The plans are tuned on sm_90, whose 227 KB some of them use; on a device
+# with less, a plan that asks for more is replaced (_within_smem) instead of failing at
+# launch. At run time the device's own attribute is used; this table serves plans made
+# for an architecture without its device (the compile test), 48 KB (every device) where
+# the architecture is not listed.
+SMEM_OPT_IN_KB = {70: 96, 72: 48, 75: 64, 80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 103: 227,
+                  110: 227, 120: 99, 121: 99}
+
+
+def arch_smem(arch):
+    """Bytes of shared memory a block may opt in to on architecture `arch` (the table)."""
+    return SMEM_OPT_IN_KB.get(arch, 48) * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def device_smem(device_id):
+    """Bytes of shared memory a block may opt in to on a device (its attribute)."""
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"])
+
+
+def device_limits(device_id):
+    """(compute capability, multiprocessor count, shared memory per block) of a device:
+    the planners' last three arguments."""
+    return device_arch(device_id) + (device_smem(device_id),)
+
+
+def _limits(arch, sms, smem):
+    """The planners' defaults: the current device's, and for an architecture given
+    without a budget, the table's."""
+    if arch is None:
+        import cupy
+
+        arch, dev_sms, dev_smem = device_limits(cupy.cuda.runtime.getDevice())
+        return arch, (dev_sms if sms is None else sms), (dev_smem if smem is None else smem)
+    return arch, (current_sms() if sms is None else sms), (arch_smem(arch) if smem is None else smem)
+
+
+def _fits(smem, *launches):
+    return all(launch is None or launch.shared_mem <= smem for launch in launches)
+
+
+def _conv_within(launch, pr, dtype, x_ptr, arch, sms, smem):
+    """`launch` where its shared memory fits the device's budget (`smem` bytes a block may
+    opt in to), else the dispatcher's last resorts in its order that fit: conv_tile, then
+    conv_smem with one tile per block, then the generic kernel (no shared memory)."""
+    if _fits(smem, launch):
+        return launch
+    for force in (("tile", {}), ("smem", {"tiles_per_block": 1})):
+        other = plan_conv(pr, dtype, x_ptr, force=force, arch=arch, sms=sms)
+        if other is not None and _fits(smem, other):
+            return other
+    return generic_launch(pr, dtype)
+
+
 def current_arch():
     import cupy
 
@@ -2186,28 +2243,29 @@ def current_sms():
     return device_arch(cupy.cuda.runtime.getDevice())[1]
 
 
-def plan_forward(p, dtype, x_ptr, arch=None, sms=None):
+def plan_forward(p, dtype, x_ptr, arch=None, sms=None, smem=None):
     """Forward launch for ConvParams p and input data pointer x_ptr (memoized per pointer
-    alignment, architecture and SM count; the last two default to the current device's)."""
-    return _plan_forward(p, dtype, x_ptr % 16, current_arch() if arch is None else arch,
-                         current_sms() if sms is None else sms)
+    alignment, architecture, SM count and shared memory a block may opt in to; all three
+    default to the current device's, `smem` to arch_smem(arch) where only `arch` is given)."""
+    return _plan_forward(p, dtype, x_ptr % 16, *_limits(arch, sms, smem))
 
 
-def plan_grad_input(p, dtype, go_ptr, arch=None, sms=None):
+def plan_grad_input(p, dtype, go_ptr, arch=None, sms=None, smem=None):
     """Grad-input launch for ConvParams p and grad_output data pointer go_ptr (memoized
     like plan_forward)."""
-    return _plan_grad_input(p, dtype, go_ptr % 16, current_arch() if arch is None else arch,
-                            current_sms() if sms is None else sms)
+    return _plan_grad_input(p, dtype, go_ptr % 16, *_limits(arch, sms, smem))
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_forward(p, dtype, x_ptr, arch, sms):
-    return plan_conv(forward_problem(p), dtype, x_ptr, arch=arch, sms=sms)
+def _plan_forward(p, dtype, x_ptr, arch, sms, smem):
+    pr = forward_problem(p)
+    return _conv_within(plan_conv(pr, dtype, x_ptr, arch=arch, sms=sms), pr, dtype, x_ptr, arch, sms, smem)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_grad_input(p, dtype, go_ptr, arch, sms):
-    return plan_conv(grad_input_problem(p), dtype, go_ptr, arch=arch, sms=sms)
+def _plan_grad_input(p, dtype, go_ptr, arch, sms, smem):
+    pr = grad_input_problem(p)
+    return _conv_within(plan_conv(pr, dtype, go_ptr, arch=arch, sms=sms), pr, dtype, go_ptr, arch, sms, smem)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -2612,7 +2670,7 @@ def wgrad_mma_launch(p, dtype, x_ptr, go_ptr, arch, sms=132, wr=None, bh=None, s
     return Launch("wgrad_mma.cu", expr, grid, (32 * wr, 1, 1), smem, (args,)), chunks
 
 
-def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
+def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, smem=None):
     """(stage-1 launch, chunks, stage-2 launch) for grad weight and grad bias: wgrad_plane
     for small planes, wgrad_stack (16-bit, more than 25 taps, 16 images and more, planes
     up to 64 x 64), wgrad_tile for small kernels; for large ones wgrad_lines (16-bit on
@@ -2621,11 +2679,11 @@ def plan_wgrad(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     generic. x_ptr and go_ptr are the
     data pointers (only their alignment matters). `force` is None, a family name ("mma",
     "stack", "tile", "plane", "lines", "smem", "generic") or (name, keyword arguments) for the
-    tests and sweeps."""
-    arch = current_arch() if arch is None else arch
-    sms = current_sms() if sms is None else sms
+    tests and sweeps; a forced plan is not held to `smem`, the shared memory a block may
+    opt in to, see plan_forward)."""
+    arch, sms, smem = _limits(arch, sms, smem)
     if force is None:
-        return _plan_wgrad(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+        return _plan_wgrad(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms, smem)
     kind, kwargs = (force, {}) if isinstance(force, str) else force
     res = None
     if kind == "mma":
@@ -2714,7 +2772,23 @@ def _use_wgrad_lines16(p, dtype):
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms):
+def _plan_wgrad(p, dtype, x_ptr, go_ptr, arch, sms, smem):
+    plan = _plan_wgrad_tuned(p, dtype, x_ptr, go_ptr, arch, sms)
+    if _fits(smem, plan[0], plan[2]):
+        return plan
+    # More shared memory than a block may have on this device (`smem`, see plan_forward):
+    # the dispatcher's last resorts in its order that fit, wgrad_tile, then wgrad_smem with
+    # one stage, then the generic kernel (no shared memory).
+    for res in (wgrad_tile_launch(p, dtype, x_ptr, go_ptr),
+                wgrad_smem_launch(p, dtype, arch, stage_async=False, sms=sms)):
+        if res is not None:
+            plan = _with_reduce(p, dtype, res)
+            if _fits(smem, plan[0], plan[2]):
+                return plan
+    return _with_reduce(p, dtype, None)
+
+
+def _plan_wgrad_tuned(p, dtype, x_ptr, go_ptr, arch, sms):
     res = wgrad_plane_launch(p, dtype) if _use_wgrad_plane(p) else None
     if res is None and _use_wgrad_stack(p, dtype):
         res = wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch, sms)
@@ -3144,7 +3218,7 @@ def wgrad_stack_launch(p, dtype, x_ptr, go_ptr, arch=90, sms=132, pf=None, minb=
     return Launch("stack.cu", expr, grid, (32 * wn, 1, 1), smem, (args,)), chunks
 
 
-def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
+def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None, smem=None):
     """(fused launch, chunks, wgrad_reduce launch) for a backward that wants grad_x and
     grad_weight or grad_bias, or None where the separate grad-input and grad-weight
     plans serve. The fused launch takes (x, grad_output, weight, grad_x, partials,
@@ -3154,9 +3228,10 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
     `force`: None, or keyword arguments of bwd_tile_launch, or of bwd_rows_launch with
     family="rows", of bwd_plane_launch with family="plane", of bwd_batch_launch with
     family="batch", of bwd_mma_launch with family="mma" (tests and sweeps; None again
-    where the kernel does not take the problem)."""
-    arch = current_arch() if arch is None else arch
-    sms = current_sms() if sms is None else sms
+    where the kernel does not take the problem; not held to `smem`). Unforced, None also
+    where the fused kernel needs more shared memory than a block may opt in to (`smem`,
+    see plan_forward)."""
+    arch, sms, smem = _limits(arch, sms, smem)
     if force is not None:
         force = dict(force)
         family = force.pop("family", "tile")
@@ -3169,7 +3244,8 @@ def plan_backward(p, dtype, x_ptr, go_ptr, arch=None, sms=None, force=None):
         if family == "mma":
             return _fused_with_reduce(p, dtype, bwd_mma_launch(p, dtype, x_ptr, go_ptr, arch=arch, sms=sms, **force))
         return _fused_with_reduce(p, dtype, bwd_tile_launch(p, dtype, x_ptr, go_ptr, sms=sms, **force))
-    return _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+    fused = _plan_backward(p, dtype, x_ptr % 16, go_ptr % 16, arch, sms)
+    return fused if fused is None or _fits(smem, fused[0], fused[2]) else None
 
 
 def _fused_with_reduce(p, dtype, res):

@@ -37,7 +37,10 @@ def test_wgrad_dispatch():
     assert "wgrad_smem" in _kernels.plan_wgrad(large, "float64", 0, 0, 90, 132)[0].expr  # 2 x (56 + 31) words
     wide = params((2, 4, 80, 80), (4, 1, 31, 31), 1, 15, 1)
     assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float32", 0, 0, 90, 132)[0].expr
-    assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float16", 0, 0, 75, 80)[0].expr
+    # 75 KB of staged rows: wgrad_smem where a block may have them, the generic kernel on
+    # sm_75 (64 KB).
+    assert "wgrad_smem" in _kernels.plan_wgrad(wide, "float16", 0, 0, 75, 80, smem=96 * 1024)[0].expr
+    assert "wgrad_generic" in _kernels.plan_wgrad(wide, "float16", 0, 0, 75, 80)[0].expr
     # replk_13x13: 7 channels per block (91 of 96 lanes), 16 chunks of 2 items;
     # replk_31x31: one channel per block (31 of 32 lanes), 8 chunks of 4.
     s1, chunks, _ = _kernels.plan_wgrad(params((32, 256, 28, 28), (256, 1, 13, 13), 1, 6, 1), "float32", 0, 0, 90, 132)
@@ -1065,3 +1068,66 @@ def test_small_half_tiles():
         assert gi((64, 8, 14, 14), (7, 7), 2, 3, dtype)[8:10] == ["4", "8"]
         assert gi((64, 8, 56, 56), (3, 3), 2, 1, dtype)[8:10] == ["4", "8"]
         assert gi((64, 8, 112, 112), (3, 3), 2, 1, dtype)[8:10] == ["4", "8"]
+
+
+def _budget_problems():
+    import pathlib
+
+    from cupy_dwconv import bench
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    for name in ("suite.json", "wide.json", "wide16.json"):
+        cases, _ = bench.load_suite(str(root / name))
+        for case in cases:
+            yield case.name, case.params()
+
+
+def _all_launches(p, dtype, arch, smem):
+    s1, _, s2 = _kernels.plan_wgrad(p, dtype, 0, 0, arch, 132, smem=smem)
+    fused = _kernels.plan_backward(p, dtype, 0, 0, arch, 132, smem=smem)
+    return [_kernels.plan_forward(p, dtype, 0, arch, 132, smem), _kernels.plan_grad_input(p, dtype, 0, arch, 132, smem),
+            s1, s2] + ([] if fused is None else [fused[0], fused[2]])
+
+
+def test_plans_fit_each_architectures_shared_memory():
+    """Every plan of the benchmark and breadth problems asks for no more shared memory
+    than a block may opt in to on the architecture it is made for (arch_smem: 64 KB on
+    sm_75, 99 KB on sm_86 / sm_89, 163 KB on sm_80, 227 KB on sm_90); on sm_90 the tuned
+    plans stand (none is replaced), and lower budgets replace some (sm_75 and sm_80
+    measured below)."""
+    replaced = {}
+    for name, p in _budget_problems():
+        for dtype in ("float32", "float16", "bfloat16", "float64"):
+            for arch in (70, 75, 80, 86, 89, 90):
+                budget = _kernels.arch_smem(arch)
+                got = _all_launches(p, dtype, arch, None)
+                assert all(launch.shared_mem <= budget for launch in got), (name, dtype, arch)
+                tuned = _all_launches(p, dtype, arch, 1 << 30)
+                if [launch.expr for launch in got] != [launch.expr for launch in tuned]:
+                    replaced.setdefault(arch, []).append((name, dtype))
+    assert 90 not in replaced
+    assert ("replk_31x31", "float64") in replaced[80] and ("k9_64", "float64") in replaced[80]
+    assert ("replk_31x31", "float32") in replaced[75]
+    assert _kernels.arch_smem(90) == 227 * 1024 and _kernels.arch_smem(75) == 64 * 1024
+    assert _kernels.arch_smem(1) == 48 * 1024  # an architecture not in the table: every device's
+
+
+def test_shared_memory_fallbacks():
+    """A plan over the budget is replaced by the dispatcher's last resorts in its order:
+    conv_tile, conv_smem with one tile per block, else the generic kernel (forward and
+    grad input); wgrad_tile, one-stage wgrad_smem, else generic (weight gradient); the
+    split backward for a fused one."""
+    def names(p, dtype, smem):
+        s1 = _kernels.plan_wgrad(p, dtype, 0, 0, 90, 132, smem=smem)[0]
+        fused = _kernels.plan_backward(p, dtype, 0, 0, 90, 132, smem=smem)
+        return (_kernels.split_expr(_kernels.plan_forward(p, dtype, 0, 90, 132, smem).expr)[0],
+                _kernels.split_expr(s1.expr)[0], None if fused is None else _kernels.split_expr(fused[0].expr)[0])
+
+    small = params((32, 8, 14, 14), (8, 1, 7, 7), 1, 3, 1)
+    assert names(small, "float32", None) == ("conv_batch", "wgrad_tile", "bwd_batch")
+    assert names(small, "float32", 48 * 1024) == ("conv_tile", "wgrad_tile", None)
+    large = params((1, 3, 56, 56), (3, 1, 31, 31), 1, 15, 1)
+    assert names(large, "float16", None) == ("conv_mma", "wgrad_mma", None)
+    assert names(large, "float16", 48 * 1024) == ("conv_smem", "wgrad_smem", None)
+    assert names(large, "float64", 48 * 1024)[1] == "wgrad_generic"
+    assert names(large, "float64", 99 * 1024)[1] == "wgrad_smem"  # one stage: 90 of 180 KB
