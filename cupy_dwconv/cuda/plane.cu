@@ -1282,29 +1282,41 @@ __device__ __forceinline__ void lines_wrow(const A* gr, const A* xr, A (&acc)[KW
 }
 
 // A run of 16-bit planes (HW elements each) in global memory, staged converted to float
-// planes PITCH elements apart: read as 32-bit words (two elements) from the first 4-byte
-// boundary, an element before it (head) and one after the last word (tail) read alone.
-// Words rather than 16-byte vectors: a lane converts its elements into consecutive
-// floats, so lanes store a word's stride apart (two lanes per bank) where 8-element
-// vectors would put eight in one bank.
-template <class T, int HW, int PITCH>
+// planes PITCH elements apart: read E elements (E = 2: a 32-bit word; 4: 8 bytes) at a
+// time from the first E-element boundary, the elements before it (head) and after the
+// last whole load (tail) read alone. Not 16-byte vectors: a lane converts its elements
+// into consecutive floats, so lanes store E words apart (E lanes per bank), where
+// 8-element vectors would put eight in one bank.
+template <class T, int HW, int PITCH, int E>
 struct CvtRun {
+    static_assert(E == 2 || E == 4, "loads of 4 or 8 bytes");
+    typedef typename RawBits<2 * E>::type L;
     const unsigned short* src;
     float* dst;
-    int head, words, count;
+    int head, loads, count;
     __device__ __forceinline__ CvtRun(const T* s, float* d, int npl)
         : src(reinterpret_cast<const unsigned short*>(s)), dst(d), count(npl * HW) {
-        head = min(count, (int)((reinterpret_cast<unsigned long long>(src) >> 1) & 1));  // off a 4-byte boundary
-        words = (count - head) / 2;
+        const int phase = (int)((reinterpret_cast<unsigned long long>(src) >> 1) & (E - 1));
+        head = min(count, (E - phase) & (E - 1));
+        loads = (count - head) / E;
     }
-    __device__ __forceinline__ int scalars() const { return count - 2 * words; }
-    __device__ __forceinline__ int scalar_index(int i) const { return i < head ? i : i + 2 * words; }
-    __device__ __forceinline__ unsigned word(int i) const {
-        return __ldg(reinterpret_cast<const unsigned*>(src + head) + i);
-    }
+    __device__ __forceinline__ int scalars() const { return count - E * loads; }
+    __device__ __forceinline__ int scalar_index(int i) const { return i < head ? i : i + E * loads; }
+    __device__ __forceinline__ L load(int i) const { return __ldg(reinterpret_cast<const L*>(src + head) + i); }
     __device__ __forceinline__ void put(int e, unsigned short v) const {
         const int k = e / HW;  // a constant divisor
         dst[k * PITCH + e - k * HW] = to_acc16<T>(v);
+    }
+    __device__ __forceinline__ void put_load(int i, L v) const {
+        const int e = head + E * i;
+        unsigned w[E / 2];
+        if constexpr (E == 2) w[0] = v;
+        else { w[0] = (unsigned)v; w[1] = (unsigned)(v >> 32); }
+#pragma unroll
+        for (int j = 0; j < E / 2; ++j) {
+            put(e + 2 * j, (unsigned short)(w[j] & 0xffffu));
+            put(e + 2 * j + 1, (unsigned short)(w[j] >> 16));
+        }
     }
 };
 
@@ -1312,44 +1324,43 @@ struct CvtRun {
 // (IHW elements each, XP apart in xdst) from the run at xsrc, then ng grad_output planes
 // (OHW each, GP apart) from the run at gsrc, the whole block together. Plain loads (a
 // 16-bit plane of odd size, 7 x 7 = 98 bytes, rarely starts on a 16-byte boundary, so
-// cp.async's 4- to 16-byte copies do not fit it): each thread issues U word loads before
-// its first store, and its head or tail element (at most 4 in all, so one per thread)
+// cp.async's 4- to 16-byte copies do not fit it): each thread issues U loads before its
+// first store, and its head or tail element (at most 4 (E - 1) in all, so one per thread)
 // before those, so that its requests are in flight together (a load-convert-store loop
-// would wait a memory latency per word). The caller's barrier publishes the planes.
+// would wait a memory latency per load). The caller's barrier publishes the planes.
+// 8-byte loads on planes of more than 400 outputs, 4-byte below: measured (H200, float16,
+// 13x13, us, 4-byte / 8-byte, 8 loads in flight per thread): 7 x 7 43.8 / 46.3, 14 x 14
+// 49.8 / 55.6 (79 registers against 72), 24 x 24 61.4 / 55.2, 28 x 28 80.4 / 72.4, 9x9 on
+// 28 x 28 60.9 / 53.1; 16 four-byte loads in flight: 50.0, 55.8, 59.3, 78.8, 58.9.
 template <class T, int IHW, int XP, int OHW, int GP>
 __device__ __forceinline__ void stage_planes_cvt(const T* xsrc, float* xdst, int nx, const T* gsrc, float* gdst,
                                                  int ng) {
-    constexpr int U = 8;
-    const CvtRun<T, IHW, XP> rx(xsrc, xdst, nx);
-    const CvtRun<T, OHW, GP> rg(gsrc, gdst, ng);
+    constexpr int U = 8, E = OHW > 400 ? 4 : 2;
+    typedef CvtRun<T, IHW, XP, E> RX;
+    typedef CvtRun<T, OHW, GP, E> RG;
+    const RX rx(xsrc, xdst, nx);
+    const RG rg(gsrc, gdst, ng);
     const int tid = threadIdx.x, nthr = blockDim.x;
-    const int sx = rx.scalars(), ns = sx + rg.scalars();  // ns <= 4 < blockDim.x
+    const int sx = rx.scalars(), ns = sx + rg.scalars();  // ns <= 4 (E - 1) < blockDim.x
     int se = -1;
     unsigned short sv = 0;
     if (tid < ns) {
         se = tid < sx ? rx.scalar_index(tid) : rg.scalar_index(tid - sx);
         sv = __ldg((tid < sx ? rx.src : rg.src) + se);
     }
-    const int nw = rx.words + rg.words;
-    for (int i0 = tid; i0 < nw; i0 += U * nthr) {
-        unsigned v[U];
+    const int nl = rx.loads + rg.loads;
+    for (int i0 = tid; i0 < nl; i0 += U * nthr) {
+        typename RX::L v[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int i = i0 + u * nthr;
-            if (i < nw) v[u] = i < rx.words ? rx.word(i) : rg.word(i - rx.words);
+            if (i < nl) v[u] = i < rx.loads ? rx.load(i) : rg.load(i - rx.loads);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int i = i0 + u * nthr;
-            if (i < rx.words) {
-                const int e = rx.head + 2 * i;
-                rx.put(e, (unsigned short)(v[u] & 0xffffu));
-                rx.put(e + 1, (unsigned short)(v[u] >> 16));
-            } else if (i < nw) {
-                const int e = rg.head + 2 * (i - rx.words);
-                rg.put(e, (unsigned short)(v[u] & 0xffffu));
-                rg.put(e + 1, (unsigned short)(v[u] >> 16));
-            }
+            if (i < rx.loads) rx.put_load(i, v[u]);
+            else if (i < nl) rg.put_load(i - rx.loads, v[u]);
         }
     }
     if (se >= 0) {
