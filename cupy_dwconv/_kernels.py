@@ -2180,8 +2180,8 @@ def device_arch(device_id):
 # launch. At run time the device's own attribute is used; this table serves plans made
 # for an architecture without its device (the compile test), 48 KB (every device) where
 # the architecture is not listed.
-SMEM_OPT_IN_KB = {70: 96, 72: 48, 75: 64, 80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 103: 227,
-                  110: 227, 120: 99, 121: 99}
+SMEM_OPT_IN_KB = {70: 96, 75: 64, 80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 103: 227, 110: 227,
+                  120: 99, 121: 99}
 
 
 def arch_smem(arch):
