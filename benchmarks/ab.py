@@ -34,7 +34,7 @@ wgrad_lines) accepts a problem, to time it on kernels the dispatcher gives to ot
 
 A spec is KIND:K=V,... as plan_conv's force (kinds tile, smem, mma, mma_rows, stack, plane, lines, rows;
 rowsa is rows with staged=True) or plan_wgrad's (tile, plane, lines, smem, mma); values
-are ints, true/false or none.
+are ints, floats (a value with a '.', e.g. conv_tile's nt=1.0: waves), true/false or none.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def parse_spec(spec):
     kw = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        kw[k.strip()] = values[v.strip().lower()] if v.strip().lower() in values else int(v)
+        v = v.strip()
+        kw[k.strip()] = values[v.lower()] if v.lower() in values else float(v) if "." in v else int(v)
     if kind == "rowsa":
         kind, kw = "rows", dict(kw, staged=True)
     return kind, kw

@@ -394,6 +394,8 @@ def _tile_shape(pr, dtype):
             th, tw, minb, nt = 4, 4, 2, 1.0
         else:
             th, tw, minb, nt = 4, 8, 2, None
+    elif _strided_half_tiles(pr, dtype):
+        th, tw, minb, nt = 4, 4, 3, None
     else:
         th, tw, minb, nt = (4, 8, 2, None) if taps > 25 else (2, 8, 3, None)
     if pr.OH * pr.OW <= 400:
@@ -409,6 +411,22 @@ def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 
     return max(1, min(tiles_per_thread_max, n_rt, int(round(want)) if nearest else want))
 
 
+def _strided_half_tiles(pr, dtype):
+    """Whether a 16-bit strided forward (3x3 to 5x5) takes 4x4 tiles at 3 blocks per SM
+    without the L2 prefetch instead of the 16-byte-wide 2x8 tiles: kernels of more than 9
+    taps, or output rows of at most 32 columns. The 2x8 tiles span 15-19 input columns
+    at stride 2 and spill (88-192 bytes with the device's NVRTC 13.0). Measured (H200,
+    benchmarks/ab.py, us, float16 / bfloat16; 2x8 at 3 blocks with the prefetch -> 4x4 at
+    3 without; NOTES session 38): 5x5 stride 2 on 64 x 144 x 56 x 56 66.5 -> 46.3 / 65.7
+    -> 46.2 (4x4 with the prefetch 50.0; at 2 blocks in one wave 43.7 / 45.1), on 64 x 72 x
+    56 x 56 37.2 -> 28.6 / 36.8 -> 28.4, on 64 x 32 x 112 x 112 45.0 -> 38.3 / 45.7 -> 38.7;
+    3x3 stride 2 on 64 x 144 x 56 x 56 38.2 -> 30.1 / 38.2 -> 30.3. Not taken: 3x3 on
+    wider rows (mbv2_3x3_s2's 112 x 112: 2x8 60.4, 4x4 at 3 blocks 64.4, 2x8 without the
+    prefetch 63.7)."""
+    return (dtype in MMA_DTYPES and pr.mode == 0 and (pr.SH, pr.SW) != (1, 1) and 9 <= pr.KH * pr.KW <= 25
+            and (pr.KH * pr.KW > 9 or pr.OW <= 32))
+
+
 def _tile_prefetch(pr, dtype):
     """L2 prefetch distance of conv_tile (tiles ahead along a thread's strip; 0 = off),
     from the sweep in benchmarks/NOTES.md (session 4, H100). 16-bit tiles are
@@ -416,6 +434,8 @@ def _tile_prefetch(pr, dtype):
     float32 3x3 forward tiles lose a few percent to the extra instructions (mbv2_3x3 0.083
     without, 0.087 with); 7x7 float32 gains at 2 (convnext_7x7 0.099 -> 0.092)."""
     if dtype in ("float16", "bfloat16"):
+        if _strided_half_tiles(pr, dtype):
+            return 0
         return 2 if pr.OH * pr.OW >= 16384 else 1
     taps = pr.KH * pr.KW
     if pr.mode == 0 and (taps <= 9 or pr.SH > 1):
@@ -1319,6 +1339,33 @@ def _large_on_stack(pr, dtype, x_ptr, arch, sms=132):
     return stack_launch(pr, dtype, x_ptr, arch, sms)
 
 
+def _strided_small(pr, dtype):
+    """The family of a strided forward on small input planes, or None: "plane" (conv_plane)
+    for 16-bit planes whose lanes meet at most 2 to a shared-memory bank (_plane_conflicts,
+    input and output planes), else "batch" (conv_batch); for inputs of at most 20 rows
+    and columns, 3x3 to 5x5 kernels (taps 4 to 25, more than one row), dilation 1, no
+    gather (float64: not measured, stays on conv_tile). conv_tile's strided micro-tiles
+    cover few outputs there and their input spans spill in 16-bit. Measured (H200,
+    benchmarks/ab.py, us, conv_tile -> conv_batch / conv_plane; NOTES session 38):
+    float32 5x5 stride 2 on 64 x 672 x 14 x 14 25.4 -> 21.2 / 21.3 (padding 1: 22.8 ->
+    18.0), 64 x 240 x 20 x 20 21.9 -> 15.6 / 36.3; 3x3 stride 2 on 64 x 960 x 7 x 7 11.1 ->
+    9.1 / 11.9, 64 x 576 x 10 x 10 10.9 -> 10.7 / 12.1, 64 x 256 x 16 x 16 12.9 -> 10.0 /
+    32.3, 64 x 192 x 20 x 20 14.5 -> 12.9 / 18.5, 64 x 576 x 14 x 14 18.5 -> 18.8 / 20.4
+    (the one loss). float16 (bfloat16 within 3 %, but 3x3 on 7 x 7 15.1 -> 9.4 / 9.1):
+    5x5 on 14 x 14 29.3 -> 17.1 / 17.1 (padding 1: 25.1 -> 17.1 / 14.6), on 20 x 20 25.3
+    -> 14.2 / 20.6; 3x3 on 7 x 7 12.5 -> 9.3 / 9.2, 10 x 10 12.0 -> 10.2 / 9.4, 14 x 14
+    17.8 -> 14.2 / 12.5, 16 x 16 10.2 -> 9.2 / 27.8, 20 x 20 14.0 -> 10.7 / 12.3. Not taken:
+    inputs of 28 x 28 and more (float32 conv_batch spills 208-608 bytes: 3x3 on 28 x 28
+    36.9 against 20.3; 16-bit 8-24 bytes, 16.7-19.0 against 27.2 with the 2x8 tiles; 32 x
+    32 16-bit 14.1 against 14.4). Odd input and output planes stay with _use_plane."""
+    if (pr.mode != 0 or pr.R != 1 or (pr.SH, pr.SW) == (1, 1) or (pr.DH, pr.DW) != (1, 1) or dtype == "float64"
+            or pr.KH < 2 or pr.KH * pr.KW > 25 or max(pr.IH, pr.IW) > 20):
+        return None
+    if dtype in MMA_DTYPES and max(_plane_conflicts(pr.IH * pr.IW, dtype), _plane_conflicts(pr.OH * pr.OW, dtype)) <= 2:
+        return "plane"
+    return "batch"
+
+
 def _use_batch(pr, dtype):
     """Small planes at stride 1 go to conv_batch (a unit per channel across the batch, a
     warp per output row) where it measured ahead of conv_plane (H200, benchmarks/ab.py,
@@ -2142,6 +2189,11 @@ def _auto_plan(pr, q, dtype, x_ptr, arch, sms, rows=True):
         launch = _large_on_stack(q, dtype, x_ptr, arch, sms) or batch_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and q.mode == 0 and _use_plane(q, dtype):
         launch = plane_launch(q, dtype, sms=sms)
+    strided = _strided_small(q, dtype) if launch is None else None
+    if strided == "plane":
+        launch = plane_launch(q, dtype, sms=sms)
+    if launch is None and strided is not None:
+        launch = batch_launch(q, dtype, x_ptr, sms=sms)
     if launch is None and _use_mma_rows(q, dtype, x_ptr):
         launch = mma_rows_launch(q, dtype, x_ptr, arch, sms)
     if launch is None and rows and _use_rows_whole(q, dtype):
@@ -2826,10 +2878,20 @@ def _bwd_tile_shape(p, dtype):
             return 2, 4, 3 if taps <= 9 else 2, 0
         return 2, 8, 2, 0  # seed 0.603, mbv2 0.138, effnet 0.0763, convnext 0.157, image 0.296 ms
     if taps <= 9:
-        if dtype == "float16" and p.H * p.W <= 400 and (p.DH, p.DW) == (1, 1):  # dilated: spills
-            # Small planes, as float32 (H200, us; the split backward before, whose 2x8 tiles
-            # were too few to fuse): 1x7 on 32 x 192 x 17 x 17 23.0 -> 16.4, 7x1 45.4 -> 20.5.
-            return 2, 4, 3, 1
+        if p.H * p.W <= 400:
+            # Small planes, as float32, without the next tile's prefetch (H200, us, the
+            # three gradients; session 16: the split backward before, whose 2x8 tiles were
+            # too few to fuse, float16 1x7 on 32 x 192 x 17 x 17 23.0 -> 16.4, 7x1 45.4 ->
+            # 20.5). Session 38, against the previous plans (float16 2x4 at 3 blocks with
+            # the prefetch, bfloat16 1x8 at 2 blocks), float16 / bfloat16: on 32 x 192 x
+            # 17 x 17 7x1 20.9 -> 18.6 / 54.8 -> 20.3, 1x7 16.5 -> 15.4 / 25.1 -> 17.3, 3x3
+            # 19.3 -> 17.4 / 32.2 -> 21.0, 1x3 15.1 -> 14.5 / 28.5 -> 16.1, 5x1 18.1 -> 16.0 /
+            # 40.3 -> 17.2; on 64 x 192 x 13 x 13 3x3 21.5 -> 20.0 / 33.9 -> 24.2, 1x7 18.1 ->
+            # 17.2 / 27.4 -> 19.7; 3x3 at dilation 2 on 64 x 96 x 15 x 15 22.5 -> 17.0 / 25.1
+            # -> 18.9. bfloat16 (and dilated float16) spill 8-40 bytes there with the
+            # device's NVRTC 13.0, measured faster than every spill-free candidate (1x4 at 3
+            # blocks 16.5-26.1, 2x4 at 2 24.2-32.0).
+            return 2, 4, 3, 0
         if dtype == "float16":
             return 2, 8, 3, 1  # mbv2 0.0865, image 0.173 ms (4x8 at 2 blocks: 0.110, 0.201)
         return 1, 8, 2, 1  # bfloat16 mbv2 0.102, image 0.207 ms (2x8 at 3 blocks spills: 0.110, 0.219)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import itertools
 import json
 import multiprocessing
 import os
@@ -151,6 +152,12 @@ def grid_problems():
         # wgrad_plane's shared memory).
         out.append((_params.conv_params((2, 3, 7, 7), (6, 1, 7, 7), None, 1, 3, 1), dtype))
         out.append((_params.conv_params((2, 3, 5, 5), (3, 1, 3, 5), None, 1, (1, 2), 1), dtype))
+        # Strided forwards on small planes (_kernels._strided_small): 5x5 at stride 2 on
+        # 14 x 14 (float32 conv_batch, 4 channels per unit; 16-bit conv_plane; float64
+        # conv_tile), 3x3 at stride 2 on 20 x 20 and 7 x 7 (conv_batch).
+        out.append((_params.conv_params((2, 8, 14, 14), (8, 1, 5, 5), None, 2, 2, 1), dtype))
+        out.append((_params.conv_params((2, 8, 20, 20), (8, 1, 3, 3), None, 2, 1, 1), dtype))
+        out.append((_params.conv_params((2, 4, 7, 7), (4, 1, 3, 3), None, 2, 1, 1), dtype))
         # 1x7 on 7x7 planes: bwd_plane in every dtype (bwd_batch takes float64 small planes
         # only for kernels of more than one row).
         out.append((_params.conv_params((2, 3, 7, 7), (3, 1, 1, 7), None, 1, (0, 3), 1), dtype))
@@ -433,6 +440,13 @@ def _batch_grid_expressions():
             for launch in launches:
                 if "conv_batch" in launch.expr or "bwd_batch" in launch.expr:
                     exprs.add(launch.expr)
+        # Strided forwards on inputs of up to 20 x 20 (_kernels._strided_small).
+        for (h, w), (kh, kw), s in itertools.product(((7, 7), (10, 10), (14, 14), (16, 16), (17, 19), (20, 20)),
+                                                      ((2, 2), (3, 3), (3, 5), (5, 5)), (2, 3)):
+            p = _params.conv_params((64, 8, h, w), (8, 1, kh, kw), None, s, (kh // 2, kw // 2), 1)
+            launch = _kernels.plan_forward(p, dtype, 0, 90, 132)
+            if "conv_batch" in launch.expr:
+                exprs.add(launch.expr)
     return sorted(exprs)
 
 

@@ -1045,7 +1045,7 @@ def test_breadth_rules():
 
 def test_small_half_tiles():
     """float16 tiles on planes of at most 400 elements at 3 blocks per SM: the fused
-    backward's 2x4 tiles (dilation 1, up to 9 taps; dilated and larger planes keep 2x8),
+    backward's 2x4 tiles (up to 9 taps, dilated too; larger planes keep 2x8),
     the strided grad input's narrow tiles in float16 and bfloat16 (up to 25 taps on grad_x
     planes of at most 40 x 40; 7x7 and larger planes keep 4x8)."""
     def fused(x_shape, k, pad, d=1):
@@ -1054,7 +1054,7 @@ def test_small_half_tiles():
 
     assert fused((32, 4, 17, 17), (7, 1), (3, 0))[7:9] == ["2", "4"]
     assert fused((32, 4, 17, 17), (7, 1), (3, 0))[13] == "3"
-    assert fused((64, 4, 17, 17), (3, 3), 2, 2)[7:9] == ["2", "8"]  # dilated
+    assert fused((64, 4, 17, 17), (3, 3), 2, 2)[7:9] == ["2", "4"]  # dilated
     assert fused((64, 4, 21, 21), (3, 3), 1)[7:9] == ["2", "8"]     # 441 elements
 
     def gi(x_shape, k, s, pad, dtype="float16"):
@@ -1131,3 +1131,75 @@ def test_shared_memory_fallbacks():
     assert names(large, "float16", 48 * 1024) == ("conv_smem", "wgrad_smem", None)
     assert names(large, "float64", 48 * 1024)[1] == "wgrad_generic"
     assert names(large, "float64", 99 * 1024)[1] == "wgrad_smem"  # one stage: 90 of 180 KB
+
+
+def test_strided_forward_small_planes_dispatch():
+    """Strided forwards on input planes of at most 20 x 20 (3x3 to 5x5 kernels) take
+    conv_batch, or conv_plane in 16-bit where its lanes meet at most 2 to a bank; float64,
+    larger planes, dilation and larger kernels keep conv_tile; odd input and output planes
+    stay with conv_plane at any stride (measurements in _kernels._strided_small)."""
+    def family(shape, k, stride, pad, dtype, dilation=1):
+        p = params(shape, (shape[1], 1) + k, stride, pad, dilation)
+        return _kernels.split_expr(_kernels.plan_forward(p, dtype, 0, 90, 132).expr)
+
+    for dtype in ("float16", "bfloat16"):
+        assert family((64, 672, 14, 14), (5, 5), 2, 2, dtype)[0] == "conv_plane"   # 2 ways
+        assert family((64, 576, 10, 10), (3, 3), 2, 1, dtype)[0] == "conv_plane"
+        assert family((64, 960, 7, 7), (3, 3), 2, 1, dtype)[0] == "conv_batch"     # 4 x 4 outputs: 8 ways
+        assert family((64, 256, 16, 16), (3, 3), 2, 1, dtype)[0] == "conv_batch"   # 32 ways
+        assert family((64, 240, 20, 20), (5, 5), 2, 2, dtype)[0] == "conv_batch"
+    for shape, k, pad in (((64, 672, 14, 14), (5, 5), 2), ((64, 192, 20, 20), (3, 3), 1),
+                          ((64, 960, 7, 7), (3, 3), 1)):
+        name, args = family(shape, k, 2, pad, "float32")
+        assert name == "conv_batch" and args[14] == "4"  # 4 channels per unit (16-byte runs)
+    for dtype in ("float32", "float16", "bfloat16"):
+        assert family((64, 192, 28, 28), (3, 3), 2, 1, dtype)[0] == "conv_tile"    # past 20 x 20
+        assert family((64, 96, 14, 14), (7, 7), 2, 3, dtype)[0] == "conv_tile"     # past 25 taps
+        assert family((64, 96, 14, 14), (1, 5), 2, (0, 2), dtype)[0] == "conv_tile"  # one row
+        assert family((64, 96, 14, 14), (3, 3), 2, 2, dtype, dilation=2)[0] == "conv_tile"
+        assert family((64, 256, 15, 15), (3, 3), 3, 1, dtype)[0] == "conv_plane"   # odd planes
+    assert family((64, 672, 14, 14), (5, 5), 2, 2, "float64")[0] == "conv_tile"
+    # The grad input of a strided problem is a gather: conv_batch does not take it.
+    p = params((64, 672, 14, 14), (672, 1, 5, 5), 2, 2, 1)
+    assert _kernels.split_expr(_kernels.plan_grad_input(p, "float16", 0, 90, 132).expr)[0] == "conv_tile"
+
+
+def test_strided_half_tiles_dispatch():
+    """16-bit strided forwards on larger planes: 4x4 tiles at 3 blocks per SM without the
+    L2 prefetch for 5x5 kernels and for output rows of up to 32 columns (2 x 4 on planes
+    of at most 400 outputs); 3x3 on wider rows keeps the 2x8 tiles with the prefetch;
+    float32 keeps its table (_kernels._strided_half_tiles)."""
+    def tile(shape, k, stride, pad, dtype):
+        p = params(shape, (shape[1], 1) + k, stride, pad, 1)
+        name, args = _kernels.split_expr(_kernels.plan_forward(p, dtype, 0, 90, 132).expr)
+        assert name == "conv_tile"
+        return int(args[8]), int(args[9]), int(args[15]), int(args[16])  # TH, TW, MINB, PF
+
+    for dtype in ("float16", "bfloat16"):
+        assert tile((64, 144, 56, 56), (5, 5), 2, 2, dtype) == (4, 4, 3, 0)
+        assert tile((64, 32, 112, 112), (5, 5), 2, 2, dtype) == (4, 4, 3, 0)
+        assert tile((64, 144, 56, 56), (3, 3), 2, 1, dtype) == (4, 4, 3, 0)
+        assert tile((32, 64, 96, 96), (3, 3), 3, 1, dtype) == (4, 4, 3, 0)
+        assert tile((64, 192, 28, 28), (3, 3), 2, 1, dtype) == (2, 4, 3, 0)     # 196 outputs
+        assert tile((64, 96, 112, 112), (3, 3), 2, 1, dtype) == (2, 8, 3, 1)    # 56 columns
+        # Grad input (a gather) keeps its own table.
+        p = params((64, 144, 56, 56), (144, 1, 5, 5), 2, 2, 1)
+        assert _kernels.split_expr(_kernels.plan_grad_input(p, dtype, 0, 90, 132).expr)[1][1] == "1"
+    assert tile((64, 144, 56, 56), (5, 5), 2, 2, "float32") == (4, 4, 2, 0)
+
+
+def test_small_plane_fused_backward_tiles():
+    """The 16-bit fused backward on planes of at most 400 elements where bwd_rows declines
+    (odd widths): 2x4 tiles at 3 blocks per SM without the next tile's prefetch, both
+    16-bit types, dilated kernels too (measurements in _kernels._bwd_tile_shape)."""
+    for dtype in ("float16", "bfloat16"):
+        for shape, k, pad, dil in (((32, 192, 17, 17), (7, 1), (3, 0), 1), ((32, 192, 17, 17), (1, 7), (0, 3), 1),
+                                   ((64, 192, 13, 13), (3, 3), 1, 1), ((64, 96, 15, 15), (3, 3), 2, 2)):
+            p = params(shape, (shape[1], 1) + k, 1, pad, dil)
+            fused = _kernels.plan_backward(p, dtype, 0, 0, 90, 132)
+            name, args = _kernels.split_expr(fused[0].expr)
+            assert name == "bwd_tile" and args[7:9] == ["2", "4"] and args[13:15] == ["3", "0"], fused[0].expr
+    # Larger planes keep the table's tiles (float16 2x8 at 3 blocks with the prefetch).
+    p = params((64, 4, 21, 21), (4, 1, 3, 3), 1, 1, 1)
+    name, args = _kernels.split_expr(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)
+    assert name == "bwd_tile" and args[7:9] == ["2", "8"] and args[14] == "1"

@@ -134,8 +134,10 @@ BREADTH_CASES = [
     ((2, 3, 33, 47, 3, 3, 1), "float16", ("conv_rows", {1: 2}), None),
     ((2, 3, 20, 255, 3, 7, 1), "bfloat16", ("conv_rows", {1: 4}), None),
     ((2, 3, 16, 100, 1, 31, (0, 15)), "float32", ("conv_tile", {8: 1, 9: 8}), "bwd_rows"),
-    ((32, 2, 17, 17, 7, 1, (3, 0)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3})),
-    ((32, 2, 17, 17, 1, 7, (0, 3)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3})),
+    ((32, 2, 17, 17, 7, 1, (3, 0)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3, 14: 0})),
+    ((32, 2, 17, 17, 1, 7, (0, 3)), "float16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3, 14: 0})),
+    ((32, 2, 17, 17, 7, 1, (3, 0)), "bfloat16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3, 14: 0})),
+    ((64, 2, 13, 13, 3, 3, 1), "bfloat16", ("conv_plane", {}), ("bwd_tile", {7: 2, 8: 4, 13: 3, 14: 0})),
 ]
 
 
@@ -170,6 +172,46 @@ def test_breadth_default_plans(shape, dtype, forward, backward):
     y = cupy_dwconv.depthwise_conv2d(xg, wg, bg, padding=pad)
     assert_close(y.get(), reference_forward(x, w, b, padding=pad), dtype, scale=math.sqrt(KH * KW), what="forward")
     _check(rng, N, C, H, W, 1, KH, KW, 1, pad, 1, dtype)
+
+
+# Strided forwards (the dispatcher's choice asserted, then the forward with bias and all
+# three gradients against the reference): small input planes on conv_batch (float32: 4
+# channels per unit) or 16-bit conv_plane (_kernels._strided_small), float64 on conv_tile;
+# 16-bit 4x4 tiles at 3 blocks per SM without the prefetch on larger planes
+# (_kernels._strided_half_tiles; 2x4 at 400 outputs or fewer), 2x8 on 3x3 with wider rows.
+STRIDED_FORWARD_CASES = [
+    # (N, C, H, W, KH, KW, stride, padding), dtype, forward (family, {argument index: value})
+    ((40, 4, 14, 14, 5, 5, 2, 2), "float32", ("conv_batch", {14: 4})),
+    ((40, 3, 14, 14, 5, 5, 2, 2), "float16", ("conv_plane", {})),
+    ((33, 3, 10, 10, 3, 3, 2, 1), "bfloat16", ("conv_plane", {})),
+    ((35, 3, 20, 20, 3, 3, 2, 1), "bfloat16", ("conv_batch", {})),
+    ((33, 5, 7, 7, 3, 3, 2, 1), "float16", ("conv_batch", {})),
+    ((3, 4, 14, 13, 3, 3, 2, 1), "float64", ("conv_tile", {})),
+    ((2, 3, 40, 41, 5, 5, 2, 2), "float16", ("conv_tile", {8: 4, 9: 4, 15: 3, 16: 0})),
+    ((2, 3, 30, 32, 3, 3, 3, 1), "bfloat16", ("conv_tile", {8: 2, 9: 4, 15: 3, 16: 0})),
+    ((2, 2, 112, 112, 3, 3, 2, 1), "float16", ("conv_tile", {8: 2, 9: 8, 16: 1})),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,forward", STRIDED_FORWARD_CASES, ids=str)
+def test_breadth_strided_forward(shape, dtype, forward):
+    import cupy_dwconv
+    from cupy_dwconv import _kernels
+    from gpu_util import params, reference_forward, to_gpu
+
+    N, C, H, W, KH, KW, s, pad = shape
+    rng = numpy.random.default_rng(zlib.crc32(repr((shape, dtype)).encode()))
+    x = random_array(rng, (N, C, H, W), dtype)
+    w = random_array(rng, (C, 1, KH, KW), dtype)
+    b = random_array(rng, (C,), dtype)
+    p = params(x.shape, w.shape, True, s, pad, 1)
+    xg, wg, bg = to_gpu(x), to_gpu(w), to_gpu(b)
+    launch = _kernels.plan_forward(p, dtype, xg.data.ptr)
+    assert _family_args(launch.expr, forward), launch.expr
+    y = cupy_dwconv.depthwise_conv2d(xg, wg, bg, stride=s, padding=pad)
+    ref = reference_forward(x, w, b, stride=s, padding=pad)
+    assert_close(y.get(), ref, dtype, scale=math.sqrt(KH * KW), what="forward")
+    _check(rng, N, C, H, W, 1, KH, KW, s, pad, 1, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -936,7 +978,8 @@ BWD_TILE_SHAPES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "launch",
-    [{}, dict(th=1, tw=8, chunks=1), dict(th=4, tw=4, minb=2, pf=1, chunks=3), dict(th=2, tw=8, pf=0, chunks=7)],
+    [{}, dict(th=1, tw=8, chunks=1), dict(th=4, tw=4, minb=2, pf=1, chunks=3), dict(th=2, tw=8, pf=0, chunks=7),
+     dict(th=2, tw=4, minb=3, pf=0)],
     ids=str,
 )
 @pytest.mark.parametrize("shape", BWD_TILE_SHAPES, ids=str)

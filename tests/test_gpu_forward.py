@@ -167,6 +167,10 @@ PLANE_SHAPES = [
     (1, 3, 1, 6, 6, 5, 5, 1, 6, 1),
     (2, 3, 1, 17, 17, 1, 7, 1, (0, 3), 1),
     (2, 37, 1, 14, 14, 7, 7, 1, 3, 1),
+    # Strided forwards the dispatcher sends here in 16-bit (_kernels._strided_small): 5x5
+    # at stride 2 on 14 x 14 with padding 1 (6 x 6 outputs), 3x3 at stride 3 on 15 x 15.
+    (3, 5, 1, 14, 14, 5, 5, 2, 1, 1),
+    (2, 4, 1, 15, 15, 3, 3, 3, 1, 1),
 ]
 
 
@@ -203,6 +207,12 @@ BATCH_SHAPES = [
     (64, 3, 1, 14, 14, 7, 7, 1, 3, 1),
     (37, 8, 1, 7, 7, 7, 7, 1, 3, 1),
     (9, 4, 1, 13, 10, 5, 5, 1, 2, 1),
+    # Strided forwards on small planes (_kernels._strided_small; grad input declined): 5x5
+    # at stride 2 on 14 x 14, 3x3 on 20 x 19 (an odd width), a multiplier with asymmetric
+    # padding on 16 x 16.
+    (40, 4, 1, 14, 14, 5, 5, 2, 2, 1),
+    (33, 4, 1, 20, 19, 3, 3, 2, 1, 1),
+    (37, 2, 2, 16, 16, 3, 3, 2, ((0, 1), (1, 0)), 1),
 ]
 BATCH_VARIANTS = [{}, dict(cg=1, blocks=3), dict(cg=1, minb=1), dict(cg=4, blocks=5)]
 
