@@ -412,18 +412,19 @@ def _strip_length(n_rt, other_units, tiles_per_thread_max=8, target_threads=132 
 
 
 def _strided_half_tiles(pr, dtype):
-    """Whether a 16-bit strided forward (3x3 to 5x5) takes 4x4 tiles at 3 blocks per SM
+    """Whether a 16-bit forward at stride 2 (3x3 to 5x5) takes 4x4 tiles at 3 blocks per SM
     without the L2 prefetch instead of the 16-byte-wide 2x8 tiles: kernels of more than 9
-    taps, or output rows of at most 32 columns. The 2x8 tiles span 15-19 input columns
-    at stride 2 and spill (88-192 bytes with the device's NVRTC 13.0). Measured (H200,
+    taps, or output rows of at most 32 columns. The 2x8 tiles span 17-19 input columns
+    and spill (88-240 bytes with the device's NVRTC 13.0). Measured (H200,
     benchmarks/ab.py, us, float16 / bfloat16; 2x8 at 3 blocks with the prefetch -> 4x4 at
     3 without; NOTES session 38): 5x5 stride 2 on 64 x 144 x 56 x 56 66.5 -> 46.3 / 65.7
     -> 46.2 (4x4 with the prefetch 50.0; at 2 blocks in one wave 43.7 / 45.1), on 64 x 72 x
     56 x 56 37.2 -> 28.6 / 36.8 -> 28.4, on 64 x 32 x 112 x 112 45.0 -> 38.3 / 45.7 -> 38.7;
     3x3 stride 2 on 64 x 144 x 56 x 56 38.2 -> 30.1 / 38.2 -> 30.3. Not taken: 3x3 on
     wider rows (mbv2_3x3_s2's 112 x 112: 2x8 60.4, 4x4 at 3 blocks 64.4, 2x8 without the
-    prefetch 63.7)."""
-    return (dtype in MMA_DTYPES and pr.mode == 0 and (pr.SH, pr.SW) != (1, 1) and 9 <= pr.KH * pr.KW <= 25
+    prefetch 63.7) and stride 3 (3x3 on 32 x 64 x 96 x 96, 32 output columns: 21.2 against
+    24.5 for 4x4)."""
+    return (dtype in MMA_DTYPES and pr.mode == 0 and (pr.SH, pr.SW) == (2, 2) and 9 <= pr.KH * pr.KW <= 25
             and (pr.KH * pr.KW > 9 or pr.OW <= 32))
 
 

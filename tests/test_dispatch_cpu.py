@@ -1165,9 +1165,10 @@ def test_strided_forward_small_planes_dispatch():
 
 
 def test_strided_half_tiles_dispatch():
-    """16-bit strided forwards on larger planes: 4x4 tiles at 3 blocks per SM without the
-    L2 prefetch for 5x5 kernels and for output rows of up to 32 columns (2 x 4 on planes
-    of at most 400 outputs); 3x3 on wider rows keeps the 2x8 tiles with the prefetch;
+    """16-bit forwards at stride 2 on larger planes: 4x4 tiles at 3 blocks per SM without
+    the L2 prefetch for 5x5 kernels and for output rows of up to 32 columns (2 x 4 on
+    planes of at most 400 outputs); 3x3 on wider rows and at stride 3 keeps the 2x8 tiles
+    with the prefetch;
     float32 keeps its table (_kernels._strided_half_tiles)."""
     def tile(shape, k, stride, pad, dtype):
         p = params(shape, (shape[1], 1) + k, stride, pad, 1)
@@ -1179,7 +1180,7 @@ def test_strided_half_tiles_dispatch():
         assert tile((64, 144, 56, 56), (5, 5), 2, 2, dtype) == (4, 4, 3, 0)
         assert tile((64, 32, 112, 112), (5, 5), 2, 2, dtype) == (4, 4, 3, 0)
         assert tile((64, 144, 56, 56), (3, 3), 2, 1, dtype) == (4, 4, 3, 0)
-        assert tile((32, 64, 96, 96), (3, 3), 3, 1, dtype) == (4, 4, 3, 0)
+        assert tile((32, 64, 96, 96), (3, 3), 3, 1, dtype) == (2, 8, 3, 1)      # stride 3
         assert tile((64, 192, 28, 28), (3, 3), 2, 1, dtype) == (2, 4, 3, 0)     # 196 outputs
         assert tile((64, 96, 112, 112), (3, 3), 2, 1, dtype) == (2, 8, 3, 1)    # 56 columns
         # Grad input (a gather) keeps its own table.

@@ -177,8 +177,9 @@ def test_breadth_default_plans(shape, dtype, forward, backward):
 # Strided forwards (the dispatcher's choice asserted, then the forward with bias and all
 # three gradients against the reference): small input planes on conv_batch (float32: 4
 # channels per unit) or 16-bit conv_plane (_kernels._strided_small), float64 on conv_tile;
-# 16-bit 4x4 tiles at 3 blocks per SM without the prefetch on larger planes
-# (_kernels._strided_half_tiles; 2x4 at 400 outputs or fewer), 2x8 on 3x3 with wider rows.
+# 16-bit 4x4 tiles at 3 blocks per SM without the prefetch on larger planes at stride 2
+# (_kernels._strided_half_tiles; 2x4 at 400 outputs or fewer), 2x8 on 3x3 with wider rows
+# and at stride 3.
 STRIDED_FORWARD_CASES = [
     # (N, C, H, W, KH, KW, stride, padding), dtype, forward (family, {argument index: value})
     ((40, 4, 14, 14, 5, 5, 2, 2), "float32", ("conv_batch", {14: 4})),
@@ -188,7 +189,8 @@ STRIDED_FORWARD_CASES = [
     ((33, 5, 7, 7, 3, 3, 2, 1), "float16", ("conv_batch", {})),
     ((3, 4, 14, 13, 3, 3, 2, 1), "float64", ("conv_tile", {})),
     ((2, 3, 40, 41, 5, 5, 2, 2), "float16", ("conv_tile", {8: 4, 9: 4, 15: 3, 16: 0})),
-    ((2, 3, 30, 32, 3, 3, 3, 1), "bfloat16", ("conv_tile", {8: 2, 9: 4, 15: 3, 16: 0})),
+    ((2, 3, 30, 32, 3, 3, 2, 1), "bfloat16", ("conv_tile", {8: 2, 9: 4, 15: 3, 16: 0})),
+    ((2, 3, 30, 32, 3, 3, 3, 1), "bfloat16", ("conv_tile", {8: 2, 9: 8, 15: 3, 16: 1})),
     ((2, 2, 112, 112, 3, 3, 2, 1), "float16", ("conv_tile", {8: 2, 9: 8, 16: 1})),
 ]
 
