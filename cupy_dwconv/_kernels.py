@@ -1344,9 +1344,9 @@ def _strided_small(pr, dtype):
     """The family of a strided forward on small input planes, or None: "plane" (conv_plane)
     for 16-bit planes whose lanes meet at most 2 to a shared-memory bank (_plane_conflicts,
     input and output planes), else "batch" (conv_batch); for inputs of at most 20 rows
-    and columns, 3x3 to 5x5 kernels (taps 4 to 25, more than one row), dilation 1, no
-    gather (float64: not measured, stays on conv_tile). conv_tile's strided micro-tiles
-    cover few outputs there and their input spans spill in 16-bit. Measured (H200,
+    and columns, kernels of more than one row and at most 25 taps (measured: 3x3 and 5x5),
+    dilation 1, no gather (float64: not measured, stays on conv_tile). conv_tile's strided
+    micro-tiles cover few outputs there and their input spans spill in 16-bit. Measured (H200,
     benchmarks/ab.py, us, conv_tile -> conv_batch / conv_plane; NOTES session 38):
     float32 5x5 stride 2 on 64 x 672 x 14 x 14 25.4 -> 21.2 / 21.3 (padding 1: 22.8 ->
     18.0), 64 x 240 x 20 x 20 21.9 -> 15.6 / 36.3; 3x3 stride 2 on 64 x 960 x 7 x 7 11.1 ->

@@ -1044,18 +1044,26 @@ def test_breadth_rules():
 
 
 def test_small_half_tiles():
-    """float16 tiles on planes of at most 400 elements at 3 blocks per SM: the fused
-    backward's 2x4 tiles (up to 9 taps, dilated too; larger planes keep 2x8),
-    the strided grad input's narrow tiles in float16 and bfloat16 (up to 25 taps on grad_x
-    planes of at most 40 x 40; 7x7 and larger planes keep 4x8)."""
-    def fused(x_shape, k, pad, d=1):
+    """16-bit tiles on planes of at most 400 elements at 3 blocks per SM: the fused
+    backward's 2x4 tiles without the next tile's prefetch where bwd_rows declines (odd
+    widths; up to 9 taps, both 16-bit types, dilated too; larger planes keep float16's 2x8
+    with the prefetch; measurements in _kernels._bwd_tile_shape), the strided grad input's
+    narrow tiles in float16 and bfloat16 (up to 25 taps on grad_x planes of at most 40 x
+    40; 7x7 and larger planes keep 4x8)."""
+    def fused(x_shape, k, pad, d=1, dtype="float16"):
         p = params(x_shape, (x_shape[1], 1) + k, 1, pad, d)
-        return _args(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)
+        expr = _kernels.plan_backward(p, dtype, 0, 0, 90, 132)[0].expr
+        assert _kernels.split_expr(expr)[0] == "bwd_tile", expr
+        return _args(expr)
 
-    assert fused((32, 4, 17, 17), (7, 1), (3, 0))[7:9] == ["2", "4"]
-    assert fused((32, 4, 17, 17), (7, 1), (3, 0))[13] == "3"
-    assert fused((64, 4, 17, 17), (3, 3), 2, 2)[7:9] == ["2", "4"]  # dilated
-    assert fused((64, 4, 21, 21), (3, 3), 1)[7:9] == ["2", "8"]     # 441 elements
+    for dtype in ("float16", "bfloat16"):
+        for shape, k, pad, d in (((32, 4, 17, 17), (7, 1), (3, 0), 1), ((32, 192, 17, 17), (1, 7), (0, 3), 1),
+                                 ((64, 192, 13, 13), (3, 3), 1, 1), ((64, 96, 15, 15), (3, 3), 2, 2),
+                                 ((64, 4, 17, 17), (3, 3), 2, 2)):  # the last two dilated
+            args = fused(shape, k, pad, d, dtype)
+            assert args[7:9] == ["2", "4"] and args[13:15] == ["3", "0"], (dtype, shape, k, args)
+    args = fused((64, 4, 21, 21), (3, 3), 1)  # 441 elements
+    assert args[7:9] == ["2", "8"] and args[14] == "1"
 
     def gi(x_shape, k, s, pad, dtype="float16"):
         p = params(x_shape, (x_shape[1], 1) + k, s, pad, 1)
@@ -1187,20 +1195,3 @@ def test_strided_half_tiles_dispatch():
         p = params((64, 144, 56, 56), (144, 1, 5, 5), 2, 2, 1)
         assert _kernels.split_expr(_kernels.plan_grad_input(p, dtype, 0, 90, 132).expr)[1][1] == "1"
     assert tile((64, 144, 56, 56), (5, 5), 2, 2, "float32") == (4, 4, 2, 0)
-
-
-def test_small_plane_fused_backward_tiles():
-    """The 16-bit fused backward on planes of at most 400 elements where bwd_rows declines
-    (odd widths): 2x4 tiles at 3 blocks per SM without the next tile's prefetch, both
-    16-bit types, dilated kernels too (measurements in _kernels._bwd_tile_shape)."""
-    for dtype in ("float16", "bfloat16"):
-        for shape, k, pad, dil in (((32, 192, 17, 17), (7, 1), (3, 0), 1), ((32, 192, 17, 17), (1, 7), (0, 3), 1),
-                                   ((64, 192, 13, 13), (3, 3), 1, 1), ((64, 96, 15, 15), (3, 3), 2, 2)):
-            p = params(shape, (shape[1], 1) + k, 1, pad, dil)
-            fused = _kernels.plan_backward(p, dtype, 0, 0, 90, 132)
-            name, args = _kernels.split_expr(fused[0].expr)
-            assert name == "bwd_tile" and args[7:9] == ["2", "4"] and args[13:15] == ["3", "0"], fused[0].expr
-    # Larger planes keep the table's tiles (float16 2x8 at 3 blocks with the prefetch).
-    p = params((64, 4, 21, 21), (4, 1, 3, 3), 1, 1, 1)
-    name, args = _kernels.split_expr(_kernels.plan_backward(p, "float16", 0, 0, 90, 132)[0].expr)
-    assert name == "bwd_tile" and args[7:9] == ["2", "8"] and args[14] == "1"
